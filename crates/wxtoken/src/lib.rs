@@ -1,0 +1,11 @@
+//! wxtoken: the token central-control server (中控服务器) for a WeChat Open Platform third-party
+//! platform. The binary in `main.rs` only parses the command line and dispatches into `cli`.
+//!
+//! Dependencies point one way: cli → (tokens, refresh) → (store, vault, wechat); every module may use
+//! `model`. `store` knows neither axum nor the `wechat` crate.
+
+pub mod cli;
+pub mod config;
+pub(crate) mod model;
+pub mod store;
+pub mod vault;
