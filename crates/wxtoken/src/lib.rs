@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub(crate) mod model;
 pub mod store;
+pub mod tokens;
 pub mod vault;
