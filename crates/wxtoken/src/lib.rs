@@ -8,4 +8,6 @@ pub mod cli;
 pub mod config;
 pub(crate) mod model;
 pub mod store;
+pub mod telemetry;
+pub mod tokens;
 pub mod vault;

@@ -1,0 +1,28 @@
+//! Logging and (with the HTTP issue) metrics: the tracing subscriber and, later, the Prometheus
+//! recorder and every metric name as a constant in one place.
+//!
+//! Invariant: nothing here ever formats a token, a secret or decrypted XML; callers log appids,
+//! endpoint names and error classes only.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber, writing to stderr. `RUST_LOG`, when set, overrides the
+/// configured level. Safe to call more than once (later calls do nothing), so tests and commands
+/// can share it.
+pub fn init(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::NONE)
+        .with_target(true);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
