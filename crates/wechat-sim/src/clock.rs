@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn advancing_moves_now_forward_and_notifies() {
         let clock = Clock::new();
-        let mut rx = clock.subscribe();
+        let rx = clock.subscribe();
         let before = clock.now_ms();
         clock.advance(Duration::from_secs(3600));
         assert!(clock.now_ms() >= before + 3_600_000);

@@ -28,7 +28,7 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TokenRef {
     pub series: u32,
-    pub gen: u32,
+    pub generation: u32,
     pub expires_ms: Millis,
 }
 
@@ -63,10 +63,10 @@ impl Minter {
     /// The token string for a (series, generation, expiry). Deterministic: minting the same
     /// triple again gives the same string (stable_token returns "the same token" this way).
     pub(crate) fn mint(&self, t: TokenRef) -> String {
-        let mac = self.mac(Domain::Token, &[t.series.into(), t.gen.into(), t.expires_ms as u64]);
+        let mac = self.mac(Domain::Token, &[t.series.into(), t.generation.into(), t.expires_ms as u64]);
         let mut head = [0u8; 24];
         head[0..4].copy_from_slice(&t.series.to_le_bytes());
-        head[4..8].copy_from_slice(&t.gen.to_le_bytes());
+        head[4..8].copy_from_slice(&t.generation.to_le_bytes());
         head[8..16].copy_from_slice(&t.expires_ms.to_le_bytes());
         head[16..24].copy_from_slice(&mac.to_le_bytes());
         let mut out = String::with_capacity(TOKEN_PREFIX.len() + HEAD_LEN + FILLER_LEN);
@@ -94,20 +94,20 @@ impl Minter {
             Some(u64::from_le_bytes(b))
         };
         let series = u32::try_from(word(0..4)?).ok()?;
-        let gen = u32::try_from(word(4..8)?).ok()?;
+        let generation = u32::try_from(word(4..8)?).ok()?;
         let expires_ms = word(8..16)? as i64;
         let mac = word(16..24)?;
-        if mac != self.mac(Domain::Token, &[series.into(), gen.into(), expires_ms as u64]) {
+        if mac != self.mac(Domain::Token, &[series.into(), generation.into(), expires_ms as u64]) {
             return None;
         }
         let mut expected = String::with_capacity(FILLER_LEN);
         expand(mac, FILLER_LEN, &mut expected);
-        (expected == filler).then_some(TokenRef { series, gen, expires_ms })
+        (expected == filler).then_some(TokenRef { series, generation, expires_ms })
     }
 
     /// `refreshtoken@@@…` for (component, account, refresh generation).
-    pub(crate) fn refresh_token(&self, component: u32, account: u32, gen: u32) -> String {
-        let mac = self.mac(Domain::Refresh, &[component.into(), account.into(), gen.into()]);
+    pub(crate) fn refresh_token(&self, component: u32, account: u32, generation: u32) -> String {
+        let mac = self.mac(Domain::Refresh, &[component.into(), account.into(), generation.into()]);
         let mut out = String::from("refreshtoken@@@");
         expand(mac, 43, &mut out);
         out
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn minted_tokens_round_trip_and_look_like_wechat_tokens() {
         let m = Minter::new();
-        let t = TokenRef { series: 7, gen: 3, expires_ms: 1_700_000_000_123 };
+        let t = TokenRef { series: 7, generation: 3, expires_ms: 1_700_000_000_123 };
         let s = m.mint(t);
         assert!(s.starts_with("86_"));
         assert_eq!(s.len(), 139);
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn tampered_or_foreign_tokens_do_not_parse() {
         let m = Minter::new();
-        let s = m.mint(TokenRef { series: 1, gen: 1, expires_ms: 5 });
+        let s = m.mint(TokenRef { series: 1, generation: 1, expires_ms: 5 });
         let mut bytes = s.clone().into_bytes();
         let last = bytes.len() - 1;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };

@@ -135,7 +135,6 @@ impl Drop for ConnIo {
 #[derive(Clone, Debug)]
 pub(crate) struct ConnCtl {
     reset: Arc<AtomicBool>,
-    pub remote: SocketAddr,
 }
 
 impl ConnCtl {
@@ -147,6 +146,6 @@ impl ConnCtl {
 
 impl Connected<IncomingStream<'_, ResettableListener>> for ConnCtl {
     fn connect_info(stream: IncomingStream<'_, ResettableListener>) -> Self {
-        ConnCtl { reset: stream.io().reset.clone(), remote: *stream.remote_addr() }
+        ConnCtl { reset: stream.io().reset.clone() }
     }
 }

@@ -211,13 +211,13 @@ impl State {
             .get_mut(&account)
             .ok_or_else(|| wx(61009))?;
         a.exchanged = true;
-        let (sid, gen) = (a.series, a.refresh_gen);
+        let (sid, generation) = (a.series, a.refresh_gen);
         let token = self.issue(sid, now, Retire::After(self.rules.overlap_ms));
         let kind = self.accounts[account as usize].kind;
         Ok(QueryAuthOk {
             authorizer_appid: self.accounts[account as usize].appid.to_string(),
             token,
-            refresh_token: self.minter.refresh_token(cid, account, gen),
+            refresh_token: self.minter.refresh_token(cid, account, generation),
             func_info: func_info(kind),
         })
     }
@@ -459,7 +459,7 @@ impl State {
             refresh_token_exchanged: a.exchanged,
             auth_time: a.auth_time,
             func_info: func_info(acc.kind).to_vec(),
-            access_token_generation: self.series[a.series as usize].gen,
+            access_token_generation: self.series[a.series as usize].generation,
         })
     }
 }

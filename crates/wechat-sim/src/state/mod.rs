@@ -27,7 +27,7 @@ use crate::model::{
 };
 use crate::wxerr::{WxErr, wx};
 
-pub(crate) use authz::{AuthorizerListPage, QueryAuthOk};
+pub(crate) use direct::TicketType;
 pub(crate) use quota::QuotaBook;
 
 /// A reference to anything with an appid.
@@ -61,7 +61,7 @@ pub(crate) struct Series {
     pub owner: AppRef,
     /// The component of an authorizer series (`u32::MAX` otherwise).
     pub component: u32,
-    pub gen: u32,
+    pub generation: u32,
     pub expires_ms: Millis,
     /// Generations below this are dead at once (re-authorization, unauthorize).
     pub retired_below: u32,
@@ -326,7 +326,7 @@ impl State {
             kind,
             owner,
             component,
-            gen: 0,
+            generation: 0,
             expires_ms: 0,
             retired_below: 0,
             recent: Vec::new(),
@@ -339,35 +339,35 @@ impl State {
         let lifetime = self.rules.token_lifetime_ms;
         let s = &mut self.series[sid as usize];
         s.recent.retain(|&(_, until)| until > now);
-        if s.gen > 0 && s.gen >= s.retired_below {
+        if s.generation > 0 && s.generation >= s.retired_below {
             let until = match retire {
                 Retire::After(ms) => now.saturating_add(ms).min(s.expires_ms),
                 Retire::AtExpiry => s.expires_ms,
             };
             if until > now {
-                s.recent.push((s.gen, until));
+                s.recent.push((s.generation, until));
             }
         }
         if s.recent.is_empty() && s.recent.capacity() > 4 {
             s.recent = Vec::new();
         }
-        s.gen += 1;
+        s.generation += 1;
         s.expires_ms = now + lifetime;
-        let t = TokenRef { series: sid, gen: s.gen, expires_ms: s.expires_ms };
+        let t = TokenRef { series: sid, generation: s.generation, expires_ms: s.expires_ms };
         Issued { token: self.minter.mint(t), expires_in: lifetime / 1000 }
     }
 
     /// The current token of a series, if one is live (issued, not retired, not expired).
     pub(crate) fn current(&self, sid: u32, now: Millis) -> Option<(TokenRef, Millis)> {
         let s = &self.series[sid as usize];
-        (s.gen > 0 && s.gen >= s.retired_below && now < s.expires_ms)
-            .then_some((TokenRef { series: sid, gen: s.gen, expires_ms: s.expires_ms }, s.expires_ms))
+        (s.generation > 0 && s.generation >= s.retired_below && now < s.expires_ms)
+            .then_some((TokenRef { series: sid, generation: s.generation, expires_ms: s.expires_ms }, s.expires_ms))
     }
 
     /// Kill every token of a series at once.
     pub(crate) fn retire_all(&mut self, sid: u32) {
         let s = &mut self.series[sid as usize];
-        s.retired_below = s.gen + 1;
+        s.retired_below = s.generation + 1;
         s.recent = Vec::new();
     }
 
@@ -375,7 +375,7 @@ impl State {
     pub(crate) fn check(&self, token: &str, now: Millis) -> TokenCheck {
         let Some(t) = self.minter.parse(token) else { return TokenCheck::Unknown };
         let Some(s) = self.series.get(t.series as usize) else { return TokenCheck::Unknown };
-        if t.gen == 0 || t.gen > s.gen {
+        if t.generation == 0 || t.generation > s.generation {
             return TokenCheck::Unknown;
         }
         let owner = TokenOwner {
@@ -384,11 +384,11 @@ impl State {
             component: (s.component != u32::MAX).then_some(s.component),
             expires_ms: t.expires_ms,
         };
-        if t.gen < s.retired_below {
+        if t.generation < s.retired_below {
             return TokenCheck::Retired(owner);
         }
-        if t.gen < s.gen {
-            match s.recent.iter().find(|(g, _)| *g == t.gen) {
+        if t.generation < s.generation {
+            match s.recent.iter().find(|(g, _)| *g == t.generation) {
                 Some(&(_, until)) if now < until => {}
                 _ => return TokenCheck::Superseded(owner),
             }
