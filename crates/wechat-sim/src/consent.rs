@@ -21,8 +21,9 @@ use crate::sim::Sim;
 /// Accounts listed on the page at most (more can be typed in by appid).
 const MAX_LISTED: usize = 200;
 
+/// WeChat's PC page, its current H5 page, and the older H5 path.
 pub(crate) const PATHS: [&str; 3] =
-    ["/cgi-bin/componentloginpage", "/wxaopen/safe/bindcomponent", "/safe/bindcomponent"];
+    [wechat::authorize::PC_PATH, wechat::authorize::MOBILE_PATH, "/safe/bindcomponent"];
 
 pub(crate) fn router() -> Router<Arc<Sim>> {
     let mut r = Router::new();
@@ -233,12 +234,9 @@ async fn approve(State(sim): State<Arc<Sim>>, raw: Bytes) -> Response {
         Ok(o) => o,
         Err(e) => return error_page(&e.to_string()),
     };
-    let Ok(mut target) = url::Url::parse(&p.redirect_uri) else {
-        return error_page("redirect_uri is not a URL");
-    };
-    target
-        .query_pairs_mut()
-        .append_pair("auth_code", &outcome.authorization_code)
-        .append_pair("expires_in", &outcome.expires_in.to_string());
-    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+    let expires_in = u64::try_from(outcome.expires_in).unwrap_or(0);
+    match wechat::authorize::redirect_back_url(&p.redirect_uri, &outcome.authorization_code, expires_in) {
+        Ok(target) => (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response(),
+        Err(_) => error_page("redirect_uri is not a URL"),
+    }
 }

@@ -87,7 +87,7 @@ async fn summary(State(sim): State<Arc<Sim>>) -> Json<serde_json::Value> {
         "simulator": "wechat-sim",
         "base_url": sim.base_url,
         "endpoints": endpoints,
-        "consent_pages": ["/cgi-bin/componentloginpage", "/wxaopen/safe/bindcomponent", "/safe/bindcomponent"],
+        "consent_pages": crate::consent::PATHS,
         "control": crate::CONTROL_SUMMARY,
     }))
 }

@@ -206,12 +206,15 @@ async fn deliver(
     cancel: &CancellationToken,
 ) {
     let push_url = sim.state.lock().components[component as usize].push_url.as_deref().map(str::to_string);
-    let is_ticket = matches!(job.event, PushEvent::Ticket { .. });
+    let ticket = match &job.event {
+        PushEvent::Ticket { ticket } => Some(ticket.as_str()),
+        _ => None,
+    };
     let Some(push_url) = push_url else {
-        sim.stats.push_finished(job.id, "no_push_url");
-        if is_ticket {
-            sim.state.lock().components[component as usize].push_healthy = false;
+        if let Some(ticket) = ticket {
+            sim.state.lock().ack_ticket(component, ticket);
         }
+        sim.stats.push_finished(job.id, "no_push_url");
         return;
     };
     let event = job.event.to_event(crypt.appid(), job.created_ms.div_euclid(1000));
@@ -278,8 +281,12 @@ async fn deliver(
             backoff = backoff.saturating_mul(2);
         }
     }
-    if is_ticket {
-        sim.state.lock().components[component as usize].push_healthy = delivered;
+    if let Some(ticket) = ticket {
+        let mut st = sim.state.lock();
+        st.components[component as usize].push_healthy = delivered;
+        if delivered {
+            st.ack_ticket(component, ticket);
+        }
     }
     sim.stats.push_finished(job.id, if delivered { "delivered" } else { "failed" });
 }

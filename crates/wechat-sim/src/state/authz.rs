@@ -70,7 +70,7 @@ impl State {
             }
         }
         let value = mint::random_code("ticket@@@", 86);
-        c.tickets.push_back(Ticket { value: value.clone().into(), issued_ms: now });
+        c.tickets.push_back(Ticket { value: value.clone().into(), issued_ms: now, acked: false });
         c.ticket_uses = 1;
         while c.tickets.len() > MAX_TICKETS_KEPT
             || c.tickets.front().is_some_and(|t| now - t.issued_ms > keep_ms)
@@ -80,17 +80,32 @@ impl State {
         value
     }
 
+    /// `latest`: the newest ticket whose push was acknowledged, and any ticket issued after it
+    /// (their pushes may still be in flight, or failed: docs say to keep using the last ticket
+    /// received). `any_valid`: any ticket still remembered. Either way, 61005 past validity.
     fn check_ticket(&self, cid: u32, ticket: &str, now: Millis) -> Result<(), WxErr> {
         let c = &self.components[cid as usize];
         let validity = self.rules.ticket_validity_ms;
-        let found = match self.rules.ticket_policy {
-            TicketPolicy::Latest => c.tickets.back().filter(|t| &*t.value == ticket),
-            TicketPolicy::AnyValid => c.tickets.iter().rev().find(|t| &*t.value == ticket),
+        let Some(pos) = c.tickets.iter().rposition(|t| &*t.value == ticket) else {
+            return Err(wx(61006));
         };
-        match found {
-            None => Err(wx(61006)),
-            Some(t) if now - t.issued_ms >= validity => Err(wx(61005)),
-            Some(_) => Ok(()),
+        if self.rules.ticket_policy == TicketPolicy::Latest {
+            let newest_acked = c.tickets.iter().rposition(|t| t.acked).unwrap_or(0);
+            if pos < newest_acked {
+                return Err(wx(61006));
+            }
+        }
+        if now - c.tickets[pos].issued_ms >= validity {
+            return Err(wx(61005));
+        }
+        Ok(())
+    }
+
+    /// A ticket push was answered `success` (or had nowhere to go): older tickets are now stale.
+    pub(crate) fn ack_ticket(&mut self, cid: u32, ticket: &str) {
+        let c = &mut self.components[cid as usize];
+        if let Some(t) = c.tickets.iter_mut().rev().find(|t| &*t.value == ticket) {
+            t.acked = true;
         }
     }
 

@@ -104,6 +104,8 @@ impl TokenCheck {
 pub(crate) struct Ticket {
     pub value: Box<str>,
     pub issued_ms: Millis,
+    /// Its push was answered `success` (or there was no push_url to push to).
+    pub acked: bool,
 }
 
 #[derive(Debug)]
@@ -384,17 +386,19 @@ impl State {
             component: (s.component != u32::MAX).then_some(s.component),
             expires_ms: t.expires_ms,
         };
+        // Precedence when several apply: retired (40001), then past its own expiry (42001),
+        // then superseded beyond its overlap (40001).
         if t.generation < s.retired_below {
             return TokenCheck::Retired(owner);
+        }
+        if now >= t.expires_ms {
+            return TokenCheck::Expired(owner);
         }
         if t.generation < s.generation {
             match s.recent.iter().find(|(g, _)| *g == t.generation) {
                 Some(&(_, until)) if now < until => {}
                 _ => return TokenCheck::Superseded(owner),
             }
-        }
-        if now >= t.expires_ms {
-            return TokenCheck::Expired(owner);
         }
         TokenCheck::Valid(owner)
     }

@@ -54,6 +54,9 @@ fn latest_ticket_policy_rejects_older_tickets_and_expired_ones() {
     let (cid, _) = setup(&mut st);
     let first = st.component_info(cid).latest_ticket.unwrap();
     let second = st.issue_ticket(cid, T0 + 10 * MIN);
+    // Until the newer ticket's push is acknowledged, the older one still works.
+    assert!(st.component_token(cid, &first, T0 + 11 * MIN).is_ok());
+    st.ack_ticket(cid, &second);
     assert_eq!(st.component_token(cid, &first, T0 + 11 * MIN).unwrap_err().code, 61006);
     assert!(st.component_token(cid, &second, T0 + 11 * MIN).is_ok());
     assert_eq!(
