@@ -844,12 +844,13 @@ pub fn format_rid(a: u32, b: u32, c: u32) -> String {
 ///   is accepted; anything else is [`ResponseError::Malformed`].
 /// - `errcode != 0` is [`ResponseError::Api`] whatever else the body holds (a token beside a
 ///   non-zero errcode is not a success).
-/// - Otherwise the whole object is decoded as `T`; unknown fields are ignored.
+/// - Otherwise the whole object is decoded as `T` (with `errcode` normalised to the integer 0 and a
+///   `null` errmsg dropped); unknown fields are ignored.
 ///
 /// The endpoint is only used for diagnostics; the rules are the same for every endpoint.
 pub fn parse_response<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, ResponseError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| malformed(endpoint, &e))?;
-    let Value::Object(map) = &value else {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| malformed(endpoint, &e))?;
+    let Value::Object(map) = &mut value else {
         tracing::debug!(endpoint = endpoint.name(), "response body is not a JSON object");
         return Err(ResponseError::Malformed(format!(
             "expected a JSON object, got {}",
@@ -871,6 +872,14 @@ pub fn parse_response<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> R
                 return Err(ResponseError::Api(ApiError { errcode, errmsg }));
             }
         }
+    }
+    // Success: normalise the envelope so typed `errcode: i64` / `errmsg: String` fields accept a
+    // `"0"` or `null` errcode and a `null` errmsg.
+    if map.contains_key("errcode") {
+        map.insert("errcode".to_owned(), Value::from(0));
+    }
+    if map.get("errmsg").is_some_and(Value::is_null) {
+        map.remove("errmsg");
     }
     serde_json::from_value(value).map_err(|e| malformed(endpoint, &e))
 }
