@@ -108,7 +108,10 @@ impl AuthorizePages {
             url.set_path(&full);
             url
         };
-        AuthorizePages { pc: under(PC_PATH), mobile: under(MOBILE_PATH) }
+        AuthorizePages {
+            pc: under(PC_PATH),
+            mobile: under(MOBILE_PATH),
+        }
     }
 
     /// `<pc>?component_appid=..&pre_auth_code=..&redirect_uri=..[&auth_type=..|&biz_appid=..]`.
@@ -190,8 +193,14 @@ impl fmt::Debug for AuthorizeCallback {
 
 /// Where the consent page sends the browser: `redirect_uri` with `auth_code` and `expires_in`
 /// appended to whatever query it already has (the simulator uses this).
-pub fn redirect_back_url(redirect_uri: &str, auth_code: &str, expires_in: u64) -> Result<Url, url::ParseError> {
+pub fn redirect_back_url(
+    redirect_uri: &str,
+    auth_code: &str,
+    expires_in: u64,
+) -> Result<Url, url::ParseError> {
     let mut url = Url::parse(redirect_uri)?;
-    url.query_pairs_mut().append_pair("auth_code", auth_code).append_pair("expires_in", &expires_in.to_string());
+    url.query_pairs_mut()
+        .append_pair("auth_code", auth_code)
+        .append_pair("expires_in", &expires_in.to_string());
     Ok(url)
 }

@@ -27,10 +27,11 @@ use crate::errcode::{ErrorClass, classify};
 use crate::wire::{
     AccessTokenResponse, AuthorizerInfoRequest, AuthorizerInfoResponse, AuthorizerListRequest,
     AuthorizerListResponse, AuthorizerTokenRequest, AuthorizerTokenResponse, CallbackIpResponse,
-    ClearQuotaRequest, ClearQuotaV2Request, ComponentClearQuotaRequest, ComponentClearQuotaV2Request,
-    ComponentTokenRequest, ComponentTokenResponse, Endpoint, ErrcodeResponse, HttpMethod, PreAuthCodeRequest,
-    PreAuthCodeResponse, QueryAuthRequest, QueryAuthResponse, QuotaGetRequest, QuotaResponse, ResponseError,
-    StableTokenRequest, StartPushTicketRequest, TicketKind, TicketResponse, parse_response,
+    ClearQuotaRequest, ClearQuotaV2Request, ComponentClearQuotaRequest,
+    ComponentClearQuotaV2Request, ComponentTokenRequest, ComponentTokenResponse, Endpoint,
+    ErrcodeResponse, HttpMethod, PreAuthCodeRequest, PreAuthCodeResponse, QueryAuthRequest,
+    QueryAuthResponse, QuotaGetRequest, QuotaResponse, ResponseError, StableTokenRequest,
+    StartPushTicketRequest, TicketKind, TicketResponse, parse_response,
 };
 
 /// WeChat's API host, the default [`ClientConfig::base_url`].
@@ -53,7 +54,10 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Default timeouts with another base URL (the simulator's).
     pub fn with_base_url(base_url: Url) -> Self {
-        ClientConfig { base_url, ..ClientConfig::default() }
+        ClientConfig {
+            base_url,
+            ..ClientConfig::default()
+        }
     }
 }
 
@@ -84,7 +88,12 @@ pub enum WechatError {
     HttpStatus { endpoint: Endpoint, status: u16 },
     /// `errcode != 0`, classified for this endpoint by [`classify`].
     #[error("{endpoint}: errcode {errcode} ({class}): {errmsg}")]
-    Api { endpoint: Endpoint, errcode: i64, errmsg: String, class: ErrorClass },
+    Api {
+        endpoint: Endpoint,
+        errcode: i64,
+        errmsg: String,
+        class: ErrorClass,
+    },
     /// The body was not the JSON the endpoint promises (or exceeded [`MAX_RESPONSE_BYTES`]).
     #[error("{endpoint}: malformed response: {detail}")]
     Malformed { endpoint: Endpoint, detail: String },
@@ -102,9 +111,9 @@ impl WechatError {
     /// - errcodes: their [`classify`] class; `Config`: `Configuration`.
     pub fn class(&self) -> ErrorClass {
         match self {
-            WechatError::Network { .. } | WechatError::Timeout { .. } | WechatError::Malformed { .. } => {
-                ErrorClass::Transient
-            }
+            WechatError::Network { .. }
+            | WechatError::Timeout { .. }
+            | WechatError::Malformed { .. } => ErrorClass::Transient,
             WechatError::HttpStatus { status, .. } => match *status {
                 408 | 429 => ErrorClass::Transient,
                 300..=499 => ErrorClass::Configuration,
@@ -149,7 +158,9 @@ struct Inner {
 
 impl fmt::Debug for WechatClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WechatClient").field("base_url", &self.inner.base_url.as_str()).finish()
+        f.debug_struct("WechatClient")
+            .field("base_url", &self.inner.base_url.as_str())
+            .finish()
     }
 }
 
@@ -158,9 +169,13 @@ impl WechatClient {
     /// backend cannot start.
     pub fn new(config: ClientConfig) -> Result<Self, WechatError> {
         let mut base_url = config.base_url;
-        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() || base_url.host().is_none()
+        if !matches!(base_url.scheme(), "http" | "https")
+            || base_url.cannot_be_a_base()
+            || base_url.host().is_none()
         {
-            return Err(WechatError::Config("base_url must be an http(s) URL with a host".to_owned()));
+            return Err(WechatError::Config(
+                "base_url must be an http(s) URL with a host".to_owned(),
+            ));
         }
         base_url.set_query(None);
         base_url.set_fragment(None);
@@ -170,8 +185,15 @@ impl WechatClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wxtoken-wechat/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| WechatError::Config(format!("cannot build HTTP client: {}", error_chain(&e.without_url()))))?;
-        Ok(WechatClient { inner: Arc::new(Inner { http, base_url }) })
+            .map_err(|e| {
+                WechatError::Config(format!(
+                    "cannot build HTTP client: {}",
+                    error_chain(&e.without_url())
+                ))
+            })?;
+        Ok(WechatClient {
+            inner: Arc::new(Inner { http, base_url }),
+        })
     }
 
     pub fn base_url(&self) -> &Url {
@@ -212,11 +234,17 @@ impl WechatClient {
         }
         let span = tracing::debug_span!("wechat_call", endpoint = endpoint.name());
         async move {
-            let response = request.send().await.map_err(|e| transport_error(endpoint, e, secrets))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_error(endpoint, e, secrets))?;
             let status = response.status();
             if !status.is_success() {
                 tracing::debug!(status = status.as_u16(), "WeChat answered a non-2xx status");
-                return Err(WechatError::HttpStatus { endpoint, status: status.as_u16() });
+                return Err(WechatError::HttpStatus {
+                    endpoint,
+                    status: status.as_u16(),
+                });
             }
             let bytes = read_body(endpoint, response, secrets).await?;
             match parse_response::<T>(endpoint, &bytes) {
@@ -226,12 +254,22 @@ impl WechatClient {
                 }
                 Err(ResponseError::Api(api)) => {
                     let class = classify(api.errcode, endpoint);
-                    tracing::debug!(errcode = api.errcode, class = class.as_str(), "WeChat returned an errcode");
-                    Err(WechatError::Api { endpoint, errcode: api.errcode, errmsg: scrub(&api.errmsg, secrets), class })
+                    tracing::debug!(
+                        errcode = api.errcode,
+                        class = class.as_str(),
+                        "WeChat returned an errcode"
+                    );
+                    Err(WechatError::Api {
+                        endpoint,
+                        errcode: api.errcode,
+                        errmsg: scrub(&api.errmsg, secrets),
+                        class,
+                    })
                 }
-                Err(ResponseError::Malformed(detail)) => {
-                    Err(WechatError::Malformed { endpoint, detail: scrub(&detail, secrets) })
-                }
+                Err(ResponseError::Malformed(detail)) => Err(WechatError::Malformed {
+                    endpoint,
+                    detail: scrub(&detail, secrets),
+                }),
             }
         }
         .instrument(span)
@@ -268,7 +306,8 @@ impl WechatClient {
             component_appid: component_appid.to_owned(),
             component_secret: component_secret.to_owned(),
         };
-        self.post(Endpoint::StartPushTicket, &[], &body, &[component_secret]).await
+        self.post(Endpoint::StartPushTicket, &[], &body, &[component_secret])
+            .await
     }
 
     /// 3.2 api_component_token.
@@ -283,7 +322,13 @@ impl WechatClient {
             component_appsecret: component_appsecret.to_owned(),
             component_verify_ticket: ticket.to_owned(),
         };
-        self.post(Endpoint::ComponentToken, &[], &body, &[component_appsecret, ticket]).await
+        self.post(
+            Endpoint::ComponentToken,
+            &[],
+            &body,
+            &[component_appsecret, ticket],
+        )
+        .await
     }
 
     /// 3.3 api_create_preauthcode.
@@ -292,7 +337,9 @@ impl WechatClient {
         component_access_token: &str,
         component_appid: &str,
     ) -> Result<PreAuthCodeResponse, WechatError> {
-        let body = PreAuthCodeRequest { component_appid: component_appid.to_owned() };
+        let body = PreAuthCodeRequest {
+            component_appid: component_appid.to_owned(),
+        };
         self.post(
             Endpoint::CreatePreauthcode,
             &[("component_access_token", component_access_token)],
@@ -353,7 +400,11 @@ impl WechatClient {
         offset: u32,
         count: u32,
     ) -> Result<AuthorizerListResponse, WechatError> {
-        let body = AuthorizerListRequest { component_appid: component_appid.to_owned(), offset, count };
+        let body = AuthorizerListRequest {
+            component_appid: component_appid.to_owned(),
+            offset,
+            count,
+        };
         self.post(
             Endpoint::GetAuthorizerList,
             &[("component_access_token", component_access_token)],
@@ -385,10 +436,18 @@ impl WechatClient {
 
     /// 6.1 `GET cgi-bin/token?grant_type=client_credential&appid=&secret=`. The secret travels in
     /// the query string, as WeChat requires; it never appears in an error.
-    pub async fn token(&self, appid: &str, secret: &str) -> Result<AccessTokenResponse, WechatError> {
+    pub async fn token(
+        &self,
+        appid: &str,
+        secret: &str,
+    ) -> Result<AccessTokenResponse, WechatError> {
         self.get(
             Endpoint::Token,
-            &[("grant_type", crate::wire::GRANT_TYPE_CLIENT_CREDENTIAL), ("appid", appid), ("secret", secret)],
+            &[
+                ("grant_type", crate::wire::GRANT_TYPE_CLIENT_CREDENTIAL),
+                ("appid", appid),
+                ("secret", secret),
+            ],
             &[secret],
         )
         .await
@@ -402,28 +461,61 @@ impl WechatClient {
         force_refresh: bool,
     ) -> Result<AccessTokenResponse, WechatError> {
         let body = StableTokenRequest::new(appid, secret, force_refresh);
-        self.post(Endpoint::StableToken, &[], &body, &[secret]).await
+        self.post(Endpoint::StableToken, &[], &body, &[secret])
+            .await
     }
 
     /// 6.4 `GET cgi-bin/ticket/getticket?access_token=&type=jsapi|wx_card`.
-    pub async fn get_ticket(&self, access_token: &str, kind: TicketKind) -> Result<TicketResponse, WechatError> {
-        self.get(Endpoint::GetTicket, &[("access_token", access_token), ("type", kind.as_str())], &[access_token])
-            .await
+    pub async fn get_ticket(
+        &self,
+        access_token: &str,
+        kind: TicketKind,
+    ) -> Result<TicketResponse, WechatError> {
+        self.get(
+            Endpoint::GetTicket,
+            &[("access_token", access_token), ("type", kind.as_str())],
+            &[access_token],
+        )
+        .await
     }
 
     /// 6.3 `cgi-bin/clear_quota?access_token=` with `{"appid"}`; the token must belong to `appid`
     /// (its own, its authorizer token, or the component token for the component appid).
-    pub async fn clear_quota(&self, access_token: &str, appid: &str) -> Result<ErrcodeResponse, WechatError> {
-        let body = ClearQuotaRequest { appid: appid.to_owned() };
-        self.post(Endpoint::ClearQuota, &[("access_token", access_token)], &body, &[access_token]).await
+    pub async fn clear_quota(
+        &self,
+        access_token: &str,
+        appid: &str,
+    ) -> Result<ErrcodeResponse, WechatError> {
+        let body = ClearQuotaRequest {
+            appid: appid.to_owned(),
+        };
+        self.post(
+            Endpoint::ClearQuota,
+            &[("access_token", access_token)],
+            &body,
+            &[access_token],
+        )
+        .await
     }
 
     /// 6.3 `cgi-bin/clear_quota/v2`. Pages disagree on where `appid`/`appsecret` go (section 11);
     /// they are sent in both the query string and the JSON body, so either reading works.
-    pub async fn clear_quota_v2(&self, appid: &str, appsecret: &str) -> Result<ErrcodeResponse, WechatError> {
-        let body = ClearQuotaV2Request { appid: appid.to_owned(), appsecret: appsecret.to_owned() };
-        self.post(Endpoint::ClearQuotaV2, &[("appid", appid), ("appsecret", appsecret)], &body, &[appsecret])
-            .await
+    pub async fn clear_quota_v2(
+        &self,
+        appid: &str,
+        appsecret: &str,
+    ) -> Result<ErrcodeResponse, WechatError> {
+        let body = ClearQuotaV2Request {
+            appid: appid.to_owned(),
+            appsecret: appsecret.to_owned(),
+        };
+        self.post(
+            Endpoint::ClearQuotaV2,
+            &[("appid", appid), ("appsecret", appsecret)],
+            &body,
+            &[appsecret],
+        )
+        .await
     }
 
     /// 6.3 `cgi-bin/component/clear_quota/v2`: `appsecret` is the component secret; `appid` names
@@ -439,7 +531,8 @@ impl WechatClient {
             appsecret: appsecret.to_owned(),
             appid: appid.map(str::to_owned),
         };
-        self.post(Endpoint::ComponentClearQuotaV2, &[], &body, &[appsecret]).await
+        self.post(Endpoint::ComponentClearQuotaV2, &[], &body, &[appsecret])
+            .await
     }
 
     /// 6.3 legacy `cgi-bin/component/clear_quota?component_access_token=`.
@@ -448,7 +541,9 @@ impl WechatClient {
         component_access_token: &str,
         component_appid: &str,
     ) -> Result<ErrcodeResponse, WechatError> {
-        let body = ComponentClearQuotaRequest { component_appid: component_appid.to_owned() };
+        let body = ComponentClearQuotaRequest {
+            component_appid: component_appid.to_owned(),
+        };
         self.post(
             Endpoint::ComponentClearQuota,
             &[("component_access_token", component_access_token)],
@@ -460,15 +555,35 @@ impl WechatClient {
 
     /// 6.3 `cgi-bin/openapi/quota/get?access_token=` for one `cgi_path`
     /// (e.g. `/cgi-bin/component/api_component_token`).
-    pub async fn quota_get(&self, access_token: &str, cgi_path: &str) -> Result<QuotaResponse, WechatError> {
-        let body = QuotaGetRequest { cgi_path: cgi_path.to_owned() };
-        self.post(Endpoint::QuotaGet, &[("access_token", access_token)], &body, &[access_token]).await
+    pub async fn quota_get(
+        &self,
+        access_token: &str,
+        cgi_path: &str,
+    ) -> Result<QuotaResponse, WechatError> {
+        let body = QuotaGetRequest {
+            cgi_path: cgi_path.to_owned(),
+        };
+        self.post(
+            Endpoint::QuotaGet,
+            &[("access_token", access_token)],
+            &body,
+            &[access_token],
+        )
+        .await
     }
 
     /// `GET cgi-bin/getcallbackip?access_token=`: the cheapest token-checked call, useful to probe
     /// whether a token is accepted.
-    pub async fn get_callback_ip(&self, access_token: &str) -> Result<CallbackIpResponse, WechatError> {
-        self.get(Endpoint::GetCallbackIp, &[("access_token", access_token)], &[access_token]).await
+    pub async fn get_callback_ip(
+        &self,
+        access_token: &str,
+    ) -> Result<CallbackIpResponse, WechatError> {
+        self.get(
+            Endpoint::GetCallbackIp,
+            &[("access_token", access_token)],
+            &[access_token],
+        )
+        .await
     }
 }
 
@@ -499,16 +614,27 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn read_body(endpoint: Endpoint, mut response: reqwest::Response, secrets: &[&str]) -> Result<Vec<u8>, WechatError> {
+async fn read_body(
+    endpoint: Endpoint,
+    mut response: reqwest::Response,
+    secrets: &[&str],
+) -> Result<Vec<u8>, WechatError> {
     let too_large = || WechatError::Malformed {
         endpoint,
         detail: format!("response body larger than {MAX_RESPONSE_BYTES} bytes"),
     };
-    if response.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(endpoint, e, secrets))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(endpoint, e, secrets))?
+    {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());
         }
@@ -549,7 +675,10 @@ mod tests {
         let base = Url::parse("http://127.0.0.1:9/wx/?x=1#f").unwrap();
         let client = WechatClient::new(ClientConfig::with_base_url(base)).unwrap();
         let url = client.url(Endpoint::Token, &[("appid", "wx1"), ("secret", "a b+c")]);
-        assert_eq!(url.as_str(), "http://127.0.0.1:9/wx/cgi-bin/token?appid=wx1&secret=a+b%2Bc");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/wx/cgi-bin/token?appid=wx1&secret=a+b%2Bc"
+        );
         let plain = WechatClient::new(ClientConfig::default()).unwrap();
         assert_eq!(
             plain.url(Endpoint::ComponentToken, &[]).as_str(),
@@ -560,7 +689,8 @@ mod tests {
     #[test]
     fn non_http_base_urls_are_rejected() {
         for bad in ["ftp://example.com/", "mailto:a@b.c", "file:///tmp/x"] {
-            let err = WechatClient::new(ClientConfig::with_base_url(Url::parse(bad).unwrap())).unwrap_err();
+            let err = WechatClient::new(ClientConfig::with_base_url(Url::parse(bad).unwrap()))
+                .unwrap_err();
             assert!(matches!(err, WechatError::Config(_)), "{bad}");
             assert_eq!(err.class(), ErrorClass::Configuration);
         }
@@ -568,13 +698,22 @@ mod tests {
 
     #[test]
     fn scrub_removes_raw_and_encoded_secrets() {
-        assert_eq!(scrub("bad a+b/c and a%2Bb%2Fc", &["a+b/c"]), "bad *** and ***");
+        assert_eq!(
+            scrub("bad a+b/c and a%2Bb%2Fc", &["a+b/c"]),
+            "bad *** and ***"
+        );
         assert_eq!(scrub("nothing", &["", "x1"]), "nothing");
     }
 
     #[test]
     fn http_status_classes() {
-        let class = |status| WechatError::HttpStatus { endpoint: Endpoint::Token, status }.class();
+        let class = |status| {
+            WechatError::HttpStatus {
+                endpoint: Endpoint::Token,
+                status,
+            }
+            .class()
+        };
         assert_eq!(class(500), ErrorClass::Transient);
         assert_eq!(class(503), ErrorClass::Transient);
         assert_eq!(class(429), ErrorClass::Transient);

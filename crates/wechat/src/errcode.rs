@@ -107,11 +107,24 @@ pub struct ErrcodeInfo {
 /// Class of any code not in [`ERRCODES`].
 pub const UNKNOWN_CODE_CLASS: ErrorClass = ErrorClass::Transient;
 
-const fn row(code: i64, errmsg: &'static str, meaning: &'static str, class: ErrorClass) -> ErrcodeInfo {
-    ErrcodeInfo { code, errmsg, meaning, class }
+const fn row(
+    code: i64,
+    errmsg: &'static str,
+    meaning: &'static str,
+    class: ErrorClass,
+) -> ErrcodeInfo {
+    ErrcodeInfo {
+        code,
+        errmsg,
+        meaning,
+        class,
+    }
 }
 
-use ErrorClass::{Configuration as C, Permission as P, Quota as Q, Reauthorize as A, StaleToken as R, Ticket as K, Transient as T};
+use ErrorClass::{
+    Configuration as C, Permission as P, Quota as Q, Reauthorize as A, StaleToken as R,
+    Ticket as K, Transient as T,
+};
 
 /// Every code in section 7, including the "Other codes" note, plus 50004 from section 6.1 and
 /// 42006 (`component_access_token expired`, from WxJava's WxOpenErrorMsgEnum only).
@@ -123,24 +136,74 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
         "token wrong or superseded (someone else refreshed); on token-fetch APIs: wrong AppSecret",
         R,
     ),
-    row(40002, "invalid grant_type", "grant_type is not client_credential", C),
-    row(40013, "invalid appid", "malformed or unknown appid, or appid does not match the token", C),
-    row(40014, "invalid access_token", "token malformed or not valid", R),
+    row(
+        40002,
+        "invalid grant_type",
+        "grant_type is not client_credential",
+        C,
+    ),
+    row(
+        40013,
+        "invalid appid",
+        "malformed or unknown appid, or appid does not match the token",
+        C,
+    ),
+    row(
+        40014,
+        "invalid access_token",
+        "token malformed or not valid",
+        R,
+    ),
     row(40097, "invalid args", "invalid arguments", C),
     row(40125, "invalid appsecret", "wrong secret", C),
-    row(40164, "invalid ip", "caller IP not in the account's API IP whitelist", C),
+    row(
+        40164,
+        "invalid ip",
+        "caller IP not in the account's API IP whitelist",
+        C,
+    ),
     row(40243, "", "AppSecret frozen by the owner", C),
     row(41001, "access_token missing", "no token in the URL", C),
     row(41002, "appid missing", "appid missing", C),
     row(41004, "appsecret missing", "appsecret missing", C),
-    row(41018, "missing component_appid", "body lacks component_appid", C),
+    row(
+        41018,
+        "missing component_appid",
+        "body lacks component_appid",
+        C,
+    ),
     row(42001, "access_token expired", "token past expiry", R),
-    row(42002, "refresh_token timeout", "web OAuth refresh token expired", A),
-    row(42006, "component_access_token expired", "component token past expiry (WxJava enum only)", R),
-    row(42007, "access_token and refresh_token exception", "user changed password; web OAuth tokens invalidated", A),
-    row(43002, "require POST method", "GET used where POST is required", C),
+    row(
+        42002,
+        "refresh_token timeout",
+        "web OAuth refresh token expired",
+        A,
+    ),
+    row(
+        42006,
+        "component_access_token expired",
+        "component token past expiry (WxJava enum only)",
+        R,
+    ),
+    row(
+        42007,
+        "access_token and refresh_token exception",
+        "user changed password; web OAuth tokens invalidated",
+        A,
+    ),
+    row(
+        43002,
+        "require POST method",
+        "GET used where POST is required",
+        C,
+    ),
     row(44002, "empty post data", "empty request body", C),
-    row(45009, "reach max api daily quota limit", "daily quota used up (old errmsg: api freq out of limit)", Q),
+    row(
+        45009,
+        "reach max api daily quota limit",
+        "daily quota used up (old errmsg: api freq out of limit)",
+        Q,
+    ),
     row(
         45011,
         "api minute-quota reach limit must slower retry next minute",
@@ -148,8 +211,18 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
         T,
     ),
     row(47001, "data format error", "bad JSON/XML in the request", C),
-    row(48001, "api unauthorized", "account lacks the API, or wrong token type", P),
-    row(48004, "api forbidden for irregularities", "API banned for the account", C),
+    row(
+        48001,
+        "api unauthorized",
+        "account lacks the API, or wrong token type",
+        P,
+    ),
+    row(
+        48004,
+        "api forbidden for irregularities",
+        "API banned for the account",
+        C,
+    ),
     row(
         48006,
         "forbid to clear quota because of reaching the limit",
@@ -157,7 +230,12 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
         Q,
     ),
     row(50001, "user unauthorized", "user unauthorized", P),
-    row(50002, "user limited", "account frozen, being cancelled or migrated", A),
+    row(
+        50002,
+        "user limited",
+        "account frozen, being cancelled or migrated",
+        A,
+    ),
     row(
         50004,
         "user not allow to use accesstoken, maybe for punishment",
@@ -170,24 +248,64 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
         "appid not (or no longer) authorized to this platform, or appids swapped",
         A,
     ),
-    row(61004, "access clientip is not registered", "caller IP not in the platform's whitelist", C),
-    row(61005, "component ticket is expired", "component_verify_ticket older than 12 h", K),
+    row(
+        61004,
+        "access clientip is not registered",
+        "caller IP not in the platform's whitelist",
+        C,
+    ),
+    row(
+        61005,
+        "component ticket is expired",
+        "component_verify_ticket older than 12 h",
+        K,
+    ),
     row(
         61006,
         "component ticket is invalid",
         "wrong, empty or not-latest ticket, or secret mismatch",
         K,
     ),
-    row(61007, "api is unauthorized to component", "authorizer did not grant the permission set", P),
+    row(
+        61007,
+        "api is unauthorized to component",
+        "authorizer did not grant the permission set",
+        P,
+    ),
     row(61008, "component req key is duplicated", "duplicate key", C),
-    row(61009, "code is invalid", "authorization code wrong, already used, or a pre-auth code", C),
+    row(
+        61009,
+        "code is invalid",
+        "authorization code wrong, already used, or a pre-auth code",
+        C,
+    ),
     row(61010, "code is expired", "authorization code expired", A),
-    row(61011, "invalid component", "appid is not a third-party platform", C),
+    row(
+        61011,
+        "invalid component",
+        "appid is not a third-party platform",
+        C,
+    ),
     row(61012, "invalid option name", "invalid option name", C),
     row(61013, "invalid option value", "invalid option value", C),
-    row(61014, "must use component token for component api", "component token required", C),
-    row(61015, "must use biz account token for not component api", "authorizer token required", C),
-    row(61023, "refresh_token is invalid", "refresh token empty, wrong or revoked", A),
+    row(
+        61014,
+        "must use component token for component api",
+        "component token required",
+        C,
+    ),
+    row(
+        61015,
+        "must use biz account token for not component api",
+        "authorizer token required",
+        C,
+    ),
+    row(
+        61023,
+        "refresh_token is invalid",
+        "refresh token empty, wrong or revoked",
+        A,
+    ),
     row(
         61024,
         "must use api(api_component_token) to get token for component acct",
@@ -197,10 +315,30 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
     row(61025, "read-only option", "read-only option", C),
     row(61026, "register access deny", "register denied", C),
     row(61027, "register limit exceed", "register limit exceeded", C),
-    row(61028, "component is unpublished", "third-party platform not published", C),
-    row(61029, "component need republish with base category", "needs republish with base category", C),
-    row(61030, "component cancel authorization not allowed", "component cannot cancel the authorization", C),
-    row(76021, "cgi_path not found, please check", "quota query for an unknown cgi_path", C),
+    row(
+        61028,
+        "component is unpublished",
+        "third-party platform not published",
+        C,
+    ),
+    row(
+        61029,
+        "component need republish with base category",
+        "needs republish with base category",
+        C,
+    ),
+    row(
+        61030,
+        "component cancel authorization not allowed",
+        "component cannot cancel the authorization",
+        C,
+    ),
+    row(
+        76021,
+        "cgi_path not found, please check",
+        "quota query for an unknown cgi_path",
+        C,
+    ),
     row(
         76022,
         "could not use this cgi_path,no permission",
@@ -208,8 +346,18 @@ pub static ERRCODES: &[ErrcodeInfo] = &[
         C,
     ),
     row(89501, "", "risky-IP confirmation pending; retry later", T),
-    row(89503, "", "admin confirmation of the caller IP required; message sent to admin", C),
-    row(89506, "", "admin refused the IP twice in 24 h; retry after 24 h", C),
+    row(
+        89503,
+        "",
+        "admin confirmation of the caller IP required; message sent to admin",
+        C,
+    ),
+    row(
+        89506,
+        "",
+        "admin refused the IP twice in 24 h; retry after 24 h",
+        C,
+    ),
     row(89507, "", "admin refused the IP once; retry after 1 h", C),
 ];
 
@@ -278,8 +426,10 @@ mod tests {
     ];
 
     /// The "Other codes" note of section 7.
-    const OTHER_CODES: &[i64] =
-        &[61008, 61012, 61013, 61014, 61015, 61025, 61026, 61027, 61028, 61029, 61030, 40097, 42002, 42007];
+    const OTHER_CODES: &[i64] = &[
+        61008, 61012, 61013, 61014, 61015, 61025, 61026, 61027, 61028, 61029, 61030, 40097, 42002,
+        42007,
+    ];
 
     fn letter(class: ErrorClass) -> char {
         match class {
@@ -298,7 +448,11 @@ mod tests {
         for &(code, expected) in SECTION_7 {
             let info = lookup(code).unwrap_or_else(|| panic!("{code} missing from ERRCODES"));
             assert_eq!(letter(info.class), expected, "table class of {code}");
-            assert_eq!(letter(classify(code, Endpoint::GetCallbackIp)), expected, "classify({code})");
+            assert_eq!(
+                letter(classify(code, Endpoint::GetCallbackIp)),
+                expected,
+                "classify({code})"
+            );
         }
     }
 
@@ -317,7 +471,11 @@ mod tests {
             assert!(!info.meaning.is_empty(), "{} has no meaning", info.code);
         }
         assert!(lookup(0).is_none());
-        assert_eq!(ERRCODES.len(), SECTION_7.len() + OTHER_CODES.len() + 2, "50004 and 42006 are the extra rows");
+        assert_eq!(
+            ERRCODES.len(),
+            SECTION_7.len() + OTHER_CODES.len() + 2,
+            "50004 and 42006 are the extra rows"
+        );
     }
 
     #[test]
@@ -330,9 +488,21 @@ mod tests {
             Endpoint::ClearQuotaV2,
             Endpoint::ComponentClearQuotaV2,
         ] {
-            assert_eq!(classify(40001, endpoint), ErrorClass::Configuration, "{endpoint}");
-            assert_eq!(classify(42001, endpoint), ErrorClass::Transient, "{endpoint}");
-            assert_eq!(classify(40014, endpoint), ErrorClass::Transient, "{endpoint}");
+            assert_eq!(
+                classify(40001, endpoint),
+                ErrorClass::Configuration,
+                "{endpoint}"
+            );
+            assert_eq!(
+                classify(42001, endpoint),
+                ErrorClass::Transient,
+                "{endpoint}"
+            );
+            assert_eq!(
+                classify(40014, endpoint),
+                ErrorClass::Transient,
+                "{endpoint}"
+            );
         }
     }
 
@@ -343,20 +513,42 @@ mod tests {
                 continue;
             }
             for code in [40001, 40014, 42001, 42006] {
-                assert_eq!(classify(code, endpoint), ErrorClass::StaleToken, "{code} on {endpoint}");
+                assert_eq!(
+                    classify(code, endpoint),
+                    ErrorClass::StaleToken,
+                    "{code} on {endpoint}"
+                );
             }
         }
         // On api_authorizer_token the stale token is the component token in the URL.
-        assert_eq!(Endpoint::AuthorizerToken.auth(), EndpointAuth::ComponentAccessToken);
+        assert_eq!(
+            Endpoint::AuthorizerToken.auth(),
+            EndpointAuth::ComponentAccessToken
+        );
     }
 
     #[test]
     fn authorization_code_errors_are_decided_per_the_module_docs() {
-        assert_eq!(classify(61009, Endpoint::QueryAuth), ErrorClass::Configuration);
-        assert_eq!(classify(61010, Endpoint::QueryAuth), ErrorClass::Reauthorize);
-        assert_eq!(classify(61023, Endpoint::AuthorizerToken), ErrorClass::Reauthorize);
-        assert_eq!(classify(61006, Endpoint::ComponentToken), ErrorClass::Ticket);
-        assert_eq!(classify(45009, Endpoint::AuthorizerToken), ErrorClass::Quota);
+        assert_eq!(
+            classify(61009, Endpoint::QueryAuth),
+            ErrorClass::Configuration
+        );
+        assert_eq!(
+            classify(61010, Endpoint::QueryAuth),
+            ErrorClass::Reauthorize
+        );
+        assert_eq!(
+            classify(61023, Endpoint::AuthorizerToken),
+            ErrorClass::Reauthorize
+        );
+        assert_eq!(
+            classify(61006, Endpoint::ComponentToken),
+            ErrorClass::Ticket
+        );
+        assert_eq!(
+            classify(45009, Endpoint::AuthorizerToken),
+            ErrorClass::Quota
+        );
     }
 
     #[test]
@@ -374,10 +566,21 @@ mod tests {
         let labels: Vec<&str> = ErrorClass::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(
             labels,
-            ["transient", "stale_token", "ticket", "reauthorize", "configuration", "quota", "permission"]
+            [
+                "transient",
+                "stale_token",
+                "ticket",
+                "reauthorize",
+                "configuration",
+                "quota",
+                "permission"
+            ]
         );
         for &class in ErrorClass::ALL {
-            assert_eq!(serde_json::to_string(&class).unwrap(), format!("\"{}\"", class.as_str()));
+            assert_eq!(
+                serde_json::to_string(&class).unwrap(),
+                format!("\"{}\"", class.as_str())
+            );
             assert_eq!(class.to_string(), class.as_str());
         }
     }

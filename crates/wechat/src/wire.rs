@@ -179,9 +179,10 @@ impl Endpoint {
             | Endpoint::GetAuthorizerList
             | Endpoint::GetAuthorizerInfo
             | Endpoint::ComponentClearQuota => EndpointAuth::ComponentAccessToken,
-            Endpoint::GetTicket | Endpoint::ClearQuota | Endpoint::QuotaGet | Endpoint::GetCallbackIp => {
-                EndpointAuth::AccessToken
-            }
+            Endpoint::GetTicket
+            | Endpoint::ClearQuota
+            | Endpoint::QuotaGet
+            | Endpoint::GetCallbackIp => EndpointAuth::AccessToken,
         }
     }
 
@@ -288,14 +289,22 @@ pub const AUTHORIZER_LIST_MAX_COUNT: u32 = 500;
 pub struct ComponentAccessTokenQuery {
     pub component_access_token: String,
 }
-redacted_debug!(ComponentAccessTokenQuery { plain: [], secret: [component_access_token], secret_opt: [] });
+redacted_debug!(ComponentAccessTokenQuery {
+    plain: [],
+    secret: [component_access_token],
+    secret_opt: []
+});
 
 /// Query `?access_token=` of getcallbackip, clear_quota and openapi/quota/get.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessTokenQuery {
     pub access_token: String,
 }
-redacted_debug!(AccessTokenQuery { plain: [], secret: [access_token], secret_opt: [] });
+redacted_debug!(AccessTokenQuery {
+    plain: [],
+    secret: [access_token],
+    secret_opt: []
+});
 
 /// Body of api_start_push_ticket (3.1). Note `component_secret`, not `component_appsecret`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,7 +312,11 @@ pub struct StartPushTicketRequest {
     pub component_appid: String,
     pub component_secret: String,
 }
-redacted_debug!(StartPushTicketRequest { plain: [component_appid], secret: [component_secret], secret_opt: [] });
+redacted_debug!(StartPushTicketRequest {
+    plain: [component_appid],
+    secret: [component_secret],
+    secret_opt: []
+});
 
 /// Body of api_component_token (3.2).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,7 +343,11 @@ pub struct QueryAuthRequest {
     pub component_appid: String,
     pub authorization_code: String,
 }
-redacted_debug!(QueryAuthRequest { plain: [component_appid], secret: [authorization_code], secret_opt: [] });
+redacted_debug!(QueryAuthRequest {
+    plain: [component_appid],
+    secret: [authorization_code],
+    secret_opt: []
+});
 
 /// Body of api_authorizer_token (5.1).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,7 +384,11 @@ pub struct TokenQuery {
     pub appid: String,
     pub secret: String,
 }
-redacted_debug!(TokenQuery { plain: [grant_type, appid], secret: [secret], secret_opt: [] });
+redacted_debug!(TokenQuery {
+    plain: [grant_type, appid],
+    secret: [secret],
+    secret_opt: []
+});
 
 impl TokenQuery {
     pub fn new(appid: &str, secret: &str) -> Self {
@@ -388,7 +409,11 @@ pub struct StableTokenRequest {
     #[serde(default)]
     pub force_refresh: bool,
 }
-redacted_debug!(StableTokenRequest { plain: [grant_type, appid, force_refresh], secret: [secret], secret_opt: [] });
+redacted_debug!(StableTokenRequest {
+    plain: [grant_type, appid, force_refresh],
+    secret: [secret],
+    secret_opt: []
+});
 
 impl StableTokenRequest {
     pub fn new(appid: &str, secret: &str, force_refresh: bool) -> Self {
@@ -426,7 +451,11 @@ pub struct GetTicketQuery {
     #[serde(rename = "type")]
     pub kind: TicketKind,
 }
-redacted_debug!(GetTicketQuery { plain: [kind], secret: [access_token], secret_opt: [] });
+redacted_debug!(GetTicketQuery {
+    plain: [kind],
+    secret: [access_token],
+    secret_opt: []
+});
 
 /// Body of `cgi-bin/clear_quota?access_token=` (6.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,7 +471,11 @@ pub struct ClearQuotaV2Request {
     pub appid: String,
     pub appsecret: String,
 }
-redacted_debug!(ClearQuotaV2Request { plain: [appid], secret: [appsecret], secret_opt: [] });
+redacted_debug!(ClearQuotaV2Request {
+    plain: [appid],
+    secret: [appsecret],
+    secret_opt: []
+});
 
 /// Body of `cgi-bin/component/clear_quota/v2` (6.3): `appsecret` is the component secret; `appid`,
 /// when present, names an authorized account whose counters are reset on its behalf.
@@ -453,7 +486,11 @@ pub struct ComponentClearQuotaV2Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appid: Option<String>,
 }
-redacted_debug!(ComponentClearQuotaV2Request { plain: [component_appid, appid], secret: [appsecret], secret_opt: [] });
+redacted_debug!(ComponentClearQuotaV2Request {
+    plain: [component_appid, appid],
+    secret: [appsecret],
+    secret_opt: []
+});
 
 /// Body of the legacy `cgi-bin/component/clear_quota?component_access_token=` (6.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -486,7 +523,10 @@ pub struct ErrcodeResponse {
 impl ErrcodeResponse {
     /// `{"errcode":0,"errmsg":"ok"}`.
     pub fn ok() -> Self {
-        ErrcodeResponse { errcode: 0, errmsg: "ok".to_owned() }
+        ErrcodeResponse {
+            errcode: 0,
+            errmsg: "ok".to_owned(),
+        }
     }
 }
 
@@ -496,7 +536,11 @@ pub struct ComponentTokenResponse {
     pub component_access_token: String,
     pub expires_in: u64,
 }
-redacted_debug!(ComponentTokenResponse { plain: [expires_in], secret: [component_access_token], secret_opt: [] });
+redacted_debug!(ComponentTokenResponse {
+    plain: [expires_in],
+    secret: [component_access_token],
+    secret_opt: []
+});
 
 /// api_create_preauthcode success: `{"pre_auth_code":"preauthcode@@@...","expires_in":600}`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,7 +548,11 @@ pub struct PreAuthCodeResponse {
     pub pre_auth_code: String,
     pub expires_in: u64,
 }
-redacted_debug!(PreAuthCodeResponse { plain: [expires_in], secret: [pre_auth_code], secret_opt: [] });
+redacted_debug!(PreAuthCodeResponse {
+    plain: [expires_in],
+    secret: [pre_auth_code],
+    secret_opt: []
+});
 
 /// `{"id": 18}` inside a func_info entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -533,7 +581,10 @@ pub struct FuncInfo {
 
 impl FuncInfo {
     pub fn new(id: i64) -> Self {
-        FuncInfo { funcscope_category: FuncscopeCategory { id }, confirm_info: None }
+        FuncInfo {
+            funcscope_category: FuncscopeCategory { id },
+            confirm_info: None,
+        }
     }
 
     pub fn id(&self) -> i64 {
@@ -618,7 +669,11 @@ pub struct AuthorizerListItem {
     #[serde(default)]
     pub auth_time: i64,
 }
-redacted_debug!(AuthorizerListItem { plain: [authorizer_appid, auth_time], secret: [], secret_opt: [refresh_token] });
+redacted_debug!(AuthorizerListItem {
+    plain: [authorizer_appid, auth_time],
+    secret: [],
+    secret_opt: [refresh_token]
+});
 
 impl AuthorizerListItem {
     pub fn non_empty_refresh_token(&self) -> Option<&str> {
@@ -678,7 +733,11 @@ pub struct AuthorizerInfo {
     pub signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_info: Option<Value>,
-    #[serde(rename = "MiniProgramInfo", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MiniProgramInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mini_program_info: Option<MiniProgramInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub register_type: Option<i64>,
@@ -715,7 +774,11 @@ pub struct AccessTokenResponse {
     pub access_token: String,
     pub expires_in: u64,
 }
-redacted_debug!(AccessTokenResponse { plain: [expires_in], secret: [access_token], secret_opt: [] });
+redacted_debug!(AccessTokenResponse {
+    plain: [expires_in],
+    secret: [access_token],
+    secret_opt: []
+});
 
 /// getticket success: `{"errcode":0,"errmsg":"ok","ticket":"...","expires_in":7200}`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -727,12 +790,21 @@ pub struct TicketResponse {
     pub ticket: String,
     pub expires_in: u64,
 }
-redacted_debug!(TicketResponse { plain: [errcode, errmsg, expires_in], secret: [ticket], secret_opt: [] });
+redacted_debug!(TicketResponse {
+    plain: [errcode, errmsg, expires_in],
+    secret: [ticket],
+    secret_opt: []
+});
 
 impl TicketResponse {
     /// The success shape, with `"errcode":0,"errmsg":"ok"`.
     pub fn new(ticket: impl Into<String>, expires_in: u64) -> Self {
-        TicketResponse { errcode: 0, errmsg: "ok".to_owned(), ticket: ticket.into(), expires_in }
+        TicketResponse {
+            errcode: 0,
+            errmsg: "ok".to_owned(),
+            ticket: ticket.into(),
+            expires_in,
+        }
     }
 }
 
@@ -797,7 +869,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(errcode: i64, errmsg: impl Into<String>) -> Self {
-        ApiError { errcode, errmsg: errmsg.into() }
+        ApiError {
+            errcode,
+            errmsg: errmsg.into(),
+        }
     }
 
     /// The request id WeChat appended to errmsg: the current ` rid: 61b2c8e7-5746986a-4c6edd06`
@@ -848,10 +923,16 @@ pub fn format_rid(a: u32, b: u32, c: u32) -> String {
 ///   `null` errmsg dropped); unknown fields are ignored.
 ///
 /// The endpoint is only used for diagnostics; the rules are the same for every endpoint.
-pub fn parse_response<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, ResponseError> {
+pub fn parse_response<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<T, ResponseError> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| malformed(endpoint, &e))?;
     let Value::Object(map) = &mut value else {
-        tracing::debug!(endpoint = endpoint.name(), "response body is not a JSON object");
+        tracing::debug!(
+            endpoint = endpoint.name(),
+            "response body is not a JSON object"
+        );
         return Err(ResponseError::Malformed(format!(
             "expected a JSON object, got {}",
             json_kind(&value)
@@ -861,7 +942,10 @@ pub fn parse_response<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> R
         None | Some(Value::Null) => {}
         Some(raw) => {
             let errcode = errcode_of(raw).ok_or_else(|| {
-                ResponseError::Malformed(format!("errcode is not an integer but {}", json_kind(raw)))
+                ResponseError::Malformed(format!(
+                    "errcode is not an integer but {}",
+                    json_kind(raw)
+                ))
             })?;
             if errcode != 0 {
                 let errmsg = match map.get("errmsg") {
@@ -976,7 +1060,10 @@ mod tests {
             redact_quoted(r#"invalid type: string "69_se\"cret", expected u64"#),
             r#"invalid type: string "***", expected u64"#
         );
-        assert_eq!(redact_quoted("unknown variant `abc`, expected `x`"), "unknown variant `***`, expected `***`");
+        assert_eq!(
+            redact_quoted("unknown variant `abc`, expected `x`"),
+            "unknown variant `***`, expected `***`"
+        );
         assert_eq!(redact_quoted("unterminated \"secret"), "unterminated \"***");
     }
 }
