@@ -595,10 +595,13 @@ impl FuncInfo {
 /// `authorization_info` of api_query_auth (4) and api_get_authorizer_info (5.3).
 ///
 /// The token fields are present only when the account granted API permission. The older
-/// api_get_authorizer_info shape spelled `authorizer_appid` as `appid`; both are accepted.
+/// api_get_authorizer_info shape spelled `authorizer_appid` as `appid`; either is accepted, and
+/// `authorizer_appid` wins if both are present. This is the reply that carries a new refresh token,
+/// so decoding is as forgiving as it can be: a `func_info` entry of an unexpected shape is skipped
+/// rather than failing the whole reply.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AuthorizationInfoWire")]
 pub struct AuthorizationInfo {
-    #[serde(alias = "appid")]
     pub authorizer_appid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizer_access_token: Option<String>,
@@ -614,6 +617,47 @@ redacted_debug!(AuthorizationInfo {
     secret: [],
     secret_opt: [authorizer_access_token, authorizer_refresh_token]
 });
+
+/// What [`AuthorizationInfo`] is decoded from: both appid spellings, func_info left untyped.
+#[derive(Deserialize)]
+struct AuthorizationInfoWire {
+    #[serde(default)]
+    authorizer_appid: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    authorizer_access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    authorizer_refresh_token: Option<String>,
+    #[serde(default)]
+    func_info: Option<Vec<Value>>,
+}
+
+impl TryFrom<AuthorizationInfoWire> for AuthorizationInfo {
+    type Error = &'static str;
+
+    fn try_from(wire: AuthorizationInfoWire) -> Result<Self, Self::Error> {
+        let authorizer_appid = wire
+            .authorizer_appid
+            .or(wire.appid)
+            .ok_or("missing field `authorizer_appid`")?;
+        let func_info = wire
+            .func_info
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|entry| serde_json::from_value(entry).ok())
+            .collect();
+        Ok(AuthorizationInfo {
+            authorizer_appid,
+            authorizer_access_token: wire.authorizer_access_token,
+            expires_in: wire.expires_in,
+            authorizer_refresh_token: wire.authorizer_refresh_token,
+            func_info,
+        })
+    }
+}
 
 impl AuthorizationInfo {
     /// The refresh token, unless absent or empty. Never overwrite a stored refresh token with an
@@ -693,6 +737,7 @@ pub struct AuthorizerListResponse {
 /// `{"id": 2}` in `service_type_info` / `verify_type_info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeInfo {
+    #[serde(default)]
     pub id: i64,
 }
 

@@ -206,6 +206,42 @@ fn query_auth_without_api_permission_has_no_tokens() {
 }
 
 #[test]
+fn query_auth_survives_odd_func_info_entries_and_both_appid_spellings() {
+    let body = json!({"authorization_info": {
+        "authorizer_appid": "wxnew",
+        "appid": "wxold",
+        "authorizer_access_token": "69_a",
+        "expires_in": 7200,
+        "authorizer_refresh_token": "refreshtoken@@@r",
+        "func_info": [{"funcscope_category": {"id": 1}}, {"funcscope_category": "weird"}, 7, {"other": {}}, {"funcscope_category": {"id": 18}}]
+    }});
+    let r: QueryAuthResponse =
+        parse_response(Endpoint::QueryAuth, body.to_string().as_bytes()).unwrap();
+    let info = r.authorization_info;
+    assert_eq!(
+        info.authorizer_appid, "wxnew",
+        "authorizer_appid wins over appid"
+    );
+    assert_eq!(info.non_empty_refresh_token(), Some("refreshtoken@@@r"));
+    assert_eq!(info.func_ids(), [1, 18], "unparseable entries are skipped");
+    let serialized = serde_json::to_value(&info).unwrap();
+    assert_eq!(serialized["authorizer_appid"], "wxnew");
+    assert!(serialized.get("appid").is_none());
+}
+
+#[test]
+fn query_auth_without_any_appid_is_malformed() {
+    let body = json!({"authorization_info": {"authorizer_refresh_token": "refreshtoken@@@r"}});
+    let err = parse_response::<QueryAuthResponse>(Endpoint::QueryAuth, body.to_string().as_bytes())
+        .unwrap_err();
+    let ResponseError::Malformed(detail) = err else {
+        panic!("{err:?}")
+    };
+    assert!(detail.contains("authorizer_appid"), "{detail}");
+    assert!(!detail.contains("refreshtoken@@@"), "{detail}");
+}
+
+#[test]
 fn authorizer_token_success_echoes_the_refresh_token() {
     let r: AuthorizerTokenResponse = ok(Endpoint::AuthorizerToken, "ok");
     assert!(r.authorizer_access_token.starts_with("69_"));
