@@ -432,8 +432,7 @@ fn parse_leaves(input: &str) -> Result<Vec<(String, String)>, XmlError> {
             .map_err(|e| map_reader_error(e, reader.error_position()))?;
         let position = reader.buffer_position();
         match event {
-            XmlEvent::Start(start) | XmlEvent::Empty(start) if root_closed => {
-                let _ = start;
+            XmlEvent::Start(_) | XmlEvent::Empty(_) if root_closed => {
                 return Err(XmlError::TrailingContent);
             }
             XmlEvent::Start(start) => {
