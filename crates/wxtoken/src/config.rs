@@ -209,6 +209,17 @@ impl Default for UpstreamConfig {
     }
 }
 
+impl UpstreamConfig {
+    /// The WeChat client this section describes.
+    pub fn client(&self) -> Result<wechat::client::WechatClient, wechat::client::WechatError> {
+        wechat::client::WechatClient::new(wechat::client::ClientConfig {
+            base_url: self.base_url.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
@@ -816,6 +827,17 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("replace-with-the-component-appsecret"));
         assert!(!debug.contains("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"));
+    }
+
+    #[test]
+    fn upstream_section_builds_a_client_for_its_base_url() {
+        let config = from_toml(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\ntimeout = \"2s\"\n",
+            &[],
+        )
+        .expect("loads");
+        let client = config.upstream.client().expect("client builds");
+        assert_eq!(client.base_url().as_str(), "http://127.0.0.1:9/");
     }
 
     #[test]
