@@ -21,7 +21,10 @@ pub(crate) struct Clock {
 impl Clock {
     pub(crate) fn new() -> Self {
         let (jumps, _) = watch::channel(0);
-        Self { offset_ms: AtomicI64::new(0), jumps }
+        Self {
+            offset_ms: AtomicI64::new(0),
+            jumps,
+        }
     }
 
     /// Now, in simulated Unix milliseconds.

@@ -175,7 +175,11 @@ pub struct QuotaConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { daily: BTreeMap::new(), clear_per_month: 10, clear_resets_token_apis: true }
+        Self {
+            daily: BTreeMap::new(),
+            clear_per_month: 10,
+            clear_resets_token_apis: true,
+        }
     }
 }
 
@@ -195,7 +199,11 @@ pub struct PushConfig {
 
 impl Default for PushConfig {
     fn default() -> Self {
-        Self { attempts: 3, backoff: Duration::from_secs(5), timeout: Duration::from_secs(5) }
+        Self {
+            attempts: 3,
+            backoff: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -273,15 +281,18 @@ impl SimConfig {
             }
         }
         if let Some(seed) = &self.component {
-            if let Some(key) = &seed.encoding_aes_key {
-                if !valid_aes_key(key) {
-                    return bad("component.encoding_aes_key", "must be 43 characters A-Z a-z 0-9");
-                }
+            if let Some(key) = &seed.encoding_aes_key
+                && !valid_aes_key(key)
+            {
+                return bad(
+                    "component.encoding_aes_key",
+                    "must be 43 characters A-Z a-z 0-9",
+                );
             }
-            if let Some(url) = &seed.push_url {
-                if url::Url::parse(url).is_err() {
-                    return bad("component.push_url", "not a URL");
-                }
+            if let Some(url) = &seed.push_url
+                && url::Url::parse(url).is_err()
+            {
+                return bad("component.push_url", "not a URL");
             }
         }
         Ok(Rules {

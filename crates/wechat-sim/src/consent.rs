@@ -22,8 +22,11 @@ use crate::sim::Sim;
 const MAX_LISTED: usize = 200;
 
 /// WeChat's PC page, its current H5 page, and the older H5 path.
-pub(crate) const PATHS: [&str; 3] =
-    [wechat::authorize::PC_PATH, wechat::authorize::MOBILE_PATH, "/safe/bindcomponent"];
+pub(crate) const PATHS: [&str; 3] = [
+    wechat::authorize::PC_PATH,
+    wechat::authorize::MOBILE_PATH,
+    "/safe/bindcomponent",
+];
 
 pub(crate) fn router() -> Router<Arc<Sim>> {
     let mut r = Router::new();
@@ -116,14 +119,18 @@ fn check(sim: &Arc<Sim>, p: &Params, consume: bool) -> Result<(), String> {
     p.kinds()?;
     let now = sim.clock.now_ms();
     let mut st = sim.state.lock();
-    let cid = st
-        .component_id(&p.component_appid)
-        .ok_or_else(|| format!("component_appid {} is not a third-party platform", p.component_appid))?;
-    st.pre_auth_code(cid, &p.pre_auth_code, now, consume).map_err(|e| match e {
-        crate::model::ControlError::Invalid(m)
-        | crate::model::ControlError::NotFound(m)
-        | crate::model::ControlError::Conflict(m) => m,
-    })
+    let cid = st.component_id(&p.component_appid).ok_or_else(|| {
+        format!(
+            "component_appid {} is not a third-party platform",
+            p.component_appid
+        )
+    })?;
+    st.pre_auth_code(cid, &p.pre_auth_code, now, consume)
+        .map_err(|e| match e {
+            crate::model::ControlError::Invalid(m)
+            | crate::model::ControlError::NotFound(m)
+            | crate::model::ControlError::Conflict(m) => m,
+        })
 }
 
 async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
@@ -140,10 +147,16 @@ async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
             .take(MAX_LISTED)
             .collect()
     } else {
-        ctl.account(&p.biz_appid).into_iter().filter(|a| kinds.contains(&a.kind)).collect()
+        ctl.account(&p.biz_appid)
+            .into_iter()
+            .filter(|a| kinds.contains(&a.kind))
+            .collect()
     };
     let hidden = |name: &str, value: &str| {
-        format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value))
+        format!(
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            escape(value)
+        )
     };
     let mut html = String::from(
         "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
@@ -188,7 +201,9 @@ async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
         }
         html.push_str("</select></label></p>");
     }
-    html.push_str("<p><button type=\"submit\">确认授权 / Approve</button></p></form></body></html>");
+    html.push_str(
+        "<p><button type=\"submit\">确认授权 / Approve</button></p></form></body></html>",
+    );
     Html(html).into_response()
 }
 
@@ -212,12 +227,20 @@ async fn approve(State(sim): State<Arc<Sim>>, raw: Bytes) -> Response {
         if let Err(m) = check(&sim, &p, false) {
             return error_page(&m);
         }
-        match ctl.create_account(AccountSpec { kind, appid: None, appsecret: None }) {
+        match ctl.create_account(AccountSpec {
+            kind,
+            appid: None,
+            appsecret: None,
+        }) {
             Ok(a) => a.appid,
             Err(e) => return error_page(&e.to_string()),
         }
     } else {
-        let appid = if p.biz_appid.is_empty() { p.appid.clone() } else { p.biz_appid.clone() };
+        let appid = if p.biz_appid.is_empty() {
+            p.appid.clone()
+        } else {
+            p.biz_appid.clone()
+        };
         if appid.is_empty() {
             return error_page("no account was chosen");
         }
@@ -230,12 +253,17 @@ async fn approve(State(sim): State<Arc<Sim>>, raw: Bytes) -> Response {
     if let Err(m) = check(&sim, &p, true) {
         return error_page(&m);
     }
-    let outcome = match ctl.authorize_with(&appid, &p.component_appid, Some(p.pre_auth_code.clone())) {
-        Ok(o) => o,
-        Err(e) => return error_page(&e.to_string()),
-    };
+    let outcome =
+        match ctl.authorize_with(&appid, &p.component_appid, Some(p.pre_auth_code.clone())) {
+            Ok(o) => o,
+            Err(e) => return error_page(&e.to_string()),
+        };
     let expires_in = u64::try_from(outcome.expires_in).unwrap_or(0);
-    match wechat::authorize::redirect_back_url(&p.redirect_uri, &outcome.authorization_code, expires_in) {
+    match wechat::authorize::redirect_back_url(
+        &p.redirect_uri,
+        &outcome.authorization_code,
+        expires_in,
+    ) {
         Ok(target) => (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response(),
         Err(_) => error_page("redirect_uri is not a URL"),
     }

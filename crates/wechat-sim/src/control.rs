@@ -50,8 +50,7 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes, optional: bool) -> CtlResu
     if optional && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| CtlError(ControlError::Invalid(format!("body: {e}"))))
+    serde_json::from_slice(bytes).map_err(|e| CtlError(ControlError::Invalid(format!("body: {e}"))))
 }
 
 fn ctl(sim: &Arc<Sim>) -> SimControl {
@@ -61,18 +60,30 @@ fn ctl(sim: &Arc<Sim>) -> SimControl {
 pub(crate) fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route("/_sim", get(summary))
-        .route("/_sim/components", post(create_component).get(list_components))
-        .route("/_sim/components/{appid}", get(get_component).patch(patch_component))
+        .route(
+            "/_sim/components",
+            post(create_component).get(list_components),
+        )
+        .route(
+            "/_sim/components/{appid}",
+            get(get_component).patch(patch_component),
+        )
         .route("/_sim/accounts", post(create_account).get(list_accounts))
         .route("/_sim/accounts/{appid}", get(get_account))
         .route("/_sim/accounts/{appid}/authorize", post(authorize))
         .route("/_sim/accounts/{appid}/unauthorize", post(unauthorize))
-        .route("/_sim/authorizers/{component_appid}/{appid}", get(get_authorizer))
+        .route(
+            "/_sim/authorizers/{component_appid}/{appid}",
+            get(get_authorizer),
+        )
         .route("/_sim/bulk/authorizers", post(bulk_authorizers))
         .route("/_sim/stats", get(stats))
         .route("/_sim/stats/reset", post(reset_stats))
         .route("/_sim/validate", get(validate))
-        .route("/_sim/faults", get(get_faults).put(put_faults).delete(delete_faults))
+        .route(
+            "/_sim/faults",
+            get(get_faults).put(put_faults).delete(delete_faults),
+        )
         .route("/_sim/tickets/push", post(push_tickets))
         .route("/_sim/clock", get(clock))
         .route("/_sim/clock/advance", post(advance_clock))
@@ -102,7 +113,10 @@ async fn list_components(State(sim): State<Arc<Sim>>) -> Response {
     Json(ctl(&sim).components()).into_response()
 }
 
-async fn get_component(State(sim): State<Arc<Sim>>, Path(appid): Path<String>) -> CtlResult<Response> {
+async fn get_component(
+    State(sim): State<Arc<Sim>>,
+    Path(appid): Path<String>,
+) -> CtlResult<Response> {
     Ok(Json(ctl(&sim).component(&appid)?).into_response())
 }
 
@@ -129,7 +143,11 @@ struct AccountBody(AccountSpec);
 
 impl Default for AccountBody {
     fn default() -> Self {
-        AccountBody(AccountSpec { kind: AccountKind::OfficialAccount, appid: None, appsecret: None })
+        AccountBody(AccountSpec {
+            kind: AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
     }
 }
 
@@ -149,7 +167,10 @@ async fn list_accounts(State(sim): State<Arc<Sim>>, Query(q): Query<AccountsQuer
     Json(ctl(&sim).accounts(q.kind, q.limit.unwrap_or(1000))).into_response()
 }
 
-async fn get_account(State(sim): State<Arc<Sim>>, Path(appid): Path<String>) -> CtlResult<Response> {
+async fn get_account(
+    State(sim): State<Arc<Sim>>,
+    Path(appid): Path<String>,
+) -> CtlResult<Response> {
     Ok(Json(ctl(&sim).account(&appid)?).into_response())
 }
 
@@ -163,7 +184,9 @@ struct ComponentRef {
 fn component_ref(raw: &Bytes) -> CtlResult<String> {
     let r: ComponentRef = body(raw, false)?;
     if r.component_appid.is_empty() {
-        return Err(CtlError(ControlError::Invalid("component_appid is required".into())));
+        return Err(CtlError(ControlError::Invalid(
+            "component_appid is required".into(),
+        )));
     }
     Ok(r.component_appid)
 }
@@ -193,19 +216,13 @@ async fn get_authorizer(
     Ok(Json(ctl(&sim).authorizer(&component, &appid)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct BulkRequest {
     component_appid: String,
     count: usize,
     #[serde(default)]
     kind: Option<AccountKind>,
-}
-
-impl Default for BulkRequest {
-    fn default() -> Self {
-        BulkRequest { component_appid: String::new(), count: 0, kind: None }
-    }
 }
 
 /// JSON lines: one `{"authorizer_appid","authorizer_refresh_token","kind"}` per authorizer.
@@ -285,7 +302,10 @@ async fn push_tickets(State(sim): State<Arc<Sim>>, raw: Bytes) -> CtlResult<Resp
     let pushed = ctl(&sim).push_ticket(req.component_appid.as_deref())?;
     let tickets: Vec<PushedTicket> = pushed
         .into_iter()
-        .map(|(component_appid, ticket)| PushedTicket { component_appid, ticket })
+        .map(|(component_appid, ticket)| PushedTicket {
+            component_appid,
+            ticket,
+        })
         .collect();
     Ok(Json(serde_json::json!({ "tickets": tickets })).into_response())
 }
@@ -304,7 +324,10 @@ struct Advance {
     seconds: u64,
 }
 
-async fn advance_clock(State(sim): State<Arc<Sim>>, raw: Bytes) -> CtlResult<Json<serde_json::Value>> {
+async fn advance_clock(
+    State(sim): State<Arc<Sim>>,
+    raw: Bytes,
+) -> CtlResult<Json<serde_json::Value>> {
     let req: Advance = body(&raw, false)?;
     let c = ctl(&sim);
     c.advance_clock(Duration::from_secs(req.seconds));

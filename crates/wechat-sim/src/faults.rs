@@ -85,7 +85,11 @@ impl Latency {
         let ms = match *self {
             Latency::Fixed { ms } => ms as f64,
             Latency::Uniform { min_ms, max_ms } => {
-                if max_ms <= min_ms { min_ms as f64 } else { rng.random_range(min_ms..=max_ms) as f64 }
+                if max_ms <= min_ms {
+                    min_ms as f64
+                } else {
+                    rng.random_range(min_ms..=max_ms) as f64
+                }
             }
             Latency::Exponential { mean_ms } => {
                 let u: f64 = rng.random();
@@ -162,7 +166,10 @@ impl Faults {
         Self {
             active: AtomicBool::new(false),
             default_seed: seed,
-            inner: Mutex::new(Inner { rules: Vec::new(), rng: rng_for(seed) }),
+            inner: Mutex::new(Inner {
+                rules: Vec::new(),
+                rng: rng_for(seed),
+            }),
         }
     }
 
@@ -181,12 +188,12 @@ impl Faults {
                     "rules[{i}].probability must be between 0 and 1"
                 )));
             }
-            if let Fault::HttpStatus { status } = rule.fault {
-                if !(100..=599).contains(&status) {
-                    return Err(ControlError::Invalid(format!(
-                        "rules[{i}].fault.status must be an HTTP status"
-                    )));
-                }
+            if let Fault::HttpStatus { status } = rule.fault
+                && !(100..=599).contains(&status)
+            {
+                return Err(ControlError::Invalid(format!(
+                    "rules[{i}].fault.status must be an HTTP status"
+                )));
             }
             rules.push((api, ActiveRule { rule, fired: 0 }));
         }
@@ -205,7 +212,12 @@ impl Faults {
     }
 
     pub(crate) fn list(&self) -> Vec<ActiveRule> {
-        self.inner.lock().rules.iter().map(|(_, r)| r.clone()).collect()
+        self.inner
+            .lock()
+            .rules
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// Decide the faults for one call of `api`. Every latency rule that fires adds its delay;
@@ -254,7 +266,12 @@ mod tests {
     use super::*;
 
     fn rule(endpoint: &str, probability: f64, fault: Fault) -> FaultRule {
-        FaultRule { endpoint: endpoint.into(), probability, times: None, fault }
+        FaultRule {
+            endpoint: endpoint.into(),
+            probability,
+            times: None,
+            fault,
+        }
     }
 
     #[test]
@@ -263,10 +280,19 @@ mod tests {
             let f = Faults::new(None);
             f.set(FaultSet {
                 seed: Some(42),
-                rules: vec![rule("token", 0.3, Fault::Errcode { errcode: -1, errmsg: None })],
+                rules: vec![rule(
+                    "token",
+                    0.3,
+                    Fault::Errcode {
+                        errcode: -1,
+                        errmsg: None,
+                    },
+                )],
             })
             .unwrap();
-            (0..200).map(|_| f.decide(Api::Token).action.is_some()).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| f.decide(Api::Token).action.is_some())
+                .collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());
@@ -279,7 +305,11 @@ mod tests {
         let f = Faults::new(Some(1));
         let mut r = rule("api_authorizer_token", 1.0, Fault::Reset);
         r.times = Some(2);
-        f.set(FaultSet { seed: None, rules: vec![r] }).unwrap();
+        f.set(FaultSet {
+            seed: None,
+            rules: vec![r],
+        })
+        .unwrap();
         assert_eq!(f.decide(Api::Token), Decision::default());
         assert_eq!(f.decide(Api::AuthorizerToken).action, Some(Action::Reset));
         assert_eq!(f.decide(Api::AuthorizerToken).action, Some(Action::Reset));
@@ -293,8 +323,23 @@ mod tests {
         f.set(FaultSet {
             seed: None,
             rules: vec![
-                rule("*", 1.0, Fault::Latency { latency: Latency::Fixed { ms: 5 } }),
-                rule("*", 1.0, Fault::Latency { latency: Latency::Uniform { min_ms: 1, max_ms: 1 } }),
+                rule(
+                    "*",
+                    1.0,
+                    Fault::Latency {
+                        latency: Latency::Fixed { ms: 5 },
+                    },
+                ),
+                rule(
+                    "*",
+                    1.0,
+                    Fault::Latency {
+                        latency: Latency::Uniform {
+                            min_ms: 1,
+                            max_ms: 1,
+                        },
+                    },
+                ),
                 rule("*", 1.0, Fault::HttpStatus { status: 503 }),
             ],
         })
@@ -307,9 +352,15 @@ mod tests {
     #[test]
     fn invalid_rules_are_refused_and_change_nothing() {
         let f = Faults::new(None);
-        let bad = FaultSet { seed: None, rules: vec![rule("nope", 1.0, Fault::Reset)] };
+        let bad = FaultSet {
+            seed: None,
+            rules: vec![rule("nope", 1.0, Fault::Reset)],
+        };
         assert!(f.set(bad).is_err());
-        let bad = FaultSet { seed: None, rules: vec![rule("*", 1.5, Fault::Reset)] };
+        let bad = FaultSet {
+            seed: None,
+            rules: vec![rule("*", 1.5, Fault::Reset)],
+        };
         assert!(f.set(bad).is_err());
         assert!(f.list().is_empty());
         assert_eq!(f.decide(Api::Token), Decision::default());

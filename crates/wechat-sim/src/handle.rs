@@ -48,13 +48,17 @@ impl SimControl {
 
     pub fn component(&self, component_appid: &str) -> Result<ComponentInfo, ControlError> {
         let st = self.sim.state.lock();
-        let id = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
+        let id = st
+            .component_id(component_appid)
+            .ok_or_else(|| not_found("component", component_appid))?;
         Ok(st.component_info(id))
     }
 
     pub fn components(&self) -> Vec<ComponentInfo> {
         let st = self.sim.state.lock();
-        (0..st.components.len() as u32).map(|id| st.component_info(id)).collect()
+        (0..st.components.len() as u32)
+            .map(|id| st.component_info(id))
+            .collect()
     }
 
     /// Change (or remove, with `None`) where a component's events are pushed.
@@ -67,7 +71,9 @@ impl SimControl {
             check_push_url(u)?;
         }
         let mut st = self.sim.state.lock();
-        let id = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
+        let id = st
+            .component_id(component_appid)
+            .ok_or_else(|| not_found("component", component_appid))?;
         st.components[id as usize].push_url = push_url.map(Into::into);
         Ok(st.component_info(id))
     }
@@ -81,12 +87,18 @@ impl SimControl {
 
     /// Issue a ticket now and push it (to one component, or every component with `None`).
     /// Returns `(component_appid, ticket)` pairs.
-    pub fn push_ticket(&self, component_appid: Option<&str>) -> Result<Vec<(String, String)>, ControlError> {
+    pub fn push_ticket(
+        &self,
+        component_appid: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ControlError> {
         let now = self.sim.clock.now_ms();
         let issued: Vec<(u32, String, String)> = {
             let mut st = self.sim.state.lock();
             let ids: Vec<u32> = match component_appid {
-                Some(a) => vec![st.component_id(a).ok_or_else(|| not_found("component", a))?],
+                Some(a) => vec![
+                    st.component_id(a)
+                        .ok_or_else(|| not_found("component", a))?,
+                ],
                 None => (0..st.components.len() as u32).collect(),
             };
             ids.into_iter()
@@ -112,7 +124,9 @@ impl SimControl {
 
     pub fn account(&self, appid: &str) -> Result<AccountInfo, ControlError> {
         let st = self.sim.state.lock();
-        let id = st.account_id(appid).ok_or_else(|| not_found("account", appid))?;
+        let id = st
+            .account_id(appid)
+            .ok_or_else(|| not_found("account", appid))?;
         Ok(st.account_info(id))
     }
 
@@ -128,7 +142,11 @@ impl SimControl {
 
     /// Authorize (or re-authorize) an account, as if its admin approved the consent page, and push
     /// `authorized` (or `updateauthorized`).
-    pub fn authorize(&self, appid: &str, component_appid: &str) -> Result<AuthorizeOutcome, ControlError> {
+    pub fn authorize(
+        &self,
+        appid: &str,
+        component_appid: &str,
+    ) -> Result<AuthorizeOutcome, ControlError> {
         self.authorize_with(appid, component_appid, None)
     }
 
@@ -141,8 +159,12 @@ impl SimControl {
         let now = self.sim.clock.now_ms();
         let (cid, outcome) = {
             let mut st = self.sim.state.lock();
-            let cid = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
-            let account = st.account_id(appid).ok_or_else(|| not_found("account", appid))?;
+            let cid = st
+                .component_id(component_appid)
+                .ok_or_else(|| not_found("component", component_appid))?;
+            let account = st
+                .account_id(appid)
+                .ok_or_else(|| not_found("account", appid))?;
             (cid, st.authorize(account, cid, pre_auth_code, now))
         };
         push::enqueue(&self.sim, cid, PushEvent::Authorization(outcome.clone()));
@@ -150,17 +172,27 @@ impl SimControl {
     }
 
     /// Revoke an authorization, as the merchant does from WeChat, and push `unauthorized`.
-    pub fn unauthorize(&self, appid: &str, component_appid: &str) -> Result<UnauthorizeOutcome, ControlError> {
+    pub fn unauthorize(
+        &self,
+        appid: &str,
+        component_appid: &str,
+    ) -> Result<UnauthorizeOutcome, ControlError> {
         let (cid, outcome) = {
             let mut st = self.sim.state.lock();
-            let cid = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
-            let account = st.account_id(appid).ok_or_else(|| not_found("account", appid))?;
+            let cid = st
+                .component_id(component_appid)
+                .ok_or_else(|| not_found("component", component_appid))?;
+            let account = st
+                .account_id(appid)
+                .ok_or_else(|| not_found("account", appid))?;
             (cid, st.unauthorize(account, cid)?)
         };
         push::enqueue(
             &self.sim,
             cid,
-            PushEvent::Unauthorized { authorizer_appid: outcome.authorizer_appid.clone() },
+            PushEvent::Unauthorized {
+                authorizer_appid: outcome.authorizer_appid.clone(),
+            },
         );
         Ok(outcome)
     }
@@ -174,21 +206,34 @@ impl SimControl {
         kind: AccountKind,
     ) -> Result<Vec<BulkAuthorizer>, ControlError> {
         if count > 1_000_000 {
-            return Err(ControlError::Invalid("count must be at most 1000000".into()));
+            return Err(ControlError::Invalid(
+                "count must be at most 1000000".into(),
+            ));
         }
         let now = self.sim.clock.now_ms();
         let mut st = self.sim.state.lock();
-        let cid = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
+        let cid = st
+            .component_id(component_appid)
+            .ok_or_else(|| not_found("component", component_appid))?;
         Ok(st.bulk_authorize(cid, count, kind, now))
     }
 
     /// What the simulator holds for an authorizer (current refresh token, status, ...).
-    pub fn authorizer(&self, component_appid: &str, appid: &str) -> Result<AuthorizerView, ControlError> {
+    pub fn authorizer(
+        &self,
+        component_appid: &str,
+        appid: &str,
+    ) -> Result<AuthorizerView, ControlError> {
         let st = self.sim.state.lock();
-        let cid = st.component_id(component_appid).ok_or_else(|| not_found("component", component_appid))?;
-        let account = st.account_id(appid).ok_or_else(|| not_found("account", appid))?;
-        st.authorizer_view(cid, account)
-            .ok_or_else(|| ControlError::NotFound(format!("{appid} never authorized {component_appid}")))
+        let cid = st
+            .component_id(component_appid)
+            .ok_or_else(|| not_found("component", component_appid))?;
+        let account = st
+            .account_id(appid)
+            .ok_or_else(|| not_found("account", appid))?;
+        st.authorizer_view(cid, account).ok_or_else(|| {
+            ControlError::NotFound(format!("{appid} never authorized {component_appid}"))
+        })
     }
 
     /// Whether a token would be accepted right now, and why not.

@@ -86,7 +86,10 @@ pub enum SimError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("initial component: {0}")]
     Component(#[from] ControlError),
     #[error("cannot build the push HTTP client: {0}")]
@@ -101,17 +104,19 @@ impl Simulator {
     pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         config.validate()?;
         let addr = config.listen;
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| SimError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SimError::Bind { addr, source })?;
         Self::serve(listener, config).await
     }
 
     /// Serve on a listener the caller already bound (so its address is known before start).
     pub async fn serve(listener: TcpListener, config: SimConfig) -> Result<SimHandle, SimError> {
         let rules = config.validate()?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| SimError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let base_url = format!("http://{local_addr}");
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -158,7 +163,14 @@ impl Simulator {
             Some(spec) => Some(control.create_component(spec)?),
             None => None,
         };
-        Ok(SimHandle { control, local_addr, base_url, cancel, tracker, initial_component })
+        Ok(SimHandle {
+            control,
+            local_addr,
+            base_url,
+            cancel,
+            tracker,
+            initial_component,
+        })
     }
 }
 
@@ -197,7 +209,10 @@ impl SimHandle {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("simulator tasks did not stop within 5 s");
         }
     }

@@ -48,7 +48,9 @@ pub(crate) struct Minter {
 
 impl Minter {
     pub(crate) fn new() -> Self {
-        Self { key: RandomState::new() }
+        Self {
+            key: RandomState::new(),
+        }
     }
 
     fn mac(&self, domain: Domain, words: &[u64]) -> u64 {
@@ -63,7 +65,10 @@ impl Minter {
     /// The token string for a (series, generation, expiry). Deterministic: minting the same
     /// triple again gives the same string (stable_token returns "the same token" this way).
     pub(crate) fn mint(&self, t: TokenRef) -> String {
-        let mac = self.mac(Domain::Token, &[t.series.into(), t.generation.into(), t.expires_ms as u64]);
+        let mac = self.mac(
+            Domain::Token,
+            &[t.series.into(), t.generation.into(), t.expires_ms as u64],
+        );
         let mut head = [0u8; 24];
         head[0..4].copy_from_slice(&t.series.to_le_bytes());
         head[4..8].copy_from_slice(&t.generation.to_le_bytes());
@@ -97,17 +102,29 @@ impl Minter {
         let generation = u32::try_from(word(4..8)?).ok()?;
         let expires_ms = word(8..16)? as i64;
         let mac = word(16..24)?;
-        if mac != self.mac(Domain::Token, &[series.into(), generation.into(), expires_ms as u64]) {
+        if mac
+            != self.mac(
+                Domain::Token,
+                &[series.into(), generation.into(), expires_ms as u64],
+            )
+        {
             return None;
         }
         let mut expected = String::with_capacity(FILLER_LEN);
         expand(mac, FILLER_LEN, &mut expected);
-        (expected == filler).then_some(TokenRef { series, generation, expires_ms })
+        (expected == filler).then_some(TokenRef {
+            series,
+            generation,
+            expires_ms,
+        })
     }
 
     /// `refreshtoken@@@…` for (component, account, refresh generation).
     pub(crate) fn refresh_token(&self, component: u32, account: u32, generation: u32) -> String {
-        let mac = self.mac(Domain::Refresh, &[component.into(), account.into(), generation.into()]);
+        let mac = self.mac(
+            Domain::Refresh,
+            &[component.into(), account.into(), generation.into()],
+        );
         let mut out = String::from("refreshtoken@@@");
         expand(mac, 43, &mut out);
         out
@@ -167,13 +184,20 @@ pub(crate) fn random_secret() -> String {
 pub(crate) fn random_aes_key() -> String {
     const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..43).map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char).collect()
+    (0..43)
+        .map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char)
+        .collect()
 }
 
 /// A request id as WeChat appends it to `errmsg`: three groups of 8 hex digits.
 pub(crate) fn rid() -> String {
     let mut rng = rand::rng();
-    format!("{:08x}-{:08x}-{:08x}", rng.random::<u32>(), rng.random::<u32>(), rng.random::<u32>())
+    format!(
+        "{:08x}-{:08x}-{:08x}",
+        rng.random::<u32>(),
+        rng.random::<u32>(),
+        rng.random::<u32>()
+    )
 }
 
 #[cfg(test)]
@@ -183,11 +207,19 @@ mod tests {
     #[test]
     fn minted_tokens_round_trip_and_look_like_wechat_tokens() {
         let m = Minter::new();
-        let t = TokenRef { series: 7, generation: 3, expires_ms: 1_700_000_000_123 };
+        let t = TokenRef {
+            series: 7,
+            generation: 3,
+            expires_ms: 1_700_000_000_123,
+        };
         let s = m.mint(t);
         assert!(s.starts_with("86_"));
         assert_eq!(s.len(), 139);
-        assert!(s[3..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            s[3..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_eq!(m.parse(&s), Some(t));
         assert_eq!(m.mint(t), s, "minting is deterministic");
     }
@@ -195,7 +227,11 @@ mod tests {
     #[test]
     fn tampered_or_foreign_tokens_do_not_parse() {
         let m = Minter::new();
-        let s = m.mint(TokenRef { series: 1, generation: 1, expires_ms: 5 });
+        let s = m.mint(TokenRef {
+            series: 1,
+            generation: 1,
+            expires_ms: 5,
+        });
         let mut bytes = s.clone().into_bytes();
         let last = bytes.len() - 1;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };

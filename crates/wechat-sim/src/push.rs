@@ -73,11 +73,13 @@ impl PushEvent {
                     Event::Authorized(e)
                 }
             }
-            PushEvent::Unauthorized { authorizer_appid } => Event::Unauthorized(UnauthorizedEvent {
-                app_id,
-                create_time,
-                authorizer_appid: authorizer_appid.clone(),
-            }),
+            PushEvent::Unauthorized { authorizer_appid } => {
+                Event::Unauthorized(UnauthorizedEvent {
+                    app_id,
+                    create_time,
+                    authorizer_appid: authorizer_appid.clone(),
+                })
+            }
         }
     }
 }
@@ -93,9 +95,17 @@ pub(crate) struct PushJob {
 /// Queue a push for a component (recorded as `pending` at once).
 pub(crate) fn enqueue(sim: &Arc<Sim>, component: u32, event: PushEvent) {
     let now = sim.clock.now_ms();
-    let appid = sim.state.lock().components[component as usize].appid.to_string();
-    let id = sim.stats.push_queued(&appid, event.info_type(), event.authorizer_appid(), now);
-    let job = PushJob { id, created_ms: now, event };
+    let appid = sim.state.lock().components[component as usize]
+        .appid
+        .to_string();
+    let id = sim
+        .stats
+        .push_queued(&appid, event.info_type(), event.authorizer_appid(), now);
+    let job = PushJob {
+        id,
+        created_ms: now,
+        event,
+    };
     let sender = sim.push_workers.lock().get(&component).cloned();
     match sender {
         Some(tx) => {
@@ -115,7 +125,9 @@ pub(crate) fn enqueue_ticket(sim: &Arc<Sim>, component: u32, ticket: String) {
 pub(crate) fn spawn_worker(sim: &Arc<Sim>, component: u32) {
     let (tx, rx) = mpsc::unbounded_channel();
     sim.push_workers.lock().insert(component, tx);
-    let appid = sim.state.lock().components[component as usize].appid.to_string();
+    let appid = sim.state.lock().components[component as usize]
+        .appid
+        .to_string();
     let task = worker(sim.clone(), component, rx, sim.cancel.clone())
         .instrument(info_span!("push_worker", component_appid = %appid));
     sim.tracker.spawn_on(task, &sim.runtime);
@@ -165,13 +177,29 @@ async fn worker(
             let now = sim.clock.now_ms();
             if now >= due {
                 // One ticket per timer firing; after a clock jump, the schedule restarts from now.
-                next_ticket = Some(if due + interval > now { due + interval } else { now + interval });
+                next_ticket = Some(if due + interval > now {
+                    due + interval
+                } else {
+                    now + interval
+                });
                 let ticket = sim.state.lock().issue_ticket(component, now);
-                let appid = sim.state.lock().components[component as usize].appid.to_string();
+                let appid = sim.state.lock().components[component as usize]
+                    .appid
+                    .to_string();
                 let event = PushEvent::Ticket { ticket };
                 let id = sim.stats.push_queued(&appid, event.info_type(), None, now);
-                deliver(&sim, component, &crypt, PushJob { id, created_ms: now, event }, &cancel)
-                    .await;
+                deliver(
+                    &sim,
+                    component,
+                    &crypt,
+                    PushJob {
+                        id,
+                        created_ms: now,
+                        event,
+                    },
+                    &cancel,
+                )
+                .await;
             }
         }
     }
@@ -205,7 +233,10 @@ async fn deliver(
     job: PushJob,
     cancel: &CancellationToken,
 ) {
-    let push_url = sim.state.lock().components[component as usize].push_url.as_deref().map(str::to_string);
+    let push_url = sim.state.lock().components[component as usize]
+        .push_url
+        .as_deref()
+        .map(str::to_string);
     let ticket = match &job.event {
         PushEvent::Ticket { ticket } => Some(ticket.as_str()),
         _ => None,
@@ -217,16 +248,23 @@ async fn deliver(
         sim.stats.push_finished(job.id, "no_push_url");
         return;
     };
-    let event = job.event.to_event(crypt.appid(), job.created_ms.div_euclid(1000));
+    let event = job
+        .event
+        .to_event(crypt.appid(), job.created_ms.div_euclid(1000));
     let attempts = sim.config.push.attempts.max(1);
     let mut backoff = sim.config.push.backoff;
     let mut delivered = false;
     for attempt in 1..=attempts {
         let now = sim.clock.now_ms();
-        let nonce = rand::rng().random_range(100_000_000u64..10_000_000_000).to_string();
+        let nonce = rand::rng()
+            .random_range(100_000_000u64..10_000_000_000)
+            .to_string();
         let (params, body) = seal_push(crypt, &event, now.div_euclid(1000), &nonce);
         let Some(url) = target_url(&push_url, &params) else {
-            sim.stats.push_attempt(job.id, failed_attempt(now, "push_url is not a valid URL".into()));
+            sim.stats.push_attempt(
+                job.id,
+                failed_attempt(now, "push_url is not a valid URL".into()),
+            );
             break;
         };
         let send = async {
@@ -288,11 +326,18 @@ async fn deliver(
             st.ack_ticket(component, ticket);
         }
     }
-    sim.stats.push_finished(job.id, if delivered { "delivered" } else { "failed" });
+    sim.stats
+        .push_finished(job.id, if delivered { "delivered" } else { "failed" });
 }
 
 fn failed_attempt(now: Millis, error: String) -> PushAttempt {
-    PushAttempt { at: now.div_euclid(1000), http_status: None, error: Some(error), body: None, success: false }
+    PushAttempt {
+        at: now.div_euclid(1000),
+        http_status: None,
+        error: Some(error),
+        body: None,
+        success: false,
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

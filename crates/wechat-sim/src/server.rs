@@ -37,7 +37,10 @@ impl axum::serve::Listener for ResettableListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let io = ConnIo { stream, reset: Arc::new(AtomicBool::new(false)) };
+                    let io = ConnIo {
+                        stream,
+                        reset: Arc::new(AtomicBool::new(false)),
+                    };
                     return (io, addr);
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -64,7 +67,10 @@ impl ConnIo {
 }
 
 fn reset_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by fault injection")
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection reset by fault injection",
+    )
 }
 
 impl AsyncRead for ConnIo {
@@ -146,6 +152,8 @@ impl ConnCtl {
 
 impl Connected<IncomingStream<'_, ResettableListener>> for ConnCtl {
     fn connect_info(stream: IncomingStream<'_, ResettableListener>) -> Self {
-        ConnCtl { reset: stream.io().reset.clone() }
+        ConnCtl {
+            reset: stream.io().reset.clone(),
+        }
     }
 }

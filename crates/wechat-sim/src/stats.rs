@@ -123,7 +123,11 @@ impl StatsSnapshot {
 
     /// Calls of one endpoint for one appid.
     pub fn calls_for(&self, appid: &str, api: Api) -> u64 {
-        self.appids.get(appid).and_then(|m| m.get(api.name())).copied().unwrap_or(0)
+        self.appids
+            .get(appid)
+            .and_then(|m| m.get(api.name()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many times an endpoint answered this errcode.
@@ -140,7 +144,10 @@ impl Inner {
     fn new(now: Millis) -> Self {
         Self {
             since_ms: now,
-            endpoints: Api::ALL.iter().map(|_| EndpointCounters::default()).collect(),
+            endpoints: Api::ALL
+                .iter()
+                .map(|_| EndpointCounters::default())
+                .collect(),
             appids: HashMap::new(),
             pushes: VecDeque::new(),
             push_totals: PushTotals::default(),
@@ -152,7 +159,10 @@ impl Inner {
 impl Stats {
     pub(crate) fn new(now: Millis) -> Self {
         let (finished, _) = watch::channel(0);
-        Self { inner: Mutex::new(Inner::new(now)), finished }
+        Self {
+            inner: Mutex::new(Inner::new(now)),
+            finished,
+        }
     }
 
     pub(crate) fn record(&self, api: Api, appid: Option<&str>, outcome: CallOutcome) {
@@ -207,7 +217,12 @@ impl Stats {
             .iter()
             .filter(|(k, _)| appid_filter.is_none_or(|f| f == &***k))
             .map(|(k, per)| {
-                (k.to_string(), per.iter().map(|(a, n)| (a.name().to_string(), *n)).collect())
+                (
+                    k.to_string(),
+                    per.iter()
+                        .map(|(a, n)| (a.name().to_string(), *n))
+                        .collect(),
+                )
             })
             .collect();
         StatsSnapshot {
@@ -233,7 +248,10 @@ impl Stats {
         let id = g.next_push_id;
         g.next_push_id += 1;
         g.push_totals.queued += 1;
-        *g.push_totals.by_info_type.entry(info_type.to_string()).or_default() += 1;
+        *g.push_totals
+            .by_info_type
+            .entry(info_type.to_string())
+            .or_default() += 1;
         g.pushes.push_back(PushRecord {
             id,
             component_appid: component_appid.to_string(),

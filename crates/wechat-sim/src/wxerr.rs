@@ -14,7 +14,10 @@ pub(crate) struct WxErr {
 impl WxErr {
     /// The error with WeChat's usual message for that code.
     pub(crate) fn code(code: i64) -> Self {
-        Self { code, msg: Cow::Borrowed(message(code)) }
+        Self {
+            code,
+            msg: Cow::Borrowed(message(code)),
+        }
     }
 }
 

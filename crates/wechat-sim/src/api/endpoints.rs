@@ -116,7 +116,10 @@ impl Api {
 
     /// Token-issuing APIs (see `quota.clear_resets_token_apis`).
     pub(crate) const fn issues_tokens(self) -> bool {
-        matches!(self, Api::ComponentToken | Api::AuthorizerToken | Api::Token | Api::StableToken)
+        matches!(
+            self,
+            Api::ComponentToken | Api::AuthorizerToken | Api::Token | Api::StableToken
+        )
     }
 
     pub(crate) const fn owner(self) -> Owner {

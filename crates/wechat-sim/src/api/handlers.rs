@@ -13,19 +13,33 @@ use crate::state::{AppRef, State};
 use crate::wxerr::{WxErr, wx};
 
 /// The `ip_list` of getcallbackip (WeChat's published callback ranges, abridged).
-const CALLBACK_IPS: &[&str] =
-    &["101.226.62.77", "101.226.62.78", "101.226.62.79", "101.226.62.80", "101.226.62.81"];
+const CALLBACK_IPS: &[&str] = &[
+    "101.226.62.77",
+    "101.226.62.78",
+    "101.226.62.79",
+    "101.226.62.80",
+    "101.226.62.81",
+];
 
 pub(crate) fn handle(api: Api, sim: &Sim, call: &Call<'_>) -> Handled {
     if !api.is_get() && call.method != axum::http::Method::POST {
-        return Handled { appid: None, result: Err(wx(43002)), effect: None };
+        return Handled {
+            appid: None,
+            result: Err(wx(43002)),
+            effect: None,
+        };
     }
     let now = sim.clock.now_ms();
     let mut appid = None;
     let mut effect = None;
     let result = {
         let mut st = sim.state.lock();
-        let mut cx = Cx { st: &mut st, now, appid: &mut appid, effect: &mut effect };
+        let mut cx = Cx {
+            st: &mut st,
+            now,
+            appid: &mut appid,
+            effect: &mut effect,
+        };
         match api {
             Api::StartPushTicket => cx.start_push_ticket(call),
             Api::ComponentToken => cx.component_token(call),
@@ -45,7 +59,11 @@ pub(crate) fn handle(api: Api, sim: &Sim, call: &Call<'_>) -> Handled {
             Api::GetCallbackIp => cx.getcallbackip(call),
         }
     };
-    Handled { appid, result, effect }
+    Handled {
+        appid,
+        result,
+        effect,
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, WxErr> {
@@ -79,7 +97,11 @@ struct IdOut {
 }
 
 fn func_info_json(ids: &[u32]) -> Vec<FuncInfoOut> {
-    ids.iter().map(|&id| FuncInfoOut { funcscope_category: IdOut { id } }).collect()
+    ids.iter()
+        .map(|&id| FuncInfoOut {
+            funcscope_category: IdOut { id },
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -164,7 +186,10 @@ impl Cx<'_, '_> {
     }
 
     /// An access token in the URL (41001 when absent).
-    fn access_token_param<'c>(&self, call: &'c Call<'_>) -> Result<std::borrow::Cow<'c, str>, WxErr> {
+    fn access_token_param<'c>(
+        &self,
+        call: &'c Call<'_>,
+    ) -> Result<std::borrow::Cow<'c, str>, WxErr> {
         let t = call.query("access_token");
         if t.is_empty() { Err(wx(41001)) } else { Ok(t) }
     }
@@ -180,14 +205,18 @@ impl Cx<'_, '_> {
             secret = field(&body, "component_appsecret");
         }
         let cid = self.st.component_credentials(&appid, &secret)?;
-        self.st.charge(Api::StartPushTicket, AppRef::Component(cid), self.now)?;
+        self.st
+            .charge(Api::StartPushTicket, AppRef::Component(cid), self.now)?;
         let c = &mut self.st.components[cid as usize];
         if c.push_healthy {
             return ok_json("in a normal state");
         }
         c.push_healthy = true;
         let ticket = self.st.issue_ticket(cid, self.now);
-        *self.effect = Some(Effect::PushTicket { component: cid, ticket });
+        *self.effect = Some(Effect::PushTicket {
+            component: cid,
+            ticket,
+        });
         ok_json("ok")
     }
 
@@ -195,8 +224,9 @@ impl Cx<'_, '_> {
         let body = call.json()?;
         let appid = field(&body, "component_appid");
         self.note(&appid);
-        let cid =
-            self.st.component_credentials(&appid, &field(&body, "component_appsecret"))?;
+        let cid = self
+            .st
+            .component_credentials(&appid, &field(&body, "component_appsecret"))?;
         let ticket = field(&body, "component_verify_ticket");
         let issued = self.st.component_token(cid, &ticket, self.now)?;
         to_json(&ComponentTokenOut {
@@ -209,9 +239,13 @@ impl Cx<'_, '_> {
 
     fn create_preauthcode(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
         let (cid, _) = self.component_call(call)?;
-        self.st.charge(Api::CreatePreauthcode, AppRef::Component(cid), self.now)?;
+        self.st
+            .charge(Api::CreatePreauthcode, AppRef::Component(cid), self.now)?;
         let (code, expires_in) = self.st.create_pre_auth_code(cid, self.now);
-        to_json(&PreAuthOut { pre_auth_code: &code, expires_in })
+        to_json(&PreAuthOut {
+            pre_auth_code: &code,
+            expires_in,
+        })
     }
 
     fn query_auth(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
@@ -238,7 +272,8 @@ impl Cx<'_, '_> {
         self.note(&authorizer);
         let refresh = field(&body, "authorizer_refresh_token");
         let (issued, refresh_out) =
-            self.st.authorizer_token(cid, &authorizer, &refresh, self.now)?;
+            self.st
+                .authorizer_token(cid, &authorizer, &refresh, self.now)?;
         to_json(&AuthorizerTokenOut {
             authorizer_access_token: &issued.token,
             expires_in: issued.expires_in,
@@ -260,12 +295,19 @@ impl Cx<'_, '_> {
         if offset < 0 || !(1..=500).contains(&count) {
             return Err(wx(40097));
         }
-        self.st.charge(Api::GetAuthorizerList, AppRef::Component(cid), self.now)?;
-        let page = self.st.authorizer_list(cid, offset as usize, count as usize);
+        self.st
+            .charge(Api::GetAuthorizerList, AppRef::Component(cid), self.now)?;
+        let page = self
+            .st
+            .authorizer_list(cid, offset as usize, count as usize);
         let list: Vec<ListItemOut<'_>> = page
             .list
             .iter()
-            .map(|(a, r, t)| ListItemOut { authorizer_appid: a, refresh_token: r.as_deref(), auth_time: *t })
+            .map(|(a, r, t)| ListItemOut {
+                authorizer_appid: a,
+                refresh_token: r.as_deref(),
+                auth_time: *t,
+            })
             .collect();
         to_json(&serde_json::json!({ "total_count": page.total_count, "list": list }))
     }
@@ -275,8 +317,12 @@ impl Cx<'_, '_> {
         let authorizer = field(&body, "authorizer_appid");
         self.note(&authorizer);
         let account = self.st.authorized_account(cid, &authorizer)?;
-        self.st.charge(Api::GetAuthorizerInfo, AppRef::Component(cid), self.now)?;
-        let view = self.st.authorizer_view(cid, account).ok_or_else(|| wx(61003))?;
+        self.st
+            .charge(Api::GetAuthorizerInfo, AppRef::Component(cid), self.now)?;
+        let view = self
+            .st
+            .authorizer_view(cid, account)
+            .ok_or_else(|| wx(61003))?;
         let acc = &self.st.accounts[account as usize];
         let mut info = serde_json::json!({
             "nick_name": crate::state::nick_name(acc),
@@ -301,7 +347,9 @@ impl Cx<'_, '_> {
                 "visit_status": 0,
             });
         }
-        let refresh = view.refresh_token_exchanged.then_some(view.refresh_token.as_str());
+        let refresh = view
+            .refresh_token_exchanged
+            .then_some(view.refresh_token.as_str());
         to_json(&serde_json::json!({
             "authorizer_info": info,
             "authorization_info": AuthorizationInfoOut {
@@ -324,7 +372,10 @@ impl Cx<'_, '_> {
         }
         let id = self.st.account_credentials(&appid, &call.query("secret"))?;
         let issued = self.st.direct_token(id, self.now)?;
-        to_json(&AccessTokenOut { access_token: &issued.token, expires_in: issued.expires_in })
+        to_json(&AccessTokenOut {
+            access_token: &issued.token,
+            expires_in: issued.expires_in,
+        })
     }
 
     fn stable_token(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
@@ -334,7 +385,9 @@ impl Cx<'_, '_> {
         if field(&body, "grant_type") != "client_credential" {
             return Err(wx(40002));
         }
-        let id = self.st.account_credentials(&appid, &field(&body, "secret"))?;
+        let id = self
+            .st
+            .account_credentials(&appid, &field(&body, "secret"))?;
         let force = match body.get("force_refresh") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -343,7 +396,10 @@ impl Cx<'_, '_> {
             Some(_) => return Err(wx(47001)),
         };
         let issued = self.st.stable_token(id, force, self.now)?;
-        to_json(&AccessTokenOut { access_token: &issued.token, expires_in: issued.expires_in })
+        to_json(&AccessTokenOut {
+            access_token: &issued.token,
+            expires_in: issued.expires_in,
+        })
     }
 
     // ----- token-checked APIs ---------------------------------------------------------------
@@ -363,7 +419,8 @@ impl Cx<'_, '_> {
     fn getcallbackip(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
         let token = self.access_token_param(call)?;
         let account = self.business_account(&token)?;
-        self.st.charge(Api::GetCallbackIp, AppRef::Account(account), self.now)?;
+        self.st
+            .charge(Api::GetCallbackIp, AppRef::Account(account), self.now)?;
         to_json(&serde_json::json!({ "ip_list": CALLBACK_IPS }))
     }
 
@@ -410,7 +467,11 @@ impl Cx<'_, '_> {
         };
         let pick = |key: &str| -> String {
             let q = call.query(key);
-            if q.is_empty() { field(&body, key).into_owned() } else { q.into_owned() }
+            if q.is_empty() {
+                field(&body, key).into_owned()
+            } else {
+                q.into_owned()
+            }
         };
         let appid = pick("appid");
         self.note(&appid);
@@ -429,7 +490,9 @@ impl Cx<'_, '_> {
                 }
                 AppRef::Component(c)
             }
-            Some(AppRef::Account(a)) => AppRef::Account(self.st.account_credentials(&appid, &secret).map(|_| a)?),
+            Some(AppRef::Account(a)) => {
+                AppRef::Account(self.st.account_credentials(&appid, &secret).map(|_| a)?)
+            }
         };
         self.st.charge(Api::ClearQuotaV2, app, self.now)?;
         self.st.clear_quota(app, self.now)?;
@@ -440,21 +503,25 @@ impl Cx<'_, '_> {
         let body = call.json()?;
         let appid = field(&body, "component_appid");
         self.note(&appid);
-        let cid = self.st.component_credentials(&appid, &field(&body, "appsecret"))?;
+        let cid = self
+            .st
+            .component_credentials(&appid, &field(&body, "appsecret"))?;
         let target = field(&body, "appid");
         let app = if target.is_empty() {
             AppRef::Component(cid)
         } else {
             AppRef::Account(self.st.authorized_account(cid, &target)?)
         };
-        self.st.charge(Api::ComponentClearQuotaV2, AppRef::Component(cid), self.now)?;
+        self.st
+            .charge(Api::ComponentClearQuotaV2, AppRef::Component(cid), self.now)?;
         self.st.clear_quota(app, self.now)?;
         ok_json("ok")
     }
 
     fn component_clear_quota(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
         let (cid, _) = self.component_call(call)?;
-        self.st.charge(Api::ComponentClearQuota, AppRef::Component(cid), self.now)?;
+        self.st
+            .charge(Api::ComponentClearQuota, AppRef::Component(cid), self.now)?;
         self.st.clear_quota(AppRef::Component(cid), self.now)?;
         ok_json("ok")
     }
@@ -470,7 +537,9 @@ impl Cx<'_, '_> {
             return Err(wx(76021));
         }
         self.st.charge(Api::QuotaGet, owner.owner, self.now)?;
-        let q = self.st.quota_view(owner.kind, owner.owner, &path, self.now)?;
+        let q = self
+            .st
+            .quota_view(owner.kind, owner.owner, &path, self.now)?;
         to_json(&serde_json::json!({
             "errcode": 0,
             "errmsg": "ok",

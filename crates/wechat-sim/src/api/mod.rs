@@ -104,8 +104,12 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
         tokio::time::sleep(delay).await;
     }
     if let Some(action) = decision.action {
-        sim.stats.record(api, None, CallOutcome::Fault(action.kind()));
-        let conn = req.extensions().get::<axum::extract::ConnectInfo<ConnCtl>>().map(|c| &c.0);
+        sim.stats
+            .record(api, None, CallOutcome::Fault(action.kind()));
+        let conn = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<ConnCtl>>()
+            .map(|c| &c.0);
         return fault_response(action, conn);
     }
     let (parts, body) = req.into_parts();
@@ -116,7 +120,11 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
             return errcode_response(&wx(47001));
         }
     };
-    let call = Call { method: &parts.method, query: parts.uri.query().unwrap_or(""), body: &body };
+    let call = Call {
+        method: &parts.method,
+        query: parts.uri.query().unwrap_or(""),
+        body: &body,
+    };
     let handled = handlers::handle(api, &sim, &call);
     let outcome = match &handled.result {
         Ok(_) => CallOutcome::Ok,
@@ -159,7 +167,9 @@ fn fault_response(action: Action, conn: Option<&ConnCtl>) -> Response {
             let body = format!("<html><body><h1>{status}</h1></body></html>");
             (status, [(header::CONTENT_TYPE, "text/html")], body).into_response()
         }
-        Action::MalformedJson => json_response(br#"{"errcode":0,"errmsg":"ok","access_tok"#.to_vec()),
+        Action::MalformedJson => {
+            json_response(br#"{"errcode":0,"errmsg":"ok","access_tok"#.to_vec())
+        }
         Action::Errcode(code, msg) => {
             let msg = msg.unwrap_or_else(|| crate::wxerr::message(code).to_string());
             json_response(errcode_body(code, &msg))

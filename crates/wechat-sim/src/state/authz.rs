@@ -63,17 +63,24 @@ impl State {
         let repeat = self.rules.ticket_repeat;
         let keep_ms = self.rules.ticket_validity_ms.saturating_mul(2);
         let c = &mut self.components[cid as usize];
-        if let Some(latest) = c.tickets.back() {
-            if c.ticket_uses < repeat && now - latest.issued_ms < self.rules.ticket_validity_ms {
-                c.ticket_uses += 1;
-                return latest.value.to_string();
-            }
+        if let Some(latest) = c.tickets.back()
+            && c.ticket_uses < repeat
+            && now - latest.issued_ms < self.rules.ticket_validity_ms
+        {
+            c.ticket_uses += 1;
+            return latest.value.to_string();
         }
         let value = mint::random_code("ticket@@@", 86);
-        c.tickets.push_back(Ticket { value: value.clone().into(), issued_ms: now, acked: false });
+        c.tickets.push_back(Ticket {
+            value: value.clone().into(),
+            issued_ms: now,
+            acked: false,
+        });
         c.ticket_uses = 1;
         while c.tickets.len() > MAX_TICKETS_KEPT
-            || c.tickets.front().is_some_and(|t| now - t.issued_ms > keep_ms)
+            || c.tickets
+                .front()
+                .is_some_and(|t| now - t.issued_ms > keep_ms)
         {
             c.tickets.pop_front();
         }
@@ -139,15 +146,14 @@ impl State {
         self.check_ticket(cid, ticket, now)?;
         self.charge(crate::api::Api::ComponentToken, AppRef::Component(cid), now)?;
         let sid = self.components[cid as usize].series;
-        if self.rules.component_token_policy == ComponentTokenPolicy::Reuse {
-            if let Some((t, exp)) = self.current(sid, now) {
-                if exp - now > self.rules.overlap_ms {
-                    return Ok(Issued {
-                        token: self.minter.mint(t),
-                        expires_in: (exp - now).div_euclid(1000),
-                    });
-                }
-            }
+        if self.rules.component_token_policy == ComponentTokenPolicy::Reuse
+            && let Some((t, exp)) = self.current(sid, now)
+            && exp - now > self.rules.overlap_ms
+        {
+            return Ok(Issued {
+                token: self.minter.mint(t),
+                expires_in: (exp - now).div_euclid(1000),
+            });
         }
         Ok(self.issue(sid, now, Retire::After(self.rules.overlap_ms)))
     }
@@ -166,8 +172,13 @@ impl State {
     pub(crate) fn create_pre_auth_code(&mut self, cid: u32, now: Millis) -> (String, i64) {
         let code = mint::random_code("preauthcode@@@", 62);
         let ms = self.rules.pre_auth_ms;
-        self.pre_auth
-            .insert(code.clone().into(), PreAuth { component: cid, expires_ms: now + ms });
+        self.pre_auth.insert(
+            code.clone().into(),
+            PreAuth {
+                component: cid,
+                expires_ms: now + ms,
+            },
+        );
         self.note_code_insert(now);
         (code, ms / 1000)
     }
@@ -181,9 +192,15 @@ impl State {
         consume: bool,
     ) -> Result<(), ControlError> {
         let ok = match self.pre_auth.get(code) {
-            None => return Err(ControlError::Invalid("pre_auth_code is invalid or was already used".into())),
+            None => {
+                return Err(ControlError::Invalid(
+                    "pre_auth_code is invalid or was already used".into(),
+                ));
+            }
             Some(p) if p.component != cid => {
-                return Err(ControlError::Invalid("pre_auth_code belongs to another component".into()));
+                return Err(ControlError::Invalid(
+                    "pre_auth_code belongs to another component".into(),
+                ));
             }
             Some(p) => p.expires_ms > now,
         };
@@ -203,7 +220,9 @@ impl State {
         code: &str,
         now: Millis,
     ) -> Result<QueryAuthOk, WxErr> {
-        let Some(ac) = self.auth_codes.get(code) else { return Err(wx(61009)) };
+        let Some(ac) = self.auth_codes.get(code) else {
+            return Err(wx(61009));
+        };
         if ac.component != cid {
             return Err(wx(61009));
         }
@@ -213,7 +232,9 @@ impl State {
         }
         let (account, epoch) = (ac.account, ac.epoch);
         let c = &self.components[cid as usize];
-        let Some(a) = c.authorizations.get(&account) else { return Err(wx(61009)) };
+        let Some(a) = c.authorizations.get(&account) else {
+            return Err(wx(61009));
+        };
         if a.epoch != epoch || !a.authorized {
             return Err(wx(61009));
         }
@@ -271,7 +292,11 @@ impl State {
         if current != refresh_token && !matches_prev {
             return Err(wx(61023));
         }
-        self.charge(crate::api::Api::AuthorizerToken, AppRef::Account(account), now)?;
+        self.charge(
+            crate::api::Api::AuthorizerToken,
+            AppRef::Account(account),
+            now,
+        )?;
         let rotate = self.rules.refresh_policy == RefreshTokenPolicy::Rotate;
         let overlap = self.rules.overlap_ms;
         let a = self.components[cid as usize]
@@ -290,7 +315,12 @@ impl State {
         Ok((token, out_refresh))
     }
 
-    pub(crate) fn authorizer_list(&self, cid: u32, offset: usize, count: usize) -> AuthorizerListPage {
+    pub(crate) fn authorizer_list(
+        &self,
+        cid: u32,
+        offset: usize,
+        count: usize,
+    ) -> AuthorizerListPage {
         let c = &self.components[cid as usize];
         let list = c
             .order
@@ -299,16 +329,28 @@ impl State {
             .take(count)
             .filter_map(|acc| {
                 let a = c.authorizations.get(acc)?;
-                let refresh =
-                    a.exchanged.then(|| self.minter.refresh_token(cid, *acc, a.refresh_gen));
-                Some((self.accounts[*acc as usize].appid.to_string(), refresh, a.auth_time))
+                let refresh = a
+                    .exchanged
+                    .then(|| self.minter.refresh_token(cid, *acc, a.refresh_gen));
+                Some((
+                    self.accounts[*acc as usize].appid.to_string(),
+                    refresh,
+                    a.auth_time,
+                ))
             })
             .collect();
-        AuthorizerListPage { total_count: c.order.len(), list }
+        AuthorizerListPage {
+            total_count: c.order.len(),
+            list,
+        }
     }
 
     /// The authorized account behind `authorizer_appid` (40013 unknown, 61003 not authorized).
-    pub(crate) fn authorized_account(&self, cid: u32, authorizer_appid: &str) -> Result<u32, WxErr> {
+    pub(crate) fn authorized_account(
+        &self,
+        cid: u32,
+        authorizer_appid: &str,
+    ) -> Result<u32, WxErr> {
         if authorizer_appid.is_empty() {
             return Err(wx(41002));
         }
@@ -332,7 +374,10 @@ impl State {
         pre_auth_code: Option<String>,
         now: Millis,
     ) -> AuthorizeOutcome {
-        let fresh_series = match self.components[cid as usize].authorizations.contains_key(&account) {
+        let fresh_series = match self.components[cid as usize]
+            .authorizations
+            .contains_key(&account)
+        {
             true => None,
             false => Some(self.new_series(TokenKind::Authorizer, AppRef::Account(account), cid)),
         };
@@ -366,19 +411,34 @@ impl State {
                 if !was_authorized {
                     c.order.push(account);
                 }
-                (if was_authorized { "updateauthorized" } else { "authorized" }, Some(a.series))
+                (
+                    if was_authorized {
+                        "updateauthorized"
+                    } else {
+                        "authorized"
+                    },
+                    Some(a.series),
+                )
             }
         };
         if let Some(sid) = retire {
             // Re-authorizing retires the account's access tokens at once (40001).
             self.retire_all(sid);
         }
-        let epoch = self.components[cid as usize].authorizations.get(&account).map_or(0, |a| a.epoch);
+        let epoch = self.components[cid as usize]
+            .authorizations
+            .get(&account)
+            .map_or(0, |a| a.epoch);
         let code = mint::random_code("queryauthcode@@@", 86);
         let ms = self.rules.auth_code_ms;
         self.auth_codes.insert(
             code.clone().into(),
-            AuthCode { component: cid, account, epoch, expires_ms: now + ms },
+            AuthCode {
+                component: cid,
+                account,
+                epoch,
+                expires_ms: now + ms,
+            },
         );
         self.note_code_insert(now);
         AuthorizeOutcome {
@@ -469,7 +529,12 @@ impl State {
             component_appid: c.appid.to_string(),
             authorizer_appid: acc.appid.to_string(),
             kind: acc.kind,
-            status: if a.authorized { "authorized" } else { "unauthorized" }.into(),
+            status: if a.authorized {
+                "authorized"
+            } else {
+                "unauthorized"
+            }
+            .into(),
             refresh_token: self.minter.refresh_token(cid, account, a.refresh_gen),
             refresh_token_exchanged: a.exchanged,
             auth_time: a.auth_time,

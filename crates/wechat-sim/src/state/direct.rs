@@ -66,12 +66,21 @@ impl State {
     }
 
     /// `cgi-bin/stable_token`.
-    pub(crate) fn stable_token(&mut self, id: u32, force: bool, now: Millis) -> Result<Issued, WxErr> {
+    pub(crate) fn stable_token(
+        &mut self,
+        id: u32,
+        force: bool,
+        now: Millis,
+    ) -> Result<Issued, WxErr> {
         self.charge(crate::api::Api::StableToken, AppRef::Account(id), now)?;
         if self.accounts[id as usize].stable.is_none() {
             let series = self.new_series(TokenKind::Stable, AppRef::Account(id), u32::MAX);
-            self.accounts[id as usize].stable =
-                Some(Box::new(Stable { series, force_day: 0, forces: 0, last_force_ms: None }));
+            self.accounts[id as usize].stable = Some(Box::new(Stable {
+                series,
+                force_day: 0,
+                forces: 0,
+                last_force_ms: None,
+            }));
         }
         let window = self.rules.stable_window_ms;
         let gap = self.rules.stable_force_gap_ms;
@@ -88,10 +97,10 @@ impl State {
         };
         if force {
             // Closer than the minimum gap to the last forced refresh: "does not refresh".
-            if let (Some(last), Some(cur)) = (st.last_force_ms, current) {
-                if now - last < gap {
-                    return Ok(reuse(self, cur));
-                }
+            if let (Some(last), Some(cur)) = (st.last_force_ms, current)
+                && now - last < gap
+            {
+                return Ok(reuse(self, cur));
             }
             let today = calendar::day(now);
             let forces_today = if st.force_day == today { st.forces } else { 0 };
@@ -123,10 +132,17 @@ impl State {
     }
 
     /// `getticket`: the same ticket while it is valid, `expires_in` always the full lifetime.
-    pub(crate) fn js_ticket(&mut self, id: u32, ty: TicketType, now: Millis) -> Result<(String, i64), WxErr> {
+    pub(crate) fn js_ticket(
+        &mut self,
+        id: u32,
+        ty: TicketType,
+        now: Millis,
+    ) -> Result<(String, i64), WxErr> {
         self.charge(crate::api::Api::GetTicket, AppRef::Account(id), now)?;
         let lifetime = self.rules.token_lifetime_ms;
-        let tickets = self.accounts[id as usize].js_tickets.get_or_insert_with(Default::default);
+        let tickets = self.accounts[id as usize]
+            .js_tickets
+            .get_or_insert_with(Default::default);
         let slot = match ty {
             TicketType::Jsapi => &mut tickets.jsapi,
             TicketType::WxCard => &mut tickets.wx_card,

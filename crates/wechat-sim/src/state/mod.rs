@@ -228,7 +228,9 @@ impl State {
         let appid = spec.component_appid.unwrap_or_else(mint::random_appid);
         check_appid(&appid)?;
         if self.appids.contains_key(appid.as_str()) {
-            return Err(ControlError::Conflict(format!("appid {appid} already exists")));
+            return Err(ControlError::Conflict(format!(
+                "appid {appid} already exists"
+            )));
         }
         let aes_key = spec.encoding_aes_key.unwrap_or_else(mint::random_aes_key);
         if !crate::config::valid_aes_key(&aes_key) {
@@ -244,8 +246,14 @@ impl State {
         let series = self.new_series(TokenKind::Component, AppRef::Component(id), u32::MAX);
         self.components.push(Component {
             appid: appid.clone().into(),
-            secret: spec.component_appsecret.unwrap_or_else(mint::random_secret).into(),
-            token: spec.token.unwrap_or_else(|| mint::random_code("", 32)).into(),
+            secret: spec
+                .component_appsecret
+                .unwrap_or_else(mint::random_secret)
+                .into(),
+            token: spec
+                .token
+                .unwrap_or_else(|| mint::random_code("", 32))
+                .into(),
             aes_key: aes_key.into(),
             push_url: spec.push_url.map(Into::into),
             series,
@@ -265,7 +273,9 @@ impl State {
         let appid = spec.appid.unwrap_or_else(mint::random_appid);
         check_appid(&appid)?;
         if self.appids.contains_key(appid.as_str()) {
-            return Err(ControlError::Conflict(format!("appid {appid} already exists")));
+            return Err(ControlError::Conflict(format!(
+                "appid {appid} already exists"
+            )));
         }
         if spec.appsecret.as_deref() == Some("") {
             return Err(ControlError::Invalid("appsecret must not be empty".into()));
@@ -355,15 +365,28 @@ impl State {
         }
         s.generation += 1;
         s.expires_ms = now + lifetime;
-        let t = TokenRef { series: sid, generation: s.generation, expires_ms: s.expires_ms };
-        Issued { token: self.minter.mint(t), expires_in: lifetime / 1000 }
+        let t = TokenRef {
+            series: sid,
+            generation: s.generation,
+            expires_ms: s.expires_ms,
+        };
+        Issued {
+            token: self.minter.mint(t),
+            expires_in: lifetime / 1000,
+        }
     }
 
     /// The current token of a series, if one is live (issued, not retired, not expired).
     pub(crate) fn current(&self, sid: u32, now: Millis) -> Option<(TokenRef, Millis)> {
         let s = &self.series[sid as usize];
-        (s.generation > 0 && s.generation >= s.retired_below && now < s.expires_ms)
-            .then_some((TokenRef { series: sid, generation: s.generation, expires_ms: s.expires_ms }, s.expires_ms))
+        (s.generation > 0 && s.generation >= s.retired_below && now < s.expires_ms).then_some((
+            TokenRef {
+                series: sid,
+                generation: s.generation,
+                expires_ms: s.expires_ms,
+            },
+            s.expires_ms,
+        ))
     }
 
     /// Kill every token of a series at once.
@@ -375,8 +398,12 @@ impl State {
 
     /// Judge a presented access token.
     pub(crate) fn check(&self, token: &str, now: Millis) -> TokenCheck {
-        let Some(t) = self.minter.parse(token) else { return TokenCheck::Unknown };
-        let Some(s) = self.series.get(t.series as usize) else { return TokenCheck::Unknown };
+        let Some(t) = self.minter.parse(token) else {
+            return TokenCheck::Unknown;
+        };
+        let Some(s) = self.series.get(t.series as usize) else {
+            return TokenCheck::Unknown;
+        };
         if t.generation == 0 || t.generation > s.generation {
             return TokenCheck::Unknown;
         }
@@ -423,7 +450,9 @@ impl State {
                 .and_then(|o| o.component)
                 .map(|c| self.components[c as usize].appid.to_string())
                 .or_else(|| match owner.map(|o| o.owner) {
-                    Some(AppRef::Component(c)) => Some(self.components[c as usize].appid.to_string()),
+                    Some(AppRef::Component(c)) => {
+                        Some(self.components[c as usize].appid.to_string())
+                    }
                     _ => None,
                 }),
             expires_in: owner.map(|o| (o.expires_ms - now).div_euclid(1000)),
@@ -442,7 +471,12 @@ impl State {
 }
 
 fn check_appid(appid: &str) -> Result<(), ControlError> {
-    if appid.is_empty() || appid.len() > 64 || !appid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if appid.is_empty()
+        || appid.len() > 64
+        || !appid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(ControlError::Invalid(format!(
             "appid {appid:?} must be 1-64 characters A-Z a-z 0-9 _ -"
         )));
@@ -453,7 +487,9 @@ fn check_appid(appid: &str) -> Result<(), ControlError> {
 pub(crate) fn check_push_url(url: &str) -> Result<(), ControlError> {
     match url::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
-        _ => Err(ControlError::Invalid(format!("push_url {url:?} is not an http(s) URL"))),
+        _ => Err(ControlError::Invalid(format!(
+            "push_url {url:?} is not an http(s) URL"
+        ))),
     }
 }
 
@@ -468,7 +504,9 @@ pub(crate) fn nick_name(a: &Account) -> String {
 
 /// An original id (`gh_` + 12 hex) derived from the appid.
 pub(crate) fn user_name(appid: &str) -> String {
-    let h = appid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = appid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("gh_{:012x}", h & 0xffff_ffff_ffff)
 }
 

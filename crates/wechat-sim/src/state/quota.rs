@@ -99,6 +99,10 @@ impl State {
         let limit = self.rules.daily_quota[api as usize];
         // An unlimited API reports WeChat's "very large" figure rather than 0.
         let daily_limit = if limit == 0 { 100_000_000 } else { limit };
-        Ok(QuotaView { daily_limit, used, remain: daily_limit.saturating_sub(used) })
+        Ok(QuotaView {
+            daily_limit,
+            used,
+            remain: daily_limit.saturating_sub(used),
+        })
     }
 }

@@ -16,7 +16,11 @@ fn state_with(f: impl FnOnce(&mut SimConfig)) -> State {
 fn setup(st: &mut State) -> (u32, u32) {
     let cid = st.create_component(ComponentSpec::default(), T0).unwrap();
     let acc = st
-        .create_account(AccountSpec { kind: AccountKind::OfficialAccount, appid: None, appsecret: None })
+        .create_account(AccountSpec {
+            kind: AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
         .unwrap();
     (cid, acc)
 }
@@ -28,10 +32,25 @@ fn replaced_direct_token_works_for_the_overlap_then_fails_with_40001() {
     let a = st.direct_token(acc, T0).unwrap();
     let b = st.direct_token(acc, T0 + MIN).unwrap();
     assert_ne!(a.token, b.token);
-    assert!(matches!(st.check(&a.token, T0 + 5 * MIN), TokenCheck::Valid(_)));
-    assert_eq!(st.check(&a.token, T0 + 6 * MIN).valid().unwrap_err().code, 40001);
-    assert!(matches!(st.check(&b.token, T0 + 6 * MIN), TokenCheck::Valid(_)));
-    assert_eq!(st.check(&b.token, T0 + MIN + 7200_000).valid().unwrap_err().code, 42001);
+    assert!(matches!(
+        st.check(&a.token, T0 + 5 * MIN),
+        TokenCheck::Valid(_)
+    ));
+    assert_eq!(
+        st.check(&a.token, T0 + 6 * MIN).valid().unwrap_err().code,
+        40001
+    );
+    assert!(matches!(
+        st.check(&b.token, T0 + 6 * MIN),
+        TokenCheck::Valid(_)
+    ));
+    assert_eq!(
+        st.check(&b.token, T0 + MIN + 7_200_000)
+            .valid()
+            .unwrap_err()
+            .code,
+        42001
+    );
     assert_eq!(st.check("86_nope", T0).valid().unwrap_err().code, 40014);
 }
 
@@ -57,10 +76,17 @@ fn latest_ticket_policy_rejects_older_tickets_and_expired_ones() {
     // Until the newer ticket's push is acknowledged, the older one still works.
     assert!(st.component_token(cid, &first, T0 + 11 * MIN).is_ok());
     st.ack_ticket(cid, &second);
-    assert_eq!(st.component_token(cid, &first, T0 + 11 * MIN).unwrap_err().code, 61006);
+    assert_eq!(
+        st.component_token(cid, &first, T0 + 11 * MIN)
+            .unwrap_err()
+            .code,
+        61006
+    );
     assert!(st.component_token(cid, &second, T0 + 11 * MIN).is_ok());
     assert_eq!(
-        st.component_token(cid, &second, T0 + 10 * MIN + 12 * 60 * MIN).unwrap_err().code,
+        st.component_token(cid, &second, T0 + 10 * MIN + 12 * 60 * MIN)
+            .unwrap_err()
+            .code,
         61005
     );
     assert_eq!(st.component_token(cid, "", T0).unwrap_err().code, 61006);
@@ -73,7 +99,12 @@ fn any_valid_ticket_policy_accepts_older_tickets_within_validity() {
     let first = st.component_info(cid).latest_ticket.unwrap();
     st.issue_ticket(cid, T0 + 10 * MIN);
     assert!(st.component_token(cid, &first, T0 + 11 * MIN).is_ok());
-    assert_eq!(st.component_token(cid, &first, T0 + 12 * 60 * MIN).unwrap_err().code, 61005);
+    assert_eq!(
+        st.component_token(cid, &first, T0 + 12 * 60 * MIN)
+            .unwrap_err()
+            .code,
+        61005
+    );
 }
 
 #[test]
@@ -84,13 +115,18 @@ fn refresh_token_is_echoed_by_default_and_rotated_on_request() {
         let out = st.authorize(acc, cid, None, T0);
         let q = st.query_auth(cid, &out.authorization_code, T0).unwrap();
         let appid = out.authorizer_appid.clone();
-        let (_, r2) = st.authorizer_token(cid, &appid, &q.refresh_token, T0 + MIN).unwrap();
+        let (_, r2) = st
+            .authorizer_token(cid, &appid, &q.refresh_token, T0 + MIN)
+            .unwrap();
         match policy {
             RefreshTokenPolicy::Echo => assert_eq!(r2, q.refresh_token),
             RefreshTokenPolicy::Rotate => {
                 assert_ne!(r2, q.refresh_token);
                 // The old one still works within the overlap, then fails.
-                assert!(st.authorizer_token(cid, &appid, &q.refresh_token, T0 + 2 * MIN).is_ok());
+                assert!(
+                    st.authorizer_token(cid, &appid, &q.refresh_token, T0 + 2 * MIN)
+                        .is_ok()
+                );
                 let late = st.authorizer_token(cid, &appid, &q.refresh_token, T0 + 20 * MIN);
                 assert_eq!(late.unwrap_err().code, 61023);
             }
@@ -104,9 +140,19 @@ fn authorization_codes_are_single_use_and_expire() {
     let (cid, acc) = setup(&mut st);
     let out = st.authorize(acc, cid, None, T0);
     assert!(st.query_auth(cid, &out.authorization_code, T0).is_ok());
-    assert_eq!(st.query_auth(cid, &out.authorization_code, T0).unwrap_err().code, 61009);
+    assert_eq!(
+        st.query_auth(cid, &out.authorization_code, T0)
+            .unwrap_err()
+            .code,
+        61009
+    );
     let out = st.authorize(acc, cid, None, T0);
-    assert_eq!(st.query_auth(cid, &out.authorization_code, T0 + 11 * MIN).unwrap_err().code, 61010);
+    assert_eq!(
+        st.query_auth(cid, &out.authorization_code, T0 + 11 * MIN)
+            .unwrap_err()
+            .code,
+        61010
+    );
 }
 
 #[test]
@@ -118,7 +164,10 @@ fn bulk_authorizers_cost_a_few_hundred_bytes_each() {
     let page = st.authorizer_list(cid, 500, 500);
     assert_eq!(page.total_count, 1000);
     assert_eq!(page.list.len(), 500);
-    assert_eq!(page.list[0].1.as_deref(), Some(made[500].authorizer_refresh_token.as_str()));
+    assert_eq!(
+        page.list[0].1.as_deref(),
+        Some(made[500].authorizer_refresh_token.as_str())
+    );
     assert!(std::mem::size_of::<Series>() <= 64);
     assert!(std::mem::size_of::<Account>() <= 80);
 }

@@ -16,7 +16,10 @@ async fn every_cgi_bin_token_call_issues_a_new_token_and_retires_the_previous_af
     assert_ne!(first.access_token, second.access_token);
     t.wx.get_callback_ip(&first.access_token).await.unwrap();
     t.sim.control().advance_clock(Duration::from_secs(300));
-    assert_eq!(errcode(t.wx.get_callback_ip(&first.access_token).await), 40001);
+    assert_eq!(
+        errcode(t.wx.get_callback_ip(&first.access_token).await),
+        40001
+    );
     let v = t.sim.control().validate(&first.access_token);
     assert_eq!((v.reason.as_str(), v.errcode), ("superseded", 40001));
     t.wx.get_callback_ip(&second.access_token).await.unwrap();
@@ -32,9 +35,15 @@ async fn cgi_bin_token_errors_match_wechat() {
     assert_eq!(errcode(wx.token(&a.appid, "").await), 41004);
     assert_eq!(errcode(wx.token("wx00000000000000ff", "x").await), 40013);
     assert_eq!(errcode(wx.token(&a.appid, "wrong").await), 40125);
-    assert_eq!(errcode(wx.token(&c.component_appid, &c.component_appsecret).await), 61024);
+    assert_eq!(
+        errcode(wx.token(&c.component_appid, &c.component_appsecret).await),
+        61024
+    );
     let r = t
-        .get_json(&format!("/cgi-bin/token?grant_type=password&appid={}&secret={}", a.appid, a.appsecret))
+        .get_json(&format!(
+            "/cgi-bin/token?grant_type=password&appid={}&secret={}",
+            a.appid, a.appsecret
+        ))
         .await;
     assert_eq!(r["errcode"], 40002);
 }
@@ -43,20 +52,34 @@ async fn cgi_bin_token_errors_match_wechat() {
 async fn stable_token_returns_the_same_token_until_its_last_five_minutes_then_both_work() {
     let t = TestSim::start().await;
     let a = t.oa();
-    let first = t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap();
+    let first =
+        t.wx.stable_token(&a.appid, &a.appsecret, false)
+            .await
+            .unwrap();
     assert_eq!(first.expires_in, 7200);
     t.sim.control().advance_clock(Duration::from_secs(3600));
-    let same = t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap();
+    let same =
+        t.wx.stable_token(&a.appid, &a.appsecret, false)
+            .await
+            .unwrap();
     assert_eq!(same.access_token, first.access_token);
     assert!((3599..=3600).contains(&same.expires_in));
-    t.sim.control().advance_clock(Duration::from_secs(3600 - 299));
-    let rolled = t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap();
+    t.sim
+        .control()
+        .advance_clock(Duration::from_secs(3600 - 299));
+    let rolled =
+        t.wx.stable_token(&a.appid, &a.appsecret, false)
+            .await
+            .unwrap();
     assert_ne!(rolled.access_token, first.access_token);
     assert!(rolled.expires_in >= 300);
     t.wx.get_callback_ip(&first.access_token).await.unwrap();
     t.wx.get_callback_ip(&rolled.access_token).await.unwrap();
     t.sim.control().advance_clock(Duration::from_secs(300));
-    assert_eq!(errcode(t.wx.get_callback_ip(&first.access_token).await), 42001);
+    assert_eq!(
+        errcode(t.wx.get_callback_ip(&first.access_token).await),
+        42001
+    );
     t.wx.get_callback_ip(&rolled.access_token).await.unwrap();
 }
 
@@ -64,40 +87,75 @@ async fn stable_token_returns_the_same_token_until_its_last_five_minutes_then_bo
 async fn stable_token_force_refresh_is_limited_to_20_a_day_at_least_30_seconds_apart() {
     let t = TestSim::start().await;
     let a = t.oa();
-    let mut current = t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap().access_token;
+    let mut current =
+        t.wx.stable_token(&a.appid, &a.appsecret, false)
+            .await
+            .unwrap()
+            .access_token;
     for i in 0..20 {
-        let forced = t.wx.stable_token(&a.appid, &a.appsecret, true).await.unwrap().access_token;
+        let forced =
+            t.wx.stable_token(&a.appid, &a.appsecret, true)
+                .await
+                .unwrap()
+                .access_token;
         assert_ne!(forced, current, "force {i} refreshes");
         // Forced refresh retires the previous token at once.
         assert_eq!(errcode(t.wx.get_callback_ip(&current).await), 40001);
         // A second force within 30 s does not refresh.
-        let again = t.wx.stable_token(&a.appid, &a.appsecret, true).await.unwrap().access_token;
+        let again =
+            t.wx.stable_token(&a.appid, &a.appsecret, true)
+                .await
+                .unwrap()
+                .access_token;
         assert_eq!(again, forced);
         current = forced;
         t.sim.control().advance_clock(Duration::from_secs(30));
     }
-    assert_eq!(errcode(t.wx.stable_token(&a.appid, &a.appsecret, true).await), 45009);
+    assert_eq!(
+        errcode(t.wx.stable_token(&a.appid, &a.appsecret, true).await),
+        45009
+    );
     // Normal mode still works, and the budget is back the next day.
-    t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap();
+    t.wx.stable_token(&a.appid, &a.appsecret, false)
+        .await
+        .unwrap();
     t.sim.control().advance_clock(Duration::from_secs(86_400));
-    t.wx.stable_token(&a.appid, &a.appsecret, true).await.unwrap();
+    t.wx.stable_token(&a.appid, &a.appsecret, true)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn stable_token_and_cgi_bin_token_do_not_invalidate_each_other() {
     let t = TestSim::start().await;
     let a = t.oa();
-    let stable = t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap().access_token;
+    let stable =
+        t.wx.stable_token(&a.appid, &a.appsecret, false)
+            .await
+            .unwrap()
+            .access_token;
     for _ in 0..3 {
         t.wx.token(&a.appid, &a.appsecret).await.unwrap();
     }
     t.sim.control().advance_clock(Duration::from_secs(301));
     t.wx.get_callback_ip(&stable).await.unwrap();
-    let direct = t.wx.token(&a.appid, &a.appsecret).await.unwrap().access_token;
-    t.wx.stable_token(&a.appid, &a.appsecret, true).await.unwrap();
+    let direct =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
+    t.wx.stable_token(&a.appid, &a.appsecret, true)
+        .await
+        .unwrap();
     t.wx.get_callback_ip(&direct).await.unwrap();
-    assert_eq!(t.sim.control().validate(&stable).kind, Some(wechat_sim::TokenKind::Stable));
-    assert_eq!(t.sim.control().validate(&direct).kind, Some(wechat_sim::TokenKind::Direct));
+    assert_eq!(
+        t.sim.control().validate(&stable).kind,
+        Some(wechat_sim::TokenKind::Stable)
+    );
+    assert_eq!(
+        t.sim.control().validate(&direct).kind,
+        Some(wechat_sim::TokenKind::Direct)
+    );
 }
 
 #[tokio::test]
@@ -105,29 +163,52 @@ async fn stable_token_validates_its_body() {
     let t = TestSim::start().await;
     let a = t.oa();
     let r = t
-        .post_json("/cgi-bin/stable_token", serde_json::json!({"grant_type": "x", "appid": a.appid, "secret": a.appsecret}))
+        .post_json(
+            "/cgi-bin/stable_token",
+            serde_json::json!({"grant_type": "x", "appid": a.appid, "secret": a.appsecret}),
+        )
         .await;
     assert_eq!(r["errcode"], 40002);
     let r = t.post_raw("/cgi-bin/stable_token", "{not json").await;
     assert_eq!(r["errcode"], 47001);
-    assert_eq!(errcode(t.wx.stable_token(&a.appid, "bad", false).await), 40125);
+    assert_eq!(
+        errcode(t.wx.stable_token(&a.appid, "bad", false).await),
+        40125
+    );
 }
 
 #[tokio::test]
 async fn getticket_returns_the_same_ticket_while_valid_with_a_full_expires_in() {
     let t = TestSim::start().await;
     let a = t.oa();
-    let tok = t.wx.token(&a.appid, &a.appsecret).await.unwrap().access_token;
+    let tok =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
     let j1 = t.wx.get_ticket(&tok, TicketKind::Jsapi).await.unwrap();
     t.sim.control().advance_clock(Duration::from_secs(60));
     let j2 = t.wx.get_ticket(&tok, TicketKind::Jsapi).await.unwrap();
     assert_eq!(j1.ticket, j2.ticket);
-    assert_eq!((j2.errcode, j2.errmsg.as_str(), j2.expires_in), (0, "ok", 7200));
+    assert_eq!(
+        (j2.errcode, j2.errmsg.as_str(), j2.expires_in),
+        (0, "ok", 7200)
+    );
     let card = t.wx.get_ticket(&tok, TicketKind::WxCard).await.unwrap();
     assert_ne!(card.ticket, j1.ticket);
     t.sim.control().advance_clock(Duration::from_secs(7200));
-    let tok = t.wx.token(&a.appid, &a.appsecret).await.unwrap().access_token;
-    assert_ne!(t.wx.get_ticket(&tok, TicketKind::Jsapi).await.unwrap().ticket, j1.ticket);
+    let tok =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
+    assert_ne!(
+        t.wx.get_ticket(&tok, TicketKind::Jsapi)
+            .await
+            .unwrap()
+            .ticket,
+        j1.ticket
+    );
 }
 
 #[tokio::test]
@@ -149,7 +230,11 @@ async fn business_apis_refuse_a_component_token_and_a_missing_token() {
     assert_eq!(t.get_json("/cgi-bin/getcallbackip").await["errcode"], 41001);
     let ok = {
         let a = t.oa();
-        let tok = t.wx.token(&a.appid, &a.appsecret).await.unwrap().access_token;
+        let tok =
+            t.wx.token(&a.appid, &a.appsecret)
+                .await
+                .unwrap()
+                .access_token;
         t.wx.get_callback_ip(&tok).await.unwrap()
     };
     assert!(!ok.ip_list.is_empty());

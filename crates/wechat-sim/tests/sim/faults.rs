@@ -8,20 +8,38 @@ use wechat_sim::{Api, Fault, FaultRule, FaultSet, Latency};
 use crate::helpers::TestSim;
 
 fn only(endpoint: &str, fault: Fault) -> FaultSet {
-    FaultSet { seed: None, rules: vec![FaultRule { endpoint: endpoint.into(), probability: 1.0, times: None, fault }] }
+    FaultSet {
+        seed: None,
+        rules: vec![FaultRule {
+            endpoint: endpoint.into(),
+            probability: 1.0,
+            times: None,
+            fault,
+        }],
+    }
 }
 
 #[tokio::test]
 async fn latency_faults_delay_the_answer_which_is_then_normal() {
     let t = TestSim::start().await;
     let a = t.oa();
-    t.sim.control().set_faults(only("token", Fault::Latency { latency: Latency::Fixed { ms: 150 } })).unwrap();
+    t.sim
+        .control()
+        .set_faults(only(
+            "token",
+            Fault::Latency {
+                latency: Latency::Fixed { ms: 150 },
+            },
+        ))
+        .unwrap();
     let started = Instant::now();
     t.wx.token(&a.appid, &a.appsecret).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(150));
     // Other endpoints are not delayed.
     let started = Instant::now();
-    t.wx.stable_token(&a.appid, &a.appsecret, false).await.unwrap();
+    t.wx.stable_token(&a.appid, &a.appsecret, false)
+        .await
+        .unwrap();
     assert!(started.elapsed() < Duration::from_millis(150));
 }
 
@@ -34,7 +52,13 @@ async fn latency_distributions_are_accepted_over_the_control_api() {
         serde_json::json!({"distribution": "normal", "mean_ms": 2, "stddev_ms": 1}),
     ] {
         let body = serde_json::json!({"rules": [{"endpoint": "*", "fault": {"kind": "latency", "latency": latency}}]});
-        let r = t.http.put(t.url("/_sim/faults")).json(&body).send().await.unwrap();
+        let r = t
+            .http
+            .put(t.url("/_sim/faults"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let a = t.oa();
         t.wx.token(&a.appid, &a.appsecret).await.unwrap();
@@ -45,7 +69,10 @@ async fn latency_distributions_are_accepted_over_the_control_api() {
 async fn an_http_status_fault_answers_that_status() {
     let t = TestSim::start().await;
     let a = t.oa();
-    t.sim.control().set_faults(only("token", Fault::HttpStatus { status: 503 })).unwrap();
+    t.sim
+        .control()
+        .set_faults(only("token", Fault::HttpStatus { status: 503 }))
+        .unwrap();
     match t.wx.token(&a.appid, &a.appsecret).await {
         Err(WechatError::HttpStatus { status: 503, .. }) => {}
         other => panic!("expected HTTP 503, got {other:?}"),
@@ -58,7 +85,10 @@ async fn an_http_status_fault_answers_that_status() {
 async fn a_reset_fault_resets_the_connection_without_an_answer() {
     let t = TestSim::start().await;
     let a = t.oa();
-    t.sim.control().set_faults(only("token", Fault::Reset)).unwrap();
+    t.sim
+        .control()
+        .set_faults(only("token", Fault::Reset))
+        .unwrap();
     match t.wx.token(&a.appid, &a.appsecret).await {
         Err(WechatError::Network { .. }) => {}
         other => panic!("expected a network error, got {other:?}"),
@@ -66,7 +96,10 @@ async fn a_reset_fault_resets_the_connection_without_an_answer() {
     let raw = t.http.get(t.url("/cgi-bin/token")).send().await;
     let err = raw.unwrap_err();
     let chain = format!("{:?}", err);
-    assert!(chain.contains("reset") || chain.contains("closed") || chain.contains("Incomplete"), "{chain}");
+    assert!(
+        chain.contains("reset") || chain.contains("closed") || chain.contains("Incomplete"),
+        "{chain}"
+    );
     // Nothing was issued: the rules did not run.
     assert_eq!(t.sim.control().stats().endpoints["token"].ok, 0);
 }
@@ -75,7 +108,10 @@ async fn a_reset_fault_resets_the_connection_without_an_answer() {
 async fn a_malformed_json_fault_sends_a_truncated_body() {
     let t = TestSim::start().await;
     let a = t.oa();
-    t.sim.control().set_faults(only("token", Fault::MalformedJson)).unwrap();
+    t.sim
+        .control()
+        .set_faults(only("token", Fault::MalformedJson))
+        .unwrap();
     match t.wx.token(&a.appid, &a.appsecret).await {
         Err(WechatError::Malformed { .. }) => {}
         other => panic!("expected a malformed body, got {other:?}"),
@@ -89,20 +125,44 @@ async fn an_errcode_fault_answers_that_errcode_in_wechat_form() {
     let ct = t.component_token(&c).await;
     t.sim
         .control()
-        .set_faults(only("api_create_preauthcode", Fault::Errcode { errcode: -1, errmsg: None }))
+        .set_faults(only(
+            "api_create_preauthcode",
+            Fault::Errcode {
+                errcode: -1,
+                errmsg: None,
+            },
+        ))
         .unwrap();
     let path = format!("/cgi-bin/component/api_create_preauthcode?component_access_token={ct}");
-    let r = t.post_json(&path, serde_json::json!({"component_appid": c.component_appid})).await;
+    let r = t
+        .post_json(
+            &path,
+            serde_json::json!({"component_appid": c.component_appid}),
+        )
+        .await;
     assert_eq!(r["errcode"], -1);
     let msg = r["errmsg"].as_str().unwrap();
-    assert!(msg.starts_with("system error rid: ") && msg.len() == "system error rid: ".len() + 26, "{msg}");
+    assert!(
+        msg.starts_with("system error rid: ") && msg.len() == "system error rid: ".len() + 26,
+        "{msg}"
+    );
     t.sim
         .control()
-        .set_faults(only("*", Fault::Errcode { errcode: 61004, errmsg: Some("custom".into()) }))
+        .set_faults(only(
+            "*",
+            Fault::Errcode {
+                errcode: 61004,
+                errmsg: Some("custom".into()),
+            },
+        ))
         .unwrap();
     let a = t.oa();
     match t.wx.token(&a.appid, &a.appsecret).await {
-        Err(WechatError::Api { errcode: 61004, errmsg, .. }) => assert!(errmsg.starts_with("custom")),
+        Err(WechatError::Api {
+            errcode: 61004,
+            errmsg,
+            ..
+        }) => assert!(errmsg.starts_with("custom")),
         other => panic!("expected 61004, got {other:?}"),
     }
 }
@@ -113,10 +173,23 @@ async fn pattern(seed: u64) -> Vec<bool> {
     let body = serde_json::json!({"seed": seed, "rules": [
         {"endpoint": "stable_token", "probability": 0.5, "fault": {"kind": "errcode", "errcode": 45011}}
     ]});
-    assert_eq!(t.http.put(t.url("/_sim/faults")).json(&body).send().await.unwrap().status(), 200);
+    assert_eq!(
+        t.http
+            .put(t.url("/_sim/faults"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let mut out = Vec::new();
     for _ in 0..40 {
-        out.push(t.wx.stable_token(&a.appid, &a.appsecret, false).await.is_err());
+        out.push(
+            t.wx.stable_token(&a.appid, &a.appsecret, false)
+                .await
+                .is_err(),
+        );
     }
     out
 }
@@ -141,7 +214,10 @@ async fn times_limits_a_fault_and_delete_clears_all_faults() {
     let listed = t.get_json("/_sim/faults").await;
     assert_eq!(listed["rules"][0]["fired"], 1);
 
-    t.sim.control().set_faults(only("*", Fault::HttpStatus { status: 500 })).unwrap();
+    t.sim
+        .control()
+        .set_faults(only("*", Fault::HttpStatus { status: 500 }))
+        .unwrap();
     assert!(t.wx.token(&a.appid, &a.appsecret).await.is_err());
     let r = t.http.delete(t.url("/_sim/faults")).send().await.unwrap();
     assert_eq!(r.status(), 204);
@@ -153,10 +229,25 @@ async fn times_limits_a_fault_and_delete_clears_all_faults() {
 async fn invalid_fault_rules_are_refused_with_a_json_error() {
     let t = TestSim::start().await;
     let body = serde_json::json!({"rules": [{"endpoint": "api_nope", "fault": {"kind": "reset"}}]});
-    let r = t.http.put(t.url("/_sim/faults")).json(&body).send().await.unwrap();
+    let r = t
+        .http
+        .put(t.url("/_sim/faults"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_request");
     let body = serde_json::json!({"rules": [{"endpoint": "*", "fault": {"kind": "teleport"}}]});
-    assert_eq!(t.http.put(t.url("/_sim/faults")).json(&body).send().await.unwrap().status(), 400);
+    assert_eq!(
+        t.http
+            .put(t.url("/_sim/faults"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }

@@ -52,18 +52,31 @@ impl TestSim {
     }
 
     pub fn component(&self) -> ComponentInfo {
-        self.sim.control().create_component(ComponentSpec::default()).unwrap()
+        self.sim
+            .control()
+            .create_component(ComponentSpec::default())
+            .unwrap()
     }
 
     pub fn component_pushing_to(&self, rx: &Receiver) -> ComponentInfo {
         self.sim
             .control()
-            .create_component(ComponentSpec { push_url: Some(rx.url.clone()), ..Default::default() })
+            .create_component(ComponentSpec {
+                push_url: Some(rx.url.clone()),
+                ..Default::default()
+            })
             .unwrap()
     }
 
     pub fn account(&self, kind: AccountKind) -> AccountInfo {
-        self.sim.control().create_account(AccountSpec { kind, appid: None, appsecret: None }).unwrap()
+        self.sim
+            .control()
+            .create_account(AccountSpec {
+                kind,
+                appid: None,
+                appsecret: None,
+            })
+            .unwrap()
     }
 
     pub fn oa(&self) -> AccountInfo {
@@ -72,7 +85,11 @@ impl TestSim {
 
     /// A component token for a fresh component.
     pub async fn component_token(&self, c: &ComponentInfo) -> String {
-        let ticket = self.sim.control().latest_ticket(&c.component_appid).unwrap();
+        let ticket = self
+            .sim
+            .control()
+            .latest_ticket(&c.component_appid)
+            .unwrap();
         self.wx
             .component_token(&c.component_appid, &c.component_appsecret, &ticket)
             .await
@@ -81,27 +98,62 @@ impl TestSim {
     }
 
     /// Authorize `a` to `c` and exchange the code: (access token, refresh token).
-    pub async fn authorized(&self, c: &ComponentInfo, a: &AccountInfo, ct: &str) -> (String, String) {
-        let out = self.sim.control().authorize(&a.appid, &c.component_appid).unwrap();
+    pub async fn authorized(
+        &self,
+        c: &ComponentInfo,
+        a: &AccountInfo,
+        ct: &str,
+    ) -> (String, String) {
+        let out = self
+            .sim
+            .control()
+            .authorize(&a.appid, &c.component_appid)
+            .unwrap();
         let info = self
             .wx
             .query_auth(ct, &c.component_appid, &out.authorization_code)
             .await
             .unwrap()
             .authorization_info;
-        (info.authorizer_access_token.unwrap(), info.authorizer_refresh_token.unwrap())
+        (
+            info.authorizer_access_token.unwrap(),
+            info.authorizer_refresh_token.unwrap(),
+        )
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        self.http.post(self.url(path)).json(&body).send().await.unwrap().json().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn post_raw(&self, path: &str, body: &'static str) -> serde_json::Value {
-        self.http.post(self.url(path)).body(body).send().await.unwrap().json().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        self.http.get(self.url(path)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -150,13 +202,23 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let fail_next = Arc::new(AtomicU32::new(0));
-        let state = RxState { tx, fail_next: fail_next.clone() };
+        let state = RxState {
+            tx,
+            fail_next: fail_next.clone(),
+        };
         let path = path_and_query.split('?').next().unwrap().to_string();
-        let app = axum::Router::new().route(&path, post(receive)).with_state(state);
+        let app = axum::Router::new()
+            .route(&path, post(receive))
+            .with_state(state);
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Receiver { url: format!("http://{addr}{path_and_query}"), rx, fail_next, _server: server }
+        Receiver {
+            url: format!("http://{addr}{path_and_query}"),
+            rx,
+            fail_next,
+            _server: server,
+        }
     }
 
     /// Answer the next `n` pushes with HTTP 500 instead of `success`.
@@ -183,7 +245,11 @@ impl Receiver {
     }
 }
 
-async fn receive(State(s): State<RxState>, RawQuery(q): RawQuery, body: Bytes) -> (StatusCode, &'static str) {
+async fn receive(
+    State(s): State<RxState>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let raw_query = q.unwrap_or_default();
     let mut p = std::collections::HashMap::new();
     for (k, v) in url::form_urlencoded::parse(raw_query.as_bytes()) {
@@ -197,10 +263,18 @@ async fn receive(State(s): State<RxState>, RawQuery(q): RawQuery, body: Bytes) -
         msg_signature: p.remove("msg_signature").unwrap_or_default(),
     };
     let body = String::from_utf8_lossy(&body).into_owned();
-    let _ = s.tx.send(Received { params, body, raw_query });
+    let _ = s.tx.send(Received {
+        params,
+        body,
+        raw_query,
+    });
     let failing = s
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    if failing { (StatusCode::INTERNAL_SERVER_ERROR, "fail") } else { (StatusCode::OK, "success") }
+    if failing {
+        (StatusCode::INTERNAL_SERVER_ERROR, "fail")
+    } else {
+        (StatusCode::OK, "success")
+    }
 }

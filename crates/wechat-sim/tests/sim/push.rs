@@ -15,9 +15,16 @@ async fn ticket_pushes_are_encrypted_signed_and_open_with_the_component_keys() {
     let c = t.component_pushing_to(&rx);
     let got = rx.next().await;
     assert_eq!(got.params.encrypt_type.as_deref(), Some("aes"));
-    assert!(got.raw_query.starts_with("from=sim&"), "existing query kept: {}", got.raw_query);
+    assert!(
+        got.raw_query.starts_with("from=sim&"),
+        "existing query kept: {}",
+        got.raw_query
+    );
     assert!(got.body.contains("<AppId><![CDATA[") && got.body.contains("<Encrypt>"));
-    assert!(!got.body.contains("ticket@@@"), "the ticket travels encrypted");
+    assert!(
+        !got.body.contains("ticket@@@"),
+        "the ticket travels encrypted"
+    );
     match got.open(&c) {
         Event::ComponentVerifyTicket(e) => {
             assert_eq!(e.app_id, c.component_appid);
@@ -43,11 +50,18 @@ async fn the_ticket_timer_pushes_a_new_ticket_when_the_clock_passes_the_interval
         panic!("expected two tickets");
     };
     assert_ne!(a.component_verify_ticket, b.component_verify_ticket);
-    assert_eq!(t.sim.control().latest_ticket(&c.component_appid).unwrap(), b.component_verify_ticket);
+    assert_eq!(
+        t.sim.control().latest_ticket(&c.component_appid).unwrap(),
+        b.component_verify_ticket
+    );
     // The pushed ticket is the one api_component_token accepts.
-    t.wx.component_token(&c.component_appid, &c.component_appsecret, &b.component_verify_ticket)
-        .await
-        .unwrap();
+    t.wx.component_token(
+        &c.component_appid,
+        &c.component_appsecret,
+        &b.component_verify_ticket,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -56,27 +70,62 @@ async fn authorization_changes_are_pushed_as_authorized_updateauthorized_and_una
     let mut rx = Receiver::start().await;
     let c = t.component_pushing_to(&rx);
     let a = t.oa();
-    let first = t.sim.control().authorize(&a.appid, &c.component_appid).unwrap();
-    let Event::Authorized(e) = rx.next_event(&c).await else { panic!("authorized expected") };
+    let first = t
+        .sim
+        .control()
+        .authorize(&a.appid, &c.component_appid)
+        .unwrap();
+    let Event::Authorized(e) = rx.next_event(&c).await else {
+        panic!("authorized expected")
+    };
     assert_eq!(e.authorizer_appid, a.appid);
     assert_eq!(e.authorization_code, first.authorization_code);
-    assert_eq!(e.authorization_code_expired_time, first.authorization_code_expired_time);
-    assert!(e.authorization_code_expired_time > t.sim.control().now(), "an absolute time");
-    assert_eq!(e.pre_auth_code.as_deref(), Some(first.pre_auth_code.as_str()));
+    assert_eq!(
+        e.authorization_code_expired_time,
+        first.authorization_code_expired_time
+    );
+    assert!(
+        e.authorization_code_expired_time > t.sim.control().now(),
+        "an absolute time"
+    );
+    assert_eq!(
+        e.pre_auth_code.as_deref(),
+        Some(first.pre_auth_code.as_str())
+    );
 
-    let second = t.sim.control().authorize(&a.appid, &c.component_appid).unwrap();
-    let Event::UpdateAuthorized(e) = rx.next_event(&c).await else { panic!("updateauthorized expected") };
+    let second = t
+        .sim
+        .control()
+        .authorize(&a.appid, &c.component_appid)
+        .unwrap();
+    let Event::UpdateAuthorized(e) = rx.next_event(&c).await else {
+        panic!("updateauthorized expected")
+    };
     assert_eq!(e.authorization_code, second.authorization_code);
 
-    t.sim.control().unauthorize(&a.appid, &c.component_appid).unwrap();
-    let Event::Unauthorized(e) = rx.next_event(&c).await else { panic!("unauthorized expected") };
+    t.sim
+        .control()
+        .unauthorize(&a.appid, &c.component_appid)
+        .unwrap();
+    let Event::Unauthorized(e) = rx.next_event(&c).await else {
+        panic!("unauthorized expected")
+    };
     assert_eq!(e.authorizer_appid, a.appid);
 
     // The code from the push exchanges like the one from the redirect.
-    let t2 = t.sim.control().authorize(&a.appid, &c.component_appid).unwrap();
-    let Event::Authorized(e) = rx.next_event(&c).await else { panic!("authorized expected") };
+    let t2 = t
+        .sim
+        .control()
+        .authorize(&a.appid, &c.component_appid)
+        .unwrap();
+    let Event::Authorized(e) = rx.next_event(&c).await else {
+        panic!("authorized expected")
+    };
     let ct = t.component_token(&c).await;
-    let r = t.wx.query_auth(&ct, &c.component_appid, &e.authorization_code).await.unwrap();
+    let r =
+        t.wx.query_auth(&ct, &c.component_appid, &e.authorization_code)
+            .await
+            .unwrap();
     assert_eq!(r.authorization_info.authorizer_appid, t2.authorizer_appid);
 }
 
@@ -99,7 +148,13 @@ async fn a_push_not_answered_success_is_retried_and_every_attempt_is_recorded() 
     let rec = &s.recent_pushes[0];
     assert_eq!(rec.outcome, "delivered");
     assert_eq!(rec.attempts.len(), 3);
-    assert_eq!(rec.attempts.iter().map(|x| x.http_status).collect::<Vec<_>>(), [Some(500), Some(500), Some(200)]);
+    assert_eq!(
+        rec.attempts
+            .iter()
+            .map(|x| x.http_status)
+            .collect::<Vec<_>>(),
+        [Some(500), Some(500), Some(200)]
+    );
     assert!(rec.attempts[2].success && !rec.attempts[0].success);
     assert_eq!((s.pushes.delivered, s.pushes.attempts), (1, 3));
 }
@@ -123,7 +178,11 @@ async fn a_push_failing_every_attempt_is_recorded_as_failed() {
 async fn an_unreachable_push_url_is_a_recorded_transport_error_not_a_stuck_handler() {
     let t = TestSim::with(|c| c.push.attempts = 1).await;
     // Bind and drop: nothing listens there any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let c = t
         .sim
         .control()
@@ -145,7 +204,16 @@ async fn the_push_url_can_be_changed_at_run_time() {
     let t = TestSim::start().await;
     let c = t.component();
     let mut rx = Receiver::start().await;
-    t.sim.control().set_push_url(&c.component_appid, Some(rx.url.clone())).unwrap();
-    t.sim.control().push_ticket(Some(&c.component_appid)).unwrap();
-    assert!(matches!(rx.next().await.open(&c), Event::ComponentVerifyTicket(_)));
+    t.sim
+        .control()
+        .set_push_url(&c.component_appid, Some(rx.url.clone()))
+        .unwrap();
+    t.sim
+        .control()
+        .push_ticket(Some(&c.component_appid))
+        .unwrap();
+    assert!(matches!(
+        rx.next().await.open(&c),
+        Event::ComponentVerifyTicket(_)
+    ));
 }

@@ -15,7 +15,9 @@ async fn wechatpy_runs_the_whole_third_party_flow_against_the_simulator() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("WXTOKEN_TEST_PYTHON must name a Python with wechatpy installed when CI=true");
         }
-        println!("SKIPPED wechatpy_runs_the_whole_third_party_flow_against_the_simulator: WXTOKEN_TEST_PYTHON is not set");
+        println!(
+            "SKIPPED wechatpy_runs_the_whole_third_party_flow_against_the_simulator: WXTOKEN_TEST_PYTHON is not set"
+        );
         return;
     };
     let t = TestSim::with(|c| {
@@ -27,7 +29,10 @@ async fn wechatpy_runs_the_whole_third_party_flow_against_the_simulator() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wechatpy/flow.py");
     let base = t.sim.base_url().to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python).arg(script).env("WXSIM_BASE_URL", base).output()
+        Command::new(python)
+            .arg(script)
+            .env("WXSIM_BASE_URL", base)
+            .output()
     })
     .await
     .unwrap()
@@ -35,6 +40,9 @@ async fn wechatpy_runs_the_whole_third_party_flow_against_the_simulator() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
-    assert!(output.status.success(), "flow.py failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "flow.py failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all steps passed"));
 }
