@@ -65,8 +65,9 @@ pub(crate) struct Series {
     pub expires_ms: Millis,
     /// Generations below this are dead at once (re-authorization, unauthorize).
     pub retired_below: u32,
-    /// Superseded generations still usable, with the instant they stop working.
-    pub recent: Vec<(u32, Millis)>,
+    /// Superseded generations still usable, with the instant they stop working, in generation
+    /// order (so lookups are a binary search and expired entries leave from the front).
+    pub recent: VecDeque<(u32, Millis)>,
 }
 
 /// The verdict on a presented token.
@@ -341,7 +342,7 @@ impl State {
             generation: 0,
             expires_ms: 0,
             retired_below: 0,
-            recent: Vec::new(),
+            recent: VecDeque::new(),
         });
         id
     }
@@ -350,18 +351,22 @@ impl State {
     pub(crate) fn issue(&mut self, sid: u32, now: Millis, retire: Retire) -> Issued {
         let lifetime = self.rules.token_lifetime_ms;
         let s = &mut self.series[sid as usize];
-        s.recent.retain(|&(_, until)| until > now);
+        // Retirement instants are almost always in generation order; an entry stuck behind a
+        // longer-lived one is pruned once that one goes.
+        while s.recent.front().is_some_and(|&(_, until)| until <= now) {
+            s.recent.pop_front();
+        }
         if s.generation > 0 && s.generation >= s.retired_below {
             let until = match retire {
                 Retire::After(ms) => now.saturating_add(ms).min(s.expires_ms),
                 Retire::AtExpiry => s.expires_ms,
             };
             if until > now {
-                s.recent.push((s.generation, until));
+                s.recent.push_back((s.generation, until));
             }
         }
         if s.recent.is_empty() && s.recent.capacity() > 4 {
-            s.recent = Vec::new();
+            s.recent = VecDeque::new();
         }
         s.generation += 1;
         s.expires_ms = now + lifetime;
@@ -393,7 +398,7 @@ impl State {
     pub(crate) fn retire_all(&mut self, sid: u32) {
         let s = &mut self.series[sid as usize];
         s.retired_below = s.generation + 1;
-        s.recent = Vec::new();
+        s.recent = VecDeque::new();
     }
 
     /// Judge a presented access token.
@@ -422,8 +427,8 @@ impl State {
             return TokenCheck::Expired(owner);
         }
         if t.generation < s.generation {
-            match s.recent.iter().find(|(g, _)| *g == t.generation) {
-                Some(&(_, until)) if now < until => {}
+            match s.recent.binary_search_by_key(&t.generation, |&(g, _)| g) {
+                Ok(i) if now < s.recent[i].1 => {}
                 _ => return TokenCheck::Superseded(owner),
             }
         }
