@@ -158,11 +158,11 @@ async fn a_replaced_component_token_works_for_the_overlap_then_gets_40001() {
     t.wx.create_preauthcode(&old, &c.component_appid)
         .await
         .unwrap();
-    t.sim.control().advance_clock(Duration::from_secs(299));
+    t.sim.control().advance_clock(Duration::from_secs(290));
     t.wx.create_preauthcode(&old, &c.component_appid)
         .await
         .unwrap();
-    t.sim.control().advance_clock(Duration::from_secs(2));
+    t.sim.control().advance_clock(Duration::from_secs(11));
     assert_eq!(
         errcode(t.wx.create_preauthcode(&old, &c.component_appid).await),
         40001
