@@ -1,1 +1,15 @@
-fn main() {}
+//! The `wxtoken` binary: parse the command line and dispatch. No logic lives here.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = wxtoken::cli::Cli::parse();
+    match cli.run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wxtoken: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
