@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
-pub(crate) mod model;
+pub mod model;
 pub mod store;
+pub mod transfer;
 pub mod vault;
