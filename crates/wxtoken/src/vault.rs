@@ -747,7 +747,7 @@ mod tests {
         let key = MasterKey::generate();
         let b64 = key.to_base64();
         let shown = format!("{key:?} {:?}", Vault::new(&key, &[]));
-        assert!(!shown.contains(b64.expose_secret().as_str()));
+        assert!(!shown.contains(b64.expose_secret()));
         assert!(shown.contains(key.id().as_str()));
     }
 
