@@ -46,7 +46,11 @@ fn main() {
     let mut text = String::from("appid,refresh_token,kind,appsecret\n");
     for i in 0..n {
         // Shapes as WeChat issues them: wx + 16 hex; refreshtoken@@@ + ~86 chars.
-        let secret = if i % 10 == 0 { random_text(32) } else { String::new() };
+        let secret = if i % 10 == 0 {
+            random_text(32)
+        } else {
+            String::new()
+        };
         let kind = if i % 2 == 0 {
             "official_account"
         } else {
@@ -93,8 +97,16 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     .await
     .expect("import");
     let import = t.elapsed();
-    assert_eq!(report.progress.created as usize, n, "{:?}", report.errors.first());
-    println!("[{backend}] import {n} authorizers (batches of 500): {}", secs(import));
+    assert_eq!(
+        report.progress.created as usize,
+        n,
+        "{:?}",
+        report.errors.first()
+    );
+    println!(
+        "[{backend}] import {n} authorizers (batches of 500): {}",
+        secs(import)
+    );
 
     let t = Instant::now();
     let again = transfer::import_file(
@@ -108,7 +120,10 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     .await
     .expect("re-import");
     assert_eq!(again.progress.unchanged as usize, n);
-    println!("[{backend}] re-import, all unchanged: {}", secs(t.elapsed()));
+    println!(
+        "[{backend}] re-import, all unchanged: {}",
+        secs(t.elapsed())
+    );
 
     let t = Instant::now();
     let now = Timestamp::now();
@@ -198,7 +213,16 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     }
     let dec_t = t.elapsed();
     let total = t0.elapsed();
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l["VmRSS:".len()..].trim().to_owned())
+        })
+        .unwrap_or_default();
     assert_eq!(authorizers.len(), n);
+    println!("[{backend}] process RSS holding both loaded sets: {rss}");
     println!(
         "[{backend}] cold start, {} authorizers + {} tokens: {} total \
          (open+migrate+key check {}, load authorizers {}, decrypt {}, load tokens {}, decrypt {}; \

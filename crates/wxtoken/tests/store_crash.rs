@@ -244,7 +244,7 @@ fn import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it() {
             let recs = s.load_authorizers(Some(&c)).await.unwrap();
             let n = recs.len();
             assert!(
-                n >= 2 * IMPORT_BATCH && n < IMPORT_ROWS,
+                (2 * IMPORT_BATCH..IMPORT_ROWS).contains(&n),
                 "{n} rows after the kill"
             );
             assert_eq!(n % IMPORT_BATCH, 0, "a batch was half-written: {n} rows");

@@ -40,8 +40,8 @@ use crate::model::{
     StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
 };
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+use postgres::PgStore;
+use sqlite::SqliteStore;
 
 /// Why a store operation failed. `Display` is safe to log; none of it is meant for API responses
 /// (map to a generic 503/500 there), and the database's own text is only in the source chain.

@@ -19,7 +19,7 @@ use super::{StoreError, StoreOptions, check_schema_version};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A PostgreSQL-backed [`super::Store`].
-pub struct PgStore {
+pub(crate) struct PgStore {
     pool: PgPool,
 }
 
@@ -31,7 +31,7 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connects to `url` and migrates the database.
-    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+    pub(crate) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url)?.application_name("wxtoken");
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))

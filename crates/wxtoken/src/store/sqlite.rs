@@ -23,7 +23,7 @@ use super::{StoreError, StoreOptions, check_schema_version};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A SQLite-backed [`super::Store`].
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
 }
@@ -36,7 +36,7 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and migrates it.
-    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+    pub(crate) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let memory = url.contains(":memory:") || url.contains("mode=memory");
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
