@@ -63,6 +63,7 @@ conformance!(
     needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
     bulk_load_returns_every_authorizer_and_token_per_component_or_all,
     authorizer_pages_cover_every_authorizer_once,
+    batched_authorizations_have_the_outcomes_of_one_by_one_writes,
     appsecret_fallback_is_stored_sealed_and_can_be_cleared,
     rotation_reseals_every_secret_and_retires_the_old_key,
     rotation_while_another_task_keeps_writing_loses_nothing,
@@ -1133,6 +1134,107 @@ async fn authorizer_pages_cover_every_authorizer_once(h: &Harness) {
     }
     let expected: Vec<_> = (0..25).map(|i| appid(&format!("wxa{i:03}"))).collect();
     assert_eq!(seen, expected);
+}
+
+async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let (a, b, x, y) = (appid("wxa"), appid("wxb"), appid("wxx"), appid("wxy"));
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &b,
+            "rt-b0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let w = |appid, rt: &str, expected| authorization(&v, &c, appid, rt, Some("tok"), expected, 1);
+    let batch = vec![
+        w(&a, "rt-a1", Expected::Absent),        // created
+        w(&b, "rt-b1", Expected::Absent),        // exists: stale
+        w(&x, "rt-x1", Expected::Absent),        // created
+        w(&a, "rt-a2", Expected::Absent),        // same appid again: stale
+        w(&a, "rt-a3", Expected::Generation(1)), // fenced on the first: lands
+        w(&y, "rt-y1", Expected::Generation(0)), // never existed: missing
+        w(&y, "rt-y2", Expected::Absent),        // created
+    ];
+    let outcomes = s.save_authorizations(&batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+            SaveOutcome::Saved { generation: 2 },
+            SaveOutcome::Missing,
+            SaveOutcome::Saved { generation: 1 },
+        ]
+    );
+    for (appid, rt, g) in [
+        (&a, "rt-a3", 2),
+        (&b, "rt-b0", 1),
+        (&x, "rt-x1", 1),
+        (&y, "rt-y2", 1),
+    ] {
+        let rec = s.get_authorizer(&c, appid).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                open_rt(&v, &c, appid, &rec.refresh_token).as_str(),
+                rec.generation
+            ),
+            (rt, g)
+        );
+        let cred = Credential::authorizer(&c, appid);
+        let tok = s.get_token(&cred).await.unwrap().unwrap();
+        assert_eq!(tok.generation, g);
+        assert_eq!(
+            tok.token.is_some(),
+            appid != &b,
+            "b kept its state: no token"
+        );
+    }
+    // Every refresh token of the batch is in the history, landed or not.
+    let hist = |appid| {
+        let s = s.clone();
+        let v = &v;
+        let c = c.clone();
+        async move {
+            s.refresh_token_history(&c, appid)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| (open_rt(v, &c, appid, &e.refresh_token), e.applied))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        hist(&a).await,
+        vec![
+            ("rt-a1".into(), true),
+            ("rt-a2".into(), false),
+            ("rt-a3".into(), true)
+        ]
+    );
+    assert_eq!(
+        hist(&b).await,
+        vec![("rt-b0".into(), true), ("rt-b1".into(), false)]
+    );
+    assert_eq!(
+        hist(&y).await,
+        vec![("rt-y1".into(), false), ("rt-y2".into(), true)]
+    );
 }
 
 async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
