@@ -213,14 +213,15 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     }
     let dec_t = t.elapsed();
     let total = t0.elapsed();
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l["VmRSS:".len()..].trim().to_owned())
-        })
-        .unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_owned())
+            .unwrap_or_default()
+    };
+    let rss = format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"));
     assert_eq!(authorizers.len(), n);
     println!("[{backend}] process RSS holding both loaded sets: {rss}");
     println!(
