@@ -32,7 +32,33 @@ fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
 
+const COLD_URL_ENV: &str = "WXTOKEN_BENCH_COLD_URL";
+const COLD_KEY_ENV: &str = "WXTOKEN_BENCH_COLD_KEY";
+
 fn main() {
+    if let Ok(url) = std::env::var(COLD_URL_ENV) {
+        let key = MasterKey::parse(&std::env::var(COLD_KEY_ENV).expect("key")).expect("key");
+        let n = std::env::var("WXTOKEN_BENCH_AUTHORIZERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let backend = if url.starts_with("sqlite") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        rt.block_on(cold_start(
+            &format!("{backend}, fresh process"),
+            &url,
+            &Vault::new(&key, &[]),
+            n,
+        ));
+        return;
+    }
     let n: usize = std::env::var("WXTOKEN_BENCH_AUTHORIZERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -159,7 +185,19 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     );
     store.close().await;
 
-    // Cold start, as a restarting server does it.
+    cold_start(backend, url, &vault, n).await;
+    // The same in a fresh process, whose RSS is then only what a cold start holds.
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .env(COLD_URL_ENV, url)
+        .env(COLD_KEY_ENV, key.to_base64().expose_secret())
+        .env("WXTOKEN_BENCH_AUTHORIZERS", n.to_string())
+        .output()
+        .expect("run the cold-start process");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Cold start, as a restarting server does it: open, check the key, load and decrypt everything.
+async fn cold_start(backend: &str, url: &str, vault: &Vault, n: usize) {
     let t0 = Instant::now();
     let store = open(url).await.expect("reopen");
     vault.verify(store.as_ref()).await.expect("verify");
