@@ -13,8 +13,8 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use secrecy::ExposeSecret;
 use wxtoken::model::{
-    Appid, ComponentAppid, Credential, NewAccessToken, RefreshResult, SecretSlot, Timestamp,
-    TokenSource,
+    Appid, ComponentAppid, Credential, CredentialKind, NewAccessToken, RefreshResult, SecretSlot,
+    Timestamp, TokenSource,
 };
 use wxtoken::store::open;
 use wxtoken::transfer::{self, ImportOptions};
@@ -230,10 +230,32 @@ async fn cold_start(backend: &str, url: &str, vault: &Vault, n: usize) {
                 .expect("open");
             bytes += s.expose_secret().len();
         }
+        if let Some(tok) = &a.token {
+            let credential = Credential::authorizer(&a.component, &a.appid);
+            let s = vault
+                .open_string(
+                    SecretSlot::AccessToken {
+                        credential: &credential,
+                    },
+                    &tok.sealed,
+                )
+                .expect("open");
+            bytes += s.expose_secret().len();
+        }
     }
     let dec_a = t.elapsed();
     let t = Instant::now();
-    let tokens = store.load_tokens(None).await.expect("load tokens");
+    // Authorizers' tokens came with them; the rest (component, direct accounts) are few.
+    let mut tokens = store
+        .load_tokens(None, Some(CredentialKind::Component))
+        .await
+        .expect("load tokens");
+    tokens.extend(
+        store
+            .load_tokens(None, Some(CredentialKind::Direct))
+            .await
+            .expect("load tokens"),
+    );
     let load_t = t.elapsed();
     let t = Instant::now();
     for r in &tokens {
@@ -263,8 +285,8 @@ async fn cold_start(backend: &str, url: &str, vault: &Vault, n: usize) {
     assert_eq!(authorizers.len(), n);
     println!("[{backend}] process RSS holding both loaded sets: {rss}");
     println!(
-        "[{backend}] cold start, {} authorizers + {} tokens: {} total \
-         (open+migrate+key check {}, load authorizers {}, decrypt {}, load tokens {}, decrypt {}; \
+        "[{backend}] cold start, {} authorizers with their tokens + {} other tokens: {} total \
+         (open+migrate+key check {}, load authorizers {}, decrypt {}, load other tokens {}, decrypt {}; \
          {:.1} MB of plaintext)",
         authorizers.len(),
         tokens.len(),

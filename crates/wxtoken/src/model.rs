@@ -632,6 +632,8 @@ pub struct AuthorizerRecord {
     pub appsecret: Option<Sealed>,
     /// The generation of its access-token credential.
     pub generation: u64,
+    /// Its current access token, if it has one yet (loaded with it: one pass at cold start).
+    pub token: Option<NewAccessToken>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -1096,11 +1096,33 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
         );
     }
     assert_eq!(s.load_authorizers(Some(&c2)).await.unwrap().len(), 20);
-    let tokens = s.load_tokens(Some(&c1)).await.unwrap();
+    // Authorizers come with their tokens: half of them have one.
+    let c1_auth = s.load_authorizers(Some(&c1)).await.unwrap();
+    assert_eq!(c1_auth.iter().filter(|a| a.token.is_some()).count(), 15);
+    for a in c1_auth.iter().filter(|a| a.token.is_some()) {
+        let cred = Credential::authorizer(&c1, &a.appid);
+        let t = a.token.as_ref().unwrap();
+        assert_eq!(open_token(&v, &cred, &t.sealed), "tok");
+        assert_eq!(
+            s.get_token(&cred).await.unwrap().unwrap().token.as_ref(),
+            Some(t)
+        );
+    }
+    let tokens = s.load_tokens(Some(&c1), None).await.unwrap();
     // 30 authorizers + the component credential; half the authorizers have a token.
     assert_eq!(tokens.len(), 31);
     assert_eq!(tokens.iter().filter(|t| t.token.is_some()).count(), 15);
-    assert_eq!(s.load_tokens(None).await.unwrap().len(), 52);
+    assert_eq!(s.load_tokens(None, None).await.unwrap().len(), 52);
+    let components = s
+        .load_tokens(None, Some(CredentialKind::Component))
+        .await
+        .unwrap();
+    assert_eq!(components.len(), 2);
+    assert!(
+        components
+            .iter()
+            .all(|t| t.credential.kind == CredentialKind::Component)
+    );
 }
 
 async fn authorizer_pages_cover_every_authorizer_once(h: &Harness) {

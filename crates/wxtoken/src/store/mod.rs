@@ -34,10 +34,10 @@ use async_trait::async_trait;
 
 use crate::model::{
     ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ClientCreate,
-    ClientRecord, ComponentAppid, Credential, DirectAccountRecord, DirectAccountWrite, EventInsert,
-    KeyCheck, KeyId, NONCE_LEN, NewClient, NewEvent, ReadCount, RefreshResult,
-    RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot, StatusChange, StoredEvent,
-    StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
+    ClientRecord, ComponentAppid, Credential, CredentialKind, DirectAccountRecord,
+    DirectAccountWrite, EventInsert, KeyCheck, KeyId, NONCE_LEN, NewClient, NewEvent, ReadCount,
+    RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot, StatusChange,
+    StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
 };
 
 use postgres::PgStore;
@@ -316,10 +316,13 @@ pub trait Store: Send + Sync {
     // --- access tokens -----------------------------------------------------------------------
     /// One credential's generation and current token.
     async fn get_token(&self, credential: &Credential) -> Result<Option<TokenRecord>, StoreError>;
-    /// Every credential of one component (or all), with or without a token yet: the cold start.
+    /// Every credential of one component (or all), of one kind (or all), with or without a token
+    /// yet. At cold start, authorizers' tokens come with [`Store::load_authorizers`]; load the
+    /// component and direct-account credentials here.
     async fn load_tokens(
         &self,
         component: Option<&ComponentAppid>,
+        kind: Option<CredentialKind>,
     ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Writes refresh results, each fenced by its expected generation: access token, refresh token
     /// (authorizers), history row and generation bump in one transaction for the whole slice, one
@@ -349,7 +352,8 @@ pub trait Store: Send + Sync {
         after: Option<&Appid>,
         limit: u32,
     ) -> Result<Vec<AuthorizerRecord>, StoreError>;
-    /// Every authorizer of one component (or all), in one query: the cold start.
+    /// Every authorizer of one component (or all) with its current token, in one query: the cold
+    /// start.
     async fn load_authorizers(
         &self,
         component: Option<&ComponentAppid>,

@@ -135,25 +135,13 @@ impl TokenRow {
             kind: CredentialKind::parse(&self.kind).map_err(invalid)?,
             appid: appid(self.appid)?,
         };
-        let token = match opt_sealed(self.token_kid, self.token_nonce, self.token_ct)? {
-            None => None,
-            Some(sealed) => Some(NewAccessToken {
-                sealed,
-                issued_at: ts(self
-                    .issued_at
-                    .ok_or_else(|| corrupt("token without issued_at"))?),
-                expires_at: ts(self
-                    .expires_at
-                    .ok_or_else(|| corrupt("token without expires_at"))?),
-                refresh_at: self.refresh_at.map(ts),
-                source: TokenSource::parse(
-                    self.source
-                        .as_deref()
-                        .ok_or_else(|| corrupt("token without source"))?,
-                )
-                .map_err(invalid)?,
-            }),
-        };
+        let token = token_columns(
+            opt_sealed(self.token_kid, self.token_nonce, self.token_ct)?,
+            self.issued_at,
+            self.expires_at,
+            self.refresh_at,
+            self.source.as_deref(),
+        )?;
         Ok(TokenRecord {
             credential,
             generation: generation(self.generation)?,
@@ -163,10 +151,32 @@ impl TokenRow {
     }
 }
 
+/// The token columns of a credential row, as a token (all set) or none (no token yet).
+fn token_columns(
+    sealed: Option<Sealed>,
+    issued_at: Option<i64>,
+    expires_at: Option<i64>,
+    refresh_at: Option<i64>,
+    source: Option<&str>,
+) -> Result<Option<NewAccessToken>, StoreError> {
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    Ok(Some(NewAccessToken {
+        sealed,
+        issued_at: ts(issued_at.ok_or_else(|| corrupt("token without issued_at"))?),
+        expires_at: ts(expires_at.ok_or_else(|| corrupt("token without expires_at"))?),
+        refresh_at: refresh_at.map(ts),
+        source: TokenSource::parse(source.ok_or_else(|| corrupt("token without source"))?)
+            .map_err(invalid)?,
+    }))
+}
+
 pub(super) const AUTHORIZER_SELECT: &str = "SELECT a.component_appid, a.appid, a.kind, a.status, \
      a.status_reason, a.status_changed_at, a.rt_kid, a.rt_nonce, a.rt_ct, a.secret_kid, \
      a.secret_nonce, a.secret_ct, a.created_at, a.updated_at, \
-     COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation \
+     COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation, t.token_kid, t.token_nonce, \
+     t.token_ct, t.issued_at, t.expires_at, t.refresh_at, t.source \
      FROM authorizers a LEFT JOIN access_tokens t ON t.component_appid = a.component_appid \
      AND t.kind = 'authorizer' AND t.appid = a.appid";
 
@@ -187,6 +197,13 @@ pub(super) struct AuthorizerRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub generation: i64,
+    pub token_kid: Option<String>,
+    pub token_nonce: Option<Vec<u8>>,
+    pub token_ct: Option<Vec<u8>>,
+    pub issued_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub refresh_at: Option<i64>,
+    pub source: Option<String>,
 }
 
 impl AuthorizerRow {
@@ -206,6 +223,13 @@ impl AuthorizerRow {
             refresh_token: sealed(self.rt_kid, self.rt_nonce, self.rt_ct)?,
             appsecret: opt_sealed(self.secret_kid, self.secret_nonce, self.secret_ct)?,
             generation: generation(self.generation)?,
+            token: token_columns(
+                opt_sealed(self.token_kid, self.token_nonce, self.token_ct)?,
+                self.issued_at,
+                self.expires_at,
+                self.refresh_at,
+                self.source.as_deref(),
+            )?,
             created_at: ts(self.created_at),
             updated_at: ts(self.updated_at),
         })
@@ -987,14 +1011,16 @@ macro_rules! impl_store {
                 async fn load_tokens(
                     &self,
                     component: Option<&ComponentAppid>,
+                    kind: Option<CredentialKind>,
                 ) -> Result<Vec<TokenRecord>, StoreError> {
                     let sql = format!(
                         "SELECT {TOKEN_COLUMNS} FROM access_tokens \
-                         WHERE ($1 IS NULL OR component_appid = $1) \
+                         WHERE ($1 IS NULL OR component_appid = $1) AND ($2 IS NULL OR kind = $2) \
                          ORDER BY component_appid, kind, appid"
                     );
                     let rows: Vec<TokenRow> = sqlx::query_as(&sql)
                         .bind(component.map(ComponentAppid::as_str))
+                        .bind(kind.map(CredentialKind::as_str))
                         .fetch_all(self.read_pool())
                         .await?;
                     rows.into_iter().map(TokenRow::into_record).collect()
