@@ -6,8 +6,9 @@
 
 pub mod cli;
 pub mod config;
-pub(crate) mod model;
+pub mod model;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod transfer;
 pub mod vault;
