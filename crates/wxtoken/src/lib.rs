@@ -4,9 +4,11 @@
 //! Dependencies point one way: cli → (tokens, refresh) → (store, vault, wechat); every module may use
 //! `model`. `store` knows neither axum nor the `wechat` crate.
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod refresh;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -75,6 +75,14 @@ macro_rules! appid_type {
             }
         }
 
+        // Hash and Eq are derived from the inner String, so lookups by `&str` agree with them
+        // (the token cache looks appids up without allocating).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = InvalidValue;
             fn from_str(s: &str) -> Result<Self, InvalidValue> {

@@ -26,3 +26,13 @@ pub fn init(log: &LogConfig) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Refreshes attempted, labelled `kind` (component, authorizer, direct) and `outcome` (ok or the
+/// error class).
+pub const REFRESH_TOTAL: &str = "wxtoken_refresh_total";
+/// Alerts raised, labelled `kind` (needs_reauth, revoked, ticket_silence, quota).
+pub const ALERTS_TOTAL: &str = "wxtoken_alerts_total";
+/// Webhook deliveries that failed after their retries, or were dropped because the queue was full.
+pub const ALERT_WEBHOOK_FAILURES_TOTAL: &str = "wxtoken_alert_webhook_failures_total";
+/// Push events stored, labelled `info_type`.
+pub const EVENTS_TOTAL: &str = "wxtoken_events_total";

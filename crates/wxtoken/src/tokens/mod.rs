@@ -4,5 +4,6 @@
 //!
 //! Depends only on tokio and tokio-util; the refresh engine builds on it.
 
+pub mod cache;
 pub mod flight;
 pub mod plan;

@@ -1,0 +1,414 @@
+//! Push events (SPEC.md rule 7) and reconciliation (rule 8).
+//!
+//! A verified push is stored (payload sealed) before the HTTP layer answers `success`; processing
+//! then runs from the stored event, serialised by one lock, and marks it processed only once
+//! applied. So a crash after `success` loses nothing: `process_events` at start replays it. Every
+//! handler is idempotent (a repeated push, or a replay after a crash mid-handler, ends in the same
+//! state).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use wechat::errcode::ErrorClass;
+use wechat::event::Event;
+
+use super::{Engine, EngineError, Inner, RefreshError};
+use crate::model::{
+    Appid, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected, NewEvent,
+    RefreshTokenSource, SaveOutcome, SecretSlot, StoredEvent, TicketOutcome, TokenSource,
+};
+use crate::telemetry;
+
+/// `api_query_auth` on a code already exchanged.
+const CODE_ALREADY_USED: i64 = 61009;
+/// Unprocessed events read per pass.
+const EVENT_BATCH: u32 = 1000;
+/// Pause between pages of `api_get_authorizer_list` (rate limit).
+const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
+
+/// What one reconciliation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Authorizers WeChat listed.
+    pub listed: usize,
+    /// Refresh tokens recovered (missing from the store or different).
+    pub recovered: usize,
+    /// Authorizers marked revoked because WeChat no longer lists them.
+    pub revoked: usize,
+}
+
+impl Engine {
+    /// Stores a verified, decrypted push (payload sealed) and starts processing it. The HTTP layer
+    /// answers `success` once this returns `Ok` (`Duplicate` included: WeChat repeats pushes).
+    pub async fn ingest_push(
+        &self,
+        component: &ComponentAppid,
+        event: &Event,
+        dedupe_key: &str,
+    ) -> Result<EventInsert, EngineError> {
+        let inner = self.inner();
+        let payload = inner.vault.seal(
+            SecretSlot::EventPayload {
+                component,
+                dedupe_key,
+            },
+            event.to_xml().as_bytes(),
+        )?;
+        let appid = match event {
+            Event::Authorized(a) | Event::UpdateAuthorized(a) => Some(&a.authorizer_appid),
+            Event::Unauthorized(u) => Some(&u.authorizer_appid),
+            _ => None,
+        }
+        .map(|s| Appid::parse(s))
+        .transpose()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let outcome = inner
+            .store
+            .record_event(&NewEvent {
+                component: component.clone(),
+                dedupe_key: dedupe_key.to_owned(),
+                info_type: event.info_type().to_owned(),
+                appid,
+                payload,
+                received_at: inner.clock.now(),
+            })
+            .await?;
+        if outcome == EventInsert::Inserted {
+            metrics::counter!(telemetry::EVENTS_TOTAL, "info_type" => event.info_type().to_owned())
+                .increment(1);
+            let engine = self.clone();
+            inner.tracker.spawn(async move {
+                if let Err(e) = engine.process_events().await {
+                    tracing::warn!(error = %e, "event processing failed; it stays stored");
+                }
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Applies every stored, unprocessed event, oldest first; returns how many were applied. An
+    /// event whose handler fails stays unprocessed for the next pass (next push or restart).
+    pub async fn process_events(&self) -> Result<usize, EngineError> {
+        let inner = self.inner();
+        let _serial = inner.events_lock.lock().await;
+        let events = inner.store.unprocessed_events(None, EVENT_BATCH).await?;
+        let mut applied = 0;
+        for stored in events {
+            match inner.apply_stored(&stored).await {
+                Ok(()) => {
+                    inner
+                        .store
+                        .mark_event_processed(
+                            &stored.component,
+                            &stored.dedupe_key,
+                            inner.clock.now(),
+                        )
+                        .await?;
+                    applied += 1;
+                }
+                Err(e) => tracing::warn!(
+                    info_type = %stored.info_type,
+                    error = %e,
+                    "event not applied; kept for retry"
+                ),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
+    /// tokens missing or different, and marks authorizers no longer listed as revoked.
+    pub async fn reconcile_once(
+        &self,
+        component: &ComponentAppid,
+    ) -> Result<ReconcileReport, RefreshError> {
+        let inner = self.inner();
+        let ct = inner.ensure_component_token(component).await?;
+        let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
+        let mut offset = 0u32;
+        let total = loop {
+            let page = inner
+                .client
+                .get_authorizer_list(
+                    ct.access_token.expose_secret(),
+                    component.as_str(),
+                    offset,
+                    wechat::wire::AUTHORIZER_LIST_MAX_COUNT,
+                )
+                .await?;
+            let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
+            for item in page.list {
+                let rt = item
+                    .non_empty_refresh_token()
+                    .map(|s| SecretString::from(s.to_owned()));
+                listed.insert(item.authorizer_appid, rt);
+            }
+            offset = offset.saturating_add(n);
+            if n == 0 || u64::from(offset) >= page.total_count {
+                break page.total_count;
+            }
+            tokio::time::sleep(LIST_PAGE_PAUSE).await;
+        };
+        let mut report = ReconcileReport {
+            listed: listed.len(),
+            ..ReconcileReport::default()
+        };
+        // A list that shrank while we paged is incomplete: never revoke from it.
+        let complete = listed.len() as u64 >= total;
+        let stored = inner.store.load_authorizers(Some(component)).await?;
+        let mut known = std::collections::HashSet::new();
+        for record in stored {
+            known.insert(record.appid.as_str().to_owned());
+            let credential = Credential::authorizer(component, &record.appid);
+            match listed.get(record.appid.as_str()) {
+                None if complete && record.status != AuthorizerStatus::Revoked => {
+                    inner
+                        .lose_authorization(
+                            &credential,
+                            None,
+                            AuthorizerStatus::Revoked,
+                            "not listed by api_get_authorizer_list",
+                        )
+                        .await
+                        .ok();
+                    report.revoked += 1;
+                }
+                Some(Some(rt)) => {
+                    let slot = SecretSlot::RefreshToken {
+                        component,
+                        appid: &record.appid,
+                    };
+                    let ours = inner.vault.open_string(slot, &record.refresh_token)?;
+                    if ours.expose_secret() != rt.expose_secret() {
+                        let sealed = inner.vault.seal(slot, rt.expose_secret().as_bytes())?;
+                        let outcome = inner
+                            .save_authorization(
+                                component,
+                                &record.appid,
+                                Expected::Generation(record.generation),
+                                sealed,
+                                None,
+                                RefreshTokenSource::Reconcile,
+                            )
+                            .await?;
+                        if let SaveOutcome::Saved { .. } = outcome {
+                            report.recovered += 1;
+                            inner.schedule_in(&credential, Duration::ZERO);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (appid, rt) in &listed {
+            let Some(rt) = rt else { continue };
+            if known.contains(appid) {
+                continue;
+            }
+            let Ok(appid) = Appid::parse(appid) else {
+                continue;
+            };
+            let sealed = inner.vault.seal(
+                SecretSlot::RefreshToken {
+                    component,
+                    appid: &appid,
+                },
+                rt.expose_secret().as_bytes(),
+            )?;
+            let outcome = inner
+                .save_authorization(
+                    component,
+                    &appid,
+                    Expected::Absent,
+                    sealed,
+                    None,
+                    RefreshTokenSource::Reconcile,
+                )
+                .await?;
+            if let SaveOutcome::Saved { .. } = outcome {
+                report.recovered += 1;
+                inner.schedule_in(&Credential::authorizer(component, &appid), Duration::ZERO);
+            }
+        }
+        tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, "reconciled");
+        Ok(report)
+    }
+}
+
+impl Inner {
+    async fn apply_stored(self: &Arc<Self>, stored: &StoredEvent) -> Result<(), RefreshError> {
+        let component = &stored.component;
+        let xml = self.vault.open(
+            SecretSlot::EventPayload {
+                component,
+                dedupe_key: &stored.dedupe_key,
+            },
+            &stored.payload,
+        )?;
+        let text = std::str::from_utf8(&xml)
+            .map_err(|_| RefreshError::Storage("stored event is not UTF-8".into()))?;
+        let event = Event::parse(text).map_err(|e| RefreshError::Storage(e.to_string()))?;
+        match event {
+            Event::ComponentVerifyTicket(t) => {
+                let sealed = self.vault.seal(
+                    SecretSlot::Ticket { component },
+                    t.component_verify_ticket.as_bytes(),
+                )?;
+                let outcome = self
+                    .store
+                    .record_ticket(component, &sealed, stored.received_at)
+                    .await?;
+                self.silent_tickets.lock().remove(component);
+                let credential = Credential::component(component);
+                let healthy = self
+                    .cache
+                    .component(component)
+                    .is_some_and(|s| s.read(self.clock.now(), self.config.serve_margin).is_ok());
+                if outcome == TicketOutcome::Stored && !healthy {
+                    // The component token was waiting for a ticket (or failing): try now.
+                    self.failures.lock().remove(&credential);
+                    self.schedule_in(&credential, Duration::ZERO);
+                }
+                Ok(())
+            }
+            Event::Authorized(a) | Event::UpdateAuthorized(a) => {
+                let appid = Appid::parse(&a.authorizer_appid)
+                    .map_err(|e| RefreshError::Storage(e.to_string()))?;
+                self.exchange_code(component, &appid, &a.authorization_code)
+                    .await
+            }
+            Event::Unauthorized(u) => {
+                let appid = Appid::parse(&u.authorizer_appid)
+                    .map_err(|e| RefreshError::Storage(e.to_string()))?;
+                let credential = Credential::authorizer(component, &appid);
+                if self
+                    .store
+                    .get_authorizer(component, &appid)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                self.schedule.lock().remove(&credential);
+                match self
+                    .lose_authorization(
+                        &credential,
+                        None,
+                        AuthorizerStatus::Revoked,
+                        "unauthorized event",
+                    )
+                    .await
+                {
+                    Ok(_) | Err(RefreshError::Gone { .. }) => Ok(()),
+                    // The revocation landed; only the fallback failed (it retries on schedule).
+                    Err(RefreshError::Upstream { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Event::Other(_) => Ok(()),
+        }
+    }
+
+    /// `authorized` / `updateauthorized`: exchanges the code and stores the new refresh token and
+    /// access token (re-authorization retires the old refresh token). Idempotent: a code already
+    /// exchanged (61009) is fine when the authorizer exists.
+    pub(crate) async fn exchange_code(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        appid: &Appid,
+        code: &str,
+    ) -> Result<(), RefreshError> {
+        let mut replaced_component = false;
+        let info = loop {
+            let ct = self.ensure_component_token(component).await?;
+            let call =
+                self.client
+                    .query_auth(ct.access_token.expose_secret(), component.as_str(), code);
+            let _permit = self.permits.acquire().await.ok();
+            match call.await {
+                Ok(resp) => break resp.authorization_info,
+                Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
+                    return if self.store.get_authorizer(component, appid).await?.is_some() {
+                        Ok(())
+                    } else {
+                        Err(e.into())
+                    };
+                }
+                Err(e) if e.class() == ErrorClass::StaleToken && !replaced_component => {
+                    replaced_component = true;
+                    drop(_permit);
+                    self.replace_component_token(component, &ct).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if info.authorizer_appid != appid.as_str() {
+            return Err(RefreshError::Storage(
+                "api_query_auth returned another appid".into(),
+            ));
+        }
+        let rt = info
+            .non_empty_refresh_token()
+            .ok_or_else(|| RefreshError::Upstream {
+                class: ErrorClass::Transient,
+                detail: "api_query_auth: no authorizer_refresh_token".into(),
+            })?;
+        let credential = Credential::authorizer(component, appid);
+        let sealed_rt = self
+            .vault
+            .seal(SecretSlot::RefreshToken { component, appid }, rt.as_bytes())?;
+        let access = match (&info.authorizer_access_token, info.expires_in) {
+            (Some(t), Some(secs)) if !t.is_empty() => Some((
+                t.clone(),
+                self.new_access_token(
+                    &credential,
+                    t,
+                    Duration::from_secs(secs),
+                    TokenSource::QueryAuth,
+                )?,
+            )),
+            _ => None,
+        };
+        // Fenced: re-read and retry if a refresh landed between our read and our write.
+        for _ in 0..3 {
+            let expected = match self.store.get_authorizer(component, appid).await? {
+                Some(r) => Expected::Generation(r.generation),
+                None => Expected::Absent,
+            };
+            let outcome = self
+                .save_authorization(
+                    component,
+                    appid,
+                    expected,
+                    sealed_rt.clone(),
+                    access.as_ref().map(|(_, a)| a.clone()),
+                    RefreshTokenSource::QueryAuth,
+                )
+                .await?;
+            match outcome {
+                SaveOutcome::Saved { generation } => {
+                    self.failures.lock().remove(&credential);
+                    match &access {
+                        Some((token, stored)) => {
+                            self.publish(
+                                &credential,
+                                generation,
+                                SecretString::from(token.clone()),
+                                stored,
+                            );
+                        }
+                        None => self.schedule_in(&credential, Duration::ZERO),
+                    }
+                    return Ok(());
+                }
+                SaveOutcome::Stale { .. } => continue,
+                SaveOutcome::Missing => return Err(RefreshError::Unknown),
+            }
+        }
+        Err(RefreshError::Storage(
+            "authorization write kept losing the race".into(),
+        ))
+    }
+}

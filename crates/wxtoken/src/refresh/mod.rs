@@ -1,0 +1,474 @@
+//! The refresh engine (SPEC.md lifecycle rules 1–9, one process): keeps every credential's token
+//! fresh, never loses a refresh token, and makes one upstream call per need.
+//!
+//! Depends on `store`, `vault`, `wechat`, `tokens` and `alerts`; the HTTP layer calls [`Engine`].
+//!
+//! - Scheduling: every credential has a due time from the `expires_in` WeChat returned
+//!   (`plan::refresh_delay`, or `plan::stable_refresh_delay` for stable tokens) in a heap
+//!   ([`schedule`]); [`Engine::run`] is a thin loop over [`Engine::start_due`] that `select!`s on
+//!   cancellation, the next deadline and wake-ups; [`Engine::run_once`] is the step tests drive.
+//! - Single flight: every refresh, whoever asks (scheduler, reader, invalidation report, event), goes
+//!   through one `SingleFlight` per credential, whose work runs on the `TaskTracker`, so a cancelled
+//!   asker never cancels a refresh between WeChat's answer and the store write.
+//! - Bounded concurrency: each upstream call holds a permit of one semaphore
+//!   (`refresh.concurrency`); permits are taken around the HTTP call only, never across a nested
+//!   wait (an authorizer refresh waiting for the component token holds none).
+//! - The [`lease::Lease`] seam is taken around every refresh; the store's generation fencing stays
+//!   the final guard: on `SaveOutcome::Stale` the engine adopts the stored token.
+//! - Failures by class (rule 5): transient and quota → capped exponential backoff with jitter,
+//!   serving the current token while servable; stale component token → refresh it, retry once;
+//!   ticket → newest stored ticket, `api_start_push_ticket` (throttled); re-authorization →
+//!   recover the refresh token from `api_get_authorizer_list` once, else mark, alert, and fall back
+//!   to the appsecret if one is on file. A marked authorizer is never retried (its circuit is open)
+//!   until re-authorized or recovered.
+
+mod events;
+pub mod lease;
+mod schedule;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use secrecy::SecretString;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wechat::client::WechatClient;
+use wechat::errcode::ErrorClass;
+
+use crate::alerts::Alerts;
+use crate::config::RefreshConfig;
+use crate::model::{ComponentAppid, Credential, Timestamp};
+use crate::store::{Store, StoreError};
+use crate::tokens::cache::{CachedToken, ReadError, TokenCache};
+use crate::tokens::flight::SingleFlight;
+use crate::vault::{Vault, VaultError};
+
+pub use events::ReconcileReport;
+use lease::Lease;
+use schedule::Schedule;
+
+/// Wall-clock time for stored timestamps, injectable where tests need it. Scheduling itself uses
+/// tokio time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A component the engine refreshes for: its appid and appsecret (from the configuration).
+#[derive(Debug, Clone)]
+pub struct ComponentSecret {
+    pub appid: ComponentAppid,
+    pub appsecret: SecretString,
+}
+
+/// Everything the engine needs, built by `serve`, `demo` or a test.
+pub struct EngineDeps {
+    pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
+    pub client: WechatClient,
+    pub config: RefreshConfig,
+    pub components: Vec<ComponentSecret>,
+    pub alerts: Alerts,
+    pub lease: Arc<dyn Lease>,
+    pub clock: Arc<dyn Clock>,
+    pub tracker: TaskTracker,
+}
+
+/// Why a refresh produced no token. Safe to log and to show (no secret, no URL).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// WeChat (or the network) refused; `class` says how the engine reacts.
+    #[error("{class}: {detail}")]
+    Upstream { class: ErrorClass, detail: String },
+    /// No component_verify_ticket stored yet for the component.
+    #[error("ticket: no component_verify_ticket received yet")]
+    NoTicket,
+    /// The authorization is lost and no fallback token exists (→ 410).
+    #[error("authorization lost: {reason}")]
+    Gone { reason: String },
+    /// No such credential.
+    #[error("unknown credential")]
+    Unknown,
+    /// The component is not in the configuration (no appsecret).
+    #[error("configuration: component {0} is not configured")]
+    NotConfigured(String),
+    /// The store or the vault failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Another replica holds the refresh lease.
+    #[error("another replica is refreshing")]
+    LeaseHeld,
+    /// The flight ended without a result (its task panicked).
+    #[error("refresh abandoned")]
+    Abandoned,
+}
+
+impl RefreshError {
+    /// Whether retrying later can help (Gone and Unknown stop the schedule).
+    fn retryable(&self) -> bool {
+        !matches!(self, RefreshError::Gone { .. } | RefreshError::Unknown)
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            RefreshError::Upstream { class, .. } => class.as_str(),
+            RefreshError::NoTicket => "ticket",
+            RefreshError::Gone { .. } => "reauthorize",
+            RefreshError::Unknown => "unknown",
+            RefreshError::NotConfigured(_) => "configuration",
+            RefreshError::Storage(_) => "storage",
+            RefreshError::LeaseHeld => "lease",
+            RefreshError::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl From<StoreError> for RefreshError {
+    fn from(e: StoreError) -> Self {
+        RefreshError::Storage(e.to_string())
+    }
+}
+
+impl From<VaultError> for RefreshError {
+    fn from(e: VaultError) -> Self {
+        RefreshError::Storage(e.to_string())
+    }
+}
+
+impl From<wechat::client::WechatError> for RefreshError {
+    fn from(e: wechat::client::WechatError) -> Self {
+        RefreshError::Upstream {
+            class: e.class(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Why the engine could not start or store an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
+
+/// What one [`Engine::run_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub refreshed: usize,
+    pub failed: usize,
+}
+
+/// Counters since start (tests compare them with the simulator's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Refresh flights that ended with a token.
+    pub refreshed: u64,
+    /// Refresh flights that ended with an error.
+    pub failed: u64,
+}
+
+pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
+
+/// How a refresh was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Normal,
+    /// An invalidation report: direct accounts use `force_refresh` (within budget).
+    Forced,
+}
+
+/// stable_token `force_refresh` budget of one account (wechat-protocol.md §6.2): 20 a day, 30 s
+/// apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForceBudget {
+    day_start: Timestamp,
+    used: u32,
+    last: Option<Timestamp>,
+}
+
+pub(crate) const FORCE_PER_DAY: u32 = 20;
+pub(crate) const FORCE_MIN_GAP: Duration = Duration::from_secs(30);
+/// At most one api_start_push_ticket per component per this interval.
+pub(crate) const START_PUSH_THROTTLE: Duration = Duration::from_secs(600);
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) client: WechatClient,
+    pub(crate) config: RefreshConfig,
+    pub(crate) components: HashMap<ComponentAppid, SecretString>,
+    pub(crate) alerts: Alerts,
+    pub(crate) lease: Arc<dyn Lease>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) cache: TokenCache,
+    pub(crate) flights: SingleFlight<Credential, Outcome>,
+    pub(crate) schedule: Mutex<Schedule>,
+    pub(crate) wake: Notify,
+    pub(crate) permits: Semaphore,
+    /// Consecutive failures per credential (the backoff attempt number).
+    pub(crate) failures: Mutex<HashMap<Credential, u32>>,
+    pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
+    pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
+    pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
+    /// Serialises event processing (ingest spawns it; replay and tests call it).
+    pub(crate) events_lock: tokio::sync::Mutex<()>,
+    pub(crate) refreshed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// The refresh engine. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("credentials", &self.inner.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Cold start: registers the configured components, loads every token and authorizer from the
+    /// store (one query per kind), opens the tokens into the cache and schedules each credential
+    /// at its stored `refresh_at` (overdue ones soon, spread out). Does not start the loop
+    /// ([`Engine::spawn`]) nor replay events ([`Engine::process_events`]).
+    pub async fn open(deps: EngineDeps) -> Result<Self, EngineError> {
+        let concurrency = deps.config.concurrency.max(1);
+        let inner = Arc::new(Inner {
+            store: deps.store,
+            vault: deps.vault,
+            client: deps.client,
+            components: deps
+                .components
+                .into_iter()
+                .map(|c| (c.appid, c.appsecret))
+                .collect(),
+            config: deps.config,
+            alerts: deps.alerts,
+            lease: deps.lease,
+            clock: deps.clock,
+            flights: SingleFlight::new(deps.tracker.clone()),
+            tracker: deps.tracker,
+            cache: TokenCache::new(),
+            schedule: Mutex::new(Schedule::default()),
+            wake: Notify::new(),
+            permits: Semaphore::new(concurrency),
+            failures: Mutex::default(),
+            push_ticket_at: Mutex::default(),
+            force_budget: Mutex::default(),
+            silent_tickets: Mutex::default(),
+            events_lock: tokio::sync::Mutex::new(()),
+            refreshed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        inner.cold_start().await?;
+        Ok(Self { inner })
+    }
+
+    /// Starts the scheduler loop on the tracker: first replays unprocessed events, then runs until
+    /// `cancel`.
+    pub fn spawn(&self, cancel: CancellationToken) {
+        let engine = self.clone();
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = engine.process_events().await {
+                tracing::warn!(error = %e, "event replay failed; will retry on the next push");
+            }
+            engine.run(cancel).await;
+        });
+    }
+
+    /// The scheduler loop: starts due refreshes, sleeps until the next deadline or a wake-up,
+    /// reconciles every `reconcile_interval`, checks ticket silence, and stops on `cancel`
+    /// (flights already started finish on the tracker).
+    pub async fn run(&self, cancel: CancellationToken) {
+        let cfg = &self.inner.config;
+        let reconcile_every = cfg.reconcile_interval.max(Duration::from_secs(1));
+        let mut reconcile =
+            tokio::time::interval_at(Instant::now() + reconcile_every, reconcile_every);
+        let silence_every =
+            (cfg.ticket_silence_alert / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut silence = tokio::time::interval_at(Instant::now() + silence_every, silence_every);
+        loop {
+            self.start_due();
+            let next = self.inner.schedule.lock().next_deadline();
+            let deadline = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = reconcile.tick() => {
+                    for component in self.inner.components.keys().cloned().collect::<Vec<_>>() {
+                        let engine = self.clone();
+                        self.inner.tracker.spawn(async move {
+                            if let Err(e) = engine.reconcile_once(&component).await {
+                                tracing::warn!(component = %component, error = %e, "reconciliation failed");
+                            }
+                        });
+                    }
+                }
+                _ = silence.tick() => self.inner.check_ticket_silence().await,
+            }
+        }
+    }
+
+    /// Starts every due refresh on the tracker without waiting for them. Returns how many.
+    pub fn start_due(&self) -> usize {
+        let due = self
+            .inner
+            .schedule
+            .lock()
+            .pop_due(Instant::now(), usize::MAX);
+        let n = due.len();
+        for credential in due {
+            let inner = Arc::clone(&self.inner);
+            self.inner.tracker.spawn(async move {
+                let _ = inner.refresh(credential, Mode::Normal).await;
+            });
+        }
+        n
+    }
+
+    /// One step for tests: runs every refresh due now and waits for them.
+    pub async fn run_once(&self) -> StepOutcome {
+        let due = self
+            .inner
+            .schedule
+            .lock()
+            .pop_due(Instant::now(), usize::MAX);
+        let results = futures::future::join_all(
+            due.into_iter()
+                .map(|c| Arc::clone(&self.inner).refresh_owned(c, Mode::Normal)),
+        )
+        .await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        StepOutcome {
+            refreshed: results.len() - failed,
+            failed,
+        }
+    }
+
+    /// The token to hand out for an authorizer or direct account, under `component` or (when
+    /// `None`) whichever single component has `appid`. No await, no database call.
+    pub fn token(
+        &self,
+        component: Option<&str>,
+        appid: &str,
+    ) -> Result<Arc<CachedToken>, ReadError> {
+        let slot = self.inner.cache.find(component, appid)?;
+        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+    }
+
+    /// The component access token.
+    pub fn component_token(
+        &self,
+        component: &ComponentAppid,
+    ) -> Result<Arc<CachedToken>, ReadError> {
+        let slot = self
+            .inner
+            .cache
+            .component(component)
+            .ok_or(ReadError::Unknown)?;
+        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+    }
+
+    /// Long-poll: waits until the credential holds a servable token newer than `after` (the caller
+    /// bounds the wait with a timeout).
+    pub async fn token_after(
+        &self,
+        component: Option<&str>,
+        appid: &str,
+        after: u64,
+    ) -> Result<Arc<CachedToken>, ReadError> {
+        let slot = self.inner.cache.find(component, appid)?;
+        let mut rx = slot.subscribe();
+        // The receiver closes only with the slot, which the cache never drops.
+        let _ = rx.wait_for(|g| *g > after).await;
+        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+    }
+
+    /// The credential an appid reads through (for invalidation and admin refreshes).
+    pub fn credential(
+        &self,
+        component: Option<&str>,
+        appid: &str,
+    ) -> Result<Credential, ReadError> {
+        Ok(self
+            .inner
+            .cache
+            .find(component, appid)?
+            .credential()
+            .clone())
+    }
+
+    /// Refreshes now (single flight), e.g. `wxtoken authorizers refresh` or a reader that found no
+    /// token.
+    pub async fn refresh_now(&self, credential: &Credential) -> Outcome {
+        Arc::clone(&self.inner)
+            .refresh_owned(credential.clone(), Mode::Normal)
+            .await
+    }
+
+    /// An invalidation report (rule 6): a client got 40001/42001 with `reported`. If it is the
+    /// current token, refresh (single flight; direct accounts force within budget) and return the
+    /// new one; otherwise return the current token with no upstream call.
+    pub async fn invalidate(&self, credential: &Credential, reported: &str) -> Outcome {
+        let slot = self
+            .inner
+            .cache
+            .get(credential)
+            .ok_or(RefreshError::Unknown)?;
+        match slot.current() {
+            Some(current) if !current.is(reported) => Ok(current),
+            _ => {
+                Arc::clone(&self.inner)
+                    .refresh_owned(credential.clone(), Mode::Forced)
+                    .await
+            }
+        }
+    }
+
+    /// When the credential is next due, if scheduled (for tests and admin views).
+    pub fn next_refresh(&self, credential: &Credential) -> Option<Instant> {
+        self.inner.schedule.lock().deadline(credential)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            refreshed: self.inner.refreshed.load(Ordering::Relaxed),
+            failed: self.inner.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The in-memory cache (readers and tests).
+    pub fn cache(&self) -> &TokenCache {
+        &self.inner.cache
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}

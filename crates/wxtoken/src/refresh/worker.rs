@@ -1,0 +1,841 @@
+//! One refresh of one credential, by kind, and what follows it (store write, cache, next due time,
+//! backoff). Everything here runs inside a single flight on the tracker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+use wechat::client::WechatError;
+use wechat::errcode::ErrorClass;
+
+use super::{
+    FORCE_MIN_GAP, FORCE_PER_DAY, ForceBudget, Inner, Mode, Outcome, RefreshError,
+    START_PUSH_THROTTLE,
+};
+use crate::alerts::{Alert, AlertKind};
+use crate::model::{
+    AuthorizationWrite, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential,
+    CredentialKind, Expected, NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome,
+    Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
+};
+use crate::store::StoreError;
+use crate::telemetry;
+use crate::tokens::cache::CachedToken;
+use crate::tokens::plan;
+use crate::vault::VaultError;
+
+/// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// Store writes carrying a fresh token are retried this many times before giving up.
+const SAVE_ATTEMPTS: u32 = 3;
+/// A credential loaded overdue at cold start is due within this spread, so a fleet does not
+/// refresh in one burst.
+const MAX_COLD_SPREAD_MS: u64 = 5_000;
+
+type BoxOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+impl Inner {
+    /// Refreshes `credential` through its single flight.
+    pub(crate) async fn refresh(self: &Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
+        Arc::clone(self).refresh_owned(credential, mode).await
+    }
+
+    /// Boxed (and declared `Send`): an authorizer's flight waits on its component's flight, so this
+    /// future contains itself.
+    pub(crate) fn refresh_owned(self: Arc<Self>, credential: Credential, mode: Mode) -> BoxOutcome {
+        Box::pin(async move {
+            let inner = Arc::clone(&self);
+            let key = credential.clone();
+            self.flights
+                .run(key, move || inner.refresh_flight(credential, mode))
+                .await
+                .unwrap_or(Err(RefreshError::Abandoned))
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(kind = credential.kind.as_str(), appid = %credential.appid))]
+    async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
+        let result = match self.lease.acquire(&credential, LEASE_TTL).await {
+            Ok(true) => {
+                let r = match credential.kind {
+                    CredentialKind::Component => self.refresh_component(&credential).await,
+                    CredentialKind::Authorizer => self.refresh_authorizer(&credential).await,
+                    CredentialKind::Direct => self.refresh_direct(&credential, mode).await,
+                };
+                self.lease.release(&credential).await;
+                r
+            }
+            // Another replica refreshes; its result reaches us through the store.
+            Ok(false) => Err(RefreshError::LeaseHeld),
+            Err(e) => Err(RefreshError::Storage(e.to_string())),
+        };
+        self.after_refresh(&credential, &result);
+        result
+    }
+
+    fn after_refresh(&self, credential: &Credential, result: &Outcome) {
+        let kind = credential.kind.as_str();
+        let slot = self.cache.slot(credential);
+        match result {
+            Ok(_) => {
+                self.refreshed.fetch_add(1, Ordering::Relaxed);
+                self.failures.lock().remove(credential);
+                metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
+                    .increment(1);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => e.class())
+                    .increment(1);
+                tracing::warn!(error = %e, "refresh failed");
+                slot.set_failing(Some(e.to_string()));
+                if !e.retryable() {
+                    self.schedule.lock().remove(credential);
+                    return;
+                }
+                let attempt = {
+                    let mut failures = self.failures.lock();
+                    let n = failures.entry(credential.clone()).or_insert(0);
+                    let attempt = *n;
+                    *n = n.saturating_add(1);
+                    attempt
+                };
+                if attempt == 0
+                    && let RefreshError::Upstream {
+                        class: ErrorClass::Quota,
+                        detail,
+                    } = e
+                {
+                    self.alerts.raise(Alert::new(
+                        AlertKind::Quota,
+                        credential.component.as_str(),
+                        Some(credential.appid.as_str()),
+                        detail.clone(),
+                        self.clock.now(),
+                    ));
+                }
+                let backoff = plan::Backoff {
+                    initial: self.config.backoff_initial,
+                    max: self.config.backoff_max,
+                };
+                let delay = backoff.delay(attempt, rand::random::<f64>());
+                self.schedule_in(credential, delay);
+            }
+        }
+    }
+
+    pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {
+        self.schedule
+            .lock()
+            .set(credential.clone(), Instant::now() + delay);
+        self.wake.notify_one();
+    }
+
+    /// Schedules at a stored wall-clock time (past → now).
+    pub(crate) fn schedule_at(&self, credential: &Credential, at: Timestamp) {
+        let wait = at.as_millis().saturating_sub(self.clock.now().as_millis());
+        self.schedule_in(
+            credential,
+            Duration::from_millis(u64::try_from(wait).unwrap_or(0)),
+        );
+    }
+
+    /// The permit-holding upstream call: bounded concurrency toward WeChat.
+    async fn upstream<T>(
+        &self,
+        call: impl Future<Output = Result<T, WechatError>>,
+    ) -> Result<T, WechatError> {
+        // The semaphore is never closed.
+        let _permit = self.permits.acquire().await.ok();
+        call.await
+    }
+
+    fn plan_delay(&self, source: TokenSource, expires_in: Duration) -> Duration {
+        let lead = self
+            .config
+            .stable_token_lead
+            .min(plan::STABLE_TOKEN_ROLLOVER);
+        if source == TokenSource::StableToken && expires_in > lead * 2 {
+            plan::stable_refresh_delay(expires_in, lead)
+        } else {
+            plan::refresh_delay(
+                expires_in,
+                self.config.refresh_fraction,
+                self.config.jitter,
+                rand::random::<f64>(),
+                self.config.serve_margin,
+            )
+        }
+    }
+
+    /// Seals and plans a fresh access token.
+    pub(crate) fn new_access_token(
+        &self,
+        credential: &Credential,
+        token: &str,
+        expires_in: Duration,
+        source: TokenSource,
+    ) -> Result<NewAccessToken, VaultError> {
+        let now = self.clock.now();
+        Ok(NewAccessToken {
+            sealed: self
+                .vault
+                .seal(SecretSlot::AccessToken { credential }, token.as_bytes())?,
+            issued_at: now,
+            expires_at: now.plus(expires_in),
+            refresh_at: Some(now.plus(self.plan_delay(source, expires_in))),
+            source,
+        })
+    }
+
+    /// Installs a stored token into the cache and schedules its next refresh.
+    pub(crate) fn publish(
+        &self,
+        credential: &Credential,
+        generation: u64,
+        token: SecretString,
+        stored: &NewAccessToken,
+    ) -> Arc<CachedToken> {
+        let refresh_at = stored.refresh_at.unwrap_or(stored.issued_at);
+        let slot = self.cache.slot(credential);
+        slot.publish(CachedToken {
+            access_token: token,
+            expires_at: stored.expires_at,
+            refresh_at,
+            generation,
+            source: stored.source,
+        });
+        self.schedule_at(credential, refresh_at);
+        // The slot may hold a newer one than ours (adopted meanwhile).
+        slot.current().expect("just published")
+    }
+
+    /// Writes a refresh result (fenced) and publishes it; on a stale write adopts the stored token.
+    async fn save_token(
+        &self,
+        credential: &Credential,
+        expected_generation: u64,
+        token: String,
+        expires_in: u64,
+        source: TokenSource,
+        refresh_token: Option<Sealed>,
+    ) -> Outcome {
+        let expires_in = Duration::from_secs(expires_in);
+        let access = self.new_access_token(credential, &token, expires_in, source)?;
+        let result = RefreshResult {
+            credential: credential.clone(),
+            expected_generation,
+            access_token: access.clone(),
+            refresh_token,
+            at: self.clock.now(),
+        };
+        let outcome = self.save_with_retry(&result).await?;
+        match outcome {
+            SaveOutcome::Saved { generation } => {
+                Ok(self.publish(credential, generation, SecretString::from(token), &access))
+            }
+            SaveOutcome::Stale { .. } => {
+                tracing::info!("a newer token was stored meanwhile; adopting it");
+                self.adopt_stored(credential).await
+            }
+            SaveOutcome::Missing => Err(RefreshError::Gone {
+                reason: "credential no longer exists".into(),
+            }),
+        }
+    }
+
+    async fn save_with_retry(&self, result: &RefreshResult) -> Result<SaveOutcome, RefreshError> {
+        let mut wait = Duration::from_millis(50);
+        let mut last: Option<StoreError> = None;
+        for _ in 0..SAVE_ATTEMPTS {
+            match self
+                .store
+                .save_refresh_results(std::slice::from_ref(result))
+                .await
+            {
+                Ok(mut v) => {
+                    return v
+                        .pop()
+                        .ok_or_else(|| RefreshError::Storage("no outcome".into()));
+                }
+                Err(e) if e.is_unavailable() || matches!(e, StoreError::Conflict { .. }) => {
+                    last = Some(e);
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.map_or_else(|| RefreshError::Storage("write failed".into()), Into::into))
+    }
+
+    /// Reads the credential's stored token into the cache (after losing a fenced write).
+    pub(crate) async fn adopt_stored(&self, credential: &Credential) -> Outcome {
+        let record = self
+            .store
+            .get_token(credential)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        let stored = record.token.ok_or(RefreshError::Storage(
+            "stale write but no stored token".into(),
+        ))?;
+        let token = self
+            .vault
+            .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
+        Ok(self.publish(credential, record.generation, token, &stored))
+    }
+
+    // --- component token --------------------------------------------------------------------
+
+    async fn refresh_component(&self, credential: &Credential) -> Outcome {
+        let component = &credential.component;
+        let secret = self
+            .components
+            .get(component)
+            .ok_or_else(|| RefreshError::NotConfigured(component.to_string()))?;
+        let Some(ticket) = self.store.latest_ticket(component).await? else {
+            self.kick_ticket(component).await;
+            return Err(RefreshError::NoTicket);
+        };
+        let ticket = self
+            .vault
+            .open_string(SecretSlot::Ticket { component }, &ticket.sealed)?;
+        let generation = self
+            .store
+            .get_token(credential)
+            .await?
+            .map_or(0, |r| r.generation);
+        let resp = match self
+            .upstream(self.client.component_token(
+                component.as_str(),
+                secret.expose_secret(),
+                ticket.expose_secret(),
+            ))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if e.class() == ErrorClass::Ticket {
+                    // Keep the newest stored ticket; ask WeChat to push again.
+                    self.kick_ticket(component).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.save_token(
+            credential,
+            generation,
+            resp.component_access_token,
+            resp.expires_in,
+            TokenSource::ComponentToken,
+            None,
+        )
+        .await
+    }
+
+    /// `api_start_push_ticket`, at most once per [`START_PUSH_THROTTLE`] per component.
+    pub(crate) async fn kick_ticket(&self, component: &ComponentAppid) {
+        {
+            let mut at = self.push_ticket_at.lock();
+            if at
+                .get(component)
+                .is_some_and(|t| t.elapsed() < START_PUSH_THROTTLE)
+            {
+                return;
+            }
+            at.insert(component.clone(), Instant::now());
+        }
+        let Some(secret) = self.components.get(component) else {
+            return;
+        };
+        match self
+            .upstream(
+                self.client
+                    .start_push_ticket(component.as_str(), secret.expose_secret()),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(component = %component, "asked WeChat to push a ticket"),
+            Err(e) => {
+                tracing::warn!(component = %component, error = %e, "api_start_push_ticket failed")
+            }
+        }
+    }
+
+    /// A servable component token, refreshing it (single flight) if there is none.
+    pub(crate) async fn ensure_component_token(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+    ) -> Result<Arc<CachedToken>, RefreshError> {
+        if let Some(slot) = self.cache.component(component)
+            && let Ok(token) = slot.read(self.clock.now(), self.config.serve_margin)
+        {
+            return Ok(token);
+        }
+        self.refresh(Credential::component(component), Mode::Normal)
+            .await
+    }
+
+    /// WeChat rejected `rejected` (a component token): refresh it if it is still the current one.
+    pub(crate) async fn replace_component_token(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        rejected: &CachedToken,
+    ) -> Result<Arc<CachedToken>, RefreshError> {
+        if let Some(slot) = self.cache.component(component)
+            && let Some(current) = slot.current()
+            && current.generation > rejected.generation
+        {
+            return Ok(current);
+        }
+        self.refresh(Credential::component(component), Mode::Normal)
+            .await
+    }
+
+    // --- authorizers ------------------------------------------------------------------------
+
+    async fn refresh_authorizer(self: &Arc<Self>, credential: &Credential) -> Outcome {
+        let (component, appid) = (&credential.component, &credential.appid);
+        let record = self
+            .store
+            .get_authorizer(component, appid)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        if record.status != AuthorizerStatus::Active {
+            let reason = record
+                .status_reason
+                .clone()
+                .unwrap_or_else(|| record.status.as_str().to_owned());
+            return self.fallback(credential, &record, &reason).await;
+        }
+        let mut generation = record.generation;
+        let mut sealed_rt = record.refresh_token.clone();
+        let mut refresh_token = self
+            .vault
+            .open_string(SecretSlot::RefreshToken { component, appid }, &sealed_rt)?;
+        let mut replaced_component = false;
+        let mut recovered = false;
+        loop {
+            let ct = self.ensure_component_token(component).await?;
+            let call = self.client.authorizer_token(
+                ct.access_token.expose_secret(),
+                component.as_str(),
+                appid.as_str(),
+                refresh_token.expose_secret(),
+            );
+            match self.upstream(call).await {
+                Ok(resp) => {
+                    // Never store an empty refresh token: keep the one we sent.
+                    let rt = match resp.non_empty_refresh_token() {
+                        Some(new) if new != refresh_token.expose_secret() => self.vault.seal(
+                            SecretSlot::RefreshToken { component, appid },
+                            new.as_bytes(),
+                        )?,
+                        _ => sealed_rt,
+                    };
+                    return self
+                        .save_token(
+                            credential,
+                            generation,
+                            resp.authorizer_access_token,
+                            resp.expires_in,
+                            TokenSource::AuthorizerToken,
+                            Some(rt),
+                        )
+                        .await;
+                }
+                Err(e) if e.class() == ErrorClass::StaleToken && !replaced_component => {
+                    replaced_component = true;
+                    self.replace_component_token(component, &ct).await?;
+                }
+                Err(e) if e.class() == ErrorClass::Reauthorize => {
+                    if !recovered
+                        && let Some(listed) = self.listed_refresh_token(component, appid).await?
+                        && listed.expose_secret() != refresh_token.expose_secret()
+                    {
+                        recovered = true;
+                        tracing::warn!(
+                            errcode = e.errcode(),
+                            "refresh token differs from WeChat's list; recovering it"
+                        );
+                        let sealed = self.vault.seal(
+                            SecretSlot::RefreshToken { component, appid },
+                            listed.expose_secret().as_bytes(),
+                        )?;
+                        match self
+                            .save_authorization(
+                                component,
+                                appid,
+                                Expected::Generation(generation),
+                                sealed.clone(),
+                                None,
+                                RefreshTokenSource::Reconcile,
+                            )
+                            .await?
+                        {
+                            SaveOutcome::Saved { generation: g } => {
+                                generation = g;
+                                sealed_rt = sealed;
+                                refresh_token = listed;
+                                continue;
+                            }
+                            // Re-authorized meanwhile: its refresh will come from the new state.
+                            SaveOutcome::Stale { .. } => {
+                                return self.adopt_stored(credential).await;
+                            }
+                            SaveOutcome::Missing => return Err(RefreshError::Unknown),
+                        }
+                    }
+                    return self
+                        .lose_authorization(
+                            credential,
+                            Some(generation),
+                            AuthorizerStatus::NeedsReauth,
+                            &e.to_string(),
+                        )
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Creates or replaces an authorizer's refresh token (fenced), with its history row.
+    pub(crate) async fn save_authorization(
+        &self,
+        component: &ComponentAppid,
+        appid: &crate::model::Appid,
+        expected: Expected,
+        refresh_token: Sealed,
+        access_token: Option<NewAccessToken>,
+        source: RefreshTokenSource,
+    ) -> Result<SaveOutcome, RefreshError> {
+        let write = AuthorizationWrite {
+            component: component.clone(),
+            appid: appid.clone(),
+            expected,
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token,
+            appsecret: None,
+            access_token,
+            source,
+            at: self.clock.now(),
+        };
+        let outcome = self
+            .store
+            .save_authorizations(std::slice::from_ref(&write))
+            .await?
+            .pop()
+            .ok_or_else(|| RefreshError::Storage("no outcome".into()))?;
+        if let SaveOutcome::Saved { .. } = outcome {
+            self.cache
+                .slot(&Credential::authorizer(component, appid))
+                .set_status(AuthorizerStatus::Active, "");
+        }
+        Ok(outcome)
+    }
+
+    /// The refresh token `api_get_authorizer_list` shows for `appid`, paging until found.
+    pub(crate) async fn listed_refresh_token(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        appid: &crate::model::Appid,
+    ) -> Result<Option<SecretString>, RefreshError> {
+        let ct = self.ensure_component_token(component).await?;
+        let mut offset = 0u32;
+        loop {
+            let page = self
+                .upstream(self.client.get_authorizer_list(
+                    ct.access_token.expose_secret(),
+                    component.as_str(),
+                    offset,
+                    wechat::wire::AUTHORIZER_LIST_MAX_COUNT,
+                ))
+                .await?;
+            if let Some(item) = page
+                .list
+                .iter()
+                .find(|i| i.authorizer_appid == appid.as_str())
+            {
+                return Ok(item
+                    .non_empty_refresh_token()
+                    .map(|s| SecretString::from(s.to_owned())));
+            }
+            let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
+            offset = offset.saturating_add(n);
+            if n == 0 || u64::from(offset) >= page.total_count {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Marks the authorizer (fenced by `generation` unless a revocation), alerts, and falls back to
+    /// its appsecret if one is on file.
+    pub(crate) async fn lose_authorization(
+        self: &Arc<Self>,
+        credential: &Credential,
+        generation: Option<u64>,
+        status: AuthorizerStatus,
+        reason: &str,
+    ) -> Outcome {
+        let (component, appid) = (&credential.component, &credential.appid);
+        let slot = self.cache.slot(credential);
+        let was = slot.status();
+        let outcome = self
+            .store
+            .set_authorizer_status(&StatusChange {
+                component: component.clone(),
+                appid: appid.clone(),
+                status,
+                reason: Some(reason.to_owned()),
+                expected_generation: generation,
+                at: self.clock.now(),
+            })
+            .await?;
+        match outcome {
+            SaveOutcome::Saved { .. } => {}
+            // Re-authorized or recovered meanwhile: serve the newer state.
+            SaveOutcome::Stale { .. } => return self.adopt_stored(credential).await,
+            SaveOutcome::Missing => return Err(RefreshError::Unknown),
+        }
+        slot.set_status(status, reason);
+        if was != Some(status) {
+            let kind = if status == AuthorizerStatus::Revoked {
+                AlertKind::Revoked
+            } else {
+                AlertKind::NeedsReauth
+            };
+            self.alerts.raise(Alert::new(
+                kind,
+                component.as_str(),
+                Some(appid.as_str()),
+                reason,
+                self.clock.now(),
+            ));
+        }
+        let record = self
+            .store
+            .get_authorizer(component, appid)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        self.fallback(credential, &record, reason).await
+    }
+
+    /// An authorizer whose authorization is lost: its appsecret's stable token if one is on file,
+    /// else Gone (no more refreshes: the circuit stays open until re-authorization).
+    async fn fallback(
+        &self,
+        credential: &Credential,
+        record: &AuthorizerRecord,
+        reason: &str,
+    ) -> Outcome {
+        let (component, appid) = (&credential.component, &credential.appid);
+        self.cache
+            .slot(credential)
+            .set_status(record.status, reason);
+        let Some(sealed) = &record.appsecret else {
+            return Err(RefreshError::Gone {
+                reason: format!("{}: {reason}", record.status.as_str()),
+            });
+        };
+        let secret = self
+            .vault
+            .open_string(SecretSlot::AuthorizerAppsecret { component, appid }, sealed)?;
+        let resp = self
+            .upstream(
+                self.client
+                    .stable_token(appid.as_str(), secret.expose_secret(), false),
+            )
+            .await?;
+        self.save_token(
+            credential,
+            record.generation,
+            resp.access_token,
+            resp.expires_in,
+            TokenSource::StableToken,
+            None,
+        )
+        .await
+    }
+
+    // --- direct accounts --------------------------------------------------------------------
+
+    async fn refresh_direct(&self, credential: &Credential, mode: Mode) -> Outcome {
+        let (component, appid) = (&credential.component, &credential.appid);
+        let account = self
+            .store
+            .get_direct_account(component, appid)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        let secret = self.vault.open_string(
+            SecretSlot::DirectAppsecret { component, appid },
+            &account.appsecret,
+        )?;
+        let force = mode == Mode::Forced && self.take_force_budget(credential);
+        let resp = self
+            .upstream(
+                self.client
+                    .stable_token(appid.as_str(), secret.expose_secret(), force),
+            )
+            .await?;
+        let generation = self
+            .store
+            .get_token(credential)
+            .await?
+            .map_or(account.generation, |r| r.generation);
+        self.save_token(
+            credential,
+            generation,
+            resp.access_token,
+            resp.expires_in,
+            TokenSource::StableToken,
+            None,
+        )
+        .await
+    }
+
+    /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart).
+    fn take_force_budget(&self, credential: &Credential) -> bool {
+        let now = self.clock.now();
+        let day = Duration::from_secs(86_400);
+        let mut budgets = self.force_budget.lock();
+        let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
+            day_start: now,
+            used: 0,
+            last: None,
+        });
+        if now.as_millis() - b.day_start.as_millis() >= day.as_millis() as i64 {
+            *b = ForceBudget {
+                day_start: now,
+                used: 0,
+                last: None,
+            };
+        }
+        let too_soon = b
+            .last
+            .is_some_and(|l| now.as_millis() - l.as_millis() < FORCE_MIN_GAP.as_millis() as i64);
+        if b.used >= FORCE_PER_DAY || too_soon {
+            tracing::warn!(
+                "force_refresh budget exhausted or too soon; normal stable_token instead"
+            );
+            return false;
+        }
+        b.used += 1;
+        b.last = Some(now);
+        true
+    }
+
+    // --- cold start and ticket silence -----------------------------------------------------
+
+    pub(crate) async fn cold_start(self: &Arc<Self>) -> Result<(), super::EngineError> {
+        let now = self.clock.now();
+        for component in self.components.keys() {
+            self.store.ensure_component(component, now).await?;
+        }
+        let mut records = self
+            .store
+            .load_tokens(None, Some(CredentialKind::Component))
+            .await?;
+        records.extend(
+            self.store
+                .load_tokens(None, Some(CredentialKind::Direct))
+                .await?,
+        );
+        let authorizers = self.store.load_authorizers(None).await?;
+        let spread = (records.len() + authorizers.len()) as u64;
+        let spread = Duration::from_millis(spread.min(MAX_COLD_SPREAD_MS));
+        let due =
+            |inner: &Self, credential: &Credential, refresh_at: Option<Timestamp>| match refresh_at
+            {
+                Some(at) if at > now => inner.schedule_at(credential, at),
+                _ => inner.schedule_in(credential, spread.mul_f64(rand::random::<f64>())),
+            };
+        for record in records {
+            let credential = record.credential;
+            if !self.components.contains_key(&credential.component) {
+                continue;
+            }
+            self.cache.slot(&credential);
+            let refresh_at = match &record.token {
+                Some(stored) => {
+                    let token = self.vault.open_string(
+                        SecretSlot::AccessToken {
+                            credential: &credential,
+                        },
+                        &stored.sealed,
+                    )?;
+                    self.publish(&credential, record.generation, token, stored);
+                    stored.refresh_at
+                }
+                None => None,
+            };
+            due(self, &credential, refresh_at);
+        }
+        for record in authorizers {
+            let credential = Credential::authorizer(&record.component, &record.appid);
+            let slot = self.cache.slot(&credential);
+            slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
+            let mut refresh_at = None;
+            if let Some(stored) = &record.token {
+                let token = self.vault.open_string(
+                    SecretSlot::AccessToken {
+                        credential: &credential,
+                    },
+                    &stored.sealed,
+                )?;
+                self.publish(&credential, record.generation, token, stored);
+                refresh_at = stored.refresh_at;
+            }
+            let refreshable =
+                record.status == AuthorizerStatus::Active || record.appsecret.is_some();
+            if self.components.contains_key(&record.component) && refreshable {
+                due(self, &credential, refresh_at);
+            } else {
+                self.schedule.lock().remove(&credential);
+            }
+        }
+        tracing::info!(credentials = self.cache.len(), "cold start loaded");
+        Ok(())
+    }
+
+    /// Alerts (once per silence) when a component has had no ticket push for
+    /// `ticket_silence_alert`, and asks WeChat to push again.
+    pub(crate) async fn check_ticket_silence(&self) {
+        let now = self.clock.now();
+        for component in self.components.keys() {
+            let latest = match self.store.latest_ticket(component).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ticket check failed");
+                    continue;
+                }
+            };
+            let silent = latest.is_none_or(|t| {
+                now.as_millis() - t.received_at.as_millis()
+                    > self.config.ticket_silence_alert.as_millis() as i64
+            });
+            if !silent {
+                self.silent_tickets.lock().remove(component);
+                continue;
+            }
+            if self.silent_tickets.lock().insert(component.clone()) {
+                self.alerts.raise(Alert::new(
+                    AlertKind::TicketSilence,
+                    component.as_str(),
+                    None,
+                    format!(
+                        "no component_verify_ticket push for {}",
+                        humantime::format_duration(self.config.ticket_silence_alert)
+                    ),
+                    now,
+                ));
+                self.kick_ticket(component).await;
+            }
+        }
+    }
+}

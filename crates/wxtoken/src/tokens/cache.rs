@@ -1,0 +1,348 @@
+//! The in-memory read path: for each credential its current token (opened once, kept as a secret),
+//! expiry, planned refresh time, generation and source, plus why there is no servable token when
+//! there is none. The hottest path in the product.
+//!
+//! Depends on `model` and `plan` only. Invariants:
+//! - A read takes no await and no database call: one shard read lock of a `DashMap` keyed by appid
+//!   (looked up by `&str`, no allocation), one short `RwLock` read of the credential's slot, and an
+//!   `Arc` clone of the token. No global lock: writers of one credential never block readers of
+//!   another shard.
+//! - Tokens only move forward: `publish` ignores a token whose generation is not newer than the one
+//!   held, so a slow writer can never replace a newer token in memory either.
+//! - Every publish bumps the slot's `watch` channel, so a long-poll (`after=GEN`) wakes at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+
+use crate::model::{
+    Appid, AuthorizerStatus, ComponentAppid, Credential, CredentialKind, Timestamp, TokenSource,
+};
+use crate::tokens::plan;
+
+/// A token as served.
+pub struct CachedToken {
+    pub access_token: SecretString,
+    pub expires_at: Timestamp,
+    /// When wxtoken plans to replace it; clients may cache it until then.
+    pub refresh_at: Timestamp,
+    pub generation: u64,
+    pub source: TokenSource,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .field("generation", &self.generation)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedToken {
+    /// Whether `token` is this one (constant time: it came from a client).
+    pub fn is(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.access_token
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(token.as_bytes())
+            .into()
+    }
+}
+
+/// Why a read got no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// No such credential (→ 404).
+    #[error("unknown appid")]
+    Unknown,
+    /// The appid is authorized to several components; name one.
+    #[error("appid is known under several components")]
+    Ambiguous,
+    /// Nothing servable right now, refresh failing or not done yet (→ 503).
+    #[error("no valid token right now: {reason}")]
+    NoToken { reason: String },
+    /// The authorization is lost and no token is left (→ 410).
+    #[error("authorization lost: {reason}")]
+    Gone { reason: String },
+}
+
+#[derive(Default)]
+struct SlotState {
+    token: Option<Arc<CachedToken>>,
+    /// The last refresh failure, cleared by the next success.
+    failing: Option<String>,
+    /// `None` for components and direct accounts.
+    status: Option<(AuthorizerStatus, String)>,
+}
+
+/// One credential's entry.
+pub struct Slot {
+    credential: Credential,
+    state: RwLock<SlotState>,
+    generation: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    fn new(credential: Credential) -> Self {
+        Self {
+            credential,
+            state: RwLock::default(),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+
+    /// The current token, whether servable or not.
+    pub fn current(&self) -> Option<Arc<CachedToken>> {
+        self.state.read().token.clone()
+    }
+
+    /// The token to hand out at `now`, or why there is none.
+    pub fn read(
+        &self,
+        now: Timestamp,
+        serve_margin: Duration,
+    ) -> Result<Arc<CachedToken>, ReadError> {
+        let state = self.state.read();
+        let revoked = matches!(state.status, Some((AuthorizerStatus::Revoked, _)));
+        if let Some(token) = &state.token
+            && !revoked
+            && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
+        {
+            return Ok(Arc::clone(token));
+        }
+        // A fallback token (appsecret) counts above; here no token is left.
+        if let Some((status, reason)) = &state.status
+            && *status != AuthorizerStatus::Active
+        {
+            return Err(ReadError::Gone {
+                reason: format!("{}: {reason}", status.as_str()),
+            });
+        }
+        Err(ReadError::NoToken {
+            reason: state
+                .failing
+                .clone()
+                .unwrap_or_else(|| "no token yet".to_owned()),
+        })
+    }
+
+    /// A receiver that changes whenever a newer generation lands (long-poll).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Installs `token` unless the slot already holds one at least as new. True if installed.
+    pub fn publish(&self, token: CachedToken) -> bool {
+        let generation = token.generation;
+        {
+            let mut state = self.state.write();
+            if state
+                .token
+                .as_ref()
+                .is_some_and(|t| t.generation > generation)
+            {
+                return false;
+            }
+            state.token = Some(Arc::new(token));
+            state.failing = None;
+        }
+        self.generation.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+        true
+    }
+
+    pub fn set_failing(&self, reason: Option<String>) {
+        self.state.write().failing = reason;
+    }
+
+    /// Records an authorizer's status. A revocation drops the token: WeChat retires it at once.
+    pub fn set_status(&self, status: AuthorizerStatus, reason: &str) {
+        let mut state = self.state.write();
+        if status == AuthorizerStatus::Revoked {
+            state.token = None;
+        }
+        state.status = Some((status, reason.to_owned()));
+    }
+
+    pub fn status(&self) -> Option<AuthorizerStatus> {
+        self.state.read().status.as_ref().map(|(s, _)| *s)
+    }
+}
+
+/// Every credential's slot, by appid.
+#[derive(Default)]
+pub struct TokenCache {
+    // A handful of slots per appid at most (one per component and kind).
+    by_appid: DashMap<Appid, Vec<Arc<Slot>>>,
+}
+
+impl TokenCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The slot of `credential`, created empty if absent.
+    pub fn slot(&self, credential: &Credential) -> Arc<Slot> {
+        if let Some(slot) = self.get(credential) {
+            return slot;
+        }
+        let mut slots = self.by_appid.entry(credential.appid.clone()).or_default();
+        if let Some(slot) = slots.iter().find(|s| &s.credential == credential) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot::new(credential.clone()));
+        slots.push(Arc::clone(&slot));
+        slot
+    }
+
+    pub fn get(&self, credential: &Credential) -> Option<Arc<Slot>> {
+        self.by_appid
+            .get(credential.appid.as_str())?
+            .iter()
+            .find(|s| &s.credential == credential)
+            .cloned()
+    }
+
+    /// An authorizer's or direct account's slot by appid, under `component` or, when `None`, under
+    /// whichever single component has it.
+    pub fn find(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ReadError> {
+        let slots = self.by_appid.get(appid).ok_or(ReadError::Unknown)?;
+        let mut found = slots.iter().filter(|s| {
+            s.credential.kind != CredentialKind::Component
+                && component.is_none_or(|c| s.credential.component.as_str() == c)
+        });
+        let first = found.next().ok_or(ReadError::Unknown)?;
+        if found.next().is_some() {
+            return Err(ReadError::Ambiguous);
+        }
+        Ok(Arc::clone(first))
+    }
+
+    /// The component token's slot.
+    pub fn component(&self, component: &ComponentAppid) -> Option<Arc<Slot>> {
+        self.by_appid
+            .get(component.as_str())?
+            .iter()
+            .find(|s| {
+                s.credential.kind == CredentialKind::Component
+                    && s.credential.component == *component
+            })
+            .cloned()
+    }
+
+    /// Number of credentials held.
+    pub fn len(&self) -> usize {
+        self.by_appid.iter().map(|e| e.value().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_appid.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(value: &str, generation: u64, expires_at: i64) -> CachedToken {
+        CachedToken {
+            access_token: SecretString::from(value.to_owned()),
+            expires_at: Timestamp::from_millis(expires_at),
+            refresh_at: Timestamp::from_millis(expires_at / 2),
+            generation,
+            source: TokenSource::AuthorizerToken,
+        }
+    }
+
+    fn cred(component: &str, appid: &str) -> Credential {
+        Credential::authorizer(
+            &ComponentAppid::parse(component).unwrap(),
+            &Appid::parse(appid).unwrap(),
+        )
+    }
+
+    #[test]
+    fn older_generation_never_replaces_a_newer_token() {
+        let cache = TokenCache::new();
+        let slot = cache.slot(&cred("wxc", "wxa"));
+        assert!(slot.publish(token("new", 5, 100_000)));
+        assert!(!slot.publish(token("old", 4, 100_000)));
+        assert!(slot.current().unwrap().is("new"));
+    }
+
+    #[test]
+    fn token_inside_the_serve_margin_is_not_served() {
+        let cache = TokenCache::new();
+        let slot = cache.slot(&cred("wxc", "wxa"));
+        slot.publish(token("t", 1, 100_000));
+        let margin = Duration::from_secs(60);
+        assert!(slot.read(Timestamp::from_millis(39_999), margin).is_ok());
+        slot.set_failing(Some("transient: HTTP 500".into()));
+        assert_eq!(
+            slot.read(Timestamp::from_millis(40_000), margin)
+                .unwrap_err(),
+            ReadError::NoToken {
+                reason: "transient: HTTP 500".into()
+            }
+        );
+    }
+
+    #[test]
+    fn revoked_authorizer_reads_gone() {
+        let cache = TokenCache::new();
+        let slot = cache.slot(&cred("wxc", "wxa"));
+        slot.publish(token("t", 1, i64::MAX));
+        slot.set_status(AuthorizerStatus::Revoked, "unauthorized event");
+        assert!(matches!(
+            slot.read(Timestamp::from_millis(0), Duration::ZERO),
+            Err(ReadError::Gone { .. })
+        ));
+    }
+
+    #[test]
+    fn appid_alone_is_found_unless_two_components_have_it() {
+        let cache = TokenCache::new();
+        cache.slot(&cred("wxc1", "wxa"));
+        assert!(cache.find(None, "wxa").is_ok());
+        assert_eq!(cache.find(None, "wxb").unwrap_err(), ReadError::Unknown);
+        cache.slot(&cred("wxc2", "wxa"));
+        assert_eq!(cache.find(None, "wxa").unwrap_err(), ReadError::Ambiguous);
+        assert!(cache.find(Some("wxc2"), "wxa").is_ok());
+    }
+
+    #[tokio::test]
+    async fn long_poll_wakes_when_a_newer_generation_lands() {
+        let cache = Arc::new(TokenCache::new());
+        let slot = cache.slot(&cred("wxc", "wxa"));
+        slot.publish(token("a", 1, i64::MAX));
+        let mut rx = slot.subscribe();
+        let waiter = tokio::spawn(async move { *rx.wait_for(|g| *g > 1).await.unwrap() });
+        slot.publish(token("b", 2, i64::MAX));
+        assert_eq!(waiter.await.unwrap(), 2);
+    }
+}

@@ -1,0 +1,637 @@
+//! The refresh engine against the real simulator over sockets and a real temp-file SQLite store.
+//! Lifetimes are seconds; synchronisation is by awaiting results and watch channels, never sleeps
+//! (readers pace themselves, which is load, not synchronisation).
+
+mod helpers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use helpers::{Harness, WebhookReceiver, refresh_config, sim_config};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use wechat_sim::{Api, Fault, FaultRule, FaultSet, Latency, SimControl};
+use wxtoken::model::{
+    Appid, AuthorizerStatus, Credential, EventInsert, Expected, NewEvent, SecretSlot, Timestamp,
+    TokenSource,
+};
+use wxtoken::refresh::{Engine, RefreshError};
+use wxtoken::tokens::cache::ReadError;
+
+/// Waits (on each credential's watch channel) until every appid holds a token newer than `after`.
+async fn until_all_newer(engine: &Engine, appids: &[String], after: &[u64], within: Duration) {
+    tokio::time::timeout(within, async {
+        for (appid, after) in appids.iter().zip(after) {
+            engine
+                .token_after(None, appid, *after)
+                .await
+                .expect("token after");
+        }
+    })
+    .await
+    .expect("every authorizer got a newer token in time");
+}
+
+fn generations(engine: &Engine, appids: &[String]) -> Vec<u64> {
+    appids
+        .iter()
+        .map(|a| engine.token(None, a).map_or(0, |t| t.generation))
+        .collect()
+}
+
+#[derive(Default)]
+struct ReadTally {
+    served: AtomicU64,
+    invalid: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+/// Readers that read tokens continuously and check each one with the simulator at the moment it
+/// is handed out.
+fn spawn_readers(
+    engine: &Engine,
+    sim: &SimControl,
+    appids: &Arc<Vec<String>>,
+    readers: usize,
+    stop: &CancellationToken,
+) -> (Arc<ReadTally>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(ReadTally::default());
+    let handles = (0..readers)
+        .map(|r| {
+            let (engine, sim, appids, stop, tally) = (
+                engine.clone(),
+                sim.clone(),
+                appids.clone(),
+                stop.clone(),
+                tally.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = r;
+                let mut pace = tokio::time::interval(Duration::from_millis(1));
+                while !stop.is_cancelled() {
+                    pace.tick().await;
+                    let appid = &appids[i % appids.len()];
+                    i += readers;
+                    match engine.token(None, appid) {
+                        Ok(t) => {
+                            tally.served.fetch_add(1, Ordering::Relaxed);
+                            let v = sim.validate(t.access_token.expose_secret());
+                            if !v.valid {
+                                tally.invalid.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("dead token served for {appid}: {}", v.reason);
+                            }
+                        }
+                        Err(_) => {
+                            tally.unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (tally, handles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_token_handed_out_is_valid_and_each_authorizer_refreshes_once_per_period() {
+    const N: usize = 1000;
+    const LIFETIME: Duration = Duration::from_secs(4);
+    const LIFETIMES: u32 = 10;
+    let mut h = Harness::start(
+        sim_config(LIFETIME, Duration::from_secs(2)),
+        refresh_config(Duration::from_millis(500)),
+    )
+    .await;
+    let bulk = h.import_authorizers(N).await;
+    h.restart().await;
+    h.spawn();
+    let appids: Arc<Vec<String>> =
+        Arc::new(bulk.iter().map(|b| b.authorizer_appid.clone()).collect());
+    until_all_newer(&h.engine, &appids, &vec![0; N], Duration::from_secs(30)).await;
+
+    let sim = h.sim.control().clone();
+    sim.reset_stats();
+    let before = h.engine.stats();
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let (tally, readers) = spawn_readers(&h.engine, &sim, &appids, 4, &stop);
+    tokio::time::sleep(LIFETIME * LIFETIMES).await; // the measured period, not synchronisation
+    stop.cancel();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let stats = sim.stats();
+    let after = h.engine.stats();
+    let authorizer_calls = stats.calls(Api::AuthorizerToken);
+    let component_calls = stats.calls(Api::ComponentToken);
+    let flights = after.refreshed - before.refreshed;
+    // Each refresh period is between 0.5 and 0.6 of the lifetime (fraction 0.5, jitter 0.1).
+    let min_period = LIFETIME.mul_f64(0.5).as_secs_f64();
+    let max_period = LIFETIME.mul_f64(0.6).as_secs_f64();
+    let per_authorizer_max = (elapsed.as_secs_f64() / min_period).floor() as u64 + 1;
+    let total_min = (N as f64 * (elapsed.as_secs_f64() / max_period - 1.0)) as u64;
+    eprintln!(
+        "fleet: {N} authorizers, {:.1}s, served {} reads ({} unavailable), {authorizer_calls} \
+         api_authorizer_token calls ({:.2} per authorizer per lifetime), {component_calls} \
+         api_component_token, {flights} flights, {} failed",
+        elapsed.as_secs_f64(),
+        tally.served.load(Ordering::Relaxed),
+        tally.unavailable.load(Ordering::Relaxed),
+        authorizer_calls as f64 / N as f64 / (elapsed.as_secs_f64() / LIFETIME.as_secs_f64()),
+        after.failed - before.failed,
+    );
+    assert_eq!(
+        tally.invalid.load(Ordering::Relaxed),
+        0,
+        "no dead token handed out"
+    );
+    assert_eq!(
+        tally.unavailable.load(Ordering::Relaxed),
+        0,
+        "never without a token"
+    );
+    assert!(tally.served.load(Ordering::Relaxed) > 10_000);
+    assert_eq!(after.failed, before.failed);
+    assert_eq!(
+        authorizer_calls + component_calls,
+        flights,
+        "one upstream call per refresh: nothing duplicated"
+    );
+    for appid in appids.iter() {
+        let calls = stats.calls_for(appid, Api::AuthorizerToken);
+        assert!(
+            calls <= per_authorizer_max,
+            "{appid}: {calls} calls > {per_authorizer_max}"
+        );
+    }
+    assert!(
+        authorizer_calls >= total_min,
+        "{authorizer_calls} < {total_min}: refreshes missed"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_invalidation_reports_of_one_token_cause_one_upstream_call() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(1).await;
+    let appid = &bulk[0].authorizer_appid;
+    let cred = h.credential(appid);
+    let first = h.engine.refresh_now(&cred).await.expect("first token");
+    h.sim.control().reset_stats();
+    let reported = first.access_token.expose_secret().to_owned();
+    let mut reports = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (engine, cred, reported) = (h.engine.clone(), cred.clone(), reported.clone());
+        reports.spawn(async move { engine.invalidate(&cred, &reported).await });
+    }
+    let mut generations = std::collections::HashSet::new();
+    while let Some(r) = reports.join_next().await {
+        let token = r.unwrap().expect("new token");
+        assert!(!token.is(&reported));
+        generations.insert(token.generation);
+    }
+    let stats = h.sim.control().stats();
+    assert_eq!(stats.calls_for(appid, Api::AuthorizerToken), 1);
+    assert_eq!(generations.len(), 1, "everyone got the same new token");
+    // A late report of the old token: the newer one, no upstream call.
+    let late = h.engine.invalidate(&cred, &reported).await.unwrap();
+    assert!(h.valid(&late.access_token));
+    assert_eq!(
+        h.sim
+            .control()
+            .stats()
+            .calls_for(appid, Api::AuthorizerToken),
+        1
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_never_serve_a_dead_token_and_retries_stay_within_backoff() {
+    const N: usize = 50;
+    const LIFETIME: Duration = Duration::from_secs(3);
+    let mut h = Harness::start_with(
+        sim_config(LIFETIME, Duration::from_secs(2)),
+        refresh_config(Duration::from_millis(500)),
+        None,
+        Duration::from_millis(300),
+    )
+    .await;
+    let bulk = h.import_authorizers(N).await;
+    h.restart().await;
+    h.spawn();
+    let appids: Arc<Vec<String>> =
+        Arc::new(bulk.iter().map(|b| b.authorizer_appid.clone()).collect());
+    until_all_newer(&h.engine, &appids, &vec![0; N], Duration::from_secs(10)).await;
+    let sim = h.sim.control().clone();
+    let rule = |fault| FaultRule {
+        endpoint: "api_authorizer_token".into(),
+        probability: 0.06,
+        times: None,
+        fault,
+    };
+    sim.set_faults(FaultSet {
+        seed: Some(11),
+        rules: vec![
+            rule(Fault::Errcode {
+                errcode: -1,
+                errmsg: None,
+            }),
+            rule(Fault::HttpStatus { status: 500 }),
+            rule(Fault::Latency {
+                latency: Latency::Fixed { ms: 1000 },
+            }),
+            rule(Fault::Errcode {
+                errcode: 45009,
+                errmsg: None,
+            }),
+        ],
+    })
+    .unwrap();
+    sim.reset_stats();
+    let before = h.engine.stats();
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let (tally, readers) = spawn_readers(&h.engine, &sim, &appids, 2, &stop);
+    tokio::time::sleep(LIFETIME * 4).await; // the measured period
+    stop.cancel();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = sim.stats();
+    let after = h.engine.stats();
+    let calls = stats.calls(Api::AuthorizerToken);
+    let flights = (after.refreshed - before.refreshed) + (after.failed - before.failed);
+    let failed = after.failed - before.failed;
+    let fault_free_max = N as u64 * ((elapsed / (LIFETIME.as_secs_f64() * 0.5)) as u64 + 1);
+    eprintln!(
+        "faults: {calls} api_authorizer_token calls in {elapsed:.1}s ({failed} failed), fault-free \
+         bound {fault_free_max}, served {} ({} unavailable)",
+        tally.served.load(Ordering::Relaxed),
+        tally.unavailable.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        tally.invalid.load(Ordering::Relaxed),
+        0,
+        "no dead token handed out"
+    );
+    assert!(failed > 0, "faults were injected");
+    assert!(
+        calls <= flights + stats.calls(Api::ComponentToken),
+        "every upstream call belongs to one flight: {calls} > {flights}"
+    );
+    // Each failure costs one retry, after a backoff: about a fifth more calls, never a storm.
+    assert!(
+        calls <= fault_free_max * 3 / 2,
+        "{calls} calls exceed 1.5 x the fault-free bound {fault_free_max}"
+    );
+    sim.clear_faults();
+    let now = generations(&h.engine, &appids);
+    until_all_newer(&h.engine, &appids, &now, LIFETIME * 3).await;
+    for appid in appids.iter() {
+        let t = h.engine.token(None, appid).expect("recovered");
+        assert!(h.valid(&t.access_token));
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_token_rejected_with_61023_is_recovered_from_the_authorizer_list() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(1).await;
+    let appid = bulk[0].authorizer_appid.clone();
+    let a = Appid::parse(&appid).unwrap();
+    // The store holds a wrong refresh token (an old backup restored, say).
+    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let bogus = h
+        .vault()
+        .seal(
+            SecretSlot::RefreshToken {
+                component: &h.comp,
+                appid: &a,
+            },
+            b"refreshtoken@@@bogus",
+        )
+        .unwrap();
+    h.store
+        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
+            component: h.comp.clone(),
+            appid: a.clone(),
+            expected: Expected::Generation(record.generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: bogus,
+            appsecret: None,
+            access_token: None,
+            source: wxtoken::model::RefreshTokenSource::Import,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+    h.sim.control().reset_stats();
+    let token = h
+        .engine
+        .refresh_now(&h.credential(&appid))
+        .await
+        .expect("recovered");
+    assert!(h.valid(&token.access_token));
+    assert_eq!(token.source, TokenSource::AuthorizerToken);
+    assert_eq!(
+        h.stored_refresh_token(&appid).await,
+        h.sim_refresh_token(&appid)
+    );
+    assert_eq!(h.status(&appid).await, AuthorizerStatus::Active);
+    let stats = h.sim.control().stats();
+    assert_eq!(stats.calls(Api::GetAuthorizerList), 1);
+    assert_eq!(stats.calls_for(&appid, Api::AuthorizerToken), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn authorizer_that_lost_its_authorization_is_marked_alerted_and_served_by_its_appsecret() {
+    let webhook = WebhookReceiver::start().await;
+    let h = Harness::start_with(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let bulk = h.import_authorizers(2).await;
+    let (with_secret, without) = (&bulk[0].authorizer_appid, &bulk[1].authorizer_appid);
+    let a = Appid::parse(with_secret).unwrap();
+    let appsecret = h.sim.control().account(with_secret).unwrap().appsecret;
+    let sealed = h
+        .vault()
+        .seal(
+            SecretSlot::AuthorizerAppsecret {
+                component: &h.comp,
+                appid: &a,
+            },
+            appsecret.as_bytes(),
+        )
+        .unwrap();
+    assert!(
+        h.store
+            .set_authorizer_appsecret(&h.comp, &a, Some(&sealed), Timestamp::now())
+            .await
+            .unwrap()
+    );
+    // WeChat rejects the refresh token and still lists the same one: nothing to recover.
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: None,
+            rules: vec![FaultRule {
+                endpoint: "api_authorizer_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: 61023,
+                    errmsg: None,
+                },
+            }],
+        })
+        .unwrap();
+    h.sim.control().reset_stats();
+
+    let token = h
+        .engine
+        .refresh_now(&h.credential(with_secret))
+        .await
+        .expect("fallback token");
+    assert_eq!(token.source, TokenSource::StableToken);
+    assert!(h.valid(&token.access_token));
+    assert_eq!(h.status(with_secret).await, AuthorizerStatus::NeedsReauth);
+    let alert = webhook.wait_for("needs_reauth", with_secret).await;
+    assert_eq!(
+        alert["component_appid"],
+        h.component.component_appid.as_str()
+    );
+    let served = h
+        .engine
+        .token(None, with_secret)
+        .expect("served from the appsecret");
+    assert_eq!(served.source, TokenSource::StableToken);
+
+    let gone = h
+        .engine
+        .refresh_now(&h.credential(without))
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, RefreshError::Gone { .. }), "{gone:?}");
+    assert!(matches!(
+        h.engine.token(None, without),
+        Err(ReadError::Gone { .. })
+    ));
+    webhook.wait_for("needs_reauth", without).await;
+
+    // The circuit is open: more refreshes never call api_authorizer_token again.
+    for _ in 0..3 {
+        let _ = h.engine.refresh_now(&h.credential(with_secret)).await;
+        let _ = h.engine.refresh_now(&h.credential(without)).await;
+    }
+    let stats = h.sim.control().stats();
+    assert_eq!(stats.calls_for(with_secret, Api::AuthorizerToken), 1);
+    assert_eq!(stats.calls_for(without, Api::AuthorizerToken), 1);
+    h.stop().await;
+}
+
+/// Stores a push as the HTTP layer would and "crashes" before processing it.
+async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
+    let payload = h
+        .vault()
+        .seal(
+            SecretSlot::EventPayload {
+                component: &h.comp,
+                dedupe_key: key,
+            },
+            event.to_xml().as_bytes(),
+        )
+        .unwrap();
+    let outcome = h
+        .store
+        .record_event(&NewEvent {
+            component: h.comp.clone(),
+            dedupe_key: key.to_owned(),
+            info_type: event.info_type().to_owned(),
+            appid: None,
+            payload,
+            received_at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, EventInsert::Inserted);
+}
+
+#[tokio::test]
+async fn authorization_events_applied_across_restarts_keep_every_refresh_token_equal_to_wechats() {
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let accounts: Vec<String> = (0..3)
+        .map(|_| {
+            sim.create_account(wechat_sim::AccountSpec {
+                kind: wechat_sim::AccountKind::MiniProgram,
+                appid: None,
+                appsecret: None,
+            })
+            .unwrap()
+            .appid
+        })
+        .collect();
+    let comp = h.component.component_appid.clone();
+    // authorized, pushed and applied.
+    for (i, appid) in accounts.iter().enumerate() {
+        let outcome = sim.authorize(appid, &comp).unwrap();
+        let event = h.authorization_event(&outcome);
+        assert_eq!(
+            h.engine
+                .ingest_push(&h.comp, &event, &format!("auth:{i}"))
+                .await
+                .unwrap(),
+            EventInsert::Inserted
+        );
+        // WeChat repeats the push: stored once.
+        assert_eq!(
+            h.engine
+                .ingest_push(&h.comp, &event, &format!("auth:{i}"))
+                .await
+                .unwrap(),
+            EventInsert::Duplicate
+        );
+        h.engine.process_events().await.unwrap();
+        // The same code again under another key (a re-sent push): 61009, not an error.
+        h.engine
+            .ingest_push(&h.comp, &event, &format!("auth:{i}:again"))
+            .await
+            .unwrap();
+        h.engine.process_events().await.unwrap();
+        let t = h
+            .engine
+            .token(None, appid)
+            .expect("token from api_query_auth");
+        assert!(h.valid(&t.access_token));
+    }
+    assert_eq!(
+        sim.stats().calls(Api::AuthorizerToken),
+        0,
+        "api_query_auth gave the first token"
+    );
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // updateauthorized with a new refresh token: stored, then the process dies before applying it.
+    let outcome = sim.authorize(&accounts[0], &comp).unwrap();
+    assert_eq!(outcome.info_type, "updateauthorized");
+    record_only(&h, &h.authorization_event(&outcome), "update:0").await;
+    // unauthorized: stored, then the process dies.
+    sim.unauthorize(&accounts[1], &comp).unwrap();
+    record_only(&h, &h.unauthorized_event(&accounts[1]), "unauth:1").await;
+    h.restart().await;
+    assert_eq!(h.engine.process_events().await.unwrap(), 2, "both replayed");
+
+    assert_eq!(
+        h.stored_refresh_token(&accounts[0]).await,
+        h.sim_refresh_token(&accounts[0])
+    );
+    let t = h.engine.token(None, &accounts[0]).unwrap();
+    assert!(h.valid(&t.access_token));
+    assert_eq!(h.status(&accounts[1]).await, AuthorizerStatus::Revoked);
+    assert!(matches!(
+        h.engine.token(None, &accounts[1]),
+        Err(ReadError::Gone { .. })
+    ));
+    // Revoked data is kept.
+    assert!(!h.stored_refresh_token(&accounts[1]).await.is_empty());
+
+    // Restart again: cold start serves the stored tokens with no upstream call.
+    h.restart().await;
+    sim.reset_stats();
+    for appid in [&accounts[0], &accounts[2]] {
+        let t = h.engine.token(None, appid).expect("served after restart");
+        assert!(h.valid(&t.access_token));
+        assert_eq!(
+            h.stored_refresh_token(appid).await,
+            h.sim_refresh_token(appid)
+        );
+    }
+    assert_eq!(sim.stats().total_calls, 0);
+    // And every active authorizer refreshes with the refresh token WeChat holds.
+    for appid in [&accounts[0], &accounts[2]] {
+        h.engine
+            .refresh_now(&h.credential(appid))
+            .await
+            .expect("refresh");
+        assert_eq!(
+            h.stored_refresh_token(appid).await,
+            h.sim_refresh_token(appid)
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn expired_ticket_asks_wechat_to_push_and_the_next_ticket_restores_the_component_token() {
+    let mut h = Harness::start(
+        wechat_sim::SimConfig {
+            ticket_validity: Duration::from_secs(60),
+            ..sim_config(Duration::from_secs(600), Duration::from_secs(10))
+        },
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let component = Credential::component(&h.comp);
+    h.engine
+        .refresh_now(&component)
+        .await
+        .expect("component token");
+    // Twelve hours pass (here: the ticket's validity) with no push.
+    h.sim.control().advance_clock(Duration::from_secs(61));
+    h.sim.control().reset_stats();
+    let err = h.engine.refresh_now(&component).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RefreshError::Upstream {
+                class: wechat::errcode::ErrorClass::Ticket,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Throttled: a second failure does not ask again.
+    let _ = h.engine.refresh_now(&component).await;
+    assert_eq!(h.sim.control().stats().calls(Api::StartPushTicket), 1);
+    // Restart in the middle: the ticket and the failing state are in the store, not memory.
+    h.restart().await;
+    h.feed_ticket().await;
+    let token = h
+        .engine
+        .refresh_now(&component)
+        .await
+        .expect("new ticket works");
+    assert!(h.valid(&token.access_token));
+    assert!(h.engine.component_token(&h.comp).is_ok());
+    h.stop().await;
+}
