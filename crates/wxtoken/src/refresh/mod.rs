@@ -232,6 +232,8 @@ pub(crate) struct Inner {
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
     pub(crate) events_lock: tokio::sync::Mutex<()>,
+    /// Refresh results waiting for the group-commit writer.
+    pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
     pub(crate) failed: AtomicU64,
 }
@@ -281,6 +283,7 @@ impl Engine {
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),
+            writes: Arc::default(),
             refreshed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });

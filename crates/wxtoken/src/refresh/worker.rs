@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
@@ -248,29 +249,24 @@ impl Inner {
         }
     }
 
+    /// Group commit: the result joins the pending queue; whoever finds no writer running starts
+    /// one on the tracker, which writes everything pending in one fenced transaction per batch. A
+    /// SQLite file takes one writer at a time, so batching is what lets thousands of refreshes a
+    /// minute land without queueing behind each other.
     async fn save_with_retry(&self, result: &RefreshResult) -> Result<SaveOutcome, RefreshError> {
-        let mut wait = Duration::from_millis(50);
-        let mut last: Option<StoreError> = None;
-        for _ in 0..SAVE_ATTEMPTS {
-            match self
-                .store
-                .save_refresh_results(std::slice::from_ref(result))
-                .await
-            {
-                Ok(mut v) => {
-                    return v
-                        .pop()
-                        .ok_or_else(|| RefreshError::Storage("no outcome".into()));
-                }
-                Err(e) if e.is_unavailable() || matches!(e, StoreError::Conflict { .. }) => {
-                    last = Some(e);
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.writes.lock();
+            q.pending.push((result.clone(), tx));
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if start {
+            self.tracker.spawn(drain_writes(
+                Arc::clone(&self.store),
+                Arc::clone(&self.writes),
+            ));
         }
-        Err(last.map_or_else(|| RefreshError::Storage("write failed".into()), Into::into))
+        rx.await.unwrap_or(Err(RefreshError::Abandoned))
     }
 
     /// Reads the credential's stored token into the cache (after losing a fenced write).
@@ -838,4 +834,71 @@ impl Inner {
             }
         }
     }
+}
+
+type WriteReply = oneshot::Sender<Result<SaveOutcome, RefreshError>>;
+
+/// Refresh results waiting for the writer.
+#[derive(Default)]
+pub(crate) struct WriteQueue {
+    pending: Vec<(RefreshResult, WriteReply)>,
+    draining: bool,
+}
+
+/// Results written per transaction at most.
+const MAX_WRITE_BATCH: usize = 256;
+
+async fn drain_writes(
+    store: Arc<dyn crate::store::Store>,
+    queue: Arc<parking_lot::Mutex<WriteQueue>>,
+) {
+    loop {
+        let batch: Vec<_> = {
+            let mut q = queue.lock();
+            if q.pending.is_empty() {
+                q.draining = false;
+                return;
+            }
+            let n = q.pending.len().min(MAX_WRITE_BATCH);
+            q.pending.drain(..n).collect()
+        };
+        let results: Vec<RefreshResult> = batch.iter().map(|(r, _)| r.clone()).collect();
+        match write_with_retry(store.as_ref(), &results).await {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Ok(_) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(RefreshError::Storage("outcome count mismatch".into())));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn write_with_retry(
+    store: &dyn crate::store::Store,
+    results: &[RefreshResult],
+) -> Result<Vec<SaveOutcome>, RefreshError> {
+    let mut wait = Duration::from_millis(50);
+    let mut last: Option<StoreError> = None;
+    for _ in 0..SAVE_ATTEMPTS {
+        match store.save_refresh_results(results).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_unavailable() || matches!(e, StoreError::Conflict { .. }) => {
+                last = Some(e);
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or_else(|| RefreshError::Storage("write failed".into()), Into::into))
 }
