@@ -6,8 +6,12 @@
 
 pub mod cli;
 pub mod config;
-pub(crate) mod model;
+pub mod model;
 pub mod store;
+<<<<<<< HEAD
 pub mod telemetry;
 pub mod tokens;
+=======
+pub mod transfer;
+>>>>>>> store
 pub mod vault;

@@ -1,1 +1,538 @@
-//! (in progress)
+//! The durable store: one storage contract ([`Store`], held as `Arc<dyn Store>`), two backends
+//! (SQLite, the embedded default; PostgreSQL, for several replicas), chosen once by [`open`] from
+//! the URL scheme, each with its own versioned migrations applied at open.
+//!
+//! Depends on `model`, sqlx and async-trait only; never on axum, the `wechat` crate or the vault.
+//!
+//! Invariants:
+//! - The store sees secrets only as [`Sealed`] values (sealing and opening happen in `vault`).
+//! - Methods speak the domain, not SQL; expected outcomes (not found, stale, duplicate) are on the
+//!   `Ok` side ([`SaveOutcome`], [`EventInsert`], `Option`), failures in [`StoreError`].
+//! - Every write of a refresh token lands in the same transaction as its access token, its history
+//!   row and the generation bump, and only if the generation it was computed from is still current
+//!   (fencing). The refresh-token history is append-only: no method deletes from it, and the schema
+//!   refuses deletes with a trigger. A losing writer's refresh token is still appended to it.
+//! - Everything is keyed by component appid (SPEC.md rule 9).
+//! - A database whose schema is newer than this binary is refused, never migrated or guessed at.
+//!
+//! Both backends share their SQL (`sql.rs`): the statements use only syntax common to SQLite and
+//! PostgreSQL (`$n` parameters, `ON CONFLICT`, `RETURNING`), times are `BIGINT` epoch milliseconds
+//! and secrets are `(kid, nonce, ct)` column triples, so one body of queries serves both. What
+//! differs (pools, `BEGIN IMMEDIATE`, PRAGMAs, schema inspection) lives in `sqlite.rs` and
+//! `postgres.rs`. Multi-replica features (leases via `claim_due(now, holder, lease)`, LISTEN/NOTIFY)
+//! belong in the PostgreSQL impl and can be added to the trait; `access_tokens.refresh_at` already
+//! indexes what is due.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ClientCreate,
+    ClientRecord, ComponentAppid, Credential, CredentialKind, DirectAccountRecord,
+    DirectAccountWrite, EventInsert, KeyCheck, KeyId, NONCE_LEN, NewClient, NewEvent, ReadCount,
+    RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot, StatusChange,
+    StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
+};
+
+use postgres::PgStore;
+use sqlite::SqliteStore;
+
+/// Why a store operation failed. `Display` is safe to log; none of it is meant for API responses
+/// (map to a generic 503/500 there), and the database's own text is only in the source chain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached in time (connection, pool, timeout, busy). The engine
+    /// keeps serving from memory and reports not ready.
+    #[error("storage unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A constraint or a concurrent transaction got in the way (unique or foreign key violation,
+    /// serialization failure). Retrying may succeed.
+    #[error("storage conflict: {what}")]
+    Conflict {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Any other database failure.
+    #[error("storage backend error")]
+    Backend(#[source] sqlx::Error),
+    /// The database was migrated by a newer wxtoken.
+    #[error(
+        "database schema version {database} is newer than this wxtoken supports (latest known: \
+         {binary}); run a newer wxtoken or point it at another database"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+    /// Applying the migrations failed.
+    #[error("database schema migration failed")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    /// The URL names no supported backend (only its scheme is shown: it may hold a password).
+    #[error("unsupported storage URL scheme {scheme:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl { scheme: String },
+    /// A stored value could not be decoded (unknown enum name, bad nonce length, …).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The caller passed something the contract forbids (e.g. an empty refresh token).
+    #[error("invalid store input: {0}")]
+    InvalidInput(&'static str),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        classify(e)
+    }
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::error::ErrorKind;
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+        sqlx::Error::Database(db) => {
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended codes included: the busy
+                // timeout ran out while another connection or process held the write lock.
+                let primary = db
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff);
+                if matches!(primary, Some(5 | 6)) {
+                    return StoreError::Unavailable(e);
+                }
+            }
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                let code = pg.code();
+                if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
+                    return StoreError::Unavailable(e);
+                }
+                if code == "40001" || code == "40P01" {
+                    return StoreError::Conflict {
+                        what: "concurrent transaction",
+                        source: e,
+                    };
+                }
+            }
+            match db.kind() {
+                ErrorKind::UniqueViolation => StoreError::Conflict {
+                    what: "already exists",
+                    source: e,
+                },
+                ErrorKind::ForeignKeyViolation => StoreError::Conflict {
+                    what: "refers to an unknown component or client (ensure_component first)",
+                    source: e,
+                },
+                _ => StoreError::Backend(e),
+            }
+        }
+        _ => StoreError::Backend(e),
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Every place a sealed value is kept, for rotation and for counting values per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SealedColumn {
+    Ticket,
+    AccessToken,
+    RefreshToken,
+    AuthorizerAppsecret,
+    DirectAppsecret,
+    RefreshTokenHistory,
+    EventPayload,
+}
+
+impl SealedColumn {
+    pub const ALL: [SealedColumn; 7] = [
+        SealedColumn::Ticket,
+        SealedColumn::AccessToken,
+        SealedColumn::RefreshToken,
+        SealedColumn::AuthorizerAppsecret,
+        SealedColumn::DirectAppsecret,
+        SealedColumn::RefreshTokenHistory,
+        SealedColumn::EventPayload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealedColumn::Ticket => "ticket",
+            SealedColumn::AccessToken => "access_token",
+            SealedColumn::RefreshToken => "refresh_token",
+            SealedColumn::AuthorizerAppsecret => "authorizer_appsecret",
+            SealedColumn::DirectAppsecret => "direct_appsecret",
+            SealedColumn::RefreshTokenHistory => "refresh_token_history",
+            SealedColumn::EventPayload => "event_payload",
+        }
+    }
+}
+
+/// The row a sealed value lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellKey {
+    Ticket {
+        component: ComponentAppid,
+    },
+    AccessToken {
+        credential: Credential,
+    },
+    RefreshToken {
+        component: ComponentAppid,
+        appid: Appid,
+    },
+    AuthorizerAppsecret {
+        component: ComponentAppid,
+        appid: Appid,
+    },
+    DirectAppsecret {
+        component: ComponentAppid,
+        appid: Appid,
+    },
+    RefreshTokenHistory {
+        id: i64,
+        component: ComponentAppid,
+        appid: Appid,
+    },
+    EventPayload {
+        component: ComponentAppid,
+        dedupe_key: String,
+    },
+}
+
+impl CellKey {
+    /// The slot the value was sealed for (history rows share the refresh-token slot).
+    pub fn slot(&self) -> SecretSlot<'_> {
+        match self {
+            CellKey::Ticket { component } => SecretSlot::Ticket { component },
+            CellKey::AccessToken { credential } => SecretSlot::AccessToken { credential },
+            CellKey::RefreshToken { component, appid }
+            | CellKey::RefreshTokenHistory {
+                component, appid, ..
+            } => SecretSlot::RefreshToken { component, appid },
+            CellKey::AuthorizerAppsecret { component, appid } => {
+                SecretSlot::AuthorizerAppsecret { component, appid }
+            }
+            CellKey::DirectAppsecret { component, appid } => {
+                SecretSlot::DirectAppsecret { component, appid }
+            }
+            CellKey::EventPayload {
+                component,
+                dedupe_key,
+            } => SecretSlot::EventPayload {
+                component,
+                dedupe_key,
+            },
+        }
+    }
+
+    pub fn column(&self) -> SealedColumn {
+        match self {
+            CellKey::Ticket { .. } => SealedColumn::Ticket,
+            CellKey::AccessToken { .. } => SealedColumn::AccessToken,
+            CellKey::RefreshToken { .. } => SealedColumn::RefreshToken,
+            CellKey::AuthorizerAppsecret { .. } => SealedColumn::AuthorizerAppsecret,
+            CellKey::DirectAppsecret { .. } => SealedColumn::DirectAppsecret,
+            CellKey::RefreshTokenHistory { .. } => SealedColumn::RefreshTokenHistory,
+            CellKey::EventPayload { .. } => SealedColumn::EventPayload,
+        }
+    }
+}
+
+/// A sealed value and where it lives.
+#[derive(Debug, Clone)]
+pub struct SealedCell {
+    pub key: CellKey,
+    pub sealed: Sealed,
+}
+
+/// Replace the value at `key` with `new`, only if it still has `old_nonce`.
+#[derive(Debug, Clone)]
+pub struct Reseal {
+    pub key: CellKey,
+    pub old_nonce: [u8; NONCE_LEN],
+    pub new: Sealed,
+}
+
+/// The storage contract. Both backends pass the same conformance suite
+/// (`crates/wxtoken/tests/store_conformance.rs`).
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Which backend this is (logs, readiness).
+    fn backend(&self) -> Backend;
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes the pools; later calls fail with `Unavailable`.
+    async fn close(&self);
+
+    // --- components and tickets ---------------------------------------------------------------
+    /// Registers a component (idempotent) with its component-token credential.
+    async fn ensure_component(
+        &self,
+        component: &ComponentAppid,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Every registered component.
+    async fn list_components(&self) -> Result<Vec<ComponentAppid>, StoreError>;
+    /// Stores a pushed ticket as the latest one unless a later-received one is already stored.
+    async fn record_ticket(
+        &self,
+        component: &ComponentAppid,
+        ticket: &Sealed,
+        received_at: Timestamp,
+    ) -> Result<TicketOutcome, StoreError>;
+    /// The latest ticket and when it arrived.
+    async fn latest_ticket(
+        &self,
+        component: &ComponentAppid,
+    ) -> Result<Option<StoredTicket>, StoreError>;
+
+    // --- access tokens -----------------------------------------------------------------------
+    /// One credential's generation and current token.
+    async fn get_token(&self, credential: &Credential) -> Result<Option<TokenRecord>, StoreError>;
+    /// Every credential of one component (or all), of one kind (or all), with or without a token
+    /// yet. At cold start, authorizers' tokens come with [`Store::load_authorizers`]; load the
+    /// component and direct-account credentials here.
+    async fn load_tokens(
+        &self,
+        component: Option<&ComponentAppid>,
+        kind: Option<CredentialKind>,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Writes refresh results, each fenced by its expected generation: access token, refresh token
+    /// (authorizers), history row and generation bump in one transaction for the whole slice, one
+    /// outcome per result in order. A stale result changes nothing but its refresh token's history.
+    async fn save_refresh_results(
+        &self,
+        results: &[RefreshResult],
+    ) -> Result<Vec<SaveOutcome>, StoreError>;
+
+    // --- authorizers -------------------------------------------------------------------------
+    /// Creates authorizers or replaces their refresh tokens (api_query_auth results, import rows,
+    /// reconciliation), each fenced, with history rows; one transaction for the slice.
+    async fn save_authorizations(
+        &self,
+        writes: &[AuthorizationWrite],
+    ) -> Result<Vec<SaveOutcome>, StoreError>;
+    /// One authorizer.
+    async fn get_authorizer(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<Option<AuthorizerRecord>, StoreError>;
+    /// A page of a component's authorizers ordered by appid, after `after`.
+    async fn list_authorizers(
+        &self,
+        component: &ComponentAppid,
+        after: Option<&Appid>,
+        limit: u32,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError>;
+    /// Every authorizer of one component (or all) with its current token, in one query: the cold
+    /// start.
+    async fn load_authorizers(
+        &self,
+        component: Option<&ComponentAppid>,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError>;
+    /// How many authorizers a component has, by status.
+    async fn count_authorizers(
+        &self,
+        component: &ComponentAppid,
+    ) -> Result<AuthorizerCounts, StoreError>;
+    /// Sets an authorizer's status (fenced when `expected_generation` is set). A change bumps the
+    /// generation, so a refresh computed before a revocation cannot land after it. Setting the
+    /// status it already has changes nothing.
+    async fn set_authorizer_status(&self, change: &StatusChange)
+    -> Result<SaveOutcome, StoreError>;
+    /// Sets or clears the appsecret kept for an authorizer's fallback. False if no such authorizer.
+    async fn set_authorizer_appsecret(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        appsecret: Option<&Sealed>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Every refresh token an authorizer ever had, oldest first.
+    async fn refresh_token_history(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<Vec<RefreshTokenHistoryEntry>, StoreError>;
+    /// How many history rows exist (one component or all).
+    async fn count_refresh_token_history(
+        &self,
+        component: Option<&ComponentAppid>,
+    ) -> Result<u64, StoreError>;
+
+    // --- direct accounts ---------------------------------------------------------------------
+    /// Adds a direct account (with its credential) or replaces its kind and appsecret.
+    async fn upsert_direct_account(
+        &self,
+        account: &DirectAccountWrite,
+    ) -> Result<UpsertOutcome, StoreError>;
+    async fn get_direct_account(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<Option<DirectAccountRecord>, StoreError>;
+    async fn list_direct_accounts(
+        &self,
+        component: Option<&ComponentAppid>,
+    ) -> Result<Vec<DirectAccountRecord>, StoreError>;
+    /// Removes a direct account and its token. False if there was none.
+    async fn remove_direct_account(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<bool, StoreError>;
+
+    // --- push events -------------------------------------------------------------------------
+    /// Stores a verified push once: `Duplicate` if its dedupe key is already stored.
+    async fn record_event(&self, event: &NewEvent) -> Result<EventInsert, StoreError>;
+    /// Stored events not yet processed, oldest first (to resume after a crash).
+    async fn unprocessed_events(
+        &self,
+        component: Option<&ComponentAppid>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Marks an event processed. False if unknown or already processed.
+    async fn mark_event_processed(
+        &self,
+        component: &ComponentAppid,
+        dedupe_key: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Deletes processed events received before `before` (their dedupe window is long over).
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    // --- clients -----------------------------------------------------------------------------
+    async fn create_client(&self, client: &NewClient) -> Result<ClientCreate, StoreError>;
+    /// The client holding this API key hash (revoked ones too: the caller refuses them).
+    async fn find_client_by_key(
+        &self,
+        hash: &ApiKeyHash,
+    ) -> Result<Option<ClientRecord>, StoreError>;
+    async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Revokes a client by name. False if unknown or already revoked.
+    async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
+    /// Adds batched token-read counts (one transaction).
+    async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
+    /// Read counters, all clients or one.
+    async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
+
+    // --- master keys and rotation --------------------------------------------------------------
+    /// The stored key-check values.
+    async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
+    /// Stores a key-check value unless one exists for that key id. True if inserted.
+    async fn add_key_check(&self, check: &KeyCheck) -> Result<bool, StoreError>;
+    /// Marks a key retired (no value sealed under it any more). True if it changed.
+    async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError>;
+    /// Up to `limit` values of one column not sealed under `not_under`.
+    async fn sealed_cells(
+        &self,
+        column: SealedColumn,
+        not_under: &KeyId,
+        limit: u32,
+    ) -> Result<Vec<SealedCell>, StoreError>;
+    /// Conditional replacements (see [`Reseal`]), one transaction. Returns how many landed.
+    async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
+    /// How many sealed values each key id holds, over every column.
+    async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
+
+    /// [`Store::save_refresh_results`] for one result.
+    async fn save_refresh_result(&self, result: &RefreshResult) -> Result<SaveOutcome, StoreError> {
+        let mut out = self
+            .save_refresh_results(std::slice::from_ref(result))
+            .await?;
+        out.pop()
+            .ok_or(StoreError::InvalidInput("no outcome for the write"))
+    }
+
+    /// [`Store::save_authorizations`] for one write.
+    async fn save_authorization(
+        &self,
+        write: &AuthorizationWrite,
+    ) -> Result<SaveOutcome, StoreError> {
+        let mut out = self
+            .save_authorizations(std::slice::from_ref(write))
+            .await?;
+        out.pop()
+            .ok_or(StoreError::InvalidInput("no outcome for the write"))
+    }
+}
+
+/// Connection settings (`[storage]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL pool size; SQLite uses one writer and up to 8 readers.
+    pub max_connections: u32,
+    /// How long to wait for a connection (and, on SQLite, for the write lock) before
+    /// `StoreError::Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by `url` with default options; see [`open_with`].
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store named by `url` and brings its schema up to date.
+///
+/// `sqlite://PATH` (or `sqlite:PATH`; created if missing; `sqlite::memory:` for a throwaway one)
+/// or `postgres://…` / `postgresql://…`. Refuses a database whose schema is newer than this binary.
+/// Call `vault::Vault::verify` next, before anything reads or writes a secret.
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url, options).await?))
+    } else {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("").to_owned();
+        Err(StoreError::UnsupportedUrl { scheme })
+    }
+}
+
+/// The newest migration version this binary knows, and the check that refuses a newer database.
+fn check_schema_version(
+    migrator: &sqlx::migrate::Migrator,
+    applied: Option<i64>,
+) -> Result<(), StoreError> {
+    let binary = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied {
+        Some(database) if database > binary => Err(StoreError::SchemaTooNew { database, binary }),
+        _ => Ok(()),
+    }
+}

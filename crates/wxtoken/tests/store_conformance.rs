@@ -1,0 +1,1688 @@
+//! The store conformance suite: the same stories against SQLite (always, a temp file) and
+//! PostgreSQL (when `WXTOKEN_TEST_PG_URL` is set; each test gets a fresh database).
+//! `conformance!` generates one `#[tokio::test]` per story per backend: `sqlite::<story>` and
+//! `postgres::<story>`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{
+    Harness, Kind, appid, at, authorization, component, open_rt, open_token, refresh, saved,
+};
+use wxtoken::model::{
+    AppKind, AppidGrant, AuthorizerCounts, AuthorizerStatus, ClientCreate, Credential,
+    CredentialKind, DirectAccountWrite, EventInsert, Expected, NewClient, NewEvent, ReadCount,
+    RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, TicketOutcome,
+    TokenSource, UpsertOutcome,
+};
+use wxtoken::store::{SealedColumn, Store, StoreError};
+use wxtoken::vault::{self, MasterKey, Vault, VaultError};
+
+macro_rules! conformance {
+    ($($story:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $story() {
+                    let h = super::Harness::new(super::Kind::Sqlite).await.expect("sqlite");
+                    super::$story(&h).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $story() {
+                    let Some(h) = super::Harness::new(super::Kind::Postgres).await else {
+                        eprintln!("skipped: set {} to run the PostgreSQL suite", super::common::PG_ENV);
+                        return;
+                    };
+                    super::$story(&h).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ticket_is_kept_across_reopen_and_an_older_push_does_not_replace_it,
+    authorization_creates_an_active_authorizer_with_token_and_history,
+    stale_refresh_result_is_refused_and_its_refresh_token_still_kept,
+    two_replicas_writing_from_one_generation_land_exactly_once,
+    many_concurrent_writers_from_one_generation_land_exactly_once,
+    refresh_token_history_never_shrinks_and_refuses_deletes,
+    reauthorization_replaces_the_refresh_token_and_reactivates,
+    empty_refresh_token_is_refused,
+    repeated_push_is_recorded_once_and_processed_from_the_store,
+    same_authorizer_appid_under_two_components_does_not_collide,
+    direct_account_lifecycle_with_fenced_token,
+    component_token_is_fenced_like_any_credential,
+    clients_are_found_by_key_hash_and_read_counts_accumulate,
+    needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
+    bulk_load_returns_every_authorizer_and_token_per_component_or_all,
+    authorizer_pages_cover_every_authorizer_once,
+    batched_authorizations_have_the_outcomes_of_one_by_one_writes,
+    appsecret_fallback_is_stored_sealed_and_can_be_cleared,
+    rotation_reseals_every_secret_and_retires_the_old_key,
+    rotation_while_another_task_keeps_writing_loses_nothing,
+    wrong_master_key_is_refused_at_open,
+    old_key_removed_before_rotation_finished_is_refused,
+    newer_schema_is_refused_naming_both_versions,
+    writes_for_an_unregistered_component_are_refused,
+);
+
+fn new_vault() -> Vault {
+    Vault::new(&MasterKey::generate(), &[])
+}
+
+async fn verified_vault(store: &dyn Store) -> Vault {
+    let v = new_vault();
+    v.verify(store).await.expect("verify");
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn ticket_is_kept_across_reopen_and_an_older_push_does_not_replace_it(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    s.ensure_component(&c, at(1)).await.unwrap(); // idempotent
+    assert_eq!(s.list_components().await.unwrap(), vec![c.clone()]);
+    assert!(s.latest_ticket(&c).await.unwrap().is_none());
+
+    let slot = SecretSlot::Ticket { component: &c };
+    let t2 = v.seal(slot, b"ticket@@@second").unwrap();
+    let t1 = v.seal(slot, b"ticket@@@first").unwrap();
+    assert_eq!(
+        s.record_ticket(&c, &t2, at(2000)).await.unwrap(),
+        TicketOutcome::Stored
+    );
+    assert_eq!(
+        s.record_ticket(&c, &t1, at(1000)).await.unwrap(),
+        TicketOutcome::Older
+    );
+
+    let reopened = h.reopen().await;
+    let latest = reopened.latest_ticket(&c).await.unwrap().unwrap();
+    assert_eq!(latest.received_at, at(2000));
+    assert_eq!(
+        v.open(slot, &latest.sealed).unwrap().as_slice(),
+        b"ticket@@@second"
+    );
+    reopened.close().await;
+}
+
+async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
+
+    let w = authorization(
+        &v,
+        &c,
+        &a,
+        "refreshtoken@@@one",
+        Some("at-one"),
+        Expected::Absent,
+        10,
+    );
+    assert_eq!(
+        s.save_authorization(&w).await.unwrap(),
+        SaveOutcome::Saved { generation: 1 }
+    );
+    // Doing it again expecting absence is stale: the authorizer exists now.
+    assert_eq!(
+        s.save_authorization(&w).await.unwrap(),
+        SaveOutcome::Stale {
+            current_generation: 1
+        }
+    );
+
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Active);
+    assert_eq!(rec.kind, Some(AppKind::OfficialAccount));
+    assert_eq!(rec.generation, 1);
+    assert_eq!(
+        open_rt(&v, &c, &a, &rec.refresh_token),
+        "refreshtoken@@@one"
+    );
+
+    let cred = Credential::authorizer(&c, &a);
+    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(tok.generation, 1);
+    let t = tok.token.unwrap();
+    assert_eq!(open_token(&v, &cred, &t.sealed), "at-one");
+    assert_eq!(t.source, TokenSource::QueryAuth);
+    assert_eq!(t.expires_at, at(10 + 7_200_000));
+    assert_eq!(t.refresh_at, Some(at(10 + 3_600_000)));
+
+    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    assert_eq!(hist.len(), 2, "the losing duplicate is kept too");
+    assert!(hist[0].applied && !hist[1].applied);
+    assert_eq!(hist[0].source, RefreshTokenSource::QueryAuth);
+    assert_eq!(
+        s.count_authorizers(&c).await.unwrap(),
+        AuthorizerCounts {
+            active: 1,
+            needs_reauth: 0,
+            revoked: 0
+        }
+    );
+}
+
+async fn stale_refresh_result_is_refused_and_its_refresh_token_still_kept(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let g = saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            Some("at-0"),
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+
+    // Two refreshers both read generation g; the first lands, the second is stale.
+    let first = refresh(&v, &c, &a, g, "at-A", "rt-A", 100);
+    let second = refresh(&v, &c, &a, g, "at-B", "rt-B", 200);
+    assert_eq!(
+        s.save_refresh_result(&first).await.unwrap(),
+        SaveOutcome::Saved { generation: g + 1 }
+    );
+    assert_eq!(
+        s.save_refresh_result(&second).await.unwrap(),
+        SaveOutcome::Stale {
+            current_generation: g + 1
+        }
+    );
+
+    let cred = Credential::authorizer(&c, &a);
+    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(open_token(&v, &cred, &tok.token.unwrap().sealed), "at-A");
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-A");
+
+    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    let texts: Vec<(String, bool)> = hist
+        .iter()
+        .map(|e| (open_rt(&v, &c, &a, &e.refresh_token), e.applied))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            ("rt-0".to_owned(), true),
+            ("rt-A".to_owned(), true),
+            ("rt-B".to_owned(), false)
+        ]
+    );
+}
+
+async fn two_replicas_writing_from_one_generation_land_exactly_once(h: &Harness) {
+    let s1 = h.store.clone();
+    let s2 = h.reopen().await;
+    let v = Arc::new(verified_vault(s1.as_ref()).await);
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s1.ensure_component(&c, at(0)).await.unwrap();
+    let g = saved(
+        s1.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    for round in 0..20u64 {
+        let g = g + round;
+        let r1 = refresh(
+            &v,
+            &c,
+            &a,
+            g,
+            &format!("at-1-{round}"),
+            &format!("rt-1-{round}"),
+            1,
+        );
+        let r2 = refresh(
+            &v,
+            &c,
+            &a,
+            g,
+            &format!("at-2-{round}"),
+            &format!("rt-2-{round}"),
+            2,
+        );
+        let (o1, o2) = tokio::join!(
+            {
+                let s1 = s1.clone();
+                async move { s1.save_refresh_result(&r1).await }
+            },
+            {
+                let s2 = s2.clone();
+                async move { s2.save_refresh_result(&r2).await }
+            }
+        );
+        let outcomes = [o1.unwrap(), o2.unwrap()];
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, SaveOutcome::Saved { .. }))
+            .count();
+        assert_eq!(wins, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.contains(&SaveOutcome::Stale {
+            current_generation: g + 1
+        }));
+    }
+    assert_eq!(
+        s1.get_authorizer(&c, &a).await.unwrap().unwrap().generation,
+        g + 20
+    );
+    // 1 authorization + 2 per round, every one kept.
+    assert_eq!(s2.refresh_token_history(&c, &a).await.unwrap().len(), 41);
+    s2.close().await;
+}
+
+async fn many_concurrent_writers_from_one_generation_land_exactly_once(h: &Harness) {
+    let s = h.store.clone();
+    let v = Arc::new(verified_vault(s.as_ref()).await);
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let g = saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (s, v, c, a) = (s.clone(), v.clone(), c.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = refresh(&v, &c, &a, g, &format!("at-{i}"), &format!("rt-{i}"), i);
+            s.save_refresh_result(&r).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            SaveOutcome::Saved { generation } => {
+                assert_eq!(generation, g + 1);
+                wins += 1;
+            }
+            SaveOutcome::Stale { current_generation } => assert_eq!(current_generation, g + 1),
+            SaveOutcome::Missing => panic!("missing"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(s.refresh_token_history(&c, &a).await.unwrap().len(), 17);
+}
+
+async fn refresh_token_history_never_shrinks_and_refuses_deletes(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let mut g = saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let mut expected = vec!["rt-0".to_owned()];
+    let mut last = 1;
+    for i in 1..=10 {
+        let rt = format!("rt-{i}");
+        g = saved(
+            s.save_refresh_result(&refresh(&v, &c, &a, g, &format!("at-{i}"), &rt, i))
+                .await
+                .unwrap(),
+        );
+        expected.push(rt);
+        if i % 3 == 0 {
+            // A revocation and a re-authorization in between.
+            s.set_authorizer_status(&StatusChange {
+                component: c.clone(),
+                appid: a.clone(),
+                status: AuthorizerStatus::Revoked,
+                reason: Some("unauthorized event".into()),
+                expected_generation: None,
+                at: at(i),
+            })
+            .await
+            .unwrap();
+            let cur = s.get_authorizer(&c, &a).await.unwrap().unwrap().generation;
+            let rt = format!("rt-reauth-{i}");
+            g = saved(
+                s.save_authorization(&authorization(
+                    &v,
+                    &c,
+                    &a,
+                    &rt,
+                    None,
+                    Expected::Generation(cur),
+                    i,
+                ))
+                .await
+                .unwrap(),
+            );
+            expected.push(rt);
+        }
+        let n = s.refresh_token_history(&c, &a).await.unwrap().len();
+        assert!(n > last, "history shrank or stood still: {last} -> {n}");
+        last = n;
+    }
+    let hist: Vec<String> = s
+        .refresh_token_history(&c, &a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| open_rt(&v, &c, &a, &e.refresh_token))
+        .collect();
+    assert_eq!(hist, expected);
+
+    assert!(h.exec("DELETE FROM refresh_token_history").await.is_err());
+    assert!(
+        h.exec("UPDATE refresh_token_history SET appid = 'wxother'")
+            .await
+            .is_err()
+    );
+    if h.kind == Kind::Postgres {
+        assert!(h.exec("TRUNCATE refresh_token_history").await.is_err());
+    }
+    assert_eq!(
+        s.count_refresh_token_history(Some(&c)).await.unwrap(),
+        expected.len() as u64
+    );
+}
+
+async fn reauthorization_replaces_the_refresh_token_and_reactivates(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-old",
+            Some("at-old"),
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let g = saved(
+        s.set_authorizer_status(&StatusChange {
+            component: c.clone(),
+            appid: a.clone(),
+            status: AuthorizerStatus::NeedsReauth,
+            reason: Some("61023 refresh token invalid".into()),
+            expected_generation: Some(1),
+            at: at(5),
+        })
+        .await
+        .unwrap(),
+    );
+    assert_eq!(g, 2);
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::NeedsReauth);
+    assert_eq!(
+        rec.status_reason.as_deref(),
+        Some("61023 refresh token invalid")
+    );
+    assert_eq!(rec.status_changed_at, at(5));
+
+    let w = authorization(
+        &v,
+        &c,
+        &a,
+        "rt-new",
+        Some("at-new"),
+        Expected::Generation(g),
+        10,
+    );
+    assert_eq!(
+        s.save_authorization(&w).await.unwrap(),
+        SaveOutcome::Saved { generation: 3 }
+    );
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Active);
+    assert_eq!(rec.status_reason, None);
+    assert_eq!(rec.status_changed_at, at(10));
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-new");
+    let cred = Credential::authorizer(&c, &a);
+    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(open_token(&v, &cred, &tok.token.unwrap().sealed), "at-new");
+    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    assert_eq!(hist.len(), 2);
+    assert_eq!(hist[1].generation, 3);
+}
+
+async fn empty_refresh_token_is_refused(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let w = authorization(&v, &c, &a, "", None, Expected::Absent, 0);
+    assert!(matches!(
+        s.save_authorization(&w).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let r = refresh(&v, &c, &a, 1, "at-1", "", 1);
+    assert!(matches!(
+        s.save_refresh_result(&r).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-0");
+    assert_eq!(rec.generation, 1);
+}
+
+async fn repeated_push_is_recorded_once_and_processed_from_the_store(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let key = "authorized:1700000000:wxauth0001";
+    let payload = b"<xml><AuthorizationCode>queryauthcode@@@secret</AuthorizationCode></xml>";
+    let event = |t: i64| NewEvent {
+        component: c.clone(),
+        dedupe_key: key.to_owned(),
+        info_type: "authorized".into(),
+        appid: Some(appid("wxauth0001")),
+        payload: v
+            .seal(
+                SecretSlot::EventPayload {
+                    component: &c,
+                    dedupe_key: key,
+                },
+                payload,
+            )
+            .unwrap(),
+        received_at: at(t),
+    };
+    assert_eq!(
+        s.record_event(&event(1)).await.unwrap(),
+        EventInsert::Inserted
+    );
+    assert_eq!(
+        s.record_event(&event(2)).await.unwrap(),
+        EventInsert::Duplicate
+    );
+
+    // After a "crash", processing resumes from the stored event.
+    let reopened = h.reopen().await;
+    let pending = reopened.unprocessed_events(Some(&c), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let e = &pending[0];
+    assert_eq!(e.info_type, "authorized");
+    assert_eq!(e.received_at, at(1));
+    let opened = v
+        .open(
+            SecretSlot::EventPayload {
+                component: &c,
+                dedupe_key: &e.dedupe_key,
+            },
+            &e.payload,
+        )
+        .unwrap();
+    assert_eq!(opened.as_slice(), payload);
+    assert!(reopened.mark_event_processed(&c, key, at(3)).await.unwrap());
+    assert!(!reopened.mark_event_processed(&c, key, at(4)).await.unwrap());
+    assert!(
+        reopened
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Still a duplicate after processing.
+    assert_eq!(
+        s.record_event(&event(5)).await.unwrap(),
+        EventInsert::Duplicate
+    );
+    assert_eq!(reopened.prune_events(at(2)).await.unwrap(), 1);
+    reopened.close().await;
+}
+
+async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let prod = component("wxprod");
+    let staging = component("wxstaging");
+    let a = appid("wxshared");
+    for c in [&prod, &staging] {
+        s.ensure_component(c, at(0)).await.unwrap();
+        let t = v
+            .seal(
+                SecretSlot::Ticket { component: c },
+                format!("ticket-{c}").as_bytes(),
+            )
+            .unwrap();
+        s.record_ticket(c, &t, at(1)).await.unwrap();
+        let rt = format!("rt-{c}");
+        let tok = format!("at-{c}");
+        saved(
+            s.save_authorization(&authorization(
+                &v,
+                c,
+                &a,
+                &rt,
+                Some(&tok),
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
+        );
+        let key = "same-dedupe-key";
+        let ev = NewEvent {
+            component: c.clone(),
+            dedupe_key: key.into(),
+            info_type: "authorized".into(),
+            appid: Some(a.clone()),
+            payload: v
+                .seal(
+                    SecretSlot::EventPayload {
+                        component: c,
+                        dedupe_key: key,
+                    },
+                    b"x",
+                )
+                .unwrap(),
+            received_at: at(1),
+        };
+        assert_eq!(s.record_event(&ev).await.unwrap(), EventInsert::Inserted);
+        let secret = v
+            .seal(
+                SecretSlot::DirectAppsecret {
+                    component: c,
+                    appid: &a,
+                },
+                b"s",
+            )
+            .unwrap();
+        let direct = DirectAccountWrite {
+            component: c.clone(),
+            appid: a.clone(),
+            kind: AppKind::MiniProgram,
+            appsecret: secret,
+            at: at(0),
+        };
+        assert_eq!(
+            s.upsert_direct_account(&direct).await.unwrap(),
+            UpsertOutcome::Created
+        );
+    }
+    // Refreshing one leaves the other alone.
+    saved(
+        s.save_refresh_result(&refresh(&v, &prod, &a, 1, "at-prod-2", "rt-prod-2", 5))
+            .await
+            .unwrap(),
+    );
+    for (c, rt, tok, g) in [
+        (&prod, "rt-prod-2", "at-prod-2", 2),
+        (&staging, "rt-wxstaging", "at-wxstaging", 1),
+    ] {
+        let rec = s.get_authorizer(c, &a).await.unwrap().unwrap();
+        assert_eq!(open_rt(&v, c, &a, &rec.refresh_token), rt);
+        assert_eq!(rec.generation, g);
+        let cred = Credential::authorizer(c, &a);
+        let t = s.get_token(&cred).await.unwrap().unwrap();
+        assert_eq!(open_token(&v, &cred, &t.token.unwrap().sealed), tok);
+        let ticket = s.latest_ticket(c).await.unwrap().unwrap();
+        assert_eq!(
+            v.open(SecretSlot::Ticket { component: c }, &ticket.sealed)
+                .unwrap()
+                .as_slice(),
+            format!("ticket-{c}").as_bytes()
+        );
+        assert_eq!(s.unprocessed_events(Some(c), 10).await.unwrap().len(), 1);
+        assert_eq!(s.load_authorizers(Some(c)).await.unwrap().len(), 1);
+        assert_eq!(
+            s.refresh_token_history(c, &a).await.unwrap().len(),
+            g as usize
+        );
+    }
+    // A sealed value moved to the other component's row does not open.
+    let prod_rt = s
+        .get_authorizer(&prod, &a)
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_token;
+    assert!(matches!(
+        v.open(
+            SecretSlot::RefreshToken {
+                component: &staging,
+                appid: &a
+            },
+            &prod_rt
+        ),
+        Err(VaultError::Open)
+    ));
+    // The direct account and the authorizer with the same appid are separate credentials.
+    let direct = s
+        .get_token(&Credential::direct(&prod, &a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(direct.generation, 0);
+    assert!(direct.token.is_none());
+}
+
+async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxdirect01");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let write = |secret: &[u8], kind| DirectAccountWrite {
+        component: c.clone(),
+        appid: a.clone(),
+        kind,
+        appsecret: v
+            .seal(
+                SecretSlot::DirectAppsecret {
+                    component: &c,
+                    appid: &a,
+                },
+                secret,
+            )
+            .unwrap(),
+        at: at(0),
+    };
+    assert_eq!(
+        s.upsert_direct_account(&write(b"secret-1", AppKind::OfficialAccount))
+            .await
+            .unwrap(),
+        UpsertOutcome::Created
+    );
+    assert_eq!(
+        s.upsert_direct_account(&write(b"secret-2", AppKind::MiniProgram))
+            .await
+            .unwrap(),
+        UpsertOutcome::Updated
+    );
+    let rec = s.get_direct_account(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.kind, AppKind::MiniProgram);
+    let slot = SecretSlot::DirectAppsecret {
+        component: &c,
+        appid: &a,
+    };
+    assert_eq!(
+        v.open(slot, &rec.appsecret).unwrap().as_slice(),
+        b"secret-2"
+    );
+
+    let cred = Credential::direct(&c, &a);
+    let result = |g, tok: &str| {
+        let mut t = common::access_token(&v, &cred, tok, 0);
+        t.source = TokenSource::StableToken;
+        t.refresh_at = None;
+        RefreshResult {
+            credential: cred.clone(),
+            expected_generation: g,
+            access_token: t,
+            refresh_token: None,
+            at: at(0),
+        }
+    };
+    assert_eq!(
+        s.save_refresh_result(&result(0, "direct-at-1"))
+            .await
+            .unwrap(),
+        SaveOutcome::Saved { generation: 1 }
+    );
+    assert_eq!(
+        s.save_refresh_result(&result(0, "direct-at-x"))
+            .await
+            .unwrap(),
+        SaveOutcome::Stale {
+            current_generation: 1
+        }
+    );
+    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    let t = tok.token.unwrap();
+    assert_eq!(t.refresh_at, None);
+    assert_eq!(t.source, TokenSource::StableToken);
+    assert_eq!(open_token(&v, &cred, &t.sealed), "direct-at-1");
+    // A refresh token for a direct account is a caller bug.
+    let mut bad = result(1, "direct-at-2");
+    bad.refresh_token = Some(
+        v.seal(
+            SecretSlot::RefreshToken {
+                component: &c,
+                appid: &a,
+            },
+            b"rt",
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        s.save_refresh_result(&bad).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+
+    assert_eq!(s.list_direct_accounts(Some(&c)).await.unwrap().len(), 1);
+    assert!(s.remove_direct_account(&c, &a).await.unwrap());
+    assert!(!s.remove_direct_account(&c, &a).await.unwrap());
+    assert!(s.get_token(&cred).await.unwrap().is_none());
+    assert_eq!(
+        s.save_refresh_result(&result(1, "late")).await.unwrap(),
+        SaveOutcome::Missing
+    );
+}
+
+async fn component_token_is_fenced_like_any_credential(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let cred = Credential::component(&c);
+    let rec = s.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(rec.generation, 0);
+    assert!(rec.token.is_none());
+    let mk = |g, tok: &str| {
+        let mut t = common::access_token(&v, &cred, tok, 0);
+        t.source = TokenSource::ComponentToken;
+        RefreshResult {
+            credential: cred.clone(),
+            expected_generation: g,
+            access_token: t,
+            refresh_token: None,
+            at: at(0),
+        }
+    };
+    let outcomes = s
+        .save_refresh_results(&[mk(0, "cat-1"), mk(0, "cat-2"), mk(1, "cat-3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+            SaveOutcome::Saved { generation: 2 },
+        ]
+    );
+    let t = s.get_token(&cred).await.unwrap().unwrap().token.unwrap();
+    assert_eq!(open_token(&v, &cred, &t.sealed), "cat-3");
+    assert_eq!(cred.kind, CredentialKind::Component);
+}
+
+async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
+    let s = &h.store;
+    let key = vault::generate_api_key();
+    let new = NewClient {
+        name: "billing".into(),
+        key_hash: key.hash,
+        key_hint: key.hint.clone(),
+        grant: AppidGrant::Only(vec![appid("wxa"), appid("wxb")]),
+        admin: false,
+        created_at: at(0),
+    };
+    let created = match s.create_client(&new).await.unwrap() {
+        ClientCreate::Created(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        s.create_client(&new).await.unwrap(),
+        ClientCreate::NameTaken
+    );
+    let admin_key = vault::generate_api_key();
+    let admin = NewClient {
+        name: "ops".into(),
+        key_hash: admin_key.hash,
+        key_hint: admin_key.hint,
+        grant: AppidGrant::All,
+        admin: true,
+        created_at: at(1),
+    };
+    assert!(matches!(
+        s.create_client(&admin).await.unwrap(),
+        ClientCreate::Created(_)
+    ));
+
+    use secrecy::ExposeSecret;
+    let found = s
+        .find_client_by_key(&vault::hash_api_key(key.key.expose_secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, created);
+    assert!(found.grant.allows(&appid("wxa")) && !found.grant.allows(&appid("wxc")));
+    assert!(
+        s.find_client_by_key(&vault::hash_api_key("wxt_wrong"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let list = s.list_clients().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[1].admin && list[1].grant == AppidGrant::All);
+
+    assert!(s.revoke_client("billing", at(9)).await.unwrap());
+    assert!(!s.revoke_client("billing", at(10)).await.unwrap());
+    assert_eq!(
+        s.find_client_by_key(&key.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(at(9))
+    );
+
+    let c = component("wxcomp0001");
+    let batch = |n, t| {
+        vec![
+            ReadCount {
+                client_id: created.id,
+                component: c.clone(),
+                appid: appid("wxa"),
+                count: n,
+                last_read_at: at(t),
+            },
+            ReadCount {
+                client_id: created.id,
+                component: c.clone(),
+                appid: appid("wxb"),
+                count: 1,
+                last_read_at: at(t),
+            },
+        ]
+    };
+    s.add_read_counts(&batch(5, 100)).await.unwrap();
+    s.add_read_counts(&batch(7, 50)).await.unwrap();
+    s.add_read_counts(&[]).await.unwrap();
+    let counts = s.read_counts(Some(created.id)).await.unwrap();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts[0].appid, appid("wxa"));
+    assert_eq!(counts[0].count, 12);
+    assert_eq!(counts[0].last_read_at, at(100), "the latest read wins");
+    assert_eq!(counts[1].count, 2);
+}
+
+async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    // A refresh failure computed from generation 1 arrives after a re-authorization (gen 2).
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-1",
+            None,
+            Expected::Generation(1),
+            1,
+        ))
+        .await
+        .unwrap(),
+    );
+    let mark = StatusChange {
+        component: c.clone(),
+        appid: a.clone(),
+        status: AuthorizerStatus::NeedsReauth,
+        reason: Some("61023".into()),
+        expected_generation: Some(1),
+        at: at(2),
+    };
+    assert_eq!(
+        s.set_authorizer_status(&mark).await.unwrap(),
+        SaveOutcome::Stale {
+            current_generation: 2
+        }
+    );
+    assert_eq!(
+        s.get_authorizer(&c, &a).await.unwrap().unwrap().status,
+        AuthorizerStatus::Active
+    );
+
+    // An unconditional revocation bumps the generation: a refresh computed before it loses.
+    let inflight = refresh(&v, &c, &a, 2, "at-late", "rt-late", 3);
+    let revoke = StatusChange {
+        component: c.clone(),
+        appid: a.clone(),
+        status: AuthorizerStatus::Revoked,
+        reason: Some("unauthorized event".into()),
+        expected_generation: None,
+        at: at(3),
+    };
+    assert_eq!(
+        s.set_authorizer_status(&revoke).await.unwrap(),
+        SaveOutcome::Saved { generation: 3 }
+    );
+    // Revoking again changes nothing.
+    assert_eq!(
+        s.set_authorizer_status(&revoke).await.unwrap(),
+        SaveOutcome::Saved { generation: 3 }
+    );
+    assert_eq!(
+        s.save_refresh_result(&inflight).await.unwrap(),
+        SaveOutcome::Stale {
+            current_generation: 3
+        }
+    );
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Revoked);
+    assert_eq!(
+        open_rt(&v, &c, &a, &rec.refresh_token),
+        "rt-1",
+        "data is kept"
+    );
+    assert_eq!(
+        s.count_authorizers(&c).await.unwrap(),
+        AuthorizerCounts {
+            active: 0,
+            needs_reauth: 0,
+            revoked: 1
+        }
+    );
+    let unknown = StatusChange {
+        appid: appid("wxnobody"),
+        ..revoke.clone()
+    };
+    assert_eq!(
+        s.set_authorizer_status(&unknown).await.unwrap(),
+        SaveOutcome::Missing
+    );
+}
+
+async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c1 = component("wxcomp0001");
+    let c2 = component("wxcomp0002");
+    for (c, n) in [(&c1, 30), (&c2, 20)] {
+        s.ensure_component(c, at(0)).await.unwrap();
+        let writes: Vec<_> = (0..n)
+            .map(|i| {
+                let a = appid(&format!("wxauth{i:04}"));
+                authorization(
+                    &v,
+                    c,
+                    &a,
+                    &format!("rt-{c}-{i}"),
+                    (i % 2 == 0).then_some("tok"),
+                    Expected::Absent,
+                    i,
+                )
+            })
+            .collect();
+        let outcomes = s.save_authorizations(&writes).await.unwrap();
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| *o == SaveOutcome::Saved { generation: 1 })
+        );
+    }
+    let all = s.load_authorizers(None).await.unwrap();
+    assert_eq!(all.len(), 50);
+    for rec in &all {
+        let i: usize = rec.appid.as_str()[6..].parse().unwrap();
+        assert_eq!(
+            open_rt(&v, &rec.component, &rec.appid, &rec.refresh_token),
+            format!("rt-{}-{i}", rec.component)
+        );
+    }
+    assert_eq!(s.load_authorizers(Some(&c2)).await.unwrap().len(), 20);
+    // Authorizers come with their tokens: half of them have one.
+    let c1_auth = s.load_authorizers(Some(&c1)).await.unwrap();
+    assert_eq!(c1_auth.iter().filter(|a| a.token.is_some()).count(), 15);
+    for a in c1_auth.iter().filter(|a| a.token.is_some()) {
+        let cred = Credential::authorizer(&c1, &a.appid);
+        let t = a.token.as_ref().unwrap();
+        assert_eq!(open_token(&v, &cred, &t.sealed), "tok");
+        assert_eq!(
+            s.get_token(&cred).await.unwrap().unwrap().token.as_ref(),
+            Some(t)
+        );
+    }
+    let tokens = s.load_tokens(Some(&c1), None).await.unwrap();
+    // 30 authorizers + the component credential; half the authorizers have a token.
+    assert_eq!(tokens.len(), 31);
+    assert_eq!(tokens.iter().filter(|t| t.token.is_some()).count(), 15);
+    assert_eq!(s.load_tokens(None, None).await.unwrap().len(), 52);
+    let components = s
+        .load_tokens(None, Some(CredentialKind::Component))
+        .await
+        .unwrap();
+    assert_eq!(components.len(), 2);
+    assert!(
+        components
+            .iter()
+            .all(|t| t.credential.kind == CredentialKind::Component)
+    );
+}
+
+async fn authorizer_pages_cover_every_authorizer_once(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let writes: Vec<_> = (0..25)
+        .map(|i| {
+            authorization(
+                &v,
+                &c,
+                &appid(&format!("wxa{i:03}")),
+                "rt",
+                None,
+                Expected::Absent,
+                0,
+            )
+        })
+        .collect();
+    s.save_authorizations(&writes).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_authorizers(&c, after.as_ref(), 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.appid.clone());
+        seen.extend(page.into_iter().map(|r| r.appid));
+    }
+    let expected: Vec<_> = (0..25).map(|i| appid(&format!("wxa{i:03}"))).collect();
+    assert_eq!(seen, expected);
+}
+
+async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let (a, b, x, y) = (appid("wxa"), appid("wxb"), appid("wxx"), appid("wxy"));
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &b,
+            "rt-b0",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let w = |appid, rt: &str, expected| authorization(&v, &c, appid, rt, Some("tok"), expected, 1);
+    let batch = vec![
+        w(&a, "rt-a1", Expected::Absent),        // created
+        w(&b, "rt-b1", Expected::Absent),        // exists: stale
+        w(&x, "rt-x1", Expected::Absent),        // created
+        w(&a, "rt-a2", Expected::Absent),        // same appid again: stale
+        w(&a, "rt-a3", Expected::Generation(1)), // fenced on the first: lands
+        w(&y, "rt-y1", Expected::Generation(0)), // never existed: missing
+        w(&y, "rt-y2", Expected::Absent),        // created
+    ];
+    let outcomes = s.save_authorizations(&batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+            SaveOutcome::Saved { generation: 2 },
+            SaveOutcome::Missing,
+            SaveOutcome::Saved { generation: 1 },
+        ]
+    );
+    for (appid, rt, g) in [
+        (&a, "rt-a3", 2),
+        (&b, "rt-b0", 1),
+        (&x, "rt-x1", 1),
+        (&y, "rt-y2", 1),
+    ] {
+        let rec = s.get_authorizer(&c, appid).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                open_rt(&v, &c, appid, &rec.refresh_token).as_str(),
+                rec.generation
+            ),
+            (rt, g)
+        );
+        let cred = Credential::authorizer(&c, appid);
+        let tok = s.get_token(&cred).await.unwrap().unwrap();
+        assert_eq!(tok.generation, g);
+        assert_eq!(
+            tok.token.is_some(),
+            appid != &b,
+            "b kept its state: no token"
+        );
+    }
+    // Every refresh token of the batch is in the history, landed or not.
+    let hist = |appid| {
+        let s = s.clone();
+        let v = &v;
+        let c = c.clone();
+        async move {
+            s.refresh_token_history(&c, appid)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| (open_rt(v, &c, appid, &e.refresh_token), e.applied))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        hist(&a).await,
+        vec![
+            ("rt-a1".into(), true),
+            ("rt-a2".into(), false),
+            ("rt-a3".into(), true)
+        ]
+    );
+    assert_eq!(
+        hist(&b).await,
+        vec![("rt-b0".into(), true), ("rt-b1".into(), false)]
+    );
+    assert_eq!(
+        hist(&y).await,
+        vec![("rt-y1".into(), false), ("rt-y2".into(), true)]
+    );
+}
+
+async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let slot = SecretSlot::AuthorizerAppsecret {
+        component: &c,
+        appid: &a,
+    };
+    let mut w = authorization(&v, &c, &a, "rt-0", None, Expected::Absent, 0);
+    w.appsecret = Some(v.seal(slot, b"appsecret-1").unwrap());
+    saved(s.save_authorization(&w).await.unwrap());
+    // A re-authorization without an appsecret keeps the stored one.
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-1",
+            None,
+            Expected::Generation(1),
+            1,
+        ))
+        .await
+        .unwrap(),
+    );
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(
+        v.open(slot, rec.appsecret.as_ref().unwrap())
+            .unwrap()
+            .as_slice(),
+        b"appsecret-1"
+    );
+
+    // The fallback token (stable_token with the appsecret) carries no refresh token.
+    let cred = Credential::authorizer(&c, &a);
+    let mut t = common::access_token(&v, &cred, "fallback-at", 2);
+    t.source = TokenSource::StableToken;
+    let r = RefreshResult {
+        credential: cred.clone(),
+        expected_generation: 2,
+        access_token: t,
+        refresh_token: None,
+        at: at(2),
+    };
+    assert_eq!(
+        s.save_refresh_result(&r).await.unwrap(),
+        SaveOutcome::Saved { generation: 3 }
+    );
+    assert_eq!(s.refresh_token_history(&c, &a).await.unwrap().len(), 2);
+
+    assert!(
+        s.set_authorizer_appsecret(&c, &a, None, at(3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.get_authorizer(&c, &a)
+            .await
+            .unwrap()
+            .unwrap()
+            .appsecret
+            .is_none()
+    );
+    assert!(
+        !s.set_authorizer_appsecret(&c, &appid("wxnobody"), None, at(3))
+            .await
+            .unwrap()
+    );
+}
+
+/// Puts one value in every sealed column, under `v`.
+async fn fill_every_column(s: &dyn Store, v: &Vault, n: usize) {
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let t = v
+        .seal(SecretSlot::Ticket { component: &c }, b"ticket@@@x")
+        .unwrap();
+    s.record_ticket(&c, &t, at(1)).await.unwrap();
+    let cred = Credential::component(&c);
+    let mut tok = common::access_token(v, &cred, "component-at", 0);
+    tok.source = TokenSource::ComponentToken;
+    saved(
+        s.save_refresh_result(&RefreshResult {
+            credential: cred,
+            expected_generation: 0,
+            access_token: tok,
+            refresh_token: None,
+            at: at(0),
+        })
+        .await
+        .unwrap(),
+    );
+    for i in 0..n {
+        let a = appid(&format!("wxauth{i:04}"));
+        let mut w = authorization(
+            v,
+            &c,
+            &a,
+            &format!("rt-{i}"),
+            Some(&format!("at-{i}")),
+            Expected::Absent,
+            0,
+        );
+        w.appsecret = Some(
+            v.seal(
+                SecretSlot::AuthorizerAppsecret {
+                    component: &c,
+                    appid: &a,
+                },
+                format!("as-{i}").as_bytes(),
+            )
+            .unwrap(),
+        );
+        saved(s.save_authorization(&w).await.unwrap());
+        saved(
+            s.save_refresh_result(&refresh(
+                v,
+                &c,
+                &a,
+                1,
+                &format!("at2-{i}"),
+                &format!("rt2-{i}"),
+                1,
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let d = appid("wxdirect01");
+    s.upsert_direct_account(&DirectAccountWrite {
+        component: c.clone(),
+        appid: d.clone(),
+        kind: AppKind::OfficialAccount,
+        appsecret: v
+            .seal(
+                SecretSlot::DirectAppsecret {
+                    component: &c,
+                    appid: &d,
+                },
+                b"direct-secret",
+            )
+            .unwrap(),
+        at: at(0),
+    })
+    .await
+    .unwrap();
+    let key = "ev-1";
+    s.record_event(&NewEvent {
+        component: c.clone(),
+        dedupe_key: key.into(),
+        info_type: "authorized".into(),
+        appid: None,
+        payload: v
+            .seal(
+                SecretSlot::EventPayload {
+                    component: &c,
+                    dedupe_key: key,
+                },
+                b"payload",
+            )
+            .unwrap(),
+        received_at: at(0),
+    })
+    .await
+    .unwrap();
+}
+
+/// Opens every sealed value in the store with `v` (fails if any does not open).
+async fn open_everything(s: &dyn Store, v: &Vault) -> usize {
+    let mut n = 0;
+    let never = wxtoken::model::KeyId::parse("none").unwrap();
+    for column in SealedColumn::ALL {
+        for cell in s.sealed_cells(column, &never, 1_000_000).await.unwrap() {
+            v.open(cell.key.slot(), &cell.sealed)
+                .unwrap_or_else(|e| panic!("{column:?} {:?}: {e}", cell.key));
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn rotation_reseals_every_secret_and_retires_the_old_key(h: &Harness) {
+    let s = &h.store;
+    let old = MasterKey::generate();
+    let new = MasterKey::generate();
+    let v_old = Vault::new(&old, &[]);
+    v_old.verify(s.as_ref()).await.unwrap();
+    fill_every_column(s.as_ref(), &v_old, 12).await;
+    let before = open_everything(s.as_ref(), &v_old).await;
+    // ticket + component token + 12 × (rt, at, appsecret, 2 history) + direct + event
+    assert_eq!(before, 2 + 12 * 5 + 2);
+
+    let v_both = Vault::new(&new, std::slice::from_ref(&old));
+    let mut reports = Vec::new();
+    let report = vault::rotate(s.as_ref(), &v_both, 5, &mut |p| reports.push(p))
+        .await
+        .unwrap();
+    assert_eq!(report.resealed, before as u64);
+    assert_eq!(report.retired, vec![old.id().clone()]);
+    assert_eq!(report.remaining, vec![(new.id().clone(), before as u64)]);
+    assert!(!reports.is_empty());
+    assert!(
+        reports
+            .iter()
+            .any(|p| p.column == SealedColumn::RefreshTokenHistory)
+    );
+
+    // Every value now opens with the new key alone, and the old key may be dropped.
+    let v_new = Vault::new(&new, &[]);
+    v_new.verify(s.as_ref()).await.unwrap();
+    assert_eq!(open_everything(s.as_ref(), &v_new).await, before);
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0003");
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v_new, &c, &a, &rec.refresh_token), "rt2-3");
+    // Running it again is a no-op.
+    let again = vault::rotate(s.as_ref(), &v_new, 5, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.resealed, 0);
+    assert!(again.retired.is_empty());
+}
+
+async fn rotation_while_another_task_keeps_writing_loses_nothing(h: &Harness) {
+    let s = h.store.clone();
+    let old = MasterKey::generate();
+    let new = MasterKey::generate();
+    let v_old = Vault::new(&old, &[]);
+    v_old.verify(s.as_ref()).await.unwrap();
+    fill_every_column(s.as_ref(), &v_old, 40).await;
+
+    // Servers are restarted with new primary + old first, then rotation runs while they write.
+    let v_both = Arc::new(Vault::new(&new, std::slice::from_ref(&old)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (s, v, stop) = (s.clone(), v_both.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = component("wxcomp0001");
+            let mut writes = 0u64;
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) || writes < 20 {
+                let a = appid(&format!("wxauth{:04}", i % 40));
+                let g = s.get_authorizer(&c, &a).await.unwrap().unwrap().generation;
+                let r = refresh(
+                    &v,
+                    &c,
+                    &a,
+                    g,
+                    &format!("at-w{writes}"),
+                    &format!("rt-w{writes}"),
+                    10,
+                );
+                saved(s.save_refresh_result(&r).await.unwrap());
+                writes += 1;
+                i += 7;
+            }
+            writes
+        })
+    };
+    let report = vault::rotate(s.as_ref(), &v_both, 7, &mut |_| {})
+        .await
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.await.unwrap();
+    assert!(writes >= 20);
+    assert_eq!(report.retired, vec![old.id().clone()]);
+
+    let v_new = Vault::new(&new, &[]);
+    v_new.verify(s.as_ref()).await.unwrap();
+    let total = open_everything(s.as_ref(), &v_new).await;
+    // Every value is under the new key; nothing was lost (each write added one history row).
+    let counts = s.count_sealed_by_key().await.unwrap();
+    assert_eq!(counts, vec![(new.id().clone(), total as u64)]);
+    assert_eq!(
+        s.count_refresh_token_history(None).await.unwrap(),
+        40 * 2 + writes
+    );
+    // The last write to each authorizer is its current refresh token.
+    let c = component("wxcomp0001");
+    for rec in s.load_authorizers(Some(&c)).await.unwrap() {
+        let hist = s.refresh_token_history(&c, &rec.appid).await.unwrap();
+        let last = hist.last().unwrap();
+        assert_eq!(
+            open_rt(&v_new, &c, &rec.appid, &rec.refresh_token),
+            open_rt(&v_new, &c, &rec.appid, &last.refresh_token)
+        );
+    }
+}
+
+async fn wrong_master_key_is_refused_at_open(h: &Harness) {
+    let right = MasterKey::generate();
+    Vault::new(&right, &[])
+        .verify(h.store.as_ref())
+        .await
+        .unwrap();
+    fill_every_column(h.store.as_ref(), &Vault::new(&right, &[]), 2).await;
+    h.store.close().await;
+
+    let reopened = h.reopen().await;
+    let wrong = MasterKey::generate();
+    let err = Vault::new(&wrong, &[])
+        .verify(reopened.as_ref())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::WrongKey { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(wrong.id().as_str()) && msg.contains(right.id().as_str()),
+        "{msg}"
+    );
+    // Nothing was recorded for the wrong key: the right key still verifies alone.
+    Vault::new(&right, &[])
+        .verify(reopened.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(reopened.key_checks().await.unwrap().len(), 1);
+    reopened.close().await;
+}
+
+async fn old_key_removed_before_rotation_finished_is_refused(h: &Harness) {
+    let s = &h.store;
+    let old = MasterKey::generate();
+    let new = MasterKey::generate();
+    let v_old = Vault::new(&old, &[]);
+    v_old.verify(s.as_ref()).await.unwrap();
+    fill_every_column(s.as_ref(), &v_old, 2).await;
+    Vault::new(&new, std::slice::from_ref(&old))
+        .verify(s.as_ref())
+        .await
+        .unwrap();
+    let err = Vault::new(&new, &[]).verify(s.as_ref()).await.unwrap_err();
+    match err {
+        VaultError::MissingKey { key_id } => assert_eq!(&key_id, old.id()),
+        other => panic!("{other}"),
+    }
+}
+
+async fn newer_schema_is_refused_naming_both_versions(h: &Harness) {
+    h.store.close().await;
+    h.fake_future_migration(29_991_231_000_000).await;
+    let err = match wxtoken::store::open(&h.url).await {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e,
+    };
+    match &err {
+        StoreError::SchemaTooNew { database, binary } => {
+            assert_eq!(*database, 29_991_231_000_000);
+            assert!(*binary < *database);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&database.to_string()) && msg.contains(&binary.to_string()),
+                "{msg}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+async fn writes_for_an_unregistered_component_are_refused(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxnotregistered");
+    let a = appid("wxauth0001");
+    let t = v.seal(SecretSlot::Ticket { component: &c }, b"t").unwrap();
+    assert!(matches!(
+        s.record_ticket(&c, &t, at(0)).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    let err = s
+        .save_authorization(&authorization(&v, &c, &a, "rt", None, Expected::Absent, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data_across_pooled_calls() {
+    let s = wxtoken::store::open("sqlite::memory:").await.unwrap();
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-1",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-1");
+    assert_eq!(s.backend(), wxtoken::store::Backend::Sqlite);
+    s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_url_scheme_is_refused_without_echoing_the_url() {
+    let err = match wxtoken::store::open("mysql://user:hunter2@db/x").await {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::UnsupportedUrl { .. }));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_reported_unavailable() {
+    // Port 1 on localhost: connection refused.
+    let options = wxtoken::store::StoreOptions {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_millis(300),
+    };
+    let err = match wxtoken::store::open_with("postgres://postgres@127.0.0.1:1/x", &options).await {
+        Ok(_) => panic!("connected"),
+        Err(e) => e,
+    };
+    assert!(err.is_unavailable(), "{err:?}");
+}
