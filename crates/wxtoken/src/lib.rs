@@ -8,10 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod model;
 pub mod store;
-<<<<<<< HEAD
 pub mod telemetry;
 pub mod tokens;
-=======
 pub mod transfer;
->>>>>>> store
 pub mod vault;
