@@ -12,6 +12,11 @@ use tokio::sync::watch;
 /// Milliseconds since the Unix epoch on the simulated clock.
 pub(crate) type Millis = i64;
 
+/// How far the clock may ever run ahead of real time: a hundred years is more than any test needs,
+/// and keeps every `now + lifetime` far from `i64` overflow whatever the control API is sent.
+pub(crate) const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 366 * 86_400);
+const MAX_OFFSET_MS: i64 = MAX_CLOCK_OFFSET.as_millis() as i64;
+
 #[derive(Debug)]
 pub(crate) struct Clock {
     offset_ms: AtomicI64,
@@ -33,7 +38,7 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4))
             .unwrap_or(0);
-        real + self.offset_ms.load(Ordering::Relaxed)
+        real.saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// How far the simulated clock is ahead of real time.
@@ -41,16 +46,40 @@ impl Clock {
         Duration::from_millis(u64::try_from(self.offset_ms.load(Ordering::Relaxed)).unwrap_or(0))
     }
 
-    /// Move the clock forward and wake every timer.
+    /// Move the clock forward and wake every timer. The total offset saturates at
+    /// [`MAX_CLOCK_OFFSET`].
     pub(crate) fn advance(&self, by: Duration) {
-        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 8);
-        let total = self.offset_ms.fetch_add(by, Ordering::SeqCst) + by;
-        self.jumps.send_replace(total);
+        let by = i64::try_from(by.as_millis()).unwrap_or(MAX_OFFSET_MS);
+        let step = |offset: i64| Some(offset.saturating_add(by).min(MAX_OFFSET_MS));
+        let previous = self
+            .offset_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
+            .unwrap_or_else(|current| current);
+        self.jumps
+            .send_replace(previous.saturating_add(by).min(MAX_OFFSET_MS));
     }
 
     /// A receiver that changes whenever the clock is advanced.
     pub(crate) fn subscribe(&self) -> watch::Receiver<i64> {
         self.jumps.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod offset_tests {
+    use super::*;
+
+    #[test]
+    fn advancing_past_the_cap_saturates_instead_of_overflowing() {
+        let clock = Clock::new();
+        clock.advance(Duration::from_secs(u64::MAX));
+        clock.advance(Duration::from_secs(u64::MAX));
+        assert_eq!(clock.offset(), Duration::from_millis(MAX_OFFSET_MS as u64));
+        assert!(clock.now_ms() > 0);
+        assert!(
+            clock.now_ms().checked_add(MAX_OFFSET_MS).is_some(),
+            "room left for lifetimes"
+        );
     }
 }
 

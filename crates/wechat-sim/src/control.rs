@@ -329,6 +329,12 @@ async fn advance_clock(
     raw: Bytes,
 ) -> CtlResult<Json<serde_json::Value>> {
     let req: Advance = body(&raw, false)?;
+    if req.seconds > crate::clock::MAX_CLOCK_OFFSET.as_secs() {
+        return Err(CtlError(ControlError::Invalid(format!(
+            "seconds: at most {} (a hundred years)",
+            crate::clock::MAX_CLOCK_OFFSET.as_secs()
+        ))));
+    }
     let c = ctl(&sim);
     c.advance_clock(Duration::from_secs(req.seconds));
     Ok(clock_json(&c))

@@ -29,8 +29,6 @@ pub const EXAMPLE: &str = include_str!("../wxtoken.example.toml");
 const ENV_PREFIX: &str = "WXTOKEN_";
 /// Separator between levels in an environment override.
 const ENV_SEPARATOR: &str = "__";
-/// The master key is read from this variable, never from the TOML text.
-pub const MASTER_KEY_ENV: &str = "WXTOKEN_MASTER_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -145,11 +143,10 @@ impl StorageConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// A file holding the master key. `WXTOKEN_MASTER_KEY` takes precedence.
+    /// A file holding the master key (and, on further lines, older keys during a rotation).
+    /// `WXTOKEN_MASTER_KEY` takes precedence; the key itself is never read from the TOML text, so a
+    /// `master_key` key there is rejected. The vault reads both (`vault::Vault::from_env_or_file`).
     pub master_key_file: Option<PathBuf>,
-    /// Filled from `WXTOKEN_MASTER_KEY` only; a `master_key` key in the TOML is rejected.
-    #[serde(skip)]
-    pub master_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,13 +271,8 @@ impl Config {
             Some(path) => read_toml(path)?,
             None => Value::Table(Default::default()),
         };
-        let mut master_key = None;
         let mut from_env = BTreeSet::new();
         for (var, raw) in &sources.env {
-            if var == MASTER_KEY_ENV {
-                master_key = Some(SecretString::from(raw.clone()));
-                continue;
-            }
             let Some(path) = env_key_path(var) else {
                 continue;
             };
@@ -297,8 +289,7 @@ impl Config {
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
             set_path(&mut root, &path, value).map_err(|m| ConfigError::invalid(&key, m))?;
         }
-        let mut config = deserialize_with_env_strings(root, &from_env)?;
-        config.security.master_key = master_key;
+        let config = deserialize_with_env_strings(root, &from_env)?;
         config.validate()?;
         Ok(config)
     }
@@ -738,7 +729,7 @@ mod tests {
             ],
         )
         .expect("loads");
-        assert!(config.security.master_key.is_some());
+        assert!(config.security.master_key_file.is_none());
     }
 
     #[test]

@@ -1636,3 +1636,53 @@ async fn writes_for_an_unregistered_component_are_refused(h: &Harness) {
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data_across_pooled_calls() {
+    let s = wxtoken::store::open("sqlite::memory:").await.unwrap();
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    saved(
+        s.save_authorization(&authorization(
+            &v,
+            &c,
+            &a,
+            "rt-1",
+            None,
+            Expected::Absent,
+            0,
+        ))
+        .await
+        .unwrap(),
+    );
+    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-1");
+    assert_eq!(s.backend(), wxtoken::store::Backend::Sqlite);
+    s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_url_scheme_is_refused_without_echoing_the_url() {
+    let err = match wxtoken::store::open("mysql://user:hunter2@db/x").await {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::UnsupportedUrl { .. }));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_reported_unavailable() {
+    // Port 1 on localhost: connection refused.
+    let options = wxtoken::store::StoreOptions {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_millis(300),
+    };
+    let err = match wxtoken::store::open_with("postgres://postgres@127.0.0.1:1/x", &options).await {
+        Ok(_) => panic!("connected"),
+        Err(e) => e,
+    };
+    assert!(err.is_unavailable(), "{err:?}");
+}

@@ -297,6 +297,30 @@ async fn the_clock_advances_over_http() {
 }
 
 #[tokio::test]
+async fn an_absurd_clock_advance_is_refused_and_the_simulator_keeps_answering() {
+    let t = TestSim::start().await;
+    let refused = t
+        .post_json(
+            "/_sim/clock/advance",
+            serde_json::json!({"seconds": 9_200_000_000_000_000u64}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], "invalid_request", "{refused}");
+    assert_eq!(t.get_json("/_sim/clock").await["offset_seconds"], 0);
+    let c = t.component();
+    let token =
+        t.wx.component_token(
+            &c.component_appid,
+            &c.component_appsecret,
+            c.latest_ticket
+                .as_deref()
+                .expect("a new component has a ticket"),
+        )
+        .await;
+    assert!(token.is_ok(), "{token:?}");
+}
+
+#[tokio::test]
 async fn tickets_can_be_pushed_on_demand_for_one_or_all_components() {
     let t = TestSim::start().await;
     let c1 = t.component();

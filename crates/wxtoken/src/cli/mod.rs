@@ -3,6 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod accounts;
+pub mod authorizers;
+pub mod clients;
+pub mod context;
+pub mod keys;
 pub mod sim;
 
 /// wxtoken: the token central-control server (中控服务器) for a WeChat Open Platform
@@ -18,6 +23,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the WeChat simulator alone, for tests and offline integration work.
     Sim(sim::SimArgs),
+    /// Operate on authorizers: list, show, import, export.
+    #[command(subcommand)]
+    Authorizers(authorizers::AuthorizersCommand),
+    /// Directly managed accounts (their own appid + appsecret): add, remove, list.
+    #[command(subcommand)]
+    Accounts(accounts::AccountsCommand),
+    /// Internal services allowed to read tokens: add (prints the API key once), list, revoke.
+    #[command(subcommand)]
+    Clients(clients::ClientsCommand),
+    /// The master key: generate one, or rotate every secret onto a new one.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 impl Cli {
@@ -25,6 +42,10 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Sim(args) => sim::run(args).await,
+            Command::Authorizers(c) => authorizers::run(c).await,
+            Command::Accounts(c) => accounts::run(c).await,
+            Command::Clients(c) => clients::run(c).await,
+            Command::Keys(c) => keys::run(c).await,
         }
     }
 }

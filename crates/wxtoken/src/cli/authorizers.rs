@@ -1,0 +1,275 @@
+//! `wxtoken authorizers list|show|import|export`: operate on the authorizers in the store.
+//! No token or refresh token is ever printed, except into an `export` file (mode 0600), whose
+//! purpose is a backup or a move between backends.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::context::StoreArgs;
+use crate::model::{Appid, AuthorizerRecord, AuthorizerStatus, Timestamp};
+use crate::transfer::{self, ExportOptions, Format, ImportOptions};
+
+/// How many bad rows `import` prints before summarising the rest.
+const MAX_ROW_ERRORS_SHOWN: usize = 50;
+const PAGE: u32 = 1000;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuthorizersCommand {
+    /// List authorizers: appid, kind, status, generation and token expiry (never the tokens).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this status: active, needs_reauth or revoked.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one authorizer, with its status history and how many refresh tokens it has had.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        appid: String,
+    },
+    /// Import authorizers from CSV or JSON lines (appid, refresh_token, optional kind and appsecret).
+    /// Idempotent: rows already stored unchanged are left alone; bad rows are reported by line.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+        /// csv or jsonl [default: from the file's extension or first line].
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+    },
+    /// Export authorizers, decrypted, to a new file created with mode 0600 (a backup, or a move to
+    /// another backend: export from one, import into the other).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+        /// csv or jsonl [default: from the file's extension, else jsonl].
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "csv" => Ok(Format::Csv),
+        "jsonl" | "json" | "ndjson" => Ok(Format::JsonLines),
+        other => Err(format!("unknown format {other:?}: use csv or jsonl")),
+    }
+}
+
+pub async fn run(command: AuthorizersCommand) -> anyhow::Result<()> {
+    match command {
+        AuthorizersCommand::List { store, status } => list(store, status).await,
+        AuthorizersCommand::Show { store, appid } => show(store, appid).await,
+        AuthorizersCommand::Import {
+            store,
+            file,
+            format,
+        } => import(store, file, format).await,
+        AuthorizersCommand::Export {
+            store,
+            file,
+            format,
+            overwrite,
+        } => export(store, file, format, overwrite).await,
+    }
+}
+
+async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
+    let status = status
+        .map(|s| AuthorizerStatus::parse(&s).with_context(|| format!("--status {s}")))
+        .transpose()?;
+    let ctx = args.open().await?;
+    let component = ctx.component(args.component.as_deref()).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<20} {:<16} {:<12} {:>10}  TOKEN EXPIRES",
+        "APPID", "KIND", "STATUS", "GENERATION"
+    )?;
+    let mut after: Option<Appid> = None;
+    loop {
+        let page = ctx
+            .store
+            .list_authorizers(&component, after.as_ref(), PAGE)
+            .await?;
+        for a in page.iter().filter(|a| status.is_none_or(|s| a.status == s)) {
+            writeln!(
+                out,
+                "{:<20} {:<16} {:<12} {:>10}  {}",
+                a.appid,
+                a.kind.map_or("-", |k| k.as_str()),
+                a.status.as_str(),
+                a.generation,
+                a.token
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| t.expires_at.to_string()),
+            )?;
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => after = Some(last.appid.clone()),
+            _ => break,
+        }
+    }
+    let counts = ctx.store.count_authorizers(&component).await?;
+    writeln!(
+        out,
+        "component {component}: {} active, {} needs_reauth, {} revoked",
+        counts.active, counts.needs_reauth, counts.revoked
+    )?;
+    Ok(())
+}
+
+async fn show(args: StoreArgs, appid: String) -> anyhow::Result<()> {
+    let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
+    let ctx = args.open().await?;
+    let component = ctx.component(args.component.as_deref()).await?;
+    let Some(a) = ctx.store.get_authorizer(&component, &appid).await? else {
+        bail!("no authorizer {appid} under component {component}");
+    };
+    let history = ctx.store.refresh_token_history(&component, &appid).await?;
+    print_authorizer(&a, history.len());
+    for h in &history {
+        println!(
+            "  refresh token received {} from {} (generation {}{})",
+            h.received_at,
+            h.source.as_str(),
+            h.generation,
+            if h.applied {
+                ""
+            } else {
+                ", lost a race: kept in history only"
+            }
+        );
+    }
+    Ok(())
+}
+
+fn print_authorizer(a: &AuthorizerRecord, history: usize) {
+    println!("authorizer     {}", a.appid);
+    println!("component      {}", a.component);
+    println!(
+        "kind           {}",
+        a.kind.map_or("unknown", |k| k.as_str())
+    );
+    println!(
+        "status         {} since {}",
+        a.status.as_str(),
+        a.status_changed_at
+    );
+    if let Some(reason) = &a.status_reason {
+        println!("reason         {reason}");
+    }
+    println!("generation     {}", a.generation);
+    match &a.token {
+        Some(t) => println!(
+            "access token   expires {} (refresh planned {}), source {}",
+            t.expires_at,
+            t.refresh_at
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            t.source.as_str()
+        ),
+        None => println!("access token   none yet"),
+    }
+    println!(
+        "appsecret      {}",
+        if a.appsecret.is_some() {
+            "on file (fallback)"
+        } else {
+            "none"
+        }
+    );
+    println!("refresh tokens {history} received (history kept, values never shown)");
+    println!("created        {}", a.created_at);
+    println!("updated        {}", a.updated_at);
+}
+
+async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyhow::Result<()> {
+    let ctx = args.open().await?;
+    let component = ctx.component(args.component.as_deref()).await?;
+    ctx.store
+        .ensure_component(&component, Timestamp::now())
+        .await?;
+    let len = std::fs::metadata(&file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let options = ImportOptions {
+        format,
+        ..ImportOptions::default()
+    };
+    let report = transfer::import_file(
+        &*ctx.store,
+        &ctx.vault,
+        &component,
+        &file,
+        &options,
+        &mut |p| {
+            bar.set_position(p.bytes);
+            bar.set_message(format!("{} rows", p.lines));
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    let p = &report.progress;
+    println!(
+        "imported into {component}: {} created, {} updated, {} unchanged, {} failed",
+        p.created, p.updated, p.unchanged, p.failed
+    );
+    for e in report.errors.iter().take(MAX_ROW_ERRORS_SHOWN) {
+        eprintln!("  line {}: {}", e.line, e.reason);
+    }
+    if report.errors.len() > MAX_ROW_ERRORS_SHOWN {
+        eprintln!(
+            "  … and {} more",
+            report.errors.len() - MAX_ROW_ERRORS_SHOWN
+        );
+    }
+    if p.failed > 0 {
+        bail!("{} rows were not imported (the others were)", p.failed);
+    }
+    Ok(())
+}
+
+async fn export(
+    args: StoreArgs,
+    file: PathBuf,
+    format: Option<Format>,
+    overwrite: bool,
+) -> anyhow::Result<()> {
+    let ctx = args.open().await?;
+    let component = ctx.component(args.component.as_deref()).await?;
+    let format = format
+        .or_else(|| Format::from_path(&file))
+        .unwrap_or(Format::JsonLines);
+    let bar = ProgressBar::new_spinner();
+    let report = transfer::export(
+        &*ctx.store,
+        &ctx.vault,
+        &component,
+        &file,
+        &ExportOptions { format, overwrite },
+        &mut |rows| bar.set_message(format!("{rows} rows")),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "exported {} authorizers of {component} to {} (mode 0600: it holds refresh tokens in clear)",
+        report.rows,
+        file.display()
+    );
+    Ok(())
+}

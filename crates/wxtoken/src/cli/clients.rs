@@ -1,0 +1,136 @@
+//! `wxtoken clients add|list|revoke`: the internal services allowed to read tokens. A new API key
+//! is printed once, at creation; only its SHA-256 hash is stored.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+
+use super::context::StoreArgs;
+use crate::model::{Appid, AppidGrant, ClientCreate, NewClient, Timestamp};
+use crate::vault::generate_api_key;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client and print its API key (shown only this once).
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A unique name for the service, e.g. `order-service`.
+        name: String,
+        /// An appid this client may read; repeat it, or pass `*` for every appid.
+        #[arg(long = "appid", value_name = "APPID|*", required = true)]
+        appids: Vec<String>,
+        /// Also allow the admin API (authorizers, accounts, clients).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List clients: name, key prefix, granted appids, admin, created, revoked.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a client's key; its requests are refused from then on.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+}
+
+pub async fn run(command: ClientsCommand) -> anyhow::Result<()> {
+    match command {
+        ClientsCommand::Add {
+            store,
+            name,
+            appids,
+            admin,
+        } => add(store, name, appids, admin).await,
+        ClientsCommand::List { store } => list(store).await,
+        ClientsCommand::Revoke { store, name } => revoke(store, name).await,
+    }
+}
+
+/// `*` anywhere grants every appid; otherwise each value must be a valid appid.
+pub fn parse_grant(appids: &[String]) -> anyhow::Result<AppidGrant> {
+    if appids.iter().any(|a| a == "*") {
+        return Ok(AppidGrant::All);
+    }
+    let parsed = appids
+        .iter()
+        .map(|a| Appid::parse(a).with_context(|| format!("--appid {a}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(AppidGrant::Only(parsed))
+}
+
+async fn add(
+    args: StoreArgs,
+    name: String,
+    appids: Vec<String>,
+    admin: bool,
+) -> anyhow::Result<()> {
+    if name.trim().is_empty() || name.len() > 128 {
+        bail!("the client name must be 1 to 128 characters");
+    }
+    let grant = parse_grant(&appids)?;
+    let ctx = args.open().await?;
+    let key = generate_api_key();
+    let created = ctx
+        .store
+        .create_client(&NewClient {
+            name: name.clone(),
+            key_hash: key.hash,
+            key_hint: key.hint.clone(),
+            grant,
+            admin,
+            created_at: Timestamp::now(),
+        })
+        .await?;
+    match created {
+        ClientCreate::Created(client) => {
+            eprintln!(
+                "created client {} ({}); its API key follows, shown only this once:",
+                client.name,
+                if client.admin { "admin" } else { "token reads" }
+            );
+            println!("{}", key.key.expose_secret());
+            Ok(())
+        }
+        ClientCreate::NameTaken => bail!("a client named {name} already exists"),
+    }
+}
+
+async fn list(args: StoreArgs) -> anyhow::Result<()> {
+    let ctx = args.open().await?;
+    let clients = ctx.store.list_clients().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<10} {:<6} {:<28} STATE",
+        "NAME", "KEY", "ADMIN", "APPIDS"
+    )?;
+    for c in &clients {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<6} {:<28} {}",
+            c.name,
+            format!("{}…", c.key_hint),
+            if c.admin { "yes" } else { "no" },
+            c.grant.to_stored(),
+            c.revoked_at.map_or_else(
+                || format!("active since {}", c.created_at),
+                |at| format!("revoked {at}")
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+async fn revoke(args: StoreArgs, name: String) -> anyhow::Result<()> {
+    let ctx = args.open().await?;
+    if !ctx.store.revoke_client(&name, Timestamp::now()).await? {
+        bail!("no active client named {name}");
+    }
+    println!("revoked client {name}");
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `wxtoken keys generate|rotate`: the master key that seals every secret at rest.
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+
+use super::context::StoreArgs;
+use crate::vault::{self, MasterKey};
+
+/// Values re-sealed per transaction during a rotation.
+const ROTATE_BATCH: u32 = 500;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) for WXTOKEN_MASTER_KEY or a key file.
+    Generate,
+    /// Re-seal every secret under the primary master key, online: give every server the new key as
+    /// primary and the old one as WXTOKEN_MASTER_KEY_OLD (or a further key-file line) first, run
+    /// this, then remove the old key. Idempotent and resumable.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Generate => {
+            let key = MasterKey::generate();
+            eprintln!("new master key, id {}:", key.id());
+            println!("{}", key.to_base64().expose_secret());
+            Ok(())
+        }
+        KeysCommand::Rotate { store } => {
+            let ctx = store.open().await?;
+            let report = vault::rotate(&*ctx.store, &ctx.vault, ROTATE_BATCH, &mut |p| {
+                eprint!("\rre-sealed {} values ({:?})   ", p.resealed, p.column);
+            })
+            .await
+            .context("rotating the master key")?;
+            eprintln!();
+            println!(
+                "re-sealed {} values under key {}",
+                report.resealed,
+                ctx.vault.primary_id()
+            );
+            for id in &report.retired {
+                println!(
+                    "key {id} no longer seals anything: it may be removed from the configuration"
+                );
+            }
+            for (id, n) in &report.remaining {
+                println!("  {n} values under key {id}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The store commands as an operator runs them: the real `wxtoken` binary, a temporary SQLite
+//! file, a master key in the environment. Secrets must never reach stdout or stderr except where a
+//! command exists to print one (a new API key, a new master key).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const COMPONENT: &str = "wxcomponent0000001";
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = Env {
+            dir,
+            key: String::new(),
+        };
+        let out = env.run(&["keys", "generate"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        env.key = text(&out.stdout).trim().to_owned();
+        env
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("wx.db").display())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+        cmd.args(args)
+            .env_remove("WXTOKEN_MASTER_KEY_OLD")
+            .env_remove("WXTOKEN_CONFIG")
+            .env("WXTOKEN_STORAGE__URL", self.db())
+            .env("WXTOKEN_MASTER_KEY", &self.key)
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn wxtoken");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wxtoken runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(
+            out.status.success(),
+            "wxtoken {args:?} failed: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(path: &Path, content: &str) {
+    std::fs::write(path, content).expect("write file");
+}
+
+#[test]
+fn import_list_show_export_round_trip_without_printing_secrets() {
+    let env = Env::new();
+    let csv = env.path("authorizers.csv");
+    write(
+        &csv,
+        "appid,refresh_token,kind\n\
+         wxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n\
+         wxauthorizer00002,refreshtoken@@@SECRET-TWO,mini_program\n\
+         not an appid,refreshtoken@@@SECRET-BAD,official_account\n",
+    );
+    let out = env.run(
+        &[
+            "authorizers",
+            "import",
+            "--component",
+            COMPONENT,
+            csv.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "a bad row makes the exit status say so"
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("2 created"), "{stdout}");
+    assert!(
+        stderr.contains("line 4"),
+        "the bad row is named by its line: {stderr}"
+    );
+
+    let again = env.run(
+        &[
+            "authorizers",
+            "import",
+            "--component",
+            COMPONENT,
+            csv.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(
+        text(&again.stdout).contains("0 created"),
+        "re-running is idempotent"
+    );
+    assert!(text(&again.stdout).contains("2 unchanged"));
+
+    let list = env.ok(&["authorizers", "list", "--component", COMPONENT]);
+    assert!(
+        list.contains("wxauthorizer00001") && list.contains("wxauthorizer00002"),
+        "{list}"
+    );
+    assert!(list.contains("2 active"), "{list}");
+    let show = env.ok(&[
+        "authorizers",
+        "show",
+        "--component",
+        COMPONENT,
+        "wxauthorizer00002",
+    ]);
+    assert!(show.contains("mini_program"), "{show}");
+    for output in [&list, &show, &stdout, &stderr] {
+        assert!(
+            !output.contains("SECRET"),
+            "no refresh token is ever printed: {output}"
+        );
+    }
+
+    let export = env.path("backup.jsonl");
+    env.ok(&[
+        "authorizers",
+        "export",
+        "--component",
+        COMPONENT,
+        export.to_str().expect("utf-8"),
+    ]);
+    let exported = std::fs::read_to_string(&export).expect("export file");
+    assert!(exported.contains("refreshtoken@@@SECRET-ONE"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&export)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "an export holds secrets: owner-only");
+    }
+    let refused = env.run(
+        &[
+            "authorizers",
+            "export",
+            "--component",
+            COMPONENT,
+            export.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(
+        !refused.status.success(),
+        "an existing export is not overwritten"
+    );
+}
+
+#[test]
+fn database_file_holds_no_plaintext_secret_after_commands() {
+    let env = Env::new();
+    let csv = env.path("a.csv");
+    write(
+        &csv,
+        "appid,refresh_token\nwxauthorizer00001,refreshtoken@@@PLAINTEXT-CANARY\n",
+    );
+    env.ok(&[
+        "authorizers",
+        "import",
+        "--component",
+        COMPONENT,
+        csv.to_str().expect("utf-8"),
+    ]);
+    let add = env.run(
+        &[
+            "accounts",
+            "add",
+            "--component",
+            COMPONENT,
+            "wxdirect000000001",
+        ],
+        Some("appsecret-PLAINTEXT-CANARY\n"),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    for suffix in ["", "-wal", "-shm"] {
+        let path = env.path(&format!("wx.db{suffix}"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            let hay = String::from_utf8_lossy(&bytes);
+            assert!(
+                !hay.contains("PLAINTEXT-CANARY"),
+                "{} holds a plaintext secret",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn wrong_master_key_is_refused_and_changes_nothing() {
+    let mut env = Env::new();
+    env.ok(&["clients", "add", "svc", "--appid", "*"]);
+    env.key = Env::new().key;
+    let out = env.run(&["clients", "list"], None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("master key"),
+        "the error says what is wrong: {err}"
+    );
+}
+
+#[test]
+fn client_key_is_printed_once_and_only_its_hint_is_listed() {
+    let env = Env::new();
+    let key = env.ok(&[
+        "clients",
+        "add",
+        "order-service",
+        "--appid",
+        "wxauthorizer00001",
+    ]);
+    let key = key.trim();
+    assert!(key.starts_with("wxt_") && key.len() > 40, "{key}");
+    let list = env.ok(&["clients", "list"]);
+    assert!(list.contains("order-service"));
+    assert!(!list.contains(key), "the key itself is never listed");
+    let dup = env.run(&["clients", "add", "order-service", "--appid", "*"], None);
+    assert!(!dup.status.success(), "names are unique");
+    env.ok(&["clients", "revoke", "order-service"]);
+    assert!(env.ok(&["clients", "list"]).contains("revoked"));
+    let bad = env.run(&["clients", "add", "x", "--appid", "not valid!"], None);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--appid"));
+}
+
+#[test]
+fn direct_account_secret_comes_from_stdin_and_accounts_can_be_removed() {
+    let env = Env::new();
+    let empty = env.run(
+        &[
+            "accounts",
+            "add",
+            "--component",
+            COMPONENT,
+            "wxdirect000000001",
+        ],
+        Some(""),
+    );
+    assert!(!empty.status.success(), "an empty appsecret is refused");
+    let add = env.run(
+        &[
+            "accounts",
+            "add",
+            "--component",
+            COMPONENT,
+            "--kind",
+            "mini_program",
+            "wxdirect000000001",
+        ],
+        Some("s3cret\n"),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let list = env.ok(&["accounts", "list", "--component", COMPONENT]);
+    assert!(
+        list.contains("wxdirect000000001")
+            && list.contains("mini_program")
+            && !list.contains("s3cret")
+    );
+    env.ok(&[
+        "accounts",
+        "remove",
+        "--component",
+        COMPONENT,
+        "wxdirect000000001",
+    ]);
+    let gone = env.run(
+        &[
+            "accounts",
+            "remove",
+            "--component",
+            COMPONENT,
+            "wxdirect000000001",
+        ],
+        None,
+    );
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn rotation_moves_every_secret_to_the_new_key() {
+    let mut env = Env::new();
+    let csv = env.path("a.csv");
+    write(
+        &csv,
+        "appid,refresh_token\nwxauthorizer00001,refreshtoken@@@one\n",
+    );
+    env.ok(&[
+        "authorizers",
+        "import",
+        "--component",
+        COMPONENT,
+        csv.to_str().expect("utf-8"),
+    ]);
+    let old = env.key.clone();
+    env.key = Env::new().key;
+    let mut rotate = env.command(&["keys", "rotate"]);
+    rotate.env("WXTOKEN_MASTER_KEY_OLD", &old);
+    let out = rotate.output().expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("no longer seals anything"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The new key alone now opens everything.
+    let export = env.path("after.jsonl");
+    env.ok(&[
+        "authorizers",
+        "export",
+        "--component",
+        COMPONENT,
+        export.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        std::fs::read_to_string(&export)
+            .expect("read")
+            .contains("refreshtoken@@@one")
+    );
+}
