@@ -124,8 +124,9 @@ impl Slot {
     ) -> Result<Arc<CachedToken>, ReadError> {
         let state = self.state.read();
         let revoked = matches!(state.status, Some((AuthorizerStatus::Revoked, _)));
+        // A revoked authorizer's own tokens are retired; only its appsecret fallback is served.
         if let Some(token) = &state.token
-            && !revoked
+            && (!revoked || token.source == TokenSource::StableToken)
             && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
         {
             return Ok(Arc::clone(token));
@@ -313,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn revoked_authorizer_reads_gone() {
+    fn revoked_authorizer_reads_gone_unless_its_appsecret_fallback_has_a_token() {
         let cache = TokenCache::new();
         let slot = cache.slot(&cred("wxc", "wxa"));
         slot.publish(token("t", 1, i64::MAX));
@@ -322,6 +323,14 @@ mod tests {
             slot.read(Timestamp::from_millis(0), Duration::ZERO),
             Err(ReadError::Gone { .. })
         ));
+        let mut fallback = token("stable", 2, i64::MAX);
+        fallback.source = TokenSource::StableToken;
+        slot.publish(fallback);
+        assert!(
+            slot.read(Timestamp::from_millis(0), Duration::ZERO)
+                .unwrap()
+                .is("stable")
+        );
     }
 
     #[test]
