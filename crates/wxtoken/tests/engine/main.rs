@@ -648,3 +648,145 @@ async fn expired_ticket_asks_wechat_to_push_and_the_next_ticket_restores_the_com
     assert!(h.engine.component_token(&h.comp).is_ok());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn reconciliation_recovers_missing_and_different_refresh_tokens_and_revokes_unlisted_authorizers()
+ {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let imported = h.import_authorizers(3).await;
+    let (kept, wrong, gone) = (
+        &imported[0].authorizer_appid,
+        &imported[1].authorizer_appid,
+        &imported[2].authorizer_appid,
+    );
+    // One authorizer the store never heard of (its push was lost).
+    let missing = h
+        .sim
+        .control()
+        .bulk_authorize(
+            &h.component.component_appid,
+            1,
+            wechat_sim::AccountKind::MiniProgram,
+        )
+        .unwrap()
+        .remove(0)
+        .authorizer_appid;
+    // One whose stored refresh token is wrong.
+    let a = Appid::parse(wrong).unwrap();
+    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let bogus = h
+        .vault()
+        .seal(
+            SecretSlot::RefreshToken {
+                component: &h.comp,
+                appid: &a,
+            },
+            b"refreshtoken@@@stale",
+        )
+        .unwrap();
+    h.store
+        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
+            component: h.comp.clone(),
+            appid: a.clone(),
+            expected: Expected::Generation(record.generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: bogus,
+            appsecret: None,
+            access_token: None,
+            source: wxtoken::model::RefreshTokenSource::Import,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+    // One the merchant revoked while its push was lost.
+    h.sim
+        .control()
+        .unauthorize(gone, &h.component.component_appid)
+        .unwrap();
+
+    let report = h.engine.reconcile_once(&h.comp).await.expect("reconciled");
+    assert_eq!(report.listed, 3);
+    assert_eq!(report.recovered, 2, "{report:?}");
+    assert_eq!(report.revoked, 1, "{report:?}");
+    for appid in [kept, wrong, &missing] {
+        assert_eq!(
+            h.stored_refresh_token(appid).await,
+            h.sim_refresh_token(appid)
+        );
+        assert_eq!(h.status(appid).await, AuthorizerStatus::Active);
+        let t = h
+            .engine
+            .refresh_now(&h.credential(appid))
+            .await
+            .expect("refreshes");
+        assert!(h.valid(&t.access_token));
+    }
+    assert_eq!(h.status(gone).await, AuthorizerStatus::Revoked);
+    // A second pass finds nothing to do.
+    let again = h.engine.reconcile_once(&h.comp).await.unwrap();
+    assert_eq!((again.recovered, again.revoked), (0, 0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn direct_account_uses_stable_token_and_forces_only_on_an_invalidation_report() {
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let account = h
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    let appid = Appid::parse(&account.appid).unwrap();
+    let sealed = h
+        .vault()
+        .seal(
+            SecretSlot::DirectAppsecret {
+                component: &h.comp,
+                appid: &appid,
+            },
+            account.appsecret.as_bytes(),
+        )
+        .unwrap();
+    h.store
+        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
+            component: h.comp.clone(),
+            appid: appid.clone(),
+            kind: wxtoken::model::AppKind::OfficialAccount,
+            appsecret: sealed,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    h.restart().await; // cold start picks the account up
+    let cred = Credential::direct(&h.comp, &appid);
+    let first = h.engine.refresh_now(&cred).await.expect("stable token");
+    assert_eq!(first.source, TokenSource::StableToken);
+    assert!(h.valid(&first.access_token));
+    // Normal mode returns the same token: a scheduled refresh would not replace it.
+    let same = h.engine.refresh_now(&cred).await.unwrap();
+    assert!(same.is(first.access_token.expose_secret()));
+    // An invalidation report of the current token forces a new one.
+    let forced = h
+        .engine
+        .invalidate(&cred, first.access_token.expose_secret())
+        .await
+        .unwrap();
+    assert!(!forced.is(first.access_token.expose_secret()));
+    assert!(h.valid(&forced.access_token));
+    let served = h.engine.token(None, &account.appid).unwrap();
+    assert!(served.is(forced.access_token.expose_secret()));
+    h.stop().await;
+}
