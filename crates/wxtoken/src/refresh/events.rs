@@ -89,12 +89,14 @@ impl Engine {
     }
 
     /// Applies every stored, unprocessed event, oldest first; returns how many were applied. An
-    /// event whose handler fails stays unprocessed for the next pass (next push or restart).
+    /// event whose handler fails stays unprocessed for the next pass (the loop retries every
+    /// `backoff_max`, and every push and restart runs a pass).
     pub async fn process_events(&self) -> Result<usize, EngineError> {
         let inner = self.inner();
         let _serial = inner.events_lock.lock().await;
         let events = inner.store.unprocessed_events(None, EVENT_BATCH).await?;
         let mut applied = 0;
+        let mut failed = false;
         for stored in events {
             match inner.apply_stored(&stored).await {
                 Ok(()) => {
@@ -108,13 +110,19 @@ impl Engine {
                         .await?;
                     applied += 1;
                 }
-                Err(e) => tracing::warn!(
-                    info_type = %stored.info_type,
-                    error = %e,
-                    "event not applied; kept for retry"
-                ),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(
+                        info_type = %stored.info_type,
+                        error = %e,
+                        "event not applied; kept for retry"
+                    );
+                }
             }
         }
+        inner
+            .events_pending
+            .store(failed, std::sync::atomic::Ordering::Relaxed);
         Ok(applied)
     }
 

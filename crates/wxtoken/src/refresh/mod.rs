@@ -232,6 +232,8 @@ pub(crate) struct Inner {
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
     pub(crate) events_lock: tokio::sync::Mutex<()>,
+    /// Some stored event failed to apply; the loop retries every `backoff_max`.
+    pub(crate) events_pending: std::sync::atomic::AtomicBool,
     /// Refresh results waiting for the group-commit writer.
     pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
@@ -283,6 +285,7 @@ impl Engine {
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),
+            events_pending: std::sync::atomic::AtomicBool::new(false),
             writes: Arc::default(),
             refreshed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -314,6 +317,10 @@ impl Engine {
         let silence_every =
             (cfg.ticket_silence_alert / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut silence = tokio::time::interval_at(Instant::now() + silence_every, silence_every);
+        let events_every = cfg
+            .backoff_max
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut events = tokio::time::interval_at(Instant::now() + events_every, events_every);
         loop {
             self.start_due();
             let next = self.inner.schedule.lock().next_deadline();
@@ -334,6 +341,16 @@ impl Engine {
                     }
                 }
                 _ = silence.tick() => self.inner.check_ticket_silence().await,
+                _ = events.tick() => {
+                    if self.inner.events_pending.load(Ordering::Relaxed) {
+                        let engine = self.clone();
+                        self.inner.tracker.spawn(async move {
+                            if let Err(e) = engine.process_events().await {
+                                tracing::warn!(error = %e, "event retry failed");
+                            }
+                        });
+                    }
+                }
             }
         }
     }

@@ -790,3 +790,54 @@ async fn direct_account_uses_stable_token_and_forces_only_on_an_invalidation_rep
     assert!(served.is(forced.access_token.expose_secret()));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on_the_next_pass() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let appid = sim
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap()
+        .appid;
+    sim.set_faults(FaultSet {
+        seed: None,
+        rules: vec![FaultRule {
+            endpoint: "api_query_auth".into(),
+            probability: 1.0,
+            times: Some(1),
+            fault: Fault::HttpStatus { status: 502 },
+        }],
+    })
+    .unwrap();
+    let outcome = sim.authorize(&appid, &h.component.component_appid).unwrap();
+    h.engine
+        .ingest_push(&h.comp, &h.authorization_event(&outcome), "auth:flaky")
+        .await
+        .unwrap();
+    // Whichever pass meets the fault leaves the event stored; the next one applies it.
+    h.engine.process_events().await.unwrap();
+    h.engine.process_events().await.unwrap();
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 2);
+    let t = h.engine.token(None, &appid).expect("authorized");
+    assert!(h.valid(&t.access_token));
+    assert_eq!(
+        h.stored_refresh_token(&appid).await,
+        h.sim_refresh_token(&appid)
+    );
+    h.stop().await;
+}
