@@ -393,14 +393,19 @@ impl WebhookReceiver {
 
     /// Waits until an alert of `kind` for `appid` arrived, and returns it.
     pub async fn wait_for(&self, kind: &str, appid: &str) -> serde_json::Value {
+        self.wait_until(|v| v["kind"] == kind && v["appid"] == appid)
+            .await
+    }
+
+    /// Waits until an alert of `kind` (for any appid, or none) arrived, and returns it.
+    pub async fn wait_for_kind(&self, kind: &str) -> serde_json::Value {
+        self.wait_until(|v| v["kind"] == kind).await
+    }
+
+    async fn wait_until(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         loop {
             let notified = self.arrived.notified();
-            if let Some(v) = self
-                .received
-                .lock()
-                .iter()
-                .find(|v| v["kind"] == kind && v["appid"] == appid)
-            {
+            if let Some(v) = self.received.lock().iter().find(|v| matches(v)) {
                 return v.clone();
             }
             tokio::time::timeout(Duration::from_secs(10), notified)

@@ -841,3 +841,29 @@ async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn ticket_silence_alerts_once_and_asks_wechat_to_push() {
+    let webhook = WebhookReceiver::start().await;
+    let h = Harness::start_with(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        wxtoken::config::RefreshConfig {
+            ticket_silence_alert: Duration::from_secs(1),
+            ..refresh_config(Duration::from_secs(5))
+        },
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    h.sim.control().reset_stats();
+    h.spawn();
+    // The ticket fed at start goes stale after one second; the check runs every second.
+    let alert = webhook.wait_for_kind("ticket_silence").await;
+    assert_eq!(
+        alert["component_appid"],
+        h.component.component_appid.as_str()
+    );
+    assert!(alert["appid"].is_null());
+    h.stop().await;
+    assert_eq!(h.sim.control().stats().calls(Api::StartPushTicket), 1);
+}
