@@ -294,16 +294,20 @@ impl Engine {
         Ok(Self { inner })
     }
 
-    /// Starts the scheduler loop on the tracker: first replays unprocessed events, then runs until
-    /// `cancel`.
+    /// Starts the scheduler loop on the tracker, running until `cancel`, and beside it replays
+    /// unprocessed events (a slow WeChat during the replay never delays scheduling).
     pub fn spawn(&self, cancel: CancellationToken) {
         let engine = self.clone();
         self.inner.tracker.spawn(async move {
             if let Err(e) = engine.process_events().await {
-                tracing::warn!(error = %e, "event replay failed; will retry on the next push");
+                tracing::warn!(error = %e, "event replay failed; the loop retries it");
+                engine.inner.events_pending.store(true, Ordering::Relaxed);
             }
-            engine.run(cancel).await;
         });
+        let engine = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { engine.run(cancel).await });
     }
 
     /// The scheduler loop: starts due refreshes, sleeps until the next deadline or a wake-up,
