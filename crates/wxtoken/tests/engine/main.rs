@@ -867,3 +867,48 @@ async fn ticket_silence_alerts_once_and_asks_wechat_to_push() {
     h.stop().await;
     assert_eq!(h.sim.control().stats().calls(Api::StartPushTicket), 1);
 }
+
+#[tokio::test]
+async fn one_step_refreshes_every_due_credential_once_and_plans_the_next_from_expires_in() {
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(3).await;
+    h.restart().await;
+    h.sim.control().reset_stats();
+    let mut creds: Vec<Credential> = bulk
+        .iter()
+        .map(|b| h.credential(&b.authorizer_appid))
+        .collect();
+    creds.push(Credential::component(&h.comp));
+    // Cold start scheduled every token-less credential within its spread: wait for the deadlines.
+    let last = creds
+        .iter()
+        .map(|c| h.engine.next_refresh(c).expect("scheduled at cold start"))
+        .max()
+        .unwrap();
+    tokio::time::sleep_until(last).await;
+    let step = h.engine.run_once().await;
+    assert_eq!(step.refreshed, 4);
+    assert_eq!(step.failed, 0);
+    let stats = h.sim.control().stats();
+    assert_eq!(
+        stats.calls(Api::ComponentToken),
+        1,
+        "the authorizers shared its flight"
+    );
+    assert_eq!(stats.calls(Api::AuthorizerToken), 3);
+    // Next due: half to 0.6 of the 600 s lifetime from now.
+    let now = tokio::time::Instant::now();
+    for c in &creds {
+        let due = h.engine.next_refresh(c).unwrap() - now;
+        assert!(
+            due >= Duration::from_secs(295) && due <= Duration::from_secs(360),
+            "{due:?}"
+        );
+    }
+    assert_eq!(h.engine.run_once().await, Default::default(), "nothing due");
+    h.stop().await;
+}
