@@ -549,6 +549,8 @@ async fn authorization_events_applied_across_restarts_keep_every_refresh_token_e
             .is_empty()
     );
 
+    // Let the processing spawned by the pushes above finish, so it cannot apply what follows.
+    h.restart().await;
     // updateauthorized with a new refresh token: stored, then the process dies before applying it.
     let outcome = sim.authorize(&accounts[0], &comp).unwrap();
     assert_eq!(outcome.info_type, "updateauthorized");
