@@ -69,6 +69,7 @@ conformance!(
     rotation_while_another_task_keeps_writing_loses_nothing,
     wrong_master_key_is_refused_at_open,
     old_key_removed_before_rotation_finished_is_refused,
+    retired_key_is_refused_as_primary_and_is_retired_only_when_unused,
     newer_schema_is_refused_naming_both_versions,
     writes_for_an_unregistered_component_are_refused,
 );
@@ -1596,6 +1597,56 @@ async fn old_key_removed_before_rotation_finished_is_refused(h: &Harness) {
         VaultError::MissingKey { key_id } => assert_eq!(&key_id, old.id()),
         other => panic!("{other}"),
     }
+}
+
+async fn retired_key_is_refused_as_primary_and_is_retired_only_when_unused(h: &Harness) {
+    let s = &h.store;
+    let old = MasterKey::generate();
+    let new = MasterKey::generate();
+    let v_old = Vault::new(&old, &[]);
+    v_old.verify(s.as_ref()).await.unwrap();
+    fill_every_column(s.as_ref(), &v_old, 2).await;
+    // Values are still sealed under the old key: the store refuses to retire it.
+    assert!(!s.retire_key(old.id(), at(0)).await.unwrap());
+    assert!(
+        s.key_checks()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.retired_at.is_none())
+    );
+
+    let v_both = Vault::new(&new, std::slice::from_ref(&old));
+    let report = vault::rotate(s.as_ref(), &v_both, 100, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.retired, vec![old.id().clone()]);
+
+    // A server restarted with the retired key as primary (with or without the new one) is refused
+    // before it can seal anything under it.
+    for v in [
+        Vault::new(&old, std::slice::from_ref(&new)),
+        Vault::new(&old, &[]),
+    ] {
+        match v.verify(s.as_ref()).await.unwrap_err() {
+            VaultError::RetiredPrimary { key_id } => assert_eq!(&key_id, old.id()),
+            other => panic!("{other}"),
+        }
+    }
+    let msg = Vault::new(&old, &[])
+        .verify(s.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("keys rotate"), "{msg}");
+    // The way out the message names: rotate onto a fresh key.
+    let fresh = MasterKey::generate();
+    let v_fresh = Vault::new(&fresh, &[new.clone(), old.clone()]);
+    let report = vault::rotate(s.as_ref(), &v_fresh, 100, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.retired, vec![new.id().clone()]);
+    Vault::new(&fresh, &[]).verify(s.as_ref()).await.unwrap();
 }
 
 async fn newer_schema_is_refused_naming_both_versions(h: &Harness) {

@@ -449,7 +449,8 @@ pub trait Store: Send + Sync {
     async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
     /// Stores a key-check value unless one exists for that key id. True if inserted.
     async fn add_key_check(&self, check: &KeyCheck) -> Result<bool, StoreError>;
-    /// Marks a key retired (no value sealed under it any more). True if it changed.
+    /// Marks a key retired, atomically and only if no sealed value (any column) uses it any more.
+    /// True if it changed; false if it is still in use, already retired, or unknown.
     async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError>;
     /// Up to `limit` values of one column not sealed under `not_under`.
     async fn sealed_cells(

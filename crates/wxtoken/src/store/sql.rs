@@ -1643,9 +1643,18 @@ macro_rules! impl_store {
                 }
 
                 async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
+                    // One statement, so nothing can be sealed under the key between the check
+                    // and the update.
                     let n = sqlx::query(
                         "UPDATE key_checks SET retired_at = $2 WHERE key_id = $1 \
-                         AND retired_at IS NULL",
+                         AND retired_at IS NULL \
+                         AND NOT EXISTS (SELECT 1 FROM components WHERE ticket_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM access_tokens WHERE token_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM authorizers \
+                           WHERE rt_kid = $1 OR secret_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM direct_accounts WHERE secret_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM refresh_token_history WHERE rt_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM events WHERE payload_kid = $1)",
                     )
                     .bind(key_id.as_str())
                     .bind(at.as_millis())
