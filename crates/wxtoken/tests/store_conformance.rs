@@ -72,6 +72,7 @@ conformance!(
     retired_key_is_refused_as_primary_and_is_retired_only_when_unused,
     newer_schema_is_refused_naming_both_versions,
     writes_for_an_unregistered_component_are_refused,
+    opposite_order_batches_written_concurrently_never_deadlock,
 );
 
 fn new_vault() -> Vault {
@@ -1736,4 +1737,79 @@ async fn unreachable_database_is_reported_unavailable() {
         Err(e) => e,
     };
     assert!(err.is_unavailable(), "{err:?}");
+}
+
+async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness) {
+    let s = h.store.clone();
+    let s2 = h.reopen().await;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let n = 16;
+    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:04}"))).collect();
+    let creates: Vec<_> = appids
+        .iter()
+        .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
+        .collect();
+    for o in s.save_authorizations(&creates).await.unwrap() {
+        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
+    }
+    let mut generation = 1u64;
+    for round in 0..30i64 {
+        let batch = |tag: &str| -> Vec<RefreshResult> {
+            appids
+                .iter()
+                .map(|a| {
+                    refresh(
+                        &v,
+                        &c,
+                        a,
+                        generation,
+                        &format!("at-{tag}-{round}"),
+                        &format!("rt-{tag}-{round}"),
+                        round,
+                    )
+                })
+                .collect()
+        };
+        let forward = batch("f");
+        let mut backward = batch("b");
+        backward.reverse();
+        let t1 = {
+            let s = s.clone();
+            tokio::spawn(async move { s.save_refresh_results(&forward).await })
+        };
+        let t2 = {
+            let s = s2.clone();
+            tokio::spawn(async move { s.save_refresh_results(&backward).await })
+        };
+        let o1 = t1.await.unwrap().expect("forward batch");
+        let o2 = t2.await.unwrap().expect("backward batch");
+        assert_eq!((o1.len(), o2.len()), (n, n));
+        let next = generation + 1;
+        for (i, a) in appids.iter().enumerate() {
+            // Outcomes come back in each caller's order: position i of the forward batch and
+            // position n-1-i of the backward one are both this appid.
+            let winner = match (o1[i], o2[n - 1 - i]) {
+                (
+                    SaveOutcome::Saved { generation: g },
+                    SaveOutcome::Stale { current_generation },
+                ) if g == next && current_generation == next => "f",
+                (
+                    SaveOutcome::Stale { current_generation },
+                    SaveOutcome::Saved { generation: g },
+                ) if g == next && current_generation == next => "b",
+                other => panic!("round {round}, {a}: {other:?}"),
+            };
+            let rec = s.get_authorizer(&c, a).await.unwrap().unwrap();
+            assert_eq!(rec.generation, next);
+            let cred = Credential::authorizer(&c, a);
+            assert_eq!(
+                open_token(&v, &cred, &rec.token.unwrap().sealed),
+                format!("at-{winner}-{round}")
+            );
+        }
+        generation = next;
+    }
+    s2.close().await;
 }

@@ -327,6 +327,12 @@ pub trait Store: Send + Sync {
     /// Writes refresh results, each fenced by its expected generation: access token, refresh token
     /// (authorizers), history row and generation bump in one transaction for the whole slice, one
     /// outcome per result in order. A stale result changes nothing but its refresh token's history.
+    ///
+    /// Rows are written (and locked) in (component, kind, appid) order whatever the slice's order,
+    /// so concurrent batches never deadlock; the outcomes are still in the slice's order.
+    /// `Err(Conflict | Unavailable)`: the transaction rolled back and nothing was written; retry
+    /// with the same sealed values (never re-seal or recompute a token that WeChat issued). If the
+    /// connection broke during the commit itself, the retry reports `Stale` for writes that landed.
     async fn save_refresh_results(
         &self,
         results: &[RefreshResult],
@@ -335,6 +341,10 @@ pub trait Store: Send + Sync {
     // --- authorizers -------------------------------------------------------------------------
     /// Creates authorizers or replaces their refresh tokens (api_query_auth results, import rows,
     /// reconciliation), each fenced, with history rows; one transaction for the slice.
+    ///
+    /// Written in (component, appid) order, outcomes in the slice's order, and
+    /// `Err(Conflict | Unavailable)` handled as for [`Store::save_refresh_results`]: nothing was
+    /// written; retry with the same sealed values.
     async fn save_authorizations(
         &self,
         writes: &[AuthorizationWrite],
@@ -439,7 +449,8 @@ pub trait Store: Send + Sync {
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// Revokes a client by name. False if unknown or already revoked.
     async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
-    /// Adds batched token-read counts (one transaction).
+    /// Adds batched token-read counts (one transaction, written in (client, component, appid)
+    /// order). `Err(Conflict | Unavailable)`: nothing was added; retry with the same counts.
     async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
     /// Read counters, all clients or one.
     async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
@@ -459,7 +470,8 @@ pub trait Store: Send + Sync {
         not_under: &KeyId,
         limit: u32,
     ) -> Result<Vec<SealedCell>, StoreError>;
-    /// Conditional replacements (see [`Reseal`]), one transaction. Returns how many landed.
+    /// Conditional replacements (see [`Reseal`]), one transaction, written in table and row-key
+    /// order. Returns how many landed. `Err(Conflict | Unavailable)`: nothing was written; retry.
     async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
     /// How many sealed values each key id holds, over every column.
     async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
