@@ -72,6 +72,7 @@ conformance!(
     retired_key_is_refused_as_primary_and_is_retired_only_when_unused,
     newer_schema_is_refused_naming_both_versions,
     writes_for_an_unregistered_component_are_refused,
+    readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land,
     opposite_order_batches_written_concurrently_never_deadlock,
 );
 
@@ -1812,4 +1813,83 @@ async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness)
         generation = next;
     }
     s2.close().await;
+}
+
+async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxdirect01");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let account = DirectAccountWrite {
+        component: c.clone(),
+        appid: a.clone(),
+        kind: AppKind::OfficialAccount,
+        appsecret: v
+            .seal(
+                SecretSlot::DirectAppsecret {
+                    component: &c,
+                    appid: &a,
+                },
+                b"secret",
+            )
+            .unwrap(),
+        at: at(0),
+    };
+    let cred = Credential::direct(&c, &a);
+    let result = |g: u64, tok: &str| {
+        let mut t = common::access_token(&v, &cred, tok, 0);
+        t.source = TokenSource::StableToken;
+        RefreshResult {
+            credential: cred.clone(),
+            expected_generation: g,
+            access_token: t,
+            refresh_token: None,
+            at: at(0),
+        }
+    };
+    assert_eq!(
+        s.upsert_direct_account(&account).await.unwrap(),
+        UpsertOutcome::Created
+    );
+    assert_eq!(
+        saved(s.save_refresh_result(&result(0, "at-1")).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        saved(s.save_refresh_result(&result(1, "at-2")).await.unwrap()),
+        2
+    );
+    // A refresh computed from generation 2 is still in flight when the account is removed and
+    // added again.
+    for _ in 0..2 {
+        assert!(s.remove_direct_account(&c, &a).await.unwrap());
+        assert_eq!(
+            s.upsert_direct_account(&account).await.unwrap(),
+            UpsertOutcome::Created
+        );
+    }
+    let rec = s.get_direct_account(&c, &a).await.unwrap().unwrap();
+    assert!(
+        rec.generation > 2,
+        "generation restarted: {}",
+        rec.generation
+    );
+    for stale in [0, 1, 2] {
+        assert_eq!(
+            s.save_refresh_result(&result(stale, "late")).await.unwrap(),
+            SaveOutcome::Stale {
+                current_generation: rec.generation
+            }
+        );
+    }
+    assert!(s.get_token(&cred).await.unwrap().unwrap().token.is_none());
+    assert_eq!(
+        saved(
+            s.save_refresh_result(&result(rec.generation, "fresh"))
+                .await
+                .unwrap()
+        ),
+        rec.generation + 1
+    );
 }

@@ -413,7 +413,9 @@ pub trait Store: Send + Sync {
         &self,
         component: Option<&ComponentAppid>,
     ) -> Result<Vec<DirectAccountRecord>, StoreError>;
-    /// Removes a direct account and its token. False if there was none.
+    /// Removes a direct account and its token. False if there was none. Its generation is kept:
+    /// adding it again continues from there, so a write fenced on a pre-removal generation is
+    /// `Stale`, never applied to the new account.
     async fn remove_direct_account(
         &self,
         component: &ComponentAppid,

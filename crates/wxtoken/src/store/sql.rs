@@ -1412,9 +1412,13 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected();
                     let outcome = if n == 1 {
+                        // An account removed before continues after its old generation.
                         sqlx::query(
                             "INSERT INTO access_tokens (component_appid, kind, appid, \
-                             generation, updated_at) VALUES ($1, 'direct', $2, 0, $3) \
+                             generation, updated_at) VALUES ($1, 'direct', $2, \
+                             COALESCE((SELECT generation + 1 FROM credential_tombstones \
+                             WHERE component_appid = $1 AND kind = 'direct' AND appid = $2), \
+                             CAST(0 AS BIGINT)), $3) \
                              ON CONFLICT (component_appid, kind, appid) DO NOTHING",
                         )
                         .bind(account.component.as_str())
@@ -1480,6 +1484,20 @@ macro_rules! impl_store {
                     appid: &Appid,
                 ) -> Result<bool, StoreError> {
                     let mut tx = self.begin_write().await?;
+                    // Keep the generation (see credential_tombstones), so generations never
+                    // repeat across a removal and re-adding.
+                    sqlx::query(
+                        "INSERT INTO credential_tombstones (component_appid, kind, appid, \
+                         generation) SELECT component_appid, kind, appid, generation \
+                         FROM access_tokens WHERE component_appid = $1 AND kind = 'direct' \
+                         AND appid = $2 \
+                         ON CONFLICT (component_appid, kind, appid) \
+                         DO UPDATE SET generation = excluded.generation",
+                    )
+                    .bind(component.as_str())
+                    .bind(appid.as_str())
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query(
                         "DELETE FROM access_tokens WHERE component_appid = $1 \
                          AND kind = 'direct' AND appid = $2",
