@@ -24,8 +24,9 @@
 //!   leaves whole rows only, and re-running completes the rest.
 //! - A bad row is reported by line number and skipped; the reasons never contain a secret.
 //! - Export writes plaintext secrets, so it writes a new file with mode 0600 (never a partial
-//!   file: a temporary sibling is renamed into place) and refuses to replace an existing file
-//!   unless asked.
+//!   file: a temporary sibling, created 0600 with O_EXCL, is renamed or linked into place and the
+//!   directory synced) and refuses to replace an existing file unless asked. A temporary file
+//!   left by a killed export is removed by the next export to the same file.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -780,6 +781,58 @@ impl Drop for TempGuard {
     }
 }
 
+/// How long a temporary export file must have gone unwritten before another export to the same
+/// file removes it as left behind by a killed export (a running export writes continuously).
+const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes `.<name>.<16 hex digits>.partial` files in `dir` (plaintext secrets left by a killed
+/// export) not modified for [`STALE_PARTIAL_AGE`]. Only regular files: a symlink is never
+/// followed. Best effort: a file that cannot be inspected or removed is left alone.
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(random) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".partial"))
+        else {
+            continue;
+        };
+        if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow symlinks.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_PARTIAL_AGE);
+        if meta.file_type().is_file() && stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Makes a rename or link in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -812,6 +865,7 @@ pub async fn export(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
+    remove_stale_partials(&dir, &name);
     let tmp = dir.join(format!(".{name}.{:016x}.partial", rand::random::<u64>()));
     let file = create_private(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let mut guard = TempGuard(Some(tmp.clone()));
@@ -897,13 +951,9 @@ pub async fn export(
     file.sync_all().map_err(werr())?;
     drop(file);
     if options.overwrite {
+        // The temporary file was created 0600 with O_EXCL, and rename keeps its mode: no chmod by
+        // path afterwards (it could follow a symlink swapped in meanwhile).
         std::fs::rename(&tmp, path).map_err(io_err(format!("renaming to {}", path.display())))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err(format!("setting mode 0600 on {}", path.display())))?;
-        }
     } else {
         // A hard link fails if the target exists: no check-then-create race.
         std::fs::hard_link(&tmp, path).map_err(|e| {
@@ -919,6 +969,7 @@ pub async fn export(
         let _ = std::fs::remove_file(&tmp);
     }
     guard.0 = None;
+    sync_dir(&dir).map_err(io_err(format!("syncing directory {}", dir.display())))?;
     Ok(ExportReport { rows })
 }
 

@@ -44,6 +44,7 @@ on_both_backends!(
     import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecret_and_status,
     export_then_import_into_a_fresh_store_round_trips,
     export_file_is_private_and_not_overwritten_unless_asked,
+    export_removes_temporary_files_left_by_a_killed_export,
 );
 
 async fn vault_for(h: &Harness) -> Vault {
@@ -450,4 +451,71 @@ async fn export_file_is_private_and_not_overwritten_unless_asked(h: &Harness) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+async fn export_removes_temporary_files_left_by_a_killed_export(h: &Harness) {
+    let v = vault_for(h).await;
+    let c = component("wxcomp0001");
+    run_import(h, &v, "wxa001,rt-one\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join(".out.csv.0123456789abcdef.partial");
+    let fresh = dir.path().join(".out.csv.fedcba9876543210.partial");
+    let unrelated = dir.path().join(".out.csv.notes.partial");
+    for p in [&stale, &fresh, &unrelated] {
+        std::fs::write(p, "wxa000,refreshtoken@@@left-behind\n").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for p in [&stale, &unrelated] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let out = dir.path().join("out.csv");
+    for overwrite in [false, true] {
+        let r = transfer::export(
+            h.store.as_ref(),
+            &v,
+            &c,
+            &out,
+            &ExportOptions {
+                format: Format::Csv,
+                overwrite,
+            },
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.rows, 1);
+    }
+    assert!(!stale.exists(), "the killed export's file is removed");
+    assert!(
+        fresh.exists(),
+        "a file another export may still be writing is kept"
+    );
+    assert!(
+        unrelated.exists(),
+        "only the export's own temporary names are touched"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ".out.csv.fedcba9876543210.partial".to_owned(),
+            ".out.csv.notes.partial".to_owned(),
+            "out.csv".to_owned()
+        ]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }
