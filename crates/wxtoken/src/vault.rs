@@ -332,16 +332,11 @@ impl Vault {
         slot: SecretSlot<'_>,
         sealed: &Sealed,
     ) -> Result<SecretString, VaultError> {
-        let mut bytes = self.open(slot, sealed)?;
-        let vec = std::mem::take(&mut *bytes);
-        match String::from_utf8(vec) {
-            Ok(s) => Ok(SecretString::from(s)),
-            Err(e) => {
-                // Zeroize the rejected bytes too.
-                drop(Zeroizing::new(e.into_bytes()));
-                Err(VaultError::NotUtf8)
-            }
-        }
+        // The decrypted buffer stays in its `Zeroizing` (wiped on drop, whatever happens); the
+        // secret gets an exact-size copy, so no plaintext buffer is freed unwiped.
+        let bytes = self.open(slot, sealed)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| VaultError::NotUtf8)?;
+        Ok(SecretString::from(text))
     }
 
     /// Opens `sealed` and seals it again under the primary key, with the same slot.
@@ -692,6 +687,26 @@ mod tests {
         assert!(matches!(
             vault.open(token_slot, &sealed),
             Err(VaultError::Open)
+        ));
+    }
+
+    #[test]
+    fn open_string_returns_the_text_and_refuses_invalid_utf8() {
+        let (c, a, _) = ids();
+        let vault = Vault::new(&MasterKey::generate(), &[]);
+        let slot = SecretSlot::RefreshToken {
+            component: &c,
+            appid: &a,
+        };
+        let sealed = vault.seal(slot, "refreshtoken@@@令牌".as_bytes()).unwrap();
+        assert_eq!(
+            vault.open_string(slot, &sealed).unwrap().expose_secret(),
+            "refreshtoken@@@令牌"
+        );
+        let bad = vault.seal(slot, &[0x72, 0x74, 0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            vault.open_string(slot, &bad),
+            Err(VaultError::NotUtf8)
         ));
     }
 
