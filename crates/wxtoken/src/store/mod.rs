@@ -535,8 +535,26 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Stor
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::open(url, options).await?))
     } else {
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("").to_owned();
-        Err(StoreError::UnsupportedUrl { scheme })
+        Err(StoreError::UnsupportedUrl {
+            scheme: shown_scheme(url),
+        })
+    }
+}
+
+/// The scheme of `url` to show in an error: only a short `letters://` scheme, else
+/// `(unrecognised)`, so a URL without one (`user:password@host`) never shows its user name.
+fn shown_scheme(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if (1..=16).contains(&scheme.len())
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            scheme.to_owned()
+        }
+        _ => "(unrecognised)".to_owned(),
     }
 }
 
@@ -549,5 +567,34 @@ fn check_schema_version(
     match applied {
         Some(database) if database > binary => Err(StoreError::SchemaTooNew { database, binary }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unsupported_url_names_only_a_plain_scheme_never_a_user_name() {
+        for (url, shown) in [
+            ("mysql://admin:hunter2@db/wxtoken", "mysql"),
+            ("admin:hunter2@db/wxtoken", "(unrecognised)"),
+            ("admin@db:5432", "(unrecognised)"),
+            ("admin:pw@db://x", "(unrecognised)"),
+            ("://db", "(unrecognised)"),
+            ("averyveryverylongschemename://db", "(unrecognised)"),
+            ("", "(unrecognised)"),
+        ] {
+            let err = match open(url).await {
+                Ok(_) => panic!("{url} accepted"),
+                Err(e) => e,
+            };
+            match &err {
+                StoreError::UnsupportedUrl { scheme } => assert_eq!(scheme, shown, "{url}"),
+                other => panic!("{url}: {other}"),
+            }
+            let msg = err.to_string();
+            assert!(!msg.contains("admin") && !msg.contains("hunter2"), "{msg}");
+        }
     }
 }
