@@ -13,17 +13,22 @@
 //! The component appid is given by the caller, not the file.
 //!
 //! Invariants:
-//! - Import is idempotent: an authorizer whose stored refresh token equals the file's is left
-//!   alone; a different one is replaced through the fenced write (generation checked, history row
-//!   appended); a new one is created. Re-running an import adds nothing twice.
+//! - Import is idempotent: an authorizer whose stored refresh token equals the file's keeps it
+//!   (a changed appsecret or status in the row is still applied; a changed kind is reported); a
+//!   token found in the authorizer's refresh-token history is older than the stored one and is
+//!   skipped (reported, counted as unchanged), so re-importing an old export never moves a token
+//!   backwards; any other different token replaces the stored one through the fenced write
+//!   (generation checked, history row appended); a new authorizer is created. Re-running an
+//!   import adds nothing twice.
 //! - Import is crash-safe: rows are written in batches, each batch one transaction, so a kill
 //!   leaves whole rows only, and re-running completes the rest.
 //! - A bad row is reported by line number and skipped; the reasons never contain a secret.
 //! - Export writes plaintext secrets, so it writes a new file with mode 0600 (never a partial
-//!   file: a temporary sibling is renamed into place) and refuses to replace an existing file
-//!   unless asked.
+//!   file: a temporary sibling, created 0600 with O_EXCL, is renamed or linked into place and the
+//!   directory synced) and refuses to replace an existing file unless asked. A temporary file
+//!   left by a killed export is removed by the next export to the same file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +38,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::model::{
     AppKind, Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Expected,
-    RefreshTokenSource, SaveOutcome, SecretSlot, Timestamp,
+    RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, Timestamp,
 };
 use crate::store::{Store, StoreError};
 use crate::vault::{Vault, VaultError};
@@ -328,6 +333,128 @@ struct Pending {
     created: bool,
 }
 
+/// What is stored for an authorizer (as the import last wrote it): digests, never secrets.
+struct Existing {
+    generation: u64,
+    refresh_token: [u8; 32],
+    appsecret: Option<[u8; 32]>,
+    status: AuthorizerStatus,
+    kind: Option<AppKind>,
+}
+
+/// The reason given for a row whose refresh token the authorizer already had before.
+const OLDER_TOKEN: &str = "refresh token is older than the stored refresh token (it is in the \
+     authorizer's refresh-token history); row skipped";
+
+/// Whether `token_digest` is one of the authorizer's earlier refresh tokens.
+async fn in_history(
+    store: &dyn Store,
+    vault: &Vault,
+    component: &ComponentAppid,
+    appid: &Appid,
+    token_digest: &[u8; 32],
+) -> Result<bool, TransferError> {
+    for entry in store.refresh_token_history(component, appid).await? {
+        let rt = vault.open_string(
+            SecretSlot::RefreshToken { component, appid },
+            &entry.refresh_token,
+        )?;
+        if digest(rt.expose_secret()) == *token_digest {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A row whose refresh token is the stored one: applies a changed appsecret and status (the
+/// store changes an authorizer's kind only with a new refresh token, so a differing kind is
+/// reported instead).
+#[allow(clippy::too_many_arguments)] // the import's state, passed down
+async fn apply_unchanged_token(
+    store: &dyn Store,
+    vault: &Vault,
+    component: &ComponentAppid,
+    line: u64,
+    row: &Row,
+    stored: &mut Existing,
+    now: Timestamp,
+    report: &mut ImportReport,
+) -> Result<(), TransferError> {
+    let appid = &row.appid;
+    let mut changed = false;
+    if let Some(status) = row.status.filter(|s| *s != stored.status) {
+        let outcome = store
+            .set_authorizer_status(&StatusChange {
+                component: component.clone(),
+                appid: appid.clone(),
+                status,
+                reason: (status != AuthorizerStatus::Active).then(|| "set by import".to_owned()),
+                expected_generation: Some(stored.generation),
+                at: now,
+            })
+            .await?;
+        match outcome {
+            SaveOutcome::Saved { generation } => {
+                stored.generation = generation;
+                stored.status = status;
+                changed = true;
+            }
+            SaveOutcome::Stale { .. } | SaveOutcome::Missing => {
+                report.progress.failed += 1;
+                report.errors.push(RowError {
+                    line,
+                    reason: format!(
+                        "authorizer {appid} changed while importing; run the import again"
+                    ),
+                });
+                return Ok(());
+            }
+        }
+    }
+    if let Some(secret) = &row.appsecret {
+        let d = digest(secret);
+        if stored.appsecret != Some(d) {
+            let sealed = vault.seal(
+                SecretSlot::AuthorizerAppsecret { component, appid },
+                secret.as_bytes(),
+            )?;
+            if store
+                .set_authorizer_appsecret(component, appid, Some(&sealed), now)
+                .await?
+            {
+                stored.appsecret = Some(d);
+                changed = true;
+            } else {
+                report.progress.failed += 1;
+                report.errors.push(RowError {
+                    line,
+                    reason: format!(
+                        "authorizer {appid} changed while importing; run the import again"
+                    ),
+                });
+                return Ok(());
+            }
+        }
+    }
+    if let Some(kind) = row.kind.filter(|k| stored.kind != Some(*k)) {
+        report.errors.push(RowError {
+            line,
+            reason: format!(
+                "kind {} not applied: authorizer {appid} is stored as {}, and its kind changes \
+                 only with a new refresh token",
+                kind.as_str(),
+                stored.kind.map(AppKind::as_str).unwrap_or("(none)")
+            ),
+        });
+    }
+    if changed {
+        report.progress.updated += 1;
+    } else {
+        report.progress.unchanged += 1;
+    }
+    Ok(())
+}
+
 /// Imports authorizers into `component` from CSV or JSON lines read from `input`.
 ///
 /// Returns the counts and the rows that failed (by line number); a store or vault failure stops
@@ -345,8 +472,9 @@ pub async fn import(
     let now = Timestamp::now();
     store.ensure_component(component, now).await?;
 
-    // What is there already: generation and a digest of the refresh token (not the token).
-    let mut existing: HashMap<Appid, (u64, [u8; 32])> = HashMap::new();
+    // What is there already: generation, status, kind and digests of the secrets (not the
+    // secrets).
+    let mut existing: HashMap<Appid, Existing> = HashMap::new();
     for rec in store.load_authorizers(Some(component)).await? {
         let rt = vault.open_string(
             SecretSlot::RefreshToken {
@@ -355,7 +483,30 @@ pub async fn import(
             },
             &rec.refresh_token,
         )?;
-        existing.insert(rec.appid, (rec.generation, digest(rt.expose_secret())));
+        let appsecret = rec
+            .appsecret
+            .as_ref()
+            .map(|s| {
+                vault.open_string(
+                    SecretSlot::AuthorizerAppsecret {
+                        component,
+                        appid: &rec.appid,
+                    },
+                    s,
+                )
+            })
+            .transpose()?
+            .map(|s| digest(s.expose_secret()));
+        existing.insert(
+            rec.appid,
+            Existing {
+                generation: rec.generation,
+                refresh_token: digest(rt.expose_secret()),
+                appsecret,
+                status: rec.status,
+                kind: rec.kind,
+            },
+        );
     }
 
     let batch_size = options.batch_size.max(1);
@@ -363,6 +514,7 @@ pub async fn import(
     let mut format = options.format;
     let mut columns: Option<Vec<Column>> = None;
     let mut pending: Vec<Pending> = Vec::with_capacity(batch_size);
+    let mut pending_appids: HashSet<Appid> = HashSet::new();
     let mut buf = Zeroizing::new(String::new());
     let mut line_no = 0u64;
     loop {
@@ -430,13 +582,42 @@ pub async fn import(
             }
         };
         let d = digest(&row.refresh_token);
-        let expected = match existing.get(&row.appid) {
-            Some((_, old)) if *old == d => {
-                report.progress.unchanged += 1;
+        let known = existing.get(&row.appid).map(|e| e.refresh_token == d);
+        if known.is_some() && pending_appids.contains(&row.appid) {
+            // What follows reads the store: let the earlier rows for this appid land first.
+            flush(store, &mut pending, &mut report).await?;
+            pending_appids.clear();
+            progress(&report.progress);
+        }
+        let expected = match (known, existing.get_mut(&row.appid)) {
+            (Some(true), Some(stored)) => {
+                apply_unchanged_token(
+                    store,
+                    vault,
+                    component,
+                    line_no,
+                    &row,
+                    stored,
+                    now,
+                    &mut report,
+                )
+                .await?;
                 continue;
             }
-            Some((g, _)) => Expected::Generation(*g),
-            None => Expected::Absent,
+            (_, Some(stored)) => {
+                // An earlier token of this authorizer (an old export) must not replace a newer
+                // one; a token it never had (one WeChat re-issued) goes through the fence.
+                if in_history(store, vault, component, &row.appid, &d).await? {
+                    report.progress.unchanged += 1;
+                    report.errors.push(RowError {
+                        line: line_no,
+                        reason: OLDER_TOKEN.to_owned(),
+                    });
+                    continue;
+                }
+                Expected::Generation(stored.generation)
+            }
+            (_, None) => Expected::Absent,
         };
         let refresh_token = vault.seal(
             SecretSlot::RefreshToken {
@@ -463,7 +644,20 @@ pub async fn import(
             Expected::Absent => 1,
             Expected::Generation(g) => g.saturating_add(1),
         };
-        existing.insert(row.appid.clone(), (next, d));
+        let previous = existing.get(&row.appid);
+        let stored = Existing {
+            generation: next,
+            refresh_token: d,
+            appsecret: row
+                .appsecret
+                .as_deref()
+                .map(|s| digest(s))
+                .or_else(|| previous.and_then(|p| p.appsecret)),
+            status: row.status.unwrap_or(AuthorizerStatus::Active),
+            kind: row.kind.or_else(|| previous.and_then(|p| p.kind)),
+        };
+        existing.insert(row.appid.clone(), stored);
+        pending_appids.insert(row.appid.clone());
         pending.push(Pending {
             line: line_no,
             created: expected == Expected::Absent,
@@ -482,6 +676,7 @@ pub async fn import(
         });
         if pending.len() >= batch_size {
             flush(store, &mut pending, &mut report).await?;
+            pending_appids.clear();
             progress(&report.progress);
         }
     }
@@ -586,6 +781,58 @@ impl Drop for TempGuard {
     }
 }
 
+/// How long a temporary export file must have gone unwritten before another export to the same
+/// file removes it as left behind by a killed export (a running export writes continuously).
+const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes `.<name>.<16 hex digits>.partial` files in `dir` (plaintext secrets left by a killed
+/// export) not modified for [`STALE_PARTIAL_AGE`]. Only regular files: a symlink is never
+/// followed. Best effort: a file that cannot be inspected or removed is left alone.
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(random) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".partial"))
+        else {
+            continue;
+        };
+        if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow symlinks.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_PARTIAL_AGE);
+        if meta.file_type().is_file() && stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Makes a rename or link in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -618,6 +865,7 @@ pub async fn export(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
+    remove_stale_partials(&dir, &name);
     let tmp = dir.join(format!(".{name}.{:016x}.partial", rand::random::<u64>()));
     let file = create_private(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let mut guard = TempGuard(Some(tmp.clone()));
@@ -703,13 +951,9 @@ pub async fn export(
     file.sync_all().map_err(werr())?;
     drop(file);
     if options.overwrite {
+        // The temporary file was created 0600 with O_EXCL, and rename keeps its mode: no chmod by
+        // path afterwards (it could follow a symlink swapped in meanwhile).
         std::fs::rename(&tmp, path).map_err(io_err(format!("renaming to {}", path.display())))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err(format!("setting mode 0600 on {}", path.display())))?;
-        }
     } else {
         // A hard link fails if the target exists: no check-then-create race.
         std::fs::hard_link(&tmp, path).map_err(|e| {
@@ -725,6 +969,7 @@ pub async fn export(
         let _ = std::fs::remove_file(&tmp);
     }
     guard.0 = None;
+    sync_dir(&dir).map_err(io_err(format!("syncing directory {}", dir.display())))?;
     Ok(ExportReport { rows })
 }
 

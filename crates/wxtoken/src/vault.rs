@@ -76,6 +76,13 @@ pub enum VaultError {
          keep it in {MASTER_KEY_OLD_ENV} (or the key file) until `wxtoken keys rotate` has finished"
     )]
     MissingKey { key_id: KeyId },
+    #[error(
+        "master key {key_id} was retired by `wxtoken keys rotate` and must not seal new values; \
+         configure the current key as primary (this one may stay in {MASTER_KEY_OLD_ENV}), or, to \
+         move away from the current key, generate a new key (`wxtoken keys generate`), make it the \
+         primary with the others as old keys, and run `wxtoken keys rotate` onto it"
+    )]
+    RetiredPrimary { key_id: KeyId },
     #[error("a sealed value failed to open: wrong key, tampered, or moved from another row")]
     Open,
     #[error("a sealed value is not valid UTF-8")]
@@ -325,16 +332,11 @@ impl Vault {
         slot: SecretSlot<'_>,
         sealed: &Sealed,
     ) -> Result<SecretString, VaultError> {
-        let mut bytes = self.open(slot, sealed)?;
-        let vec = std::mem::take(&mut *bytes);
-        match String::from_utf8(vec) {
-            Ok(s) => Ok(SecretString::from(s)),
-            Err(e) => {
-                // Zeroize the rejected bytes too.
-                drop(Zeroizing::new(e.into_bytes()));
-                Err(VaultError::NotUtf8)
-            }
-        }
+        // The decrypted buffer stays in its `Zeroizing` (wiped on drop, whatever happens); the
+        // secret gets an exact-size copy, so no plaintext buffer is freed unwiped.
+        let bytes = self.open(slot, sealed)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| VaultError::NotUtf8)?;
+        Ok(SecretString::from(text))
     }
 
     /// Opens `sealed` and seals it again under the primary key, with the same slot.
@@ -347,8 +349,9 @@ impl Vault {
     /// for any configured key the database has not seen. Call it right after `store::open`.
     ///
     /// Refuses: a key whose check fails; a keyring none of whose keys the database knows (when the
-    /// database knows any: a wrong `WXTOKEN_MASTER_KEY`); and a database key that still seals
-    /// values (not retired by a finished rotation) but is missing from the keyring.
+    /// database knows any: a wrong `WXTOKEN_MASTER_KEY`); a primary key that a finished rotation
+    /// retired (it would seal values under a key the operator has been told may be removed); and a
+    /// database key that still seals values (not retired) but is missing from the keyring.
     pub async fn verify(&self, store: &dyn Store) -> Result<(), VaultError> {
         let checks = store.key_checks().await?;
         for check in &checks {
@@ -372,6 +375,14 @@ impl Vault {
             return Err(VaultError::WrongKey {
                 configured: join_ids(mine.iter()),
                 known: join_ids(known_ids.into_iter()),
+            });
+        }
+        if checks
+            .iter()
+            .any(|c| c.key_id == self.primary.id && c.retired_at.is_some())
+        {
+            return Err(VaultError::RetiredPrimary {
+                key_id: self.primary.id.clone(),
             });
         }
         if let Some(missing) = checks
@@ -567,21 +578,19 @@ pub async fn rotate(
             progress(RotationProgress { column, resealed });
         }
     }
-    let remaining = store.count_sealed_by_key().await?;
+    // `retire_key` is one conditional statement: it retires a key only if no sealed value uses it
+    // at that moment, so a value written under the key since the last batch keeps it unretired.
     let mut retired = Vec::new();
     let now = Timestamp::now();
     for check in store.key_checks().await? {
-        let still_used = remaining
-            .iter()
-            .any(|(id, n)| id == &check.key_id && *n > 0);
         if check.key_id != primary
             && check.retired_at.is_none()
-            && !still_used
             && store.retire_key(&check.key_id, now).await?
         {
             retired.push(check.key_id);
         }
     }
+    let remaining = store.count_sealed_by_key().await?;
     Ok(RotationReport {
         resealed,
         retired,
@@ -678,6 +687,26 @@ mod tests {
         assert!(matches!(
             vault.open(token_slot, &sealed),
             Err(VaultError::Open)
+        ));
+    }
+
+    #[test]
+    fn open_string_returns_the_text_and_refuses_invalid_utf8() {
+        let (c, a, _) = ids();
+        let vault = Vault::new(&MasterKey::generate(), &[]);
+        let slot = SecretSlot::RefreshToken {
+            component: &c,
+            appid: &a,
+        };
+        let sealed = vault.seal(slot, "refreshtoken@@@令牌".as_bytes()).unwrap();
+        assert_eq!(
+            vault.open_string(slot, &sealed).unwrap().expose_secret(),
+            "refreshtoken@@@令牌"
+        );
+        let bad = vault.seal(slot, &[0x72, 0x74, 0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            vault.open_string(slot, &bad),
+            Err(VaultError::NotUtf8)
         ));
     }
 

@@ -69,8 +69,11 @@ conformance!(
     rotation_while_another_task_keeps_writing_loses_nothing,
     wrong_master_key_is_refused_at_open,
     old_key_removed_before_rotation_finished_is_refused,
+    retired_key_is_refused_as_primary_and_is_retired_only_when_unused,
     newer_schema_is_refused_naming_both_versions,
     writes_for_an_unregistered_component_are_refused,
+    readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land,
+    opposite_order_batches_written_concurrently_never_deadlock,
 );
 
 fn new_vault() -> Vault {
@@ -1598,6 +1601,56 @@ async fn old_key_removed_before_rotation_finished_is_refused(h: &Harness) {
     }
 }
 
+async fn retired_key_is_refused_as_primary_and_is_retired_only_when_unused(h: &Harness) {
+    let s = &h.store;
+    let old = MasterKey::generate();
+    let new = MasterKey::generate();
+    let v_old = Vault::new(&old, &[]);
+    v_old.verify(s.as_ref()).await.unwrap();
+    fill_every_column(s.as_ref(), &v_old, 2).await;
+    // Values are still sealed under the old key: the store refuses to retire it.
+    assert!(!s.retire_key(old.id(), at(0)).await.unwrap());
+    assert!(
+        s.key_checks()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.retired_at.is_none())
+    );
+
+    let v_both = Vault::new(&new, std::slice::from_ref(&old));
+    let report = vault::rotate(s.as_ref(), &v_both, 100, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.retired, vec![old.id().clone()]);
+
+    // A server restarted with the retired key as primary (with or without the new one) is refused
+    // before it can seal anything under it.
+    for v in [
+        Vault::new(&old, std::slice::from_ref(&new)),
+        Vault::new(&old, &[]),
+    ] {
+        match v.verify(s.as_ref()).await.unwrap_err() {
+            VaultError::RetiredPrimary { key_id } => assert_eq!(&key_id, old.id()),
+            other => panic!("{other}"),
+        }
+    }
+    let msg = Vault::new(&old, &[])
+        .verify(s.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("keys rotate"), "{msg}");
+    // The way out the message names: rotate onto a fresh key.
+    let fresh = MasterKey::generate();
+    let v_fresh = Vault::new(&fresh, &[new.clone(), old.clone()]);
+    let report = vault::rotate(s.as_ref(), &v_fresh, 100, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.retired, vec![new.id().clone()]);
+    Vault::new(&fresh, &[]).verify(s.as_ref()).await.unwrap();
+}
+
 async fn newer_schema_is_refused_naming_both_versions(h: &Harness) {
     h.store.close().await;
     h.fake_future_migration(29_991_231_000_000).await;
@@ -1685,4 +1738,158 @@ async fn unreachable_database_is_reported_unavailable() {
         Err(e) => e,
     };
     assert!(err.is_unavailable(), "{err:?}");
+}
+
+async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness) {
+    let s = h.store.clone();
+    let s2 = h.reopen().await;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let n = 16;
+    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:04}"))).collect();
+    let creates: Vec<_> = appids
+        .iter()
+        .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
+        .collect();
+    for o in s.save_authorizations(&creates).await.unwrap() {
+        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
+    }
+    let mut generation = 1u64;
+    for round in 0..30i64 {
+        let batch = |tag: &str| -> Vec<RefreshResult> {
+            appids
+                .iter()
+                .map(|a| {
+                    refresh(
+                        &v,
+                        &c,
+                        a,
+                        generation,
+                        &format!("at-{tag}-{round}"),
+                        &format!("rt-{tag}-{round}"),
+                        round,
+                    )
+                })
+                .collect()
+        };
+        let forward = batch("f");
+        let mut backward = batch("b");
+        backward.reverse();
+        let t1 = {
+            let s = s.clone();
+            tokio::spawn(async move { s.save_refresh_results(&forward).await })
+        };
+        let t2 = {
+            let s = s2.clone();
+            tokio::spawn(async move { s.save_refresh_results(&backward).await })
+        };
+        let o1 = t1.await.unwrap().expect("forward batch");
+        let o2 = t2.await.unwrap().expect("backward batch");
+        assert_eq!((o1.len(), o2.len()), (n, n));
+        let next = generation + 1;
+        for (i, a) in appids.iter().enumerate() {
+            // Outcomes come back in each caller's order: position i of the forward batch and
+            // position n-1-i of the backward one are both this appid.
+            let winner = match (o1[i], o2[n - 1 - i]) {
+                (
+                    SaveOutcome::Saved { generation: g },
+                    SaveOutcome::Stale { current_generation },
+                ) if g == next && current_generation == next => "f",
+                (
+                    SaveOutcome::Stale { current_generation },
+                    SaveOutcome::Saved { generation: g },
+                ) if g == next && current_generation == next => "b",
+                other => panic!("round {round}, {a}: {other:?}"),
+            };
+            let rec = s.get_authorizer(&c, a).await.unwrap().unwrap();
+            assert_eq!(rec.generation, next);
+            let cred = Credential::authorizer(&c, a);
+            assert_eq!(
+                open_token(&v, &cred, &rec.token.unwrap().sealed),
+                format!("at-{winner}-{round}")
+            );
+        }
+        generation = next;
+    }
+    s2.close().await;
+}
+
+async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxdirect01");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    let account = DirectAccountWrite {
+        component: c.clone(),
+        appid: a.clone(),
+        kind: AppKind::OfficialAccount,
+        appsecret: v
+            .seal(
+                SecretSlot::DirectAppsecret {
+                    component: &c,
+                    appid: &a,
+                },
+                b"secret",
+            )
+            .unwrap(),
+        at: at(0),
+    };
+    let cred = Credential::direct(&c, &a);
+    let result = |g: u64, tok: &str| {
+        let mut t = common::access_token(&v, &cred, tok, 0);
+        t.source = TokenSource::StableToken;
+        RefreshResult {
+            credential: cred.clone(),
+            expected_generation: g,
+            access_token: t,
+            refresh_token: None,
+            at: at(0),
+        }
+    };
+    assert_eq!(
+        s.upsert_direct_account(&account).await.unwrap(),
+        UpsertOutcome::Created
+    );
+    assert_eq!(
+        saved(s.save_refresh_result(&result(0, "at-1")).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        saved(s.save_refresh_result(&result(1, "at-2")).await.unwrap()),
+        2
+    );
+    // A refresh computed from generation 2 is still in flight when the account is removed and
+    // added again.
+    for _ in 0..2 {
+        assert!(s.remove_direct_account(&c, &a).await.unwrap());
+        assert_eq!(
+            s.upsert_direct_account(&account).await.unwrap(),
+            UpsertOutcome::Created
+        );
+    }
+    let rec = s.get_direct_account(&c, &a).await.unwrap().unwrap();
+    assert!(
+        rec.generation > 2,
+        "generation restarted: {}",
+        rec.generation
+    );
+    for stale in [0, 1, 2] {
+        assert_eq!(
+            s.save_refresh_result(&result(stale, "late")).await.unwrap(),
+            SaveOutcome::Stale {
+                current_generation: rec.generation
+            }
+        );
+    }
+    assert!(s.get_token(&cred).await.unwrap().unwrap().token.is_none());
+    assert_eq!(
+        saved(
+            s.save_refresh_result(&result(rec.generation, "fresh"))
+                .await
+                .unwrap()
+        ),
+        rec.generation + 1
+    );
 }

@@ -40,8 +40,11 @@ on_both_backends!(
     import_reports_bad_rows_by_line_and_keeps_the_good_ones,
     import_of_a_different_refresh_token_goes_through_the_fence_and_history,
     import_reports_progress_after_each_committed_batch,
+    reimporting_an_old_export_never_replaces_a_newer_refresh_token,
+    import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecret_and_status,
     export_then_import_into_a_fresh_store_round_trips,
     export_file_is_private_and_not_overwritten_unless_asked,
+    export_removes_temporary_files_left_by_a_killed_export,
 );
 
 async fn vault_for(h: &Harness) -> Vault {
@@ -210,6 +213,108 @@ async fn import_of_a_different_refresh_token_goes_through_the_fence_and_history(
     assert_eq!(last.generation, before.generation + 3);
 }
 
+async fn reimporting_an_old_export_never_replaces_a_newer_refresh_token(h: &Harness) {
+    let v = vault_for(h).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxa001");
+    run_import(h, &v, "wxa001,rt-first\n").await;
+    run_import(h, &v, "wxa001,rt-second\n").await;
+    let before = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+
+    // The old export still holds rt-first: it is skipped and reported, the good row still lands.
+    let r = run_import(h, &v, "wxa001,rt-first\nwxa002,rt-other\n").await;
+    assert_eq!(
+        (
+            r.progress.created,
+            r.progress.updated,
+            r.progress.unchanged,
+            r.progress.failed
+        ),
+        (1, 0, 1, 0)
+    );
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].line, 1);
+    assert!(
+        r.errors[0]
+            .reason
+            .contains("older than the stored refresh token"),
+        "{:?}",
+        r.errors[0]
+    );
+    assert!(!r.errors[0].reason.contains("rt-first"));
+    let after = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &after.refresh_token), "rt-second");
+    assert_eq!(after.generation, before.generation);
+
+    // A token the authorizer never had (one WeChat re-issued) still replaces it, fenced.
+    let r = run_import(h, &v, "wxa001,rt-reissued\n").await;
+    assert_eq!((r.progress.updated, r.progress.failed), (1, 0));
+    let last = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(open_rt(&v, &c, &a, &last.refresh_token), "rt-reissued");
+    assert_eq!(last.generation, before.generation + 1);
+}
+
+async fn import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecret_and_status(
+    h: &Harness,
+) {
+    let v = vault_for(h).await;
+    let c = component("wxcomp0001");
+    let a = appid("wxa001");
+    run_import(h, &v, "wxa001,rt-one,official_account,secret-one,active\n").await;
+    let history = |h: &Harness| {
+        let store = h.store.clone();
+        let c = c.clone();
+        async move { store.count_refresh_token_history(Some(&c)).await.unwrap() }
+    };
+    assert_eq!(history(h).await, 1);
+
+    let r = run_import(
+        h,
+        &v,
+        "wxa001,rt-one,official_account,secret-two,needs_reauth\n",
+    )
+    .await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!((r.progress.updated, r.progress.unchanged), (1, 0));
+    let rec = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::NeedsReauth);
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-one");
+    let secret = v
+        .open(
+            SecretSlot::AuthorizerAppsecret {
+                component: &c,
+                appid: &a,
+            },
+            rec.appsecret.as_ref().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(secret.as_slice(), b"secret-two");
+    assert_eq!(history(h).await, 1, "no new refresh-token history row");
+
+    // The same file again changes nothing.
+    let r = run_import(
+        h,
+        &v,
+        "wxa001,rt-one,official_account,secret-two,needs_reauth\n",
+    )
+    .await;
+    assert_eq!((r.progress.updated, r.progress.unchanged), (0, 1));
+
+    // A different kind cannot be applied without a new refresh token: reported, not failed.
+    let r = run_import(h, &v, "wxa001,rt-one,mini_program\n").await;
+    assert_eq!((r.progress.unchanged, r.progress.failed), (1, 0));
+    assert_eq!(r.errors.len(), 1);
+    assert!(r.errors[0].reason.contains("kind"), "{:?}", r.errors[0]);
+
+    // A new token, then the same token with a new status, in one file: both apply, in order.
+    let r = run_import(h, &v, "wxa001,rt-two\nwxa001,rt-two,,,revoked\n").await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.progress.updated, 2);
+    let rec = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    assert_eq!(rec.status, AuthorizerStatus::Revoked);
+    assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-two");
+}
+
 async fn import_reports_progress_after_each_committed_batch(h: &Harness) {
     let v = vault_for(h).await;
     let c = component("wxcomp0001");
@@ -346,4 +451,71 @@ async fn export_file_is_private_and_not_overwritten_unless_asked(h: &Harness) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+async fn export_removes_temporary_files_left_by_a_killed_export(h: &Harness) {
+    let v = vault_for(h).await;
+    let c = component("wxcomp0001");
+    run_import(h, &v, "wxa001,rt-one\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join(".out.csv.0123456789abcdef.partial");
+    let fresh = dir.path().join(".out.csv.fedcba9876543210.partial");
+    let unrelated = dir.path().join(".out.csv.notes.partial");
+    for p in [&stale, &fresh, &unrelated] {
+        std::fs::write(p, "wxa000,refreshtoken@@@left-behind\n").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for p in [&stale, &unrelated] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let out = dir.path().join("out.csv");
+    for overwrite in [false, true] {
+        let r = transfer::export(
+            h.store.as_ref(),
+            &v,
+            &c,
+            &out,
+            &ExportOptions {
+                format: Format::Csv,
+                overwrite,
+            },
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.rows, 1);
+    }
+    assert!(!stale.exists(), "the killed export's file is removed");
+    assert!(
+        fresh.exists(),
+        "a file another export may still be writing is kept"
+    );
+    assert!(
+        unrelated.exists(),
+        "only the export's own temporary names are touched"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ".out.csv.fedcba9876543210.partial".to_owned(),
+            ".out.csv.notes.partial".to_owned(),
+            "out.csv".to_owned()
+        ]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -327,6 +327,12 @@ pub trait Store: Send + Sync {
     /// Writes refresh results, each fenced by its expected generation: access token, refresh token
     /// (authorizers), history row and generation bump in one transaction for the whole slice, one
     /// outcome per result in order. A stale result changes nothing but its refresh token's history.
+    ///
+    /// Rows are written (and locked) in (component, kind, appid) order whatever the slice's order,
+    /// so concurrent batches never deadlock; the outcomes are still in the slice's order.
+    /// `Err(Conflict | Unavailable)`: the transaction rolled back and nothing was written; retry
+    /// with the same sealed values (never re-seal or recompute a token that WeChat issued). If the
+    /// connection broke during the commit itself, the retry reports `Stale` for writes that landed.
     async fn save_refresh_results(
         &self,
         results: &[RefreshResult],
@@ -335,6 +341,10 @@ pub trait Store: Send + Sync {
     // --- authorizers -------------------------------------------------------------------------
     /// Creates authorizers or replaces their refresh tokens (api_query_auth results, import rows,
     /// reconciliation), each fenced, with history rows; one transaction for the slice.
+    ///
+    /// Written in (component, appid) order, outcomes in the slice's order, and
+    /// `Err(Conflict | Unavailable)` handled as for [`Store::save_refresh_results`]: nothing was
+    /// written; retry with the same sealed values.
     async fn save_authorizations(
         &self,
         writes: &[AuthorizationWrite],
@@ -403,7 +413,9 @@ pub trait Store: Send + Sync {
         &self,
         component: Option<&ComponentAppid>,
     ) -> Result<Vec<DirectAccountRecord>, StoreError>;
-    /// Removes a direct account and its token. False if there was none.
+    /// Removes a direct account and its token. False if there was none. Its generation is kept:
+    /// adding it again continues from there, so a write fenced on a pre-removal generation is
+    /// `Stale`, never applied to the new account.
     async fn remove_direct_account(
         &self,
         component: &ComponentAppid,
@@ -439,7 +451,8 @@ pub trait Store: Send + Sync {
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// Revokes a client by name. False if unknown or already revoked.
     async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
-    /// Adds batched token-read counts (one transaction).
+    /// Adds batched token-read counts (one transaction, written in (client, component, appid)
+    /// order). `Err(Conflict | Unavailable)`: nothing was added; retry with the same counts.
     async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
     /// Read counters, all clients or one.
     async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
@@ -449,7 +462,8 @@ pub trait Store: Send + Sync {
     async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
     /// Stores a key-check value unless one exists for that key id. True if inserted.
     async fn add_key_check(&self, check: &KeyCheck) -> Result<bool, StoreError>;
-    /// Marks a key retired (no value sealed under it any more). True if it changed.
+    /// Marks a key retired, atomically and only if no sealed value (any column) uses it any more.
+    /// True if it changed; false if it is still in use, already retired, or unknown.
     async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError>;
     /// Up to `limit` values of one column not sealed under `not_under`.
     async fn sealed_cells(
@@ -458,7 +472,8 @@ pub trait Store: Send + Sync {
         not_under: &KeyId,
         limit: u32,
     ) -> Result<Vec<SealedCell>, StoreError>;
-    /// Conditional replacements (see [`Reseal`]), one transaction. Returns how many landed.
+    /// Conditional replacements (see [`Reseal`]), one transaction, written in table and row-key
+    /// order. Returns how many landed. `Err(Conflict | Unavailable)`: nothing was written; retry.
     async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
     /// How many sealed values each key id holds, over every column.
     async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
@@ -520,8 +535,26 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Stor
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::open(url, options).await?))
     } else {
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("").to_owned();
-        Err(StoreError::UnsupportedUrl { scheme })
+        Err(StoreError::UnsupportedUrl {
+            scheme: shown_scheme(url),
+        })
+    }
+}
+
+/// The scheme of `url` to show in an error: only a short `letters://` scheme, else
+/// `(unrecognised)`, so a URL without one (`user:password@host`) never shows its user name.
+fn shown_scheme(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if (1..=16).contains(&scheme.len())
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            scheme.to_owned()
+        }
+        _ => "(unrecognised)".to_owned(),
     }
 }
 
@@ -534,5 +567,34 @@ fn check_schema_version(
     match applied {
         Some(database) if database > binary => Err(StoreError::SchemaTooNew { database, binary }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unsupported_url_names_only_a_plain_scheme_never_a_user_name() {
+        for (url, shown) in [
+            ("mysql://admin:hunter2@db/wxtoken", "mysql"),
+            ("admin:hunter2@db/wxtoken", "(unrecognised)"),
+            ("admin@db:5432", "(unrecognised)"),
+            ("admin:pw@db://x", "(unrecognised)"),
+            ("://db", "(unrecognised)"),
+            ("averyveryverylongschemename://db", "(unrecognised)"),
+            ("", "(unrecognised)"),
+        ] {
+            let err = match open(url).await {
+                Ok(_) => panic!("{url} accepted"),
+                Err(e) => e,
+            };
+            match &err {
+                StoreError::UnsupportedUrl { scheme } => assert_eq!(scheme, shown, "{url}"),
+                other => panic!("{url}: {other}"),
+            }
+            let msg = err.to_string();
+            assert!(!msg.contains("admin") && !msg.contains("hunter2"), "{msg}");
+        }
     }
 }

@@ -513,6 +513,53 @@ pub(super) const COUNT_SEALED_BY_KEY: &str = "SELECT kid, COUNT(*) AS n FROM ( \
      UNION ALL SELECT payload_kid FROM events \
      ) AS cells GROUP BY kid ORDER BY kid";
 
+/// The order in which a batch's rows are written: the positions of `items` sorted (stably, so
+/// writes to one row keep their order) by `key`. Every batched write locks rows in this order, by
+/// (component, kind, appid) or the like, whatever order the caller passed, so two concurrent
+/// batches on PostgreSQL wait for each other instead of deadlocking (40P01).
+pub(super) fn lock_order<'a, T, K: Ord>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| key(&items[i]));
+    order
+}
+
+/// Puts outcomes computed in `order` back in the caller's order.
+pub(super) fn in_caller_order<O>(order: &[usize], outcomes: Vec<O>) -> Result<Vec<O>, StoreError> {
+    let mut out: Vec<Option<O>> = (0..order.len()).map(|_| None).collect();
+    for (&pos, outcome) in order.iter().zip(outcomes) {
+        out[pos] = Some(outcome);
+    }
+    out.into_iter()
+        .map(|o| o.ok_or(StoreError::InvalidInput("no outcome for the write")))
+        .collect()
+}
+
+/// The lock-order key of a conditional re-sealing: table, then the row's key.
+pub(super) fn reseal_order_key(u: &crate::store::Reseal) -> (u8, &str, &str, &str, i64) {
+    match &u.key {
+        CellKey::Ticket { component } => (0, component.as_str(), "", "", 0),
+        CellKey::AccessToken { credential } => (
+            1,
+            credential.component.as_str(),
+            credential.kind.as_str(),
+            credential.appid.as_str(),
+            0,
+        ),
+        CellKey::RefreshToken { component, appid }
+        | CellKey::AuthorizerAppsecret { component, appid } => {
+            (2, component.as_str(), appid.as_str(), "", 0)
+        }
+        CellKey::DirectAppsecret { component, appid } => {
+            (3, component.as_str(), appid.as_str(), "", 0)
+        }
+        CellKey::RefreshTokenHistory { id, .. } => (4, "", "", "", *id),
+        CellKey::EventPayload {
+            component,
+            dedupe_key,
+        } => (5, component.as_str(), dedupe_key.as_str(), "", 0),
+    }
+}
+
 /// Inserts a refresh-token history row. Binds: component, appid, kid, nonce, ct, source,
 /// generation, applied, received_at.
 pub(super) const INSERT_HISTORY: &str = "INSERT INTO refresh_token_history (component_appid, \
@@ -533,7 +580,8 @@ macro_rules! impl_store {
                 StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
             };
             use crate::store::sql::{
-                db_count, db_generation, generation, key_id, AuthorizerRow, CellRow, ClientRow,
+                db_count, db_generation, generation, in_caller_order, key_id, lock_order,
+                reseal_order_key, AuthorizerRow, CellRow, ClientRow,
                 DirectRow, EventRow, HistoryRow, KeyCheckRow, ReadRow, TicketRow, TokenRow,
                 AUTHORIZER_SELECT, CLIENT_COLUMNS, COUNT_SEALED_BY_KEY, DIRECT_SELECT,
                 EVENT_COLUMNS, INSERT_HISTORY, TOKEN_COLUMNS,
@@ -775,7 +823,7 @@ macro_rules! impl_store {
             /// statements instead of three per row, with the same outcomes as one by one.
             async fn create_authorizers(
                 tx: &mut sqlx::Transaction<'static, $db>,
-                run: &[AuthorizationWrite],
+                run: &[&AuthorizationWrite],
             ) -> Result<Vec<SaveOutcome>, StoreError> {
                 let mut outcomes = Vec::with_capacity(run.len());
                 // At most 14 binds per row: far below both backends' parameter limits.
@@ -825,7 +873,7 @@ macro_rules! impl_store {
                         .iter()
                         .zip(&landed)
                         .filter(|(_, l)| **l)
-                        .map(|(w, _)| w)
+                        .map(|(w, _)| *w)
                         .collect();
                     if !created.is_empty() {
                         let mut qb: sqlx::QueryBuilder<'_, $db> = sqlx::QueryBuilder::new(
@@ -1045,9 +1093,16 @@ macro_rules! impl_store {
                             }
                         }
                     }
+                    let order = lock_order(results, |r| {
+                        (
+                            r.credential.component.as_str(),
+                            r.credential.kind.as_str(),
+                            r.credential.appid.as_str(),
+                        )
+                    });
                     let mut tx = self.begin_write().await?;
                     let mut outcomes = Vec::with_capacity(results.len());
-                    for r in results {
+                    for r in order.iter().map(|&i| &results[i]) {
                         let c = &r.credential;
                         let landed = fenced_token_write(
                             &mut tx,
@@ -1102,7 +1157,7 @@ macro_rules! impl_store {
                         outcomes.push(outcome);
                     }
                     tx.commit().await?;
-                    Ok(outcomes)
+                    in_caller_order(&order, outcomes)
                 }
 
                 async fn save_authorizations(
@@ -1118,14 +1173,19 @@ macro_rules! impl_store {
                             return Err(StoreError::InvalidInput("empty access token"));
                         }
                     }
+                    let order = lock_order(writes, |w| {
+                        (w.component.as_str(), "authorizer", w.appid.as_str())
+                    });
+                    let sorted: Vec<&AuthorizationWrite> =
+                        order.iter().map(|&i| &writes[i]).collect();
                     let mut tx = self.begin_write().await?;
                     let mut outcomes = Vec::with_capacity(writes.len());
                     let mut i = 0;
-                    while i < writes.len() {
+                    while i < sorted.len() {
                         // Consecutive creations of distinct authorizers do not depend on each
                         // other, so they are written together; anything else goes in order.
                         let mut seen = std::collections::HashSet::new();
-                        let run = writes[i..]
+                        let run = sorted[i..]
                             .iter()
                             .take_while(|w| {
                                 w.expected == Expected::Absent
@@ -1134,15 +1194,15 @@ macro_rules! impl_store {
                             .count();
                         if run >= 2 {
                             outcomes
-                                .extend(create_authorizers(&mut tx, &writes[i..i + run]).await?);
+                                .extend(create_authorizers(&mut tx, &sorted[i..i + run]).await?);
                             i += run;
                         } else {
-                            outcomes.push(save_one_authorization(&mut tx, &writes[i]).await?);
+                            outcomes.push(save_one_authorization(&mut tx, sorted[i]).await?);
                             i += 1;
                         }
                     }
                     tx.commit().await?;
-                    Ok(outcomes)
+                    in_caller_order(&order, outcomes)
                 }
 
                 async fn get_authorizer(
@@ -1352,9 +1412,13 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected();
                     let outcome = if n == 1 {
+                        // An account removed before continues after its old generation.
                         sqlx::query(
                             "INSERT INTO access_tokens (component_appid, kind, appid, \
-                             generation, updated_at) VALUES ($1, 'direct', $2, 0, $3) \
+                             generation, updated_at) VALUES ($1, 'direct', $2, \
+                             COALESCE((SELECT generation + 1 FROM credential_tombstones \
+                             WHERE component_appid = $1 AND kind = 'direct' AND appid = $2), \
+                             CAST(0 AS BIGINT)), $3) \
                              ON CONFLICT (component_appid, kind, appid) DO NOTHING",
                         )
                         .bind(account.component.as_str())
@@ -1420,6 +1484,20 @@ macro_rules! impl_store {
                     appid: &Appid,
                 ) -> Result<bool, StoreError> {
                     let mut tx = self.begin_write().await?;
+                    // Keep the generation (see credential_tombstones), so generations never
+                    // repeat across a removal and re-adding.
+                    sqlx::query(
+                        "INSERT INTO credential_tombstones (component_appid, kind, appid, \
+                         generation) SELECT component_appid, kind, appid, generation \
+                         FROM access_tokens WHERE component_appid = $1 AND kind = 'direct' \
+                         AND appid = $2 \
+                         ON CONFLICT (component_appid, kind, appid) \
+                         DO UPDATE SET generation = excluded.generation",
+                    )
+                    .bind(component.as_str())
+                    .bind(appid.as_str())
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query(
                         "DELETE FROM access_tokens WHERE component_appid = $1 \
                          AND kind = 'direct' AND appid = $2",
@@ -1578,8 +1656,11 @@ macro_rules! impl_store {
                     if counts.is_empty() {
                         return Ok(());
                     }
+                    let order = lock_order(counts, |c| {
+                        (c.client_id, c.component.as_str(), c.appid.as_str())
+                    });
                     let mut tx = self.begin_write().await?;
-                    for c in counts {
+                    for c in order.iter().map(|&i| &counts[i]) {
                         sqlx::query(
                             "INSERT INTO client_reads (client_id, component_appid, appid, reads, \
                              last_read_at) VALUES ($1, $2, $3, $4, $5) \
@@ -1643,9 +1724,18 @@ macro_rules! impl_store {
                 }
 
                 async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError> {
+                    // One statement, so nothing can be sealed under the key between the check
+                    // and the update.
                     let n = sqlx::query(
                         "UPDATE key_checks SET retired_at = $2 WHERE key_id = $1 \
-                         AND retired_at IS NULL",
+                         AND retired_at IS NULL \
+                         AND NOT EXISTS (SELECT 1 FROM components WHERE ticket_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM access_tokens WHERE token_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM authorizers \
+                           WHERE rt_kid = $1 OR secret_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM direct_accounts WHERE secret_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM refresh_token_history WHERE rt_kid = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM events WHERE payload_kid = $1)",
                     )
                     .bind(key_id.as_str())
                     .bind(at.as_millis())
@@ -1674,9 +1764,10 @@ macro_rules! impl_store {
                     if updates.is_empty() {
                         return Ok(0);
                     }
+                    let order = lock_order(updates, reseal_order_key);
                     let mut tx = self.begin_write().await?;
                     let mut total = 0;
-                    for u in updates {
+                    for u in order.iter().map(|&i| &updates[i]) {
                         let new = &u.new;
                         let q = match &u.key {
                             CellKey::Ticket { component } => sqlx::query(

@@ -1,0 +1,448 @@
+//! API-key authentication for the internal listener: `Authorization: Bearer <key>`, checked against
+//! the stored SHA-256 hashes through an in-memory index, per-appid grants, the admin scope, and
+//! per-client read counts flushed to the store in batches.
+//!
+//! The token read path must not wait on the database: a known key is answered from memory and
+//! re-checked against the store at most once per `ttl` (so a revocation made by another process
+//! takes effect within it; one made through this process's admin API calls `forget`). If the store
+//! is unreachable when an entry is due, the entry keeps serving. Unknown keys are cached too (a
+//! bounded number), so a flood of garbage keys cannot turn into a flood of queries.
+//!
+//! Looking a hash up in a map is not constant-time, which is fine: the keys are 256-bit random
+//! values and timing could at most reveal something about their hash, not the key.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::error::ApiError;
+use crate::model::{ApiKeyHash, Appid, AppidGrant, ComponentAppid, ReadCount, Timestamp};
+use crate::store::{Store, StoreError};
+use crate::vault::{API_KEY_PREFIX, hash_api_key};
+
+/// Longest bearer value considered; anything longer is refused without hashing.
+const MAX_KEY_LEN: usize = 128;
+/// How many unknown keys are remembered; past that, unknown keys are not cached (and the cache of
+/// unknown keys is cleared), so memory stays bounded whatever is sent.
+const MAX_UNKNOWN_KEYS: usize = 10_000;
+
+/// An authenticated client.
+#[derive(Debug)]
+pub struct Caller {
+    pub id: i64,
+    pub name: String,
+    pub admin: bool,
+    grant: Grant,
+}
+
+#[derive(Debug)]
+enum Grant {
+    All,
+    Only(HashSet<Appid>),
+}
+
+impl Caller {
+    /// Whether this client may read the tokens of `appid`.
+    pub fn may_read(&self, appid: &Appid) -> bool {
+        match &self.grant {
+            Grant::All => true,
+            Grant::Only(set) => set.contains(appid),
+        }
+    }
+
+    /// `Ok` for admin keys, 403 otherwise.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this API needs an admin key".to_owned(),
+            ))
+        }
+    }
+
+    /// `Ok` if this client may read `appid`, 403 otherwise.
+    pub fn require_read(&self, appid: &Appid) -> Result<(), ApiError> {
+        if self.may_read(appid) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this API key is not granted appid {appid}"
+            )))
+        }
+    }
+}
+
+enum Entry {
+    Known {
+        caller: Arc<Caller>,
+        checked: Instant,
+    },
+    Unknown {
+        checked: Instant,
+    },
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no API key")]
+    Missing,
+    #[error("invalid API key")]
+    Invalid,
+    #[error("the key store is unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized,
+            AuthError::Unavailable(e) => ApiError::from(e),
+        }
+    }
+}
+
+pub struct KeyIndex {
+    store: Arc<dyn Store>,
+    entries: DashMap<ApiKeyHash, Entry>,
+    unknown: std::sync::atomic::AtomicUsize,
+    ttl: Duration,
+}
+
+impl KeyIndex {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        Self {
+            store,
+            entries: DashMap::new(),
+            unknown: Default::default(),
+            ttl,
+        }
+    }
+
+    /// The client holding `key`, from memory when it was checked within `ttl`.
+    pub async fn authenticate(&self, key: &str) -> Result<Arc<Caller>, AuthError> {
+        if !key.starts_with(API_KEY_PREFIX) || key.len() > MAX_KEY_LEN {
+            return Err(AuthError::Invalid);
+        }
+        let hash = hash_api_key(key);
+        let stale = match self.entries.get(&hash).as_deref() {
+            Some(Entry::Known { caller, checked }) if checked.elapsed() < self.ttl => {
+                return Ok(caller.clone());
+            }
+            Some(Entry::Unknown { checked }) if checked.elapsed() < self.ttl => {
+                return Err(AuthError::Invalid);
+            }
+            Some(Entry::Known { caller, .. }) => Some(caller.clone()),
+            _ => None,
+        };
+        match self.store.find_client_by_key(&hash).await {
+            Ok(Some(record)) if record.revoked_at.is_none() => {
+                let caller = Arc::new(Caller {
+                    id: record.id,
+                    name: record.name,
+                    admin: record.admin,
+                    grant: match record.grant {
+                        AppidGrant::All => Grant::All,
+                        AppidGrant::Only(list) => Grant::Only(list.into_iter().collect()),
+                    },
+                });
+                self.entries.insert(
+                    hash,
+                    Entry::Known {
+                        caller: caller.clone(),
+                        checked: Instant::now(),
+                    },
+                );
+                Ok(caller)
+            }
+            Ok(_) => {
+                self.remember_unknown(hash);
+                Err(AuthError::Invalid)
+            }
+            // The database is down: a key that was valid keeps working (the read path never
+            // depends on the database); an unknown one cannot be checked.
+            Err(e) => match stale {
+                Some(caller) => Ok(caller),
+                None => Err(AuthError::Unavailable(e)),
+            },
+        }
+    }
+
+    fn remember_unknown(&self, hash: ApiKeyHash) {
+        use std::sync::atomic::Ordering;
+        if self.unknown.fetch_add(1, Ordering::Relaxed) >= MAX_UNKNOWN_KEYS {
+            self.entries.retain(|_, e| matches!(e, Entry::Known { .. }));
+            self.unknown.store(0, Ordering::Relaxed);
+        }
+        let previous = self.entries.insert(
+            hash,
+            Entry::Unknown {
+                checked: Instant::now(),
+            },
+        );
+        if matches!(previous, Some(Entry::Unknown { .. })) {
+            self.unknown.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every cached entry: called after this process revokes or changes a client.
+    pub fn forget_all(&self) {
+        self.entries.clear();
+        self.unknown.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Extractor: the authenticated caller of a request on the internal listener.
+pub struct Authenticated(pub Arc<Caller>);
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Arc<KeyIndex>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Invalid)?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::Invalid)?
+            .trim();
+        let index = Arc::<KeyIndex>::from_ref(state);
+        Ok(Authenticated(index.authenticate(key).await?))
+    }
+}
+
+/// Per-client, per-appid token-read counts (SPEC.md: every token read is counted), kept in memory
+/// and written to the store in batches so the read path never waits on the database.
+#[derive(Default)]
+pub struct ReadCounter {
+    counts: Mutex<std::collections::HashMap<ReadKey, (u64, Timestamp)>>,
+}
+
+/// (client id, component, appid).
+type ReadKey = (i64, ComponentAppid, Appid);
+
+impl ReadCounter {
+    pub fn record(&self, client_id: i64, component: &ComponentAppid, appid: &Appid) {
+        let now = Timestamp::now();
+        let mut counts = self.counts.lock();
+        let slot = counts
+            .entry((client_id, component.clone(), appid.clone()))
+            .or_insert((0, now));
+        slot.0 += 1;
+        slot.1 = now;
+    }
+
+    /// Writes the counts gathered so far; on failure they are put back, so no read is lost.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let drained = std::mem::take(&mut *self.counts.lock());
+        if drained.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<ReadCount> = drained
+            .iter()
+            .map(|((client_id, component, appid), (count, at))| ReadCount {
+                client_id: *client_id,
+                component: component.clone(),
+                appid: appid.clone(),
+                count: *count,
+                last_read_at: *at,
+            })
+            .collect();
+        match store.add_read_counts(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                let mut counts = self.counts.lock();
+                for (key, (count, at)) in drained {
+                    let slot = counts.entry(key).or_insert((0, at));
+                    slot.0 += count;
+                    slot.1 = slot.1.max(at);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NewClient;
+    use crate::store;
+    use crate::vault::generate_api_key;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use secrecy::ExposeSecret;
+    use tower::ServiceExt;
+
+    async fn store_with_client(grant: AppidGrant, admin: bool) -> (Arc<dyn Store>, String) {
+        let store = store::open("sqlite::memory:").await.expect("store");
+        let key = generate_api_key();
+        store
+            .create_client(&NewClient {
+                name: "svc".into(),
+                key_hash: key.hash,
+                key_hint: key.hint.clone(),
+                grant,
+                admin,
+                created_at: Timestamp::now(),
+            })
+            .await
+            .expect("create client");
+        (store, key.key.expose_secret().to_owned())
+    }
+
+    fn appid(s: &str) -> Appid {
+        Appid::parse(s).expect("appid")
+    }
+
+    fn router(index: Arc<KeyIndex>) -> Router {
+        Router::new()
+            .route(
+                "/v1/tokens/{appid}",
+                get(
+                    |Authenticated(caller): Authenticated,
+                     axum::extract::Path(a): axum::extract::Path<String>| async move {
+                        caller
+                            .require_read(&appid(&a))
+                            .map(|()| caller.name.clone())
+                    },
+                ),
+            )
+            .with_state(index)
+    }
+
+    async fn status(app: &Router, auth: Option<&str>, path: &str) -> StatusCode {
+        let mut req = Request::get(path);
+        if let Some(auth) = auth {
+            req = req.header(AUTHORIZATION, auth);
+        }
+        app.clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response")
+            .status()
+    }
+
+    #[tokio::test]
+    async fn missing_malformed_and_unknown_keys_get_401() {
+        let (store, _) = store_with_client(AppidGrant::All, false).await;
+        let app = router(Arc::new(KeyIndex::new(store, Duration::from_secs(30))));
+        let path = "/v1/tokens/wxauthorizer00001";
+        assert_eq!(status(&app, None, path).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(&app, Some("Basic abc"), path).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, Some("Bearer nope"), path).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let forged = format!("Bearer {API_KEY_PREFIX}{}", "A".repeat(43));
+        assert_eq!(
+            status(&app, Some(&forged), path).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn key_for_appid_a_reading_appid_b_gets_403() {
+        let (store, key) =
+            store_with_client(AppidGrant::Only(vec![appid("wxauthorizer0000a")]), false).await;
+        let app = router(Arc::new(KeyIndex::new(store, Duration::from_secs(30))));
+        let bearer = format!("Bearer {key}");
+        assert_eq!(
+            status(&app, Some(&bearer), "/v1/tokens/wxauthorizer0000a").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(&app, Some(&bearer), "/v1/tokens/wxauthorizer0000b").await,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
+    async fn known_key_keeps_working_from_memory_when_the_store_is_gone() {
+        let (store, key) = store_with_client(AppidGrant::All, true).await;
+        let index = KeyIndex::new(store.clone(), Duration::ZERO);
+        let caller = index.authenticate(&key).await.expect("valid key");
+        assert!(caller.admin && caller.require_admin().is_ok());
+        store.close().await;
+        let again = index.authenticate(&key).await.expect("served from memory");
+        assert_eq!(again.id, caller.id);
+        let unknown = format!("{API_KEY_PREFIX}{}", "B".repeat(43));
+        assert!(matches!(
+            index.authenticate(&unknown).await,
+            Err(AuthError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn revocation_takes_effect_after_the_ttl_or_forget() {
+        let (store, key) = store_with_client(AppidGrant::All, false).await;
+        let index = KeyIndex::new(store.clone(), Duration::from_secs(3600));
+        index.authenticate(&key).await.expect("valid");
+        assert!(
+            store
+                .revoke_client("svc", Timestamp::now())
+                .await
+                .expect("revoke")
+        );
+        assert!(
+            index.authenticate(&key).await.is_ok(),
+            "cached within the ttl"
+        );
+        index.forget_all();
+        assert!(matches!(
+            index.authenticate(&key).await,
+            Err(AuthError::Invalid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_counts_are_batched_and_survive_a_failed_flush() {
+        let (store, key) = store_with_client(AppidGrant::All, false).await;
+        let index = KeyIndex::new(store.clone(), Duration::from_secs(30));
+        let caller = index.authenticate(&key).await.expect("valid");
+        let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .expect("component");
+        let counter = ReadCounter::default();
+        for _ in 0..5 {
+            counter.record(caller.id, &component, &appid("wxauthorizer00001"));
+        }
+        counter.record(caller.id, &component, &appid("wxauthorizer00002"));
+        assert_eq!(counter.flush(&*store).await.expect("flush"), 2);
+        assert_eq!(counter.flush(&*store).await.expect("nothing left"), 0);
+        let counts = store.read_counts(Some(caller.id)).await.expect("counts");
+        let total: u64 = counts.iter().map(|c| c.count).sum();
+        assert_eq!(total, 6);
+
+        counter.record(caller.id, &component, &appid("wxauthorizer00001"));
+        store.close().await;
+        assert!(counter.flush(&*store).await.is_err());
+        assert_eq!(
+            counter.counts.lock().values().map(|v| v.0).sum::<u64>(),
+            1,
+            "kept for the next flush"
+        );
+    }
+}

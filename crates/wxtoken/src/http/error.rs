@@ -1,0 +1,198 @@
+//! `ApiError`: the one place where outcomes become HTTP statuses and the JSON error body
+//! `{"error": {"code": "...", "message": "..."}}` of SPEC.md (400, 401, 403, 404, 410, 413, 503).
+//!
+//! Codes are stable snake_case constants clients may match on. 5xx messages are generic: the
+//! source error travels in the response extensions and `log_server_errors` logs it once, with its
+//! chain, so database text or a token can never reach a response body.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+pub const BAD_REQUEST: &str = "bad_request";
+pub const UNAUTHORIZED: &str = "unauthorized";
+pub const FORBIDDEN: &str = "forbidden";
+pub const NOT_FOUND: &str = "not_found";
+pub const AUTHORIZATION_LOST: &str = "authorization_lost";
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+pub const NO_VALID_TOKEN: &str = "no_valid_token";
+pub const UNAVAILABLE: &str = "unavailable";
+pub const INTERNAL: &str = "internal_error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; the message says what is wrong with it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no API key, or one that is not valid.
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    /// 403: the key is valid but not allowed this appid or this API.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such appid (or resource).
+    #[error("{0}")]
+    NotFound(String),
+    /// 410: the authorizer's authorization is lost and it has no token left.
+    #[error("{0}")]
+    Gone(String),
+    /// 413: the body is larger than the configured limit.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// 503 with a reason the caller can act on: no valid token right now.
+    #[error("{0}")]
+    NoValidToken(String),
+    /// 503: a dependency (the database) is unavailable; the detail is logged, not returned.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// 500: a bug or an unexpected failure; the detail is logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoValidToken(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => BAD_REQUEST,
+            ApiError::Unauthorized => UNAUTHORIZED,
+            ApiError::Forbidden(_) => FORBIDDEN,
+            ApiError::NotFound(_) => NOT_FOUND,
+            ApiError::Gone(_) => AUTHORIZATION_LOST,
+            ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
+            ApiError::NoValidToken(_) => NO_VALID_TOKEN,
+            ApiError::Unavailable(_) => UNAVAILABLE,
+            ApiError::Internal(_) => INTERNAL,
+        }
+    }
+
+    pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal(Arc::new(err))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => ApiError::Unavailable(Arc::new(err)),
+            other => ApiError::Internal(Arc::new(other)),
+        }
+    }
+}
+
+/// The source of a 5xx, carried to `log_server_errors` in the response extensions.
+#[derive(Clone)]
+pub struct ErrorSource(pub Arc<dyn std::error::Error + Send + Sync>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        }));
+        let mut response = (self.status(), body).into_response();
+        if let ApiError::Unavailable(source) | ApiError::Internal(source) = self {
+            response.extensions_mut().insert(ErrorSource(source));
+        }
+        response
+    }
+}
+
+/// Middleware: logs the source chain of every 5xx once, at error level, with the route template.
+pub async fn log_server_errors(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    if let Some(ErrorSource(source)) = response.extensions().get::<ErrorSource>() {
+        let mut chain = source.to_string();
+        let mut next_source = source.source();
+        while let Some(cause) = next_source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            next_source = cause.source();
+        }
+        tracing::error!(route = route.as_deref().unwrap_or("?"), status = response.status().as_u16(), error = %chain, "request failed");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+
+    async fn body(err: ApiError) -> (StatusCode, serde_json::Value, bool) {
+        let response = err.into_response();
+        let status = response.status();
+        let has_source = response.extensions().get::<ErrorSource>().is_some();
+        let bytes = to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).expect("json"),
+            has_source,
+        )
+    }
+
+    #[tokio::test]
+    async fn every_error_has_the_spec_status_code_and_json_shape() {
+        let cases = [
+            (
+                ApiError::BadRequest("after must be a number".into()),
+                400,
+                BAD_REQUEST,
+            ),
+            (ApiError::Unauthorized, 401, UNAUTHORIZED),
+            (ApiError::Forbidden("not granted".into()), 403, FORBIDDEN),
+            (ApiError::NotFound("unknown appid".into()), 404, NOT_FOUND),
+            (
+                ApiError::Gone("revoked by the merchant".into()),
+                410,
+                AUTHORIZATION_LOST,
+            ),
+            (ApiError::PayloadTooLarge, 413, PAYLOAD_TOO_LARGE),
+            (
+                ApiError::NoValidToken("refresh failing: quota".into()),
+                503,
+                NO_VALID_TOKEN,
+            ),
+        ];
+        for (err, status, code) in cases {
+            let message = err.to_string();
+            let (got, json, has_source) = body(err).await;
+            assert_eq!(got.as_u16(), status);
+            assert_eq!(json["error"]["code"], code);
+            assert_eq!(json["error"]["message"], message);
+            assert!(!has_source);
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_source_from_the_body() {
+        let secret_detail =
+            std::io::Error::other("password authentication failed for user wx: s3cret");
+        let (status, json, has_source) = body(ApiError::internal(secret_detail)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], INTERNAL);
+        assert!(!json.to_string().contains("s3cret"));
+        assert!(has_source, "the source goes to the logging middleware");
+    }
+}
