@@ -31,8 +31,11 @@ use crate::vault::VaultError;
 
 /// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
 const LEASE_TTL: Duration = Duration::from_secs(60);
-/// Store writes carrying a fresh token are retried this many times before giving up.
-const SAVE_ATTEMPTS: u32 = 3;
+/// Longest wait between two attempts to write a refresh result the store refused for a reason
+/// that can pass (unavailable, busy, conflict).
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// After this many failed attempts each further failure is logged at error level.
+const SAVE_ATTEMPTS_BEFORE_ALERT: u32 = 3;
 /// A credential loaded overdue at cold start is due within this spread, so a fleet does not
 /// refresh in one burst.
 const MAX_COLD_SPREAD_MS: u64 = 5_000;
@@ -863,7 +866,7 @@ async fn drain_writes(
             q.pending.drain(..n).collect()
         };
         let results: Vec<RefreshResult> = batch.iter().map(|(r, _)| r.clone()).collect();
-        match write_with_retry(store.as_ref(), &results).await {
+        match write_with_retry(store.as_ref(), &results, &|_| {}).await {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -883,22 +886,170 @@ async fn drain_writes(
     }
 }
 
+/// Writes refresh results until they land. A result may carry a refresh token WeChat will not
+/// give again (rotation), so a store that is unavailable, busy or in conflict is retried with
+/// capped backoff for as long as it takes — never given up on (SPEC.md rule 2). Only errors that
+/// retrying cannot cure (invalid input, a corrupt value, a schema problem) end the attempt.
+/// Readers keep being served from memory meanwhile; shutdown bounds the wait with its deadline.
 async fn write_with_retry(
     store: &dyn crate::store::Store,
     results: &[RefreshResult],
+    on_retry: &(dyn Fn(u32) + Send + Sync),
 ) -> Result<Vec<SaveOutcome>, RefreshError> {
     let mut wait = Duration::from_millis(50);
-    let mut last: Option<StoreError> = None;
-    for _ in 0..SAVE_ATTEMPTS {
+    let mut failures = 0u32;
+    loop {
         match store.save_refresh_results(results).await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_unavailable() || matches!(e, StoreError::Conflict { .. }) => {
-                last = Some(e);
+            Err(
+                e @ (StoreError::Unavailable(_)
+                | StoreError::Conflict { .. }
+                | StoreError::Backend(_)),
+            ) => {
+                failures = failures.saturating_add(1);
+                if failures > SAVE_ATTEMPTS_BEFORE_ALERT {
+                    tracing::error!(
+                        results = results.len(),
+                        failures,
+                        error = %e,
+                        "refresh results are not stored yet; retrying until they are"
+                    );
+                }
+                on_retry(failures);
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(SAVE_RETRY_MAX);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(last.map_or_else(|| RefreshError::Storage("write failed".into()), Into::into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        AppKind, Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Expected,
+        RefreshTokenSource, Timestamp,
+    };
+    use crate::store::{self, StoreOptions};
+    use crate::vault::{MasterKey, Vault};
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn refresh_result_is_retried_past_a_locked_database_until_it_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("wx.db").display());
+        let store = store::open_with(
+            &url,
+            &StoreOptions {
+                acquire_timeout: Duration::from_millis(20),
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .expect("store");
+        let vault = Vault::new(&MasterKey::generate(), &[]);
+        let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
+        let appid = Appid::parse("wxauthorizer00001").expect("appid");
+        let now = Timestamp::now();
+        store
+            .ensure_component(&component, now)
+            .await
+            .expect("component");
+        let slot = SecretSlot::RefreshToken {
+            component: &component,
+            appid: &appid,
+        };
+        let first = vault.seal(slot, b"refreshtoken@@@first").expect("seal");
+        store
+            .save_authorization(&AuthorizationWrite {
+                component: component.clone(),
+                appid: appid.clone(),
+                expected: Expected::Absent,
+                kind: Some(AppKind::OfficialAccount),
+                status: AuthorizerStatus::Active,
+                refresh_token: first,
+                appsecret: None,
+                access_token: None,
+                source: RefreshTokenSource::Import,
+                at: now,
+            })
+            .await
+            .expect("authorizer");
+        let credential = Credential::authorizer(&component, &appid);
+        let generation = store
+            .get_token(&credential)
+            .await
+            .expect("read")
+            .expect("credential")
+            .generation;
+        let rotated = vault.seal(slot, b"refreshtoken@@@rotated").expect("seal");
+        let access = vault
+            .seal(
+                SecretSlot::AccessToken {
+                    credential: &credential,
+                },
+                b"access",
+            )
+            .expect("seal");
+        let result = RefreshResult {
+            credential: credential.clone(),
+            expected_generation: generation,
+            access_token: crate::model::NewAccessToken {
+                sealed: access,
+                issued_at: now,
+                expires_at: now.plus(Duration::from_secs(7200)),
+                refresh_at: None,
+                source: TokenSource::AuthorizerToken,
+            },
+            refresh_token: Some(rotated.clone()),
+            at: now,
+        };
+
+        // Another process holds SQLite's write lock: every attempt times out as busy.
+        let mut blocker = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut blocker)
+            .await
+            .expect("lock");
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let writer = {
+            let store = store.clone();
+            let results = vec![result];
+            tokio::spawn(async move {
+                let on_retry = move |n: u32| {
+                    let _ = failed.send(n);
+                };
+                write_with_retry(store.as_ref(), &results, &on_retry).await
+            })
+        };
+        while let Some(n) = failures.recv().await {
+            if n > SAVE_ATTEMPTS_BEFORE_ALERT + 2 {
+                break;
+            }
+        }
+        sqlx::query("COMMIT")
+            .execute(&mut blocker)
+            .await
+            .expect("unlock");
+        let outcome = writer
+            .await
+            .expect("task")
+            .expect("lands once the lock is gone");
+        assert!(
+            matches!(outcome.as_slice(), [SaveOutcome::Saved { .. }]),
+            "{outcome:?}"
+        );
+        let stored = store
+            .get_authorizer(&component, &appid)
+            .await
+            .expect("read")
+            .expect("authorizer");
+        assert_eq!(
+            stored.refresh_token, rotated,
+            "the rotated refresh token was not lost"
+        );
+    }
 }
