@@ -167,6 +167,19 @@ pub struct RefreshConfig {
     pub reconcile_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ticket_silence_alert: Duration,
+    /// Which API direct accounts (and authorizers' appsecret fallback) get their token from.
+    pub direct_token_api: DirectTokenApi,
+}
+
+/// `stable_token` (the default: independent of every other caller's tokens, 500,000 calls a day)
+/// or `token` (`cgi-bin/token`: every call retires the previous token after 5 minutes, 2,000 calls
+/// a day; for accounts where stable_token is not available).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectTokenApi {
+    #[default]
+    StableToken,
+    Token,
 }
 
 impl Default for RefreshConfig {
@@ -181,6 +194,7 @@ impl Default for RefreshConfig {
             backoff_max: Duration::from_secs(300),
             reconcile_interval: Duration::from_secs(6 * 3600),
             ticket_silence_alert: Duration::from_secs(20 * 60),
+            direct_token_api: DirectTokenApi::StableToken,
         }
     }
 }
@@ -829,6 +843,14 @@ mod tests {
         .expect("loads");
         let client = config.upstream.client().expect("client builds");
         assert_eq!(client.base_url().as_str(), "http://127.0.0.1:9/");
+    }
+
+    #[test]
+    fn direct_token_api_accepts_token_and_rejects_other_values() {
+        let config = from_toml("[refresh]\ndirect_token_api = \"token\"\n", &[]).expect("loads");
+        assert_eq!(config.refresh.direct_token_api, DirectTokenApi::Token);
+        let err = from_toml("[refresh]\ndirect_token_api = \"sometimes\"\n", &[]).unwrap_err();
+        assert_eq!(invalid_key(err), "refresh.direct_token_api");
     }
 
     #[test]

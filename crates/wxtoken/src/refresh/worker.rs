@@ -18,6 +18,7 @@ use super::{
     START_PUSH_THROTTLE,
 };
 use crate::alerts::{Alert, AlertKind};
+use crate::config::DirectTokenApi;
 use crate::model::{
     AuthorizationWrite, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential,
     CredentialKind, Expected, NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome,
@@ -645,21 +646,45 @@ impl Inner {
         let secret = self
             .vault
             .open_string(SecretSlot::AuthorizerAppsecret { component, appid }, sealed)?;
-        let resp = self
-            .upstream(
-                self.client
-                    .stable_token(appid.as_str(), secret.expose_secret(), false),
-            )
-            .await?;
+        let (resp, source) = self.own_token(appid, &secret, false).await?;
         self.save_token(
             credential,
             record.generation,
             resp.access_token,
             resp.expires_in,
-            TokenSource::StableToken,
+            source,
             None,
         )
         .await
+    }
+
+    /// A token from the account's own appid + appsecret, through the configured API
+    /// (`refresh.direct_token_api`). `force` asks stable_token for a new token; cgi-bin/token
+    /// always issues one.
+    async fn own_token(
+        &self,
+        appid: &crate::model::Appid,
+        secret: &SecretString,
+        force: bool,
+    ) -> Result<(wechat::wire::AccessTokenResponse, TokenSource), RefreshError> {
+        Ok(match self.config.direct_token_api {
+            DirectTokenApi::StableToken => {
+                let resp = self
+                    .upstream(self.client.stable_token(
+                        appid.as_str(),
+                        secret.expose_secret(),
+                        force,
+                    ))
+                    .await?;
+                (resp, TokenSource::StableToken)
+            }
+            DirectTokenApi::Token => {
+                let resp = self
+                    .upstream(self.client.token(appid.as_str(), secret.expose_secret()))
+                    .await?;
+                (resp, TokenSource::Token)
+            }
+        })
     }
 
     // --- direct accounts --------------------------------------------------------------------
@@ -675,24 +700,24 @@ impl Inner {
             SecretSlot::DirectAppsecret { component, appid },
             &account.appsecret,
         )?;
-        let force = mode == Mode::Forced && self.take_force_budget(credential);
-        let resp = self
-            .upstream(
-                self.client
-                    .stable_token(appid.as_str(), secret.expose_secret(), force),
-            )
-            .await?;
+        // The generation this refresh is computed from, read before WeChat is asked: a write that
+        // lands meanwhile (another replica, an operator) makes ours stale instead of being overwritten.
         let generation = self
             .store
             .get_token(credential)
             .await?
             .map_or(account.generation, |r| r.generation);
+        // Only stable_token has a force budget; every cgi-bin/token call issues a new token.
+        let force = mode == Mode::Forced
+            && self.config.direct_token_api == DirectTokenApi::StableToken
+            && self.take_force_budget(credential);
+        let (resp, source) = self.own_token(appid, &secret, force).await?;
         self.save_token(
             credential,
             generation,
             resp.access_token,
             resp.expires_in,
-            TokenSource::StableToken,
+            source,
             None,
         )
         .await

@@ -794,6 +794,64 @@ async fn direct_account_uses_stable_token_and_forces_only_on_an_invalidation_rep
 }
 
 #[tokio::test]
+async fn direct_account_configured_for_cgi_bin_token_never_calls_stable_token() {
+    let mut refresh = refresh_config(Duration::from_secs(5));
+    refresh.direct_token_api = wxtoken::config::DirectTokenApi::Token;
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh,
+    )
+    .await;
+    let account = h
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::MiniProgram,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    let appid = Appid::parse(&account.appid).unwrap();
+    let sealed = h
+        .vault()
+        .seal(
+            SecretSlot::DirectAppsecret {
+                component: &h.comp,
+                appid: &appid,
+            },
+            account.appsecret.as_bytes(),
+        )
+        .unwrap();
+    h.store
+        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
+            component: h.comp.clone(),
+            appid: appid.clone(),
+            kind: wxtoken::model::AppKind::MiniProgram,
+            appsecret: sealed,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    h.restart().await;
+    let cred = Credential::direct(&h.comp, &appid);
+    let first = h.engine.refresh_now(&cred).await.expect("cgi-bin/token");
+    assert_eq!(first.source, TokenSource::Token);
+    assert!(h.valid(&first.access_token));
+    // A report of the current token replaces it at once: cgi-bin/token always issues a new one.
+    let next = h
+        .engine
+        .invalidate(&cred, first.access_token.expose_secret())
+        .await
+        .unwrap();
+    assert!(!next.is(first.access_token.expose_secret()));
+    assert!(h.valid(&next.access_token));
+    let stats = h.sim.control().stats();
+    assert_eq!(stats.calls_for(&account.appid, Api::StableToken), 0);
+    assert!(stats.calls_for(&account.appid, Api::Token) >= 2);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on_the_next_pass() {
     let h = Harness::start(
         sim_config(Duration::from_secs(60), Duration::from_secs(10)),
