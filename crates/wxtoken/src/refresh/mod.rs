@@ -227,6 +227,9 @@ pub(crate) struct Inner {
     pub(crate) permits: Semaphore,
     /// Consecutive failures per credential (the backoff attempt number).
     pub(crate) failures: Mutex<HashMap<Credential, u32>>,
+    /// A component whose token refresh failed: until the instant, authorizers needing its token
+    /// get the error without a new api_component_token call (no storm while it backs off).
+    pub(crate) component_gate: Mutex<HashMap<ComponentAppid, (Instant, RefreshError)>>,
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
     pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
@@ -281,6 +284,7 @@ impl Engine {
             wake: Notify::new(),
             permits: Semaphore::new(concurrency),
             failures: Mutex::default(),
+            component_gate: Mutex::default(),
             push_ticket_at: Mutex::default(),
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -66,11 +67,22 @@ impl Inner {
     async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
         let result = match self.lease.acquire(&credential, LEASE_TTL).await {
             Ok(true) => {
-                let r = match credential.kind {
-                    CredentialKind::Component => self.refresh_component(&credential).await,
-                    CredentialKind::Authorizer => self.refresh_authorizer(&credential).await,
-                    CredentialKind::Direct => self.refresh_direct(&credential, mode).await,
+                let work = async {
+                    match credential.kind {
+                        CredentialKind::Component => self.refresh_component(&credential).await,
+                        CredentialKind::Authorizer => self.refresh_authorizer(&credential).await,
+                        CredentialKind::Direct => self.refresh_direct(&credential, mode).await,
+                    }
                 };
+                // A panic must not leave the lease held and the credential off the schedule:
+                // it becomes `Abandoned`, which releases the lease and backs off like a failure.
+                let r = std::panic::AssertUnwindSafe(work)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!("refresh panicked; it will be retried with backoff");
+                        Err(RefreshError::Abandoned)
+                    });
                 self.lease.release(&credential).await;
                 r
             }
@@ -89,6 +101,9 @@ impl Inner {
             Ok(_) => {
                 self.refreshed.fetch_add(1, Ordering::Relaxed);
                 self.failures.lock().remove(credential);
+                if credential.kind == CredentialKind::Component {
+                    self.component_gate.lock().remove(&credential.component);
+                }
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
             }
@@ -128,6 +143,12 @@ impl Inner {
                     max: self.config.backoff_max,
                 };
                 let delay = backoff.delay(attempt, rand::random::<f64>());
+                if credential.kind == CredentialKind::Component {
+                    self.component_gate.lock().insert(
+                        credential.component.clone(),
+                        (Instant::now() + delay, e.clone()),
+                    );
+                }
                 self.schedule_in(credential, delay);
             }
         }
@@ -376,8 +397,20 @@ impl Inner {
         {
             return Ok(token);
         }
+        self.component_gate_open(component)?;
         self.refresh(Credential::component(component), Mode::Normal)
             .await
+    }
+
+    /// `Err` with the component token's last failure while that refresh is backing off: the
+    /// component credential retries on its own schedule, and authorizers must not each start
+    /// another api_component_token call (a daily-quota storm when thousands wait on it).
+    fn component_gate_open(&self, component: &ComponentAppid) -> Result<(), RefreshError> {
+        let gate = self.component_gate.lock();
+        match gate.get(component) {
+            Some((until, error)) if Instant::now() < *until => Err(error.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// WeChat rejected `rejected` (a component token): refresh it if it is still the current one.
@@ -392,6 +425,7 @@ impl Inner {
         {
             return Ok(current);
         }
+        self.component_gate_open(component)?;
         self.refresh(Credential::component(component), Mode::Normal)
             .await
     }

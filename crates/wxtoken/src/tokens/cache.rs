@@ -126,7 +126,7 @@ impl Slot {
         let revoked = matches!(state.status, Some((AuthorizerStatus::Revoked, _)));
         // A revoked authorizer's own tokens are retired; only its appsecret fallback is served.
         if let Some(token) = &state.token
-            && (!revoked || token.source == TokenSource::StableToken)
+            && (!revoked || matches!(token.source, TokenSource::StableToken | TokenSource::Token))
             && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
         {
             return Ok(Arc::clone(token));
@@ -330,6 +330,15 @@ mod tests {
             slot.read(Timestamp::from_millis(0), Duration::ZERO)
                 .unwrap()
                 .is("stable")
+        );
+        // The fallback may come from cgi-bin/token (refresh.direct_token_api = "token").
+        let mut from_token_api = token("cgi-bin", 3, i64::MAX);
+        from_token_api.source = TokenSource::Token;
+        slot.publish(from_token_api);
+        assert!(
+            slot.read(Timestamp::from_millis(0), Duration::ZERO)
+                .unwrap()
+                .is("cgi-bin")
         );
     }
 

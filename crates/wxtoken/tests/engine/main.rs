@@ -972,3 +972,50 @@ async fn one_step_refreshes_every_due_credential_once_and_plans_the_next_from_ex
     assert_eq!(h.engine.run_once().await, Default::default(), "nothing due");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn failing_component_token_is_not_called_again_for_every_authorizer_while_it_backs_off() {
+    let mut refresh = refresh_config(Duration::from_secs(5));
+    refresh.backoff_initial = Duration::from_secs(30);
+    refresh.backoff_max = Duration::from_secs(60);
+    let h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh,
+    )
+    .await;
+    let authorizers = h.import_authorizers(50).await;
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: None,
+            rules: vec![FaultRule {
+                endpoint: "api_component_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: -1,
+                    errmsg: None,
+                },
+            }],
+        })
+        .unwrap();
+    h.sim.control().reset_stats();
+    let credentials: Vec<_> = authorizers
+        .iter()
+        .map(|a| h.credential(&a.authorizer_appid))
+        .collect();
+    for _round in 0..3 {
+        let refreshes = credentials.iter().map(|c| h.engine.refresh_now(c));
+        for outcome in futures::future::join_all(refreshes).await {
+            assert!(outcome.is_err(), "no component token, no authorizer token");
+        }
+    }
+    let stats = h.sim.control().stats();
+    assert_eq!(
+        stats.calls(Api::ComponentToken),
+        1,
+        "150 asks while the component token backs off cause one call"
+    );
+    assert_eq!(stats.calls(Api::AuthorizerToken), 0);
+    h.stop().await;
+}
