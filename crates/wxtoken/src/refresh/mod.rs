@@ -192,8 +192,12 @@ pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Normal,
-    /// An invalidation report: direct accounts use `force_refresh` (within budget).
-    Forced,
+    /// An invalidation report of the token at `reported` (None: no token was current): direct
+    /// accounts use `force_refresh` (within budget). The flight re-checks the generation when it
+    /// starts, so a report that raced a refresh landing in between causes no second call.
+    Forced {
+        reported: Option<u64>,
+    },
 }
 
 /// stable_token `force_refresh` budget of one account (wechat-protocol.md §6.2): 20 a day, 30 s
@@ -469,14 +473,13 @@ impl Engine {
             .cache
             .get(credential)
             .ok_or(RefreshError::Unknown)?;
-        match slot.current() {
-            Some(current) if !current.is(reported) => Ok(current),
-            _ => {
-                Arc::clone(&self.inner)
-                    .refresh_owned(credential.clone(), Mode::Forced)
-                    .await
-            }
-        }
+        let reported = match slot.current() {
+            Some(current) if !current.is(reported) => return Ok(current),
+            current => current.map(|c| c.generation),
+        };
+        Arc::clone(&self.inner)
+            .refresh_owned(credential.clone(), Mode::Forced { reported })
+            .await
     }
 
     /// When the credential is next due, if scheduled (for tests and admin views).

@@ -65,6 +65,16 @@ impl Inner {
 
     #[tracing::instrument(skip_all, fields(kind = credential.kind.as_str(), appid = %credential.appid))]
     async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
+        // An invalidation report that lost a race with a refresh: the token it reported is already
+        // replaced, so the answer is the current token and WeChat is not asked again.
+        if let Mode::Forced {
+            reported: Some(generation),
+        } = mode
+            && let Some(current) = self.cache.get(&credential).and_then(|s| s.current())
+            && current.generation > generation
+        {
+            return Ok(current);
+        }
         let result = match self.lease.acquire(&credential, LEASE_TTL).await {
             Ok(true) => {
                 let work = async {
@@ -742,7 +752,7 @@ impl Inner {
             .await?
             .map_or(account.generation, |r| r.generation);
         // Only stable_token has a force budget; every cgi-bin/token call issues a new token.
-        let force = mode == Mode::Forced
+        let force = matches!(mode, Mode::Forced { .. })
             && self.config.direct_token_api == DirectTokenApi::StableToken
             && self.take_force_budget(credential);
         let (resp, source) = self.own_token(appid, &secret, force).await?;

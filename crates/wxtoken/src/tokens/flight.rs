@@ -80,7 +80,13 @@ where
     {
         // The lock is never held across an await: joining or registering is synchronous.
         let mut flights = self.flights.lock();
-        if let Some(flight) = flights.get(&key) {
+        // Join only a flight still in the air. One that has published its result but not yet left
+        // the map is over: its answer may predate what this caller knows (an invalidation report
+        // of the very token it returned), so a new flight replaces it; `Landing` then leaves the
+        // newer entry alone.
+        if let Some(flight) = flights.get(&key)
+            && flight.result.borrow().is_none()
+        {
             flight.waiters.fetch_add(1, Ordering::Relaxed);
             return flight.result.clone();
         }
@@ -104,7 +110,6 @@ where
             // waiters the flight was abandoned.
             let landing = landing;
             let value = fut.await;
-            // Publish before removing, so a caller that joins in between still gets this result.
             let _ = tx.send(Some(value));
             drop(landing);
         });

@@ -178,7 +178,8 @@ async fn every_token_handed_out_is_valid_and_each_authorizer_refreshes_once_per_
     );
 }
 
-#[tokio::test]
+// Multi-threaded, so a report can race the flight landing: it must still cause no second call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_invalidation_reports_of_one_token_cause_one_upstream_call() {
     let h = Harness::start(
         sim_config(Duration::from_secs(60), Duration::from_secs(10)),
