@@ -226,6 +226,11 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     pub(crate) cache: TokenCache,
     pub(crate) flights: SingleFlight<Credential, Outcome>,
+    /// One paging of api_get_authorizer_list per component at a time, shared by every 61023
+    /// recovery, and kept for `worker::LISTING_TTL`.
+    pub(crate) listing_flights:
+        SingleFlight<ComponentAppid, Result<Arc<worker::Listing>, RefreshError>>,
+    pub(crate) listings: Mutex<HashMap<ComponentAppid, (Instant, Arc<worker::Listing>)>>,
     pub(crate) schedule: Mutex<Schedule>,
     pub(crate) wake: Notify,
     pub(crate) permits: Semaphore,
@@ -282,6 +287,8 @@ impl Engine {
             lease: deps.lease,
             clock: deps.clock,
             flights: SingleFlight::new(deps.tracker.clone()),
+            listing_flights: SingleFlight::new(deps.tracker.clone()),
+            listings: Mutex::default(),
             tracker: deps.tracker,
             cache: TokenCache::new(),
             schedule: Mutex::new(Schedule::default()),

@@ -33,6 +33,12 @@ use crate::vault::VaultError;
 
 /// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
 const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How long one paging of api_get_authorizer_list serves 61023 recoveries.
+pub(crate) const LISTING_TTL: Duration = Duration::from_secs(60);
+
+/// What api_get_authorizer_list showed: appid → its refresh token (None: authorized, never exchanged).
+pub(crate) type Listing = std::collections::HashMap<String, Option<SecretString>>;
+
 /// Longest wait between two attempts to write a refresh result the store refused for a reason
 /// that can pass (unavailable, busy, conflict).
 const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -584,13 +590,60 @@ impl Inner {
         Ok(outcome)
     }
 
-    /// The refresh token `api_get_authorizer_list` shows for `appid`, paging until found.
+    /// The refresh token `api_get_authorizer_list` shows for `appid`. The listing is paged once per
+    /// component and shared: when many authorizers hit 61023 together (a component-wide problem),
+    /// they cause one paging, not one each.
     pub(crate) async fn listed_refresh_token(
         self: &Arc<Self>,
         component: &ComponentAppid,
         appid: &crate::model::Appid,
     ) -> Result<Option<SecretString>, RefreshError> {
+        let listing = self.listing(component).await?;
+        Ok(listing.get(appid.as_str()).and_then(|rt| {
+            rt.as_ref()
+                .map(|s| SecretString::from(s.expose_secret().to_owned()))
+        }))
+    }
+
+    async fn listing(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+    ) -> Result<Arc<Listing>, RefreshError> {
+        if let Some(listing) = self.fresh_listing(component) {
+            return Ok(listing);
+        }
+        let inner = Arc::clone(self);
+        let key = component.clone();
+        self.listing_flights
+            .run(component.clone(), move || async move {
+                // A flight that answered between our look and our joining has filled the cache.
+                if let Some(listing) = inner.fresh_listing(&key) {
+                    return Ok(listing);
+                }
+                let listing = inner.page_listing(&key).await?;
+                // Cached before the flight answers, so a caller arriving just after finds it.
+                inner
+                    .listings
+                    .lock()
+                    .insert(key, (Instant::now(), Arc::clone(&listing)));
+                Ok(listing)
+            })
+            .await
+            .unwrap_or(Err(RefreshError::Abandoned))
+    }
+
+    fn fresh_listing(&self, component: &ComponentAppid) -> Option<Arc<Listing>> {
+        let listings = self.listings.lock();
+        let (at, listing) = listings.get(component)?;
+        (at.elapsed() < LISTING_TTL).then(|| Arc::clone(listing))
+    }
+
+    async fn page_listing(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+    ) -> Result<Arc<Listing>, RefreshError> {
         let ct = self.ensure_component_token(component).await?;
+        let mut listing = Listing::new();
         let mut offset = 0u32;
         loop {
             let page = self
@@ -601,19 +654,16 @@ impl Inner {
                     wechat::wire::AUTHORIZER_LIST_MAX_COUNT,
                 ))
                 .await?;
-            if let Some(item) = page
-                .list
-                .iter()
-                .find(|i| i.authorizer_appid == appid.as_str())
-            {
-                return Ok(item
+            for item in &page.list {
+                let rt = item
                     .non_empty_refresh_token()
-                    .map(|s| SecretString::from(s.to_owned())));
+                    .map(|s| SecretString::from(s.to_owned()));
+                listing.insert(item.authorizer_appid.clone(), rt);
             }
             let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
             offset = offset.saturating_add(n);
             if n == 0 || u64::from(offset) >= page.total_count {
-                return Ok(None);
+                return Ok(Arc::new(listing));
             }
         }
     }

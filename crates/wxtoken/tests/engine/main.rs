@@ -1020,3 +1020,51 @@ async fn failing_component_token_is_not_called_again_for_every_authorizer_while_
     assert_eq!(stats.calls(Api::AuthorizerToken), 0);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn many_authorizers_rejected_with_61023_together_page_the_authorizer_list_once() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let authorizers = h.import_authorizers(20).await;
+    let credentials: Vec<_> = authorizers
+        .iter()
+        .map(|a| h.credential(&a.authorizer_appid))
+        .collect();
+    h.engine
+        .refresh_now(&credentials[0])
+        .await
+        .expect("component token and a first refresh");
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: None,
+            rules: vec![FaultRule {
+                endpoint: "api_authorizer_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: 61023,
+                    errmsg: None,
+                },
+            }],
+        })
+        .unwrap();
+    h.sim.control().reset_stats();
+    let refreshes = credentials.iter().map(|c| h.engine.refresh_now(c));
+    futures::future::join_all(refreshes).await;
+    let stats = h.sim.control().stats();
+    assert_eq!(
+        stats.calls(Api::AuthorizerToken),
+        20,
+        "each authorizer tried once"
+    );
+    assert_eq!(
+        stats.calls(Api::GetAuthorizerList),
+        1,
+        "one shared paging of the list for all twenty recoveries"
+    );
+    h.stop().await;
+}
