@@ -340,6 +340,8 @@ impl Engine {
             .backoff_max
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut events = tokio::time::interval_at(Instant::now() + events_every, events_every);
+        // A reconciliation pages the whole list; a slow one must not overlap the next.
+        let reconciling = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             self.start_due();
             let next = self.inner.schedule.lock().next_deadline();
@@ -350,16 +352,28 @@ impl Engine {
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
                 _ = reconcile.tick() => {
-                    for component in self.inner.components.keys().cloned().collect::<Vec<_>>() {
-                        let engine = self.clone();
-                        self.inner.tracker.spawn(async move {
+                    if reconciling.swap(true, Ordering::AcqRel) {
+                        tracing::warn!("the previous reconciliation is still running; skipping this one");
+                        continue;
+                    }
+                    let engine = self.clone();
+                    let reconciling = Arc::clone(&reconciling);
+                    let components: Vec<_> = self.inner.components.keys().cloned().collect();
+                    self.inner.tracker.spawn(async move {
+                        for component in components {
                             if let Err(e) = engine.reconcile_once(&component).await {
                                 tracing::warn!(component = %component, error = %e, "reconciliation failed");
                             }
-                        });
-                    }
+                        }
+                        reconciling.store(false, Ordering::Release);
+                    });
                 }
-                _ = silence.tick() => self.inner.check_ticket_silence().await,
+                // Off the loop: the check reads the store and may call WeChat, and scheduling must
+                // never wait on either.
+                _ = silence.tick() => {
+                    let inner = Arc::clone(&self.inner);
+                    self.inner.tracker.spawn(async move { inner.check_ticket_silence().await });
+                }
                 _ = events.tick() => {
                     if self.inner.events_pending.load(Ordering::Relaxed) {
                         let engine = self.clone();
