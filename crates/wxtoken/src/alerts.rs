@@ -27,6 +27,9 @@ pub enum AlertKind {
     Revoked,
     TicketSilence,
     Quota,
+    /// WeChat refuses wxtoken's own credentials, IP or permissions (40125, 40164, 61004, 48001 …):
+    /// retrying will not help until an operator acts.
+    Configuration,
 }
 
 impl AlertKind {
@@ -36,6 +39,7 @@ impl AlertKind {
             AlertKind::Revoked => "revoked",
             AlertKind::TicketSilence => "ticket_silence",
             AlertKind::Quota => "quota",
+            AlertKind::Configuration => "configuration",
         }
     }
 }

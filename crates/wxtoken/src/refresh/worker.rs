@@ -140,14 +140,22 @@ impl Inner {
                     *n = n.saturating_add(1);
                     attempt
                 };
-                if attempt == 0
-                    && let RefreshError::Upstream {
+                let alert = match e {
+                    RefreshError::Upstream {
                         class: ErrorClass::Quota,
                         detail,
-                    } = e
+                    } => Some((AlertKind::Quota, detail)),
+                    RefreshError::Upstream {
+                        class: ErrorClass::Configuration | ErrorClass::Permission,
+                        detail,
+                    } => Some((AlertKind::Configuration, detail)),
+                    _ => None,
+                };
+                if attempt == 0
+                    && let Some((kind, detail)) = alert
                 {
                     self.alerts.raise(Alert::new(
-                        AlertKind::Quota,
+                        kind,
                         credential.component.as_str(),
                         Some(credential.appid.as_str()),
                         detail.clone(),

@@ -402,6 +402,15 @@ impl WebhookReceiver {
         self.wait_until(|v| v["kind"] == kind).await
     }
 
+    /// How many alerts of this kind arrived so far.
+    pub fn count_kind(&self, kind: &str) -> usize {
+        self.received
+            .lock()
+            .iter()
+            .filter(|v| v["kind"] == kind)
+            .count()
+    }
+
     async fn wait_until(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         loop {
             let notified = self.arrived.notified();

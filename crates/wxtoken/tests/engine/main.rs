@@ -1068,3 +1068,76 @@ async fn many_authorizers_rejected_with_61023_together_page_the_authorizer_list_
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn whitelist_error_on_a_direct_account_alerts_an_operator_once() {
+    let webhook = WebhookReceiver::start().await;
+    let mut h = Harness::start_with(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let account = h
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    let appid = Appid::parse(&account.appid).unwrap();
+    let sealed = h
+        .vault()
+        .seal(
+            SecretSlot::DirectAppsecret {
+                component: &h.comp,
+                appid: &appid,
+            },
+            account.appsecret.as_bytes(),
+        )
+        .unwrap();
+    h.store
+        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
+            component: h.comp.clone(),
+            appid: appid.clone(),
+            kind: wxtoken::model::AppKind::OfficialAccount,
+            appsecret: sealed,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    h.restart().await;
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: None,
+            rules: vec![FaultRule {
+                endpoint: "stable_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: 40164,
+                    errmsg: None,
+                },
+            }],
+        })
+        .unwrap();
+    let cred = Credential::direct(&h.comp, &appid);
+    assert!(h.engine.refresh_now(&cred).await.is_err());
+    assert!(h.engine.refresh_now(&cred).await.is_err());
+    let alert = webhook.wait_for_kind("configuration").await;
+    assert_eq!(alert["appid"], account.appid.as_str());
+    assert!(
+        !alert.to_string().contains(&account.appsecret),
+        "no secret in an alert"
+    );
+    h.stop().await;
+    assert_eq!(
+        webhook.count_kind("configuration"),
+        1,
+        "one alert per failure streak, not one per retry"
+    );
+}
