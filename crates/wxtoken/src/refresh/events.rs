@@ -17,7 +17,8 @@ use wechat::event::Event;
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::model::{
     Appid, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected, NewEvent,
-    RefreshTokenSource, SaveOutcome, SecretSlot, StoredEvent, TicketOutcome, TokenSource,
+    RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent, TicketOutcome,
+    TokenSource,
 };
 use crate::telemetry;
 
@@ -128,12 +129,31 @@ impl Engine {
 
     /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
     /// tokens missing or different, and marks authorizers no longer listed as revoked.
+    ///
+    /// The store is read once, *before* paging, and every write is fenced on that snapshot's
+    /// generation (the revocation included): whatever an event, a refresh or an import stored
+    /// while the list was being paged is newer than the list, so a write that finds it (`Stale`)
+    /// leaves it.
     pub async fn reconcile_once(
         &self,
         component: &ComponentAppid,
     ) -> Result<ReconcileReport, RefreshError> {
+        self.reconcile_once_with(component, std::future::ready(()))
+            .await
+    }
+
+    /// [`Engine::reconcile_once`] that awaits `after_listing` between paging the list and comparing
+    /// it with the snapshot: the seam tests use to change the store while the list is in hand.
+    #[doc(hidden)]
+    pub async fn reconcile_once_with(
+        &self,
+        component: &ComponentAppid,
+        after_listing: impl std::future::Future<Output = ()>,
+    ) -> Result<ReconcileReport, RefreshError> {
         let inner = self.inner();
         let ct = inner.ensure_component_token(component).await?;
+        // The snapshot precedes the list: anything stored later carries a newer generation.
+        let stored = inner.store.load_authorizers(Some(component)).await?;
         let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
         let mut offset = 0u32;
         let total = loop {
@@ -159,29 +179,27 @@ impl Engine {
             }
             tokio::time::sleep(LIST_PAGE_PAUSE).await;
         };
+        after_listing.await;
         let mut report = ReconcileReport {
             listed: listed.len(),
             ..ReconcileReport::default()
         };
         // A list that shrank while we paged is incomplete: never revoke from it.
         let complete = listed.len() as u64 >= total;
-        let stored = inner.store.load_authorizers(Some(component)).await?;
         let mut known = std::collections::HashSet::new();
         for record in stored {
             known.insert(record.appid.as_str().to_owned());
             let credential = Credential::authorizer(component, &record.appid);
             match listed.get(record.appid.as_str()) {
                 None if complete && record.status != AuthorizerStatus::Revoked => {
-                    inner
-                        .lose_authorization(
+                    let revoked = inner
+                        .revoke_fenced(
                             &credential,
-                            None,
-                            AuthorizerStatus::Revoked,
+                            record.generation,
                             "not listed by api_get_authorizer_list",
                         )
-                        .await
-                        .ok();
-                    report.revoked += 1;
+                        .await?;
+                    report.revoked += usize::from(revoked);
                 }
                 Some(Some(rt)) => {
                     let slot = SecretSlot::RefreshToken {
@@ -201,6 +219,7 @@ impl Engine {
                                 RefreshTokenSource::Reconcile,
                             )
                             .await?;
+                        // Stale: changed since the snapshot (newer than the list); leave it.
                         if let SaveOutcome::Saved { .. } = outcome {
                             report.recovered += 1;
                             inner.schedule_in(&credential, Duration::ZERO);
@@ -246,6 +265,47 @@ impl Engine {
 }
 
 impl Inner {
+    /// Revokes an authorizer only if its generation is still `generation` (what the caller read).
+    /// True if it is revoked now by this call; false if it changed meanwhile (re-authorized,
+    /// recovered, refreshed) or is gone. Alert, cache and appsecret fallback follow as for any lost
+    /// authorization.
+    async fn revoke_fenced(
+        self: &Arc<Self>,
+        credential: &Credential,
+        generation: u64,
+        reason: &str,
+    ) -> Result<bool, RefreshError> {
+        let outcome = self
+            .store
+            .set_authorizer_status(&StatusChange {
+                component: credential.component.clone(),
+                appid: credential.appid.clone(),
+                status: AuthorizerStatus::Revoked,
+                reason: Some(reason.to_owned()),
+                expected_generation: Some(generation),
+                at: self.clock.now(),
+            })
+            .await?;
+        let SaveOutcome::Saved { generation } = outcome else {
+            return Ok(false);
+        };
+        self.schedule.lock().remove(credential);
+        // Already revoked at `generation`: this only updates the cache, alerts and falls back.
+        match self
+            .lose_authorization(
+                credential,
+                Some(generation),
+                AuthorizerStatus::Revoked,
+                reason,
+            )
+            .await
+        {
+            // Gone: no appsecret; Upstream: only the fallback failed (it retries on schedule).
+            Ok(_) | Err(RefreshError::Gone { .. } | RefreshError::Upstream { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn apply_stored(self: &Arc<Self>, stored: &StoredEvent) -> Result<(), RefreshError> {
         let component = &stored.component;
         let xml = self.vault.open(
