@@ -1087,3 +1087,78 @@ async fn reconciliation_leaves_what_events_stored_while_it_paged_the_authorizer_
     assert_eq!((again.listed, again.recovered, again.revoked), (3, 0, 0));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_refresh_token_is_stored()
+ {
+    use sqlx::Connection;
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    // A short busy timeout: each write attempt under the held lock fails `Unavailable` quickly.
+    h.restart_with_store(&wxtoken::store::StoreOptions {
+        acquire_timeout: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    h.engine
+        .refresh_now(&Credential::component(&h.comp))
+        .await
+        .expect("component token");
+    let sim = h.sim.control().clone();
+    let appid = sim
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap()
+        .appid;
+    let outcome = sim.authorize(&appid, &h.component.component_appid).unwrap();
+    record_only(&h, &h.authorization_event(&outcome), "auth:locked").await;
+
+    // Another process holds SQLite's write lock.
+    let mut blocker = sqlx::sqlite::SqliteConnection::connect(h.db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let mut pass = tokio::spawn(async move { engine.process_events().await });
+    // Many busy timeouts later the pass is still retrying the write, not done with the event.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut pass)
+            .await
+            .is_err(),
+        "the pass gave up on the api_query_auth answer"
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 1);
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(
+        pass.await.unwrap().unwrap(),
+        1,
+        "applied once the lock is gone"
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 1, "asked WeChat once");
+    assert_eq!(
+        h.stored_refresh_token(&appid).await,
+        h.sim_refresh_token(&appid)
+    );
+    let t = h
+        .engine
+        .token(None, &appid)
+        .expect("token from api_query_auth");
+    assert!(h.valid(&t.access_token));
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.stop().await;
+}
