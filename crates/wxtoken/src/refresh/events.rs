@@ -16,15 +16,22 @@ use wechat::event::Event;
 
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::model::{
-    Appid, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected, NewEvent,
-    RefreshTokenSource, SaveOutcome, SecretSlot, StoredEvent, TicketOutcome, TokenSource,
+    Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected,
+    NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent,
+    TicketOutcome, Timestamp, TokenSource,
 };
+use crate::store::StoreError;
 use crate::telemetry;
 
 /// `api_query_auth` on a code already exchanged.
 const CODE_ALREADY_USED: i64 = 61009;
 /// Unprocessed events read per pass.
 const EVENT_BATCH: u32 = 1000;
+/// First and longest wait between attempts to store an `api_query_auth` answer.
+const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(50);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// After this many failed attempts each further failure is logged at error level.
+const WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
 /// Pause between pages of `api_get_authorizer_list` (rate limit).
 const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -128,12 +135,31 @@ impl Engine {
 
     /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
     /// tokens missing or different, and marks authorizers no longer listed as revoked.
+    ///
+    /// The store is read once, *before* paging, and every write is fenced on that snapshot's
+    /// generation (the revocation included): whatever an event, a refresh or an import stored
+    /// while the list was being paged is newer than the list, so a write that finds it (`Stale`)
+    /// leaves it.
     pub async fn reconcile_once(
         &self,
         component: &ComponentAppid,
     ) -> Result<ReconcileReport, RefreshError> {
+        self.reconcile_once_with(component, std::future::ready(()))
+            .await
+    }
+
+    /// [`Engine::reconcile_once`] that awaits `after_listing` between paging the list and comparing
+    /// it with the snapshot: the seam tests use to change the store while the list is in hand.
+    #[doc(hidden)]
+    pub async fn reconcile_once_with(
+        &self,
+        component: &ComponentAppid,
+        after_listing: impl std::future::Future<Output = ()>,
+    ) -> Result<ReconcileReport, RefreshError> {
         let inner = self.inner();
         let ct = inner.ensure_component_token(component).await?;
+        // The snapshot precedes the list: anything stored later carries a newer generation.
+        let stored = inner.store.load_authorizers(Some(component)).await?;
         let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
         let mut offset = 0u32;
         let total = loop {
@@ -159,29 +185,27 @@ impl Engine {
             }
             tokio::time::sleep(LIST_PAGE_PAUSE).await;
         };
+        after_listing.await;
         let mut report = ReconcileReport {
             listed: listed.len(),
             ..ReconcileReport::default()
         };
         // A list that shrank while we paged is incomplete: never revoke from it.
         let complete = listed.len() as u64 >= total;
-        let stored = inner.store.load_authorizers(Some(component)).await?;
         let mut known = std::collections::HashSet::new();
         for record in stored {
             known.insert(record.appid.as_str().to_owned());
             let credential = Credential::authorizer(component, &record.appid);
             match listed.get(record.appid.as_str()) {
                 None if complete && record.status != AuthorizerStatus::Revoked => {
-                    inner
-                        .lose_authorization(
+                    let revoked = inner
+                        .revoke_fenced(
                             &credential,
-                            None,
-                            AuthorizerStatus::Revoked,
+                            record.generation,
                             "not listed by api_get_authorizer_list",
                         )
-                        .await
-                        .ok();
-                    report.revoked += 1;
+                        .await?;
+                    report.revoked += usize::from(revoked);
                 }
                 Some(Some(rt)) => {
                     let slot = SecretSlot::RefreshToken {
@@ -201,6 +225,7 @@ impl Engine {
                                 RefreshTokenSource::Reconcile,
                             )
                             .await?;
+                        // Stale: changed since the snapshot (newer than the list); leave it.
                         if let SaveOutcome::Saved { .. } = outcome {
                             report.recovered += 1;
                             inner.schedule_in(&credential, Duration::ZERO);
@@ -246,6 +271,47 @@ impl Engine {
 }
 
 impl Inner {
+    /// Revokes an authorizer only if its generation is still `generation` (what the caller read).
+    /// True if it is revoked now by this call; false if it changed meanwhile (re-authorized,
+    /// recovered, refreshed) or is gone. Alert, cache and appsecret fallback follow as for any lost
+    /// authorization.
+    async fn revoke_fenced(
+        self: &Arc<Self>,
+        credential: &Credential,
+        generation: u64,
+        reason: &str,
+    ) -> Result<bool, RefreshError> {
+        let outcome = self
+            .store
+            .set_authorizer_status(&StatusChange {
+                component: credential.component.clone(),
+                appid: credential.appid.clone(),
+                status: AuthorizerStatus::Revoked,
+                reason: Some(reason.to_owned()),
+                expected_generation: Some(generation),
+                at: self.clock.now(),
+            })
+            .await?;
+        let SaveOutcome::Saved { generation } = outcome else {
+            return Ok(false);
+        };
+        self.schedule.lock().remove(credential);
+        // Already revoked at `generation`: this only updates the cache, alerts and falls back.
+        match self
+            .lose_authorization(
+                credential,
+                Some(generation),
+                AuthorizerStatus::Revoked,
+                reason,
+            )
+            .await
+        {
+            // Gone: no appsecret; Upstream: only the fallback failed (it retries on schedule).
+            Ok(_) | Err(RefreshError::Gone { .. } | RefreshError::Upstream { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn apply_stored(self: &Arc<Self>, stored: &StoredEvent) -> Result<(), RefreshError> {
         let component = &stored.component;
         let xml = self.vault.open(
@@ -284,8 +350,15 @@ impl Inner {
             Event::Authorized(a) | Event::UpdateAuthorized(a) => {
                 let appid = Appid::parse(&a.authorizer_appid)
                     .map_err(|e| RefreshError::Storage(e.to_string()))?;
-                self.exchange_code(component, &appid, &a.authorization_code)
-                    .await
+                // A re-sent push keeps its CreateTime (seconds, WeChat's clock).
+                let created = Timestamp::from_millis(a.create_time.saturating_mul(1000));
+                self.exchange_code(
+                    component,
+                    &appid,
+                    &a.authorization_code,
+                    created.min(stored.received_at),
+                )
+                .await
             }
             Event::Unauthorized(u) => {
                 let appid = Appid::parse(&u.authorizer_appid)
@@ -321,12 +394,15 @@ impl Inner {
 
     /// `authorized` / `updateauthorized`: exchanges the code and stores the new refresh token and
     /// access token (re-authorization retires the old refresh token). Idempotent: a code already
-    /// exchanged (61009) is fine when the authorizer exists.
+    /// exchanged (61009) is fine only if an `api_query_auth` answer was stored since `since` (the
+    /// event's CreateTime or receive time, whichever is earlier); otherwise the refresh token it
+    /// carried is lost to us and 61009 is returned as the error it is.
     pub(crate) async fn exchange_code(
         self: &Arc<Self>,
         component: &ComponentAppid,
         appid: &Appid,
         code: &str,
+        since: Timestamp,
     ) -> Result<(), RefreshError> {
         let mut replaced_component = false;
         let info = loop {
@@ -338,7 +414,7 @@ impl Inner {
             match call.await {
                 Ok(resp) => break resp.authorization_info,
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
-                    return if self.store.get_authorizer(component, appid).await?.is_some() {
+                    return if self.exchanged_since(component, appid, since).await? {
                         Ok(())
                     } else {
                         Err(e.into())
@@ -364,9 +440,8 @@ impl Inner {
                 detail: "api_query_auth: no authorizer_refresh_token".into(),
             })?;
         let credential = Credential::authorizer(component, appid);
-        let sealed_rt = self
-            .vault
-            .seal(SecretSlot::RefreshToken { component, appid }, rt.as_bytes())?;
+        let slot = SecretSlot::RefreshToken { component, appid };
+        let sealed_rt = self.vault.seal(slot, rt.as_bytes())?;
         let access = match (&info.authorizer_access_token, info.expires_in) {
             (Some(t), Some(secs)) if !t.is_empty() => Some((
                 t.clone(),
@@ -379,24 +454,57 @@ impl Inner {
             )),
             _ => None,
         };
-        // Fenced: re-read and retry if a refresh landed between our read and our write.
-        for _ in 0..3 {
-            let expected = match self.store.get_authorizer(component, appid).await? {
-                Some(r) => Expected::Generation(r.generation),
+        // WeChat will not give this refresh token again (the code is spent): the write is retried
+        // until it lands (SPEC.md rule 2), and re-fenced on whatever landed meanwhile.
+        let mut retry = WriteRetry::default();
+        let mut lost_race = false;
+        loop {
+            let current = match self.store.get_authorizer(component, appid).await {
+                Ok(current) => current,
+                Err(e) if retryable(&e) => {
+                    retry.wait(&e).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let expected = match &current {
+                Some(r) => {
+                    // A write that reported failure but landed (or another pass storing the
+                    // same answer): nothing left to write.
+                    if lost_race
+                        && self
+                            .vault
+                            .open_string(slot, &r.refresh_token)?
+                            .expose_secret()
+                            == rt
+                    {
+                        self.failures.lock().remove(&credential);
+                        if self.adopt_stored(&credential).await.is_err() {
+                            self.schedule_in(&credential, Duration::ZERO);
+                        }
+                        return Ok(());
+                    }
+                    Expected::Generation(r.generation)
+                }
                 None => Expected::Absent,
             };
-            let outcome = self
-                .save_authorization(
-                    component,
-                    appid,
-                    expected,
-                    sealed_rt.clone(),
-                    access.as_ref().map(|(_, a)| a.clone()),
-                    RefreshTokenSource::QueryAuth,
-                )
-                .await?;
-            match outcome {
-                SaveOutcome::Saved { generation } => {
+            let write = AuthorizationWrite {
+                component: component.clone(),
+                appid: appid.clone(),
+                expected,
+                kind: None,
+                status: AuthorizerStatus::Active,
+                refresh_token: sealed_rt.clone(),
+                appsecret: None,
+                access_token: access.as_ref().map(|(_, a)| a.clone()),
+                source: RefreshTokenSource::QueryAuth,
+                at: self.clock.now(),
+            };
+            match self.store.save_authorization(&write).await {
+                Ok(SaveOutcome::Saved { generation }) => {
+                    self.cache
+                        .slot(&credential)
+                        .set_status(AuthorizerStatus::Active, "");
                     self.failures.lock().remove(&credential);
                     match &access {
                         Some((token, stored)) => {
@@ -411,12 +519,65 @@ impl Inner {
                     }
                     return Ok(());
                 }
-                SaveOutcome::Stale { .. } => continue,
-                SaveOutcome::Missing => return Err(RefreshError::Unknown),
+                // A refresh (or a commit we saw fail) landed between our read and our write.
+                Ok(SaveOutcome::Stale { .. }) => lost_race = true,
+                Ok(SaveOutcome::Missing) => return Err(RefreshError::Unknown),
+                Err(e) if retryable(&e) => {
+                    // The commit itself may have landed: compare before writing again.
+                    lost_race = true;
+                    retry.wait(&e).await;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(RefreshError::Storage(
-            "authorization write kept losing the race".into(),
-        ))
+    }
+
+    /// Whether an `api_query_auth` answer for `appid` was stored at or after `since`.
+    async fn exchanged_since(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        since: Timestamp,
+    ) -> Result<bool, RefreshError> {
+        let history = self.store.refresh_token_history(component, appid).await?;
+        Ok(history.iter().any(|h| {
+            h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
+        }))
+    }
+}
+
+/// Store errors that can pass (unavailable, busy, conflict, a backend hiccup).
+fn retryable(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unavailable(_) | StoreError::Conflict { .. } | StoreError::Backend(_)
+    )
+}
+
+/// Capped exponential backoff between attempts to write something WeChat will not give again.
+struct WriteRetry {
+    wait: Duration,
+    failures: u32,
+}
+
+impl Default for WriteRetry {
+    fn default() -> Self {
+        Self {
+            wait: WRITE_RETRY_INITIAL,
+            failures: 0,
+        }
+    }
+}
+
+impl WriteRetry {
+    async fn wait(&mut self, e: &StoreError) {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures > WRITE_ATTEMPTS_BEFORE_ERROR {
+            tracing::error!(failures = self.failures, error = %e, "api_query_auth result is not stored yet; retrying until it is");
+        } else {
+            tracing::warn!(failures = self.failures, error = %e, "api_query_auth result not stored; retrying");
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(WRITE_RETRY_MAX);
     }
 }

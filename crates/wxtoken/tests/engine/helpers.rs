@@ -134,6 +134,11 @@ impl Harness {
         h
     }
 
+    /// The SQLite file's URL (tests open their own connection to it, e.g. to hold its write lock).
+    pub fn db_url(&self) -> &str {
+        &self.db_url
+    }
+
     pub fn vault(&self) -> Vault {
         Vault::new(&self.master, &[])
     }
@@ -146,8 +151,16 @@ impl Harness {
     /// Drops the engine (loop cancelled, flights finished), closes the store, and starts again on
     /// the same SQLite file: the process restart of the crash tests.
     pub async fn restart(&mut self) {
+        self.restart_with_store(&store::StoreOptions::default())
+            .await;
+    }
+
+    /// [`Harness::restart`] with the store opened with `options` (e.g. a short busy timeout).
+    pub async fn restart_with_store(&mut self, options: &store::StoreOptions) {
         self.stop().await;
-        self.store = store::open(&self.db_url).await.expect("store reopens");
+        self.store = store::open_with(&self.db_url, options)
+            .await
+            .expect("store reopens");
         self.tracker = TaskTracker::new();
         self.cancel = CancellationToken::new();
         self.engine = open_engine(

@@ -1141,3 +1141,193 @@ async fn whitelist_error_on_a_direct_account_alerts_an_operator_once() {
         "one alert per failure streak, not one per retry"
     );
 }
+
+/// Overwrites the stored refresh token of `appid` with one WeChat never issued.
+async fn store_bogus_refresh_token(h: &Harness, appid: &str) {
+    let a = Appid::parse(appid).unwrap();
+    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let bogus = h
+        .vault()
+        .seal(
+            SecretSlot::RefreshToken {
+                component: &h.comp,
+                appid: &a,
+            },
+            b"refreshtoken@@@bogus",
+        )
+        .unwrap();
+    let outcome = h
+        .store
+        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
+            component: h.comp.clone(),
+            appid: a,
+            expected: Expected::Generation(record.generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: bogus,
+            appsecret: None,
+            access_token: None,
+            source: wxtoken::model::RefreshTokenSource::Import,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome[0],
+        wxtoken::model::SaveOutcome::Saved { .. }
+    ));
+}
+
+/// Authorizes `appid` in the simulator and applies the pushed event.
+async fn authorize_and_apply(h: &Harness, appid: &str, key: &str) {
+    let outcome = h
+        .sim
+        .control()
+        .authorize(appid, &h.component.component_appid)
+        .unwrap();
+    h.engine
+        .ingest_push(&h.comp, &h.authorization_event(&outcome), key)
+        .await
+        .unwrap();
+    h.engine.process_events().await.unwrap();
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{key} applied"
+    );
+}
+
+#[tokio::test]
+async fn reconciliation_leaves_what_events_stored_while_it_paged_the_authorizer_list() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let comp = h.component.component_appid.clone();
+    let imported = h.import_authorizers(2).await;
+    let (rotated, reauthorized) = (&imported[0].authorizer_appid, &imported[1].authorizer_appid);
+    // `rotated`: its stored refresh token differs from the list (so reconciliation wants to write
+    // the listed one), and a re-authorization stores a newer one while the list is in hand.
+    store_bogus_refresh_token(&h, rotated).await;
+    // `reauthorized`: revoked in WeChat (so not listed), re-authorized while the list is in hand.
+    sim.unauthorize(reauthorized, &comp).unwrap();
+    // `fresh`: authorized for the first time while the list is in hand (not listed).
+    let fresh = sim
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap()
+        .appid;
+
+    let report = h
+        .engine
+        .reconcile_once_with(&h.comp, async {
+            authorize_and_apply(&h, rotated, "auth:rotated").await;
+            authorize_and_apply(&h, reauthorized, "auth:reauthorized").await;
+            authorize_and_apply(&h, &fresh, "auth:fresh").await;
+        })
+        .await
+        .expect("reconciled");
+    assert_eq!(report.listed, 1, "{report:?}");
+    assert_eq!((report.recovered, report.revoked), (0, 0), "{report:?}");
+    for appid in [rotated, reauthorized, &fresh] {
+        assert_eq!(h.status(appid).await, AuthorizerStatus::Active, "{appid}");
+        assert_eq!(
+            h.stored_refresh_token(appid).await,
+            h.sim_refresh_token(appid),
+            "{appid}"
+        );
+        let t = h
+            .engine
+            .refresh_now(&h.credential(appid))
+            .await
+            .expect("refreshes");
+        assert!(h.valid(&t.access_token));
+    }
+    // The next pass (list and store agree now) has nothing to do.
+    let again = h.engine.reconcile_once(&h.comp).await.unwrap();
+    assert_eq!((again.listed, again.recovered, again.revoked), (3, 0, 0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_refresh_token_is_stored()
+ {
+    use sqlx::Connection;
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    // A short busy timeout: each write attempt under the held lock fails `Unavailable` quickly.
+    h.restart_with_store(&wxtoken::store::StoreOptions {
+        acquire_timeout: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    h.engine
+        .refresh_now(&Credential::component(&h.comp))
+        .await
+        .expect("component token");
+    let sim = h.sim.control().clone();
+    let appid = sim
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap()
+        .appid;
+    let outcome = sim.authorize(&appid, &h.component.component_appid).unwrap();
+    record_only(&h, &h.authorization_event(&outcome), "auth:locked").await;
+
+    // Another process holds SQLite's write lock.
+    let mut blocker = sqlx::sqlite::SqliteConnection::connect(h.db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let engine = h.engine.clone();
+    let mut pass = tokio::spawn(async move { engine.process_events().await });
+    // Many busy timeouts later the pass is still retrying the write, not done with the event.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut pass)
+            .await
+            .is_err(),
+        "the pass gave up on the api_query_auth answer"
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 1);
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(
+        pass.await.unwrap().unwrap(),
+        1,
+        "applied once the lock is gone"
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 1, "asked WeChat once");
+    assert_eq!(
+        h.stored_refresh_token(&appid).await,
+        h.sim_refresh_token(&appid)
+    );
+    let t = h
+        .engine
+        .token(None, &appid)
+        .expect("token from api_query_auth");
+    assert!(h.valid(&t.access_token));
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.stop().await;
+}
