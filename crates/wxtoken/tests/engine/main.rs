@@ -1251,60 +1251,6 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
 }
 
 #[tokio::test]
-async fn authorized_after_a_failing_unauthorized_waits_for_it_so_a_reauthorized_account_stays_active()
- {
-    use sqlx::Connection;
-    let mut h = Harness::start(
-        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
-        refresh_config(Duration::from_secs(5)),
-    )
-    .await;
-    h.restart_with_store(&wxtoken::store::StoreOptions {
-        acquire_timeout: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
-    let sim = h.sim.control().clone();
-    let comp = h.component.component_appid.clone();
-    let appid = h.import_authorizers(1).await.remove(0).authorizer_appid;
-    // The merchant revokes, then authorizes again: both pushes stored, in that order.
-    sim.unauthorize(&appid, &comp).unwrap();
-    record_only(&h, &h.unauthorized_event(&appid), "unauth").await;
-    let outcome = sim.authorize(&appid, &comp).unwrap();
-    record_only(&h, &h.authorization_event(&outcome), "auth").await;
-
-    // The revocation fails (another process holds SQLite's write lock).
-    let mut blocker = sqlx::sqlite::SqliteConnection::connect(h.db_url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
-    assert_eq!(h.engine.process_events().await.unwrap(), 0);
-    assert_eq!(
-        sim.stats().calls(Api::QueryAuth),
-        0,
-        "the authorization waits for the unauthorized event before it"
-    );
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-
-    assert_eq!(
-        h.engine.process_events().await.unwrap(),
-        2,
-        "both, in order"
-    );
-    assert_eq!(h.status(&appid).await, AuthorizerStatus::Active);
-    assert_eq!(
-        h.stored_refresh_token(&appid).await,
-        h.sim_refresh_token(&appid)
-    );
-    let t = h.engine.token(None, &appid).expect("served");
-    assert!(h.valid(&t.access_token));
-    h.stop().await;
-}
-
-#[tokio::test]
 async fn unauthorized_push_older_than_an_applied_authorization_is_ignored() {
     let h = Harness::start(
         sim_config(Duration::from_secs(60), Duration::from_secs(10)),
