@@ -6,7 +6,7 @@
 //! handler is idempotent (a repeated push, or a replay after a crash mid-handler, ends in the same
 //! state).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use wechat::errcode::ErrorClass;
 use wechat::event::Event;
 
 use super::{Engine, EngineError, Inner, RefreshError};
+use crate::alerts::{Alert, AlertKind};
 use crate::model::{
     Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected,
     NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent,
@@ -25,6 +26,9 @@ use crate::telemetry;
 
 /// `api_query_auth` on a code already exchanged.
 const CODE_ALREADY_USED: i64 = 61009;
+/// Fenced revocation attempts per `unauthorized` event and pass (a refresh can land between the
+/// read and the write).
+const UNAUTHORIZE_ATTEMPTS: u32 = 5;
 /// Unprocessed events read per pass.
 const EVENT_BATCH: u32 = 1000;
 /// First and longest wait between attempts to store an `api_query_auth` answer.
@@ -95,30 +99,92 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Applies every stored, unprocessed event, oldest first; returns how many were applied. An
-    /// event whose handler fails stays unprocessed for the next pass (the loop retries every
-    /// `backoff_max`, and every push and restart runs a pass).
+    /// Applies every stored, unprocessed event, oldest first; returns how many were applied.
+    ///
+    /// - Tickets go first: no authorization event, however slow or failing, delays them.
+    /// - A transient failure keeps the event for the next pass (the loop retries every
+    ///   `backoff_max`, and every push and restart runs a pass), and holds back that appid's later
+    ///   events in this pass, so they are applied in order (an `unauthorized` retried after a
+    ///   newer `authorized` would revoke a fresh authorization).
+    /// - A permanent failure (code expired or already spent without its answer stored, an
+    ///   unreadable event) marks the event processed, logs at error and alerts: retrying cannot
+    ///   succeed, and reconciliation recovers what WeChat still lists.
+    /// - An authorization event older (CreateTime) than one applied for the same appid earlier in
+    ///   the pass is obsolete and only marked processed.
     pub async fn process_events(&self) -> Result<usize, EngineError> {
         let inner = self.inner();
         let _serial = inner.events_lock.lock().await;
         let events = inner.store.unprocessed_events(None, EVENT_BATCH).await?;
+        let (tickets, others): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| e.info_type == wechat::event::xml::INFO_TYPE_COMPONENT_VERIFY_TICKET);
         let mut applied = 0;
-        let mut failed = false;
-        for stored in events {
-            match inner.apply_stored(&stored).await {
+        let mut pending = false;
+        // Appids with an earlier event still unapplied, and the newest CreateTime applied, this pass.
+        let mut held: HashSet<(ComponentAppid, String)> = HashSet::new();
+        let mut newest: HashMap<(ComponentAppid, String), i64> = HashMap::new();
+        for stored in tickets.iter().chain(&others) {
+            let event = match inner.decode(stored) {
+                Ok(event) => event,
+                Err(EventFailure::Transient(e)) => {
+                    pending = true;
+                    tracing::warn!(info_type = %stored.info_type, error = %e, "event not readable now; kept for retry");
+                    continue;
+                }
+                Err(EventFailure::Permanent(reason)) => {
+                    tracing::error!(info_type = %stored.info_type, reason = %reason, "event can never be applied; dropped");
+                    inner.mark_processed(stored).await?;
+                    continue;
+                }
+            };
+            let subject = authorization_subject(&event)
+                .map(|(appid, created)| ((stored.component.clone(), appid.to_owned()), created));
+            if let Some((key, created)) = &subject {
+                if held.contains(key) {
+                    pending = true;
+                    continue;
+                }
+                if newest.get(key).is_some_and(|newer| created < newer) {
+                    tracing::info!(info_type = %stored.info_type, appid = %key.1, "authorization event older than one applied; ignored");
+                    inner.mark_processed(stored).await?;
+                    continue;
+                }
+            }
+            match inner.apply_event(stored, &event).await {
                 Ok(()) => {
-                    inner
-                        .store
-                        .mark_event_processed(
-                            &stored.component,
-                            &stored.dedupe_key,
-                            inner.clock.now(),
-                        )
-                        .await?;
+                    inner.mark_processed(stored).await?;
                     applied += 1;
+                    if let Some((key, created)) = subject {
+                        let at = newest.entry(key).or_insert(created);
+                        *at = (*at).max(created);
+                    }
+                }
+                Err(e) if permanent(&e) => {
+                    let appid = subject.as_ref().map(|(k, _)| k.1.as_str());
+                    tracing::error!(
+                        info_type = %stored.info_type,
+                        appid = appid.unwrap_or(""),
+                        error = %e,
+                        "event can never be applied; dropped"
+                    );
+                    if let Some(appid) = appid
+                        && !matches!(event, Event::Unauthorized(_))
+                    {
+                        inner.alerts.raise(Alert::new(
+                            AlertKind::NeedsReauth,
+                            stored.component.as_str(),
+                            Some(appid),
+                            format!("{} event not applied: {e}", stored.info_type),
+                            inner.clock.now(),
+                        ));
+                    }
+                    inner.mark_processed(stored).await?;
                 }
                 Err(e) => {
-                    failed = true;
+                    pending = true;
+                    if let Some((key, _)) = subject {
+                        held.insert(key);
+                    }
                     tracing::warn!(
                         info_type = %stored.info_type,
                         error = %e,
@@ -129,7 +195,7 @@ impl Engine {
         }
         inner
             .events_pending
-            .store(failed, std::sync::atomic::Ordering::Relaxed);
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
         Ok(applied)
     }
 
@@ -312,18 +378,37 @@ impl Inner {
         }
     }
 
-    async fn apply_stored(self: &Arc<Self>, stored: &StoredEvent) -> Result<(), RefreshError> {
-        let component = &stored.component;
-        let xml = self.vault.open(
-            SecretSlot::EventPayload {
-                component,
-                dedupe_key: &stored.dedupe_key,
-            },
-            &stored.payload,
-        )?;
+    async fn mark_processed(&self, stored: &StoredEvent) -> Result<(), EngineError> {
+        self.store
+            .mark_event_processed(&stored.component, &stored.dedupe_key, self.clock.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Opens and parses a stored event. A vault failure may pass (a key not loaded yet); a payload
+    /// that opens but does not parse never will.
+    fn decode(&self, stored: &StoredEvent) -> Result<Event, EventFailure> {
+        let xml = self
+            .vault
+            .open(
+                SecretSlot::EventPayload {
+                    component: &stored.component,
+                    dedupe_key: &stored.dedupe_key,
+                },
+                &stored.payload,
+            )
+            .map_err(|e| EventFailure::Transient(e.into()))?;
         let text = std::str::from_utf8(&xml)
-            .map_err(|_| RefreshError::Storage("stored event is not UTF-8".into()))?;
-        let event = Event::parse(text).map_err(|e| RefreshError::Storage(e.to_string()))?;
+            .map_err(|_| EventFailure::Permanent("stored event is not UTF-8".into()))?;
+        Event::parse(text).map_err(|e| EventFailure::Permanent(e.to_string()))
+    }
+
+    async fn apply_event(
+        self: &Arc<Self>,
+        stored: &StoredEvent,
+        event: &Event,
+    ) -> Result<(), RefreshError> {
+        let component = &stored.component;
         match event {
             Event::ComponentVerifyTicket(t) => {
                 let sealed = self.vault.seal(
@@ -348,8 +433,9 @@ impl Inner {
                 Ok(())
             }
             Event::Authorized(a) | Event::UpdateAuthorized(a) => {
-                let appid = Appid::parse(&a.authorizer_appid)
-                    .map_err(|e| RefreshError::Storage(e.to_string()))?;
+                let appid = Appid::parse(&a.authorizer_appid).map_err(|e| RefreshError::Gone {
+                    reason: e.to_string(),
+                })?;
                 // A re-sent push keeps its CreateTime (seconds, WeChat's clock).
                 let created = Timestamp::from_millis(a.create_time.saturating_mul(1000));
                 self.exchange_code(
@@ -361,32 +447,33 @@ impl Inner {
                 .await
             }
             Event::Unauthorized(u) => {
-                let appid = Appid::parse(&u.authorizer_appid)
-                    .map_err(|e| RefreshError::Storage(e.to_string()))?;
+                let appid = Appid::parse(&u.authorizer_appid).map_err(|e| RefreshError::Gone {
+                    reason: e.to_string(),
+                })?;
                 let credential = Credential::authorizer(component, &appid);
-                if self
-                    .store
-                    .get_authorizer(component, &appid)
-                    .await?
-                    .is_none()
-                {
-                    return Ok(());
+                // Receive time, not CreateTime: whole seconds would count an authorization stored
+                // in the same second, before the revocation, as newer.
+                let since = stored.received_at;
+                // Fenced on the generation read here; a refresh landing in between only costs a
+                // re-read, a re-authorization since the event wins.
+                for _ in 0..UNAUTHORIZE_ATTEMPTS {
+                    let Some(record) = self.store.get_authorizer(component, &appid).await? else {
+                        return Ok(());
+                    };
+                    if self.exchanged_since(component, &appid, since).await? {
+                        tracing::info!(appid = %appid, "re-authorized after the unauthorized event; kept");
+                        return Ok(());
+                    }
+                    if self
+                        .revoke_fenced(&credential, record.generation, "unauthorized event")
+                        .await?
+                    {
+                        return Ok(());
+                    }
                 }
-                self.schedule.lock().remove(&credential);
-                match self
-                    .lose_authorization(
-                        &credential,
-                        None,
-                        AuthorizerStatus::Revoked,
-                        "unauthorized event",
-                    )
-                    .await
-                {
-                    Ok(_) | Err(RefreshError::Gone { .. }) => Ok(()),
-                    // The revocation landed; only the fallback failed (it retries on schedule).
-                    Err(RefreshError::Upstream { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                Err(RefreshError::Storage(
+                    "revocation kept losing the race; retried next pass".into(),
+                ))
             }
             Event::Other(_) => Ok(()),
         }
@@ -417,7 +504,12 @@ impl Inner {
                     return if self.exchanged_since(component, appid, since).await? {
                         Ok(())
                     } else {
-                        Err(e.into())
+                        // Spent, and its answer never stored: retrying cannot bring it back.
+                        Err(RefreshError::Gone {
+                            reason: format!(
+                                "api_query_auth: {e}; its refresh token was not stored"
+                            ),
+                        })
                     };
                 }
                 Err(e) if e.class() == ErrorClass::StaleToken && !replaced_component => {
@@ -425,13 +517,26 @@ impl Inner {
                     drop(_permit);
                     self.replace_component_token(component, &ct).await?;
                 }
+                // The code itself is refused (expired 61010, invalid, not permitted): final.
+                Err(e)
+                    if matches!(
+                        e.class(),
+                        ErrorClass::Reauthorize
+                            | ErrorClass::Configuration
+                            | ErrorClass::Permission
+                    ) =>
+                {
+                    return Err(RefreshError::Gone {
+                        reason: format!("api_query_auth: {e}"),
+                    });
+                }
                 Err(e) => return Err(e.into()),
             }
         };
         if info.authorizer_appid != appid.as_str() {
-            return Err(RefreshError::Storage(
-                "api_query_auth returned another appid".into(),
-            ));
+            return Err(RefreshError::Gone {
+                reason: "api_query_auth returned another appid".into(),
+            });
         }
         let rt = info
             .non_empty_refresh_token()
@@ -543,6 +648,33 @@ impl Inner {
         Ok(history.iter().any(|h| {
             h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
         }))
+    }
+}
+
+/// Why a stored event was not applied.
+enum EventFailure {
+    /// Retrying later may succeed: keep it.
+    Transient(RefreshError),
+    /// It never will: mark it processed, log at error.
+    Permanent(String),
+}
+
+/// Failures of an event handler that retrying cannot cure: the authorization code is refused or
+/// spent (`Gone`), the authorizer does not exist (`Unknown`). Everything else (network, WeChat
+/// 5xx, quota, the component token, the store) may pass.
+fn permanent(e: &RefreshError) -> bool {
+    matches!(e, RefreshError::Gone { .. } | RefreshError::Unknown)
+}
+
+/// The authorizer appid and CreateTime of an authorization event (`authorized`,
+/// `updateauthorized`, `unauthorized`), the events that must apply in order per appid.
+fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
+    match event {
+        Event::Authorized(a) | Event::UpdateAuthorized(a) => {
+            Some((a.authorizer_appid.as_str(), a.create_time))
+        }
+        Event::Unauthorized(u) => Some((u.authorizer_appid.as_str(), u.create_time)),
+        _ => None,
     }
 }
 

@@ -1331,3 +1331,125 @@ async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_r
     );
     h.stop().await;
 }
+
+fn new_account(sim: &SimControl) -> String {
+    sim.create_account(wechat_sim::AccountSpec {
+        kind: wechat_sim::AccountKind::OfficialAccount,
+        appid: None,
+        appsecret: None,
+    })
+    .unwrap()
+    .appid
+}
+
+#[tokio::test]
+async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an_alert_and_never_retried()
+ {
+    let webhook = WebhookReceiver::start().await;
+    let h = Harness::start_with(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let comp = h.component.component_appid.clone();
+    let (expired, spent) = (new_account(&sim), new_account(&sim));
+    // 61010 (code expired) for the first exchange, 61009 (code already used, and this store
+    // never got its answer) for every later one.
+    sim.set_faults(FaultSet {
+        seed: None,
+        rules: vec![
+            FaultRule {
+                endpoint: "api_query_auth".into(),
+                probability: 1.0,
+                times: Some(1),
+                fault: Fault::Errcode {
+                    errcode: 61010,
+                    errmsg: None,
+                },
+            },
+            FaultRule {
+                endpoint: "api_query_auth".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: 61009,
+                    errmsg: None,
+                },
+            },
+        ],
+    })
+    .unwrap();
+    for (appid, key) in [(&expired, "auth:expired"), (&spent, "auth:spent")] {
+        let outcome = sim.authorize(appid, &comp).unwrap();
+        record_only(&h, &h.authorization_event(&outcome), key).await;
+    }
+    // A ticket pushed behind them.
+    sim.push_ticket(Some(&comp)).unwrap();
+    let ticket = wechat::event::Event::ComponentVerifyTicket(wechat::event::TicketEvent {
+        app_id: comp.clone(),
+        create_time: sim.now(),
+        component_verify_ticket: sim.latest_ticket(&comp).unwrap(),
+    });
+    record_only(&h, &ticket, "ticket:behind").await;
+    let before = h.store.latest_ticket(&h.comp).await.unwrap().unwrap();
+
+    assert_eq!(h.engine.process_events().await.unwrap(), 1, "the ticket");
+    let after = h.store.latest_ticket(&h.comp).await.unwrap().unwrap();
+    assert!(after.received_at > before.received_at, "the ticket applied");
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "both poison events marked processed"
+    );
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 2);
+    for appid in [&expired, &spent] {
+        webhook.wait_for("needs_reauth", appid).await;
+        let a = Appid::parse(appid).unwrap();
+        assert!(h.store.get_authorizer(&h.comp, &a).await.unwrap().is_none());
+    }
+    // Later passes never ask WeChat about them again.
+    assert_eq!(h.engine.process_events().await.unwrap(), 0);
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unauthorized_push_older_than_an_applied_authorization_is_ignored() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let comp = h.component.component_appid.clone();
+    let appid = h.import_authorizers(1).await.remove(0).authorizer_appid;
+    sim.unauthorize(&appid, &comp).unwrap();
+    let unauthorized = wechat::event::Event::Unauthorized(wechat::event::UnauthorizedEvent {
+        app_id: comp.clone(),
+        create_time: sim.now() - 10,
+        authorizer_appid: appid.clone(),
+    });
+    let outcome = sim.authorize(&appid, &comp).unwrap();
+    // The authorization push arrives first; WeChat's retry of the older revocation after it.
+    record_only(&h, &h.authorization_event(&outcome), "auth").await;
+    record_only(&h, &unauthorized, "unauth:late").await;
+
+    assert_eq!(h.engine.process_events().await.unwrap(), 1);
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.status(&appid).await, AuthorizerStatus::Active);
+    let t = h.engine.token(None, &appid).expect("served");
+    assert!(h.valid(&t.access_token));
+    h.stop().await;
+}
