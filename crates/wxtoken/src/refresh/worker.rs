@@ -1161,8 +1161,10 @@ mod tests {
             .execute(&mut blocker)
             .await
             .expect("unlock");
-        let outcome = writer
+        // Bounded: if the write never lands after the lock is gone, fail instead of hanging.
+        let outcome = tokio::time::timeout(Duration::from_secs(120), writer)
             .await
+            .expect("the write lands within 120 s of the lock being released")
             .expect("task")
             .expect("lands once the lock is gone");
         assert!(

@@ -1307,8 +1307,12 @@ async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_r
     );
     assert_eq!(sim.stats().calls(Api::QueryAuth), 1);
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    // Bounded: if the write never lands after the lock is gone, fail instead of hanging the suite.
+    let applied = tokio::time::timeout(Duration::from_secs(120), pass)
+        .await
+        .expect("the write lands within 120 s of the lock being released");
     assert_eq!(
-        pass.await.unwrap().unwrap(),
+        applied.unwrap().unwrap(),
         1,
         "applied once the lock is gone"
     );
