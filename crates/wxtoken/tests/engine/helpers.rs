@@ -283,6 +283,50 @@ impl Harness {
         bulk
     }
 
+    /// Creates an account in the simulator, stores it as a direct account with its appsecret, and
+    /// restarts the engine so the cold start picks it up.
+    pub async fn add_direct_account(
+        &mut self,
+        kind: wechat_sim::AccountKind,
+    ) -> (wechat_sim::AccountInfo, Appid) {
+        let account = self
+            .sim
+            .control()
+            .create_account(wechat_sim::AccountSpec {
+                kind,
+                appid: None,
+                appsecret: None,
+            })
+            .unwrap();
+        let appid = Appid::parse(&account.appid).unwrap();
+        let sealed = self
+            .vault()
+            .seal(
+                wxtoken::model::SecretSlot::DirectAppsecret {
+                    component: &self.comp,
+                    appid: &appid,
+                },
+                account.appsecret.as_bytes(),
+            )
+            .unwrap();
+        let stored_kind = match kind {
+            wechat_sim::AccountKind::OfficialAccount => wxtoken::model::AppKind::OfficialAccount,
+            wechat_sim::AccountKind::MiniProgram => wxtoken::model::AppKind::MiniProgram,
+        };
+        self.store
+            .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
+                component: self.comp.clone(),
+                appid: appid.clone(),
+                kind: stored_kind,
+                appsecret: sealed,
+                at: wxtoken::model::Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        self.restart().await;
+        (account, appid)
+    }
+
     pub fn credential(&self, appid: &str) -> Credential {
         Credential::authorizer(&self.comp, &Appid::parse(appid).unwrap())
     }

@@ -743,37 +743,9 @@ async fn direct_account_uses_stable_token_and_forces_only_on_an_invalidation_rep
         refresh_config(Duration::from_secs(5)),
     )
     .await;
-    let account = h
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: wechat_sim::AccountKind::OfficialAccount,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
-    let appid = Appid::parse(&account.appid).unwrap();
-    let sealed = h
-        .vault()
-        .seal(
-            SecretSlot::DirectAppsecret {
-                component: &h.comp,
-                appid: &appid,
-            },
-            account.appsecret.as_bytes(),
-        )
-        .unwrap();
-    h.store
-        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
-            component: h.comp.clone(),
-            appid: appid.clone(),
-            kind: wxtoken::model::AppKind::OfficialAccount,
-            appsecret: sealed,
-            at: Timestamp::now(),
-        })
-        .await
-        .unwrap();
-    h.restart().await; // cold start picks the account up
+    let (account, appid) = h
+        .add_direct_account(wechat_sim::AccountKind::OfficialAccount)
+        .await;
     let cred = Credential::direct(&h.comp, &appid);
     let first = h.engine.refresh_now(&cred).await.expect("stable token");
     assert_eq!(first.source, TokenSource::StableToken);
@@ -803,37 +775,9 @@ async fn direct_account_configured_for_cgi_bin_token_never_calls_stable_token() 
         refresh,
     )
     .await;
-    let account = h
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: wechat_sim::AccountKind::MiniProgram,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
-    let appid = Appid::parse(&account.appid).unwrap();
-    let sealed = h
-        .vault()
-        .seal(
-            SecretSlot::DirectAppsecret {
-                component: &h.comp,
-                appid: &appid,
-            },
-            account.appsecret.as_bytes(),
-        )
-        .unwrap();
-    h.store
-        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
-            component: h.comp.clone(),
-            appid: appid.clone(),
-            kind: wxtoken::model::AppKind::MiniProgram,
-            appsecret: sealed,
-            at: Timestamp::now(),
-        })
-        .await
-        .unwrap();
-    h.restart().await;
+    let (account, appid) = h
+        .add_direct_account(wechat_sim::AccountKind::MiniProgram)
+        .await;
     let cred = Credential::direct(&h.comp, &appid);
     let first = h.engine.refresh_now(&cred).await.expect("cgi-bin/token");
     assert_eq!(first.source, TokenSource::Token);
@@ -1079,37 +1023,9 @@ async fn whitelist_error_on_a_direct_account_alerts_an_operator_once() {
         Duration::from_secs(5),
     )
     .await;
-    let account = h
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: wechat_sim::AccountKind::OfficialAccount,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
-    let appid = Appid::parse(&account.appid).unwrap();
-    let sealed = h
-        .vault()
-        .seal(
-            SecretSlot::DirectAppsecret {
-                component: &h.comp,
-                appid: &appid,
-            },
-            account.appsecret.as_bytes(),
-        )
-        .unwrap();
-    h.store
-        .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
-            component: h.comp.clone(),
-            appid: appid.clone(),
-            kind: wxtoken::model::AppKind::OfficialAccount,
-            appsecret: sealed,
-            at: Timestamp::now(),
-        })
-        .await
-        .unwrap();
-    h.restart().await;
+    let (account, appid) = h
+        .add_direct_account(wechat_sim::AccountKind::OfficialAccount)
+        .await;
     h.sim
         .control()
         .set_faults(FaultSet {
