@@ -84,6 +84,18 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The longest a `GET /v1/tokens/{appid}?after=GEN` long-poll waits before answering with the
+    /// current token.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_max: Duration,
+    /// Pushes whose `timestamp` is further than this from now are refused (a captured push
+    /// replayed later); `0s` turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub push_max_skew: Duration,
+    /// How long a client key is trusted from memory before it is checked against the store again
+    /// (a revocation made by another process takes effect within it).
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +106,9 @@ impl Default for ServerConfig {
             public_url: None,
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            long_poll_max: Duration::from_secs(60),
+            push_max_skew: Duration::from_secs(300),
+            key_cache_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -203,6 +218,10 @@ impl Default for RefreshConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub base_url: Url,
+    /// Where the authorization (consent) pages are: `None` for WeChat's own
+    /// (`mp.weixin.qq.com/cgi-bin/componentloginpage` and the mobile page); the simulator's base URL
+    /// in tests and in `wxtoken demo`.
+    pub authorize_url: Option<Url>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -214,6 +233,7 @@ impl Default for UpstreamConfig {
         Self {
             // A literal that always parses: a documented startup invariant.
             base_url: Url::parse("https://api.weixin.qq.com").expect("static URL parses"),
+            authorize_url: None,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
@@ -311,7 +331,8 @@ impl Config {
     /// Checks what types alone cannot, naming the key of the first bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
-        if s.public_listen == s.internal_listen {
+        // Port 0 asks the OS for a free port, so two such addresses are two listeners.
+        if s.public_listen == s.internal_listen && s.public_listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "server.internal_listen",
                 "must differ from server.public_listen: internal paths must never be reachable publicly",
@@ -321,6 +342,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.max_body_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if s.long_poll_max.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.long_poll_max",
+                "must be more than 0s",
             ));
         }
         if s.request_timeout.is_zero() {

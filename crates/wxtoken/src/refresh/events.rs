@@ -440,11 +440,12 @@ impl Inner {
                 let created = Timestamp::from_millis(a.create_time.saturating_mul(1000));
                 self.exchange_code(
                     component,
-                    &appid,
+                    Some(&appid),
                     &a.authorization_code,
                     created.min(stored.received_at),
                 )
                 .await
+                .map(drop)
             }
             Event::Unauthorized(u) => {
                 let appid = Appid::parse(&u.authorizer_appid).map_err(|e| RefreshError::Gone {
@@ -484,13 +485,17 @@ impl Inner {
     /// exchanged (61009) is fine only if an `api_query_auth` answer was stored since `since` (the
     /// event's CreateTime or receive time, whichever is earlier); otherwise the refresh token it
     /// carried is lost to us and 61009 is returned as the error it is.
+    ///
+    /// `appid` is the authorizer the code is expected for (from a push); `None` when it is not
+    /// known beforehand (the authorization page's callback): then a spent code is answered from
+    /// the codes this process exchanged recently, and is `Gone` otherwise. Returns the appid.
     pub(crate) async fn exchange_code(
         self: &Arc<Self>,
         component: &ComponentAppid,
-        appid: &Appid,
+        expected: Option<&Appid>,
         code: &str,
         since: Timestamp,
-    ) -> Result<(), RefreshError> {
+    ) -> Result<Appid, RefreshError> {
         let mut replaced_component = false;
         let info = loop {
             let ct = self.ensure_component_token(component).await?;
@@ -501,8 +506,14 @@ impl Inner {
             match call.await {
                 Ok(resp) => break resp.authorization_info,
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
-                    return if self.exchanged_since(component, appid, since).await? {
-                        Ok(())
+                    let Some(appid) = expected.cloned().or_else(|| self.recent_codes.get(code))
+                    else {
+                        return Err(RefreshError::Gone {
+                            reason: format!("api_query_auth: {e}"),
+                        });
+                    };
+                    return if self.exchanged_since(component, &appid, since).await? {
+                        Ok(appid)
                     } else {
                         // Spent, and its answer never stored: retrying cannot bring it back.
                         Err(RefreshError::Gone {
@@ -533,11 +544,19 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         };
-        if info.authorizer_appid != appid.as_str() {
-            return Err(RefreshError::Gone {
-                reason: "api_query_auth returned another appid".into(),
-            });
-        }
+        let appid = match expected {
+            Some(appid) if info.authorizer_appid != appid.as_str() => {
+                return Err(RefreshError::Gone {
+                    reason: "api_query_auth returned another appid".into(),
+                });
+            }
+            Some(appid) => appid.clone(),
+            None => Appid::parse(&info.authorizer_appid).map_err(|e| RefreshError::Gone {
+                reason: format!("api_query_auth: {e}"),
+            })?,
+        };
+        let appid = &appid;
+        self.recent_codes.insert(code, appid);
         let rt = info
             .non_empty_refresh_token()
             .ok_or_else(|| RefreshError::Upstream {
@@ -587,7 +606,7 @@ impl Inner {
                         if self.adopt_stored(&credential).await.is_err() {
                             self.schedule_in(&credential, Duration::ZERO);
                         }
-                        return Ok(());
+                        return Ok(appid.clone());
                     }
                     Expected::Generation(r.generation)
                 }
@@ -622,7 +641,7 @@ impl Inner {
                         }
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }
-                    return Ok(());
+                    return Ok(appid.clone());
                 }
                 // A refresh (or a commit we saw fail) landed between our read and our write.
                 Ok(SaveOutcome::Stale { .. }) => lost_race = true,

@@ -25,6 +25,7 @@
 mod events;
 pub mod lease;
 mod schedule;
+mod sync;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,7 @@ use crate::tokens::flight::SingleFlight;
 use crate::vault::{Vault, VaultError};
 
 pub use events::ReconcileReport;
+pub use sync::CredentialCounts;
 use lease::Lease;
 use schedule::Schedule;
 
@@ -240,6 +242,8 @@ pub(crate) struct Inner {
     /// get the error without a new api_component_token call (no storm while it backs off).
     pub(crate) component_gate: Mutex<HashMap<ComponentAppid, (Instant, RefreshError)>>,
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
+    /// Authorization codes exchanged recently (the page callback and the push share one code).
+    pub(crate) recent_codes: sync::RecentCodes,
     pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
@@ -297,6 +301,7 @@ impl Engine {
             failures: Mutex::default(),
             component_gate: Mutex::default(),
             push_ticket_at: Mutex::default(),
+            recent_codes: sync::RecentCodes::default(),
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),

@@ -256,6 +256,24 @@ impl TokenCache {
             .cloned()
     }
 
+    /// Drops a credential's slot; long-polls already waiting on it end at their own timeout.
+    pub fn remove(&self, credential: &Credential) {
+        if let Some(mut slots) = self.by_appid.get_mut(credential.appid.as_str()) {
+            slots.retain(|s| &s.credential != credential);
+        }
+        self.by_appid
+            .remove_if(credential.appid.as_str(), |_, slots| slots.is_empty());
+    }
+
+    /// Calls `f` with every slot (metrics, admin views); holds one shard lock at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&Slot)) {
+        for entry in self.by_appid.iter() {
+            for slot in entry.value() {
+                f(slot);
+            }
+        }
+    }
+
     /// Number of credentials held.
     pub fn len(&self) -> usize {
         self.by_appid.iter().map(|e| e.value().len()).sum()

@@ -1,0 +1,266 @@
+//! What the HTTP layer and the admin operations ask of a running engine beyond reads and
+//! refreshes: exchanging the authorization page's code, bringing a credential that another path
+//! stored (an account added, an authorizer imported, by the CLI or the admin API) into the cache
+//! and the schedule, dropping a removed one, and a summary for metrics and readiness.
+//!
+//! Invariant: nothing here replaces a newer token in memory with an older one (`Slot::publish` only
+//! moves forward), and a credential already held at the stored generation is left alone, so loading
+//! twice changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError, Inner, RefreshError};
+use crate::tokens::cache::{CachedToken, ReadError, Slot};
+use crate::model::{
+    Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
+    SecretSlot, Timestamp, TokenRecord,
+};
+
+/// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
+const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bound on remembered codes, whatever arrives.
+const RECENT_CODE_MAX: usize = 10_000;
+
+/// Authorization codes this process exchanged recently, by SHA-256 (the code itself is a secret):
+/// the page callback and the `authorized` push carry the same single-use code, and whichever comes
+/// second gets 61009 and still needs to know which account it was.
+#[derive(Default)]
+pub(crate) struct RecentCodes {
+    codes: Mutex<HashMap<[u8; 32], (Appid, Instant)>>,
+}
+
+impl RecentCodes {
+    pub(crate) fn insert(&self, code: &str, appid: &Appid) {
+        let mut codes = self.codes.lock();
+        if codes.len() >= RECENT_CODE_MAX {
+            codes.retain(|_, (_, at)| at.elapsed() < RECENT_CODE_TTL);
+            if codes.len() >= RECENT_CODE_MAX {
+                codes.clear();
+            }
+        }
+        codes.insert(digest(code), (appid.clone(), Instant::now()));
+    }
+
+    pub(crate) fn get(&self, code: &str) -> Option<Appid> {
+        self.codes
+            .lock()
+            .get(&digest(code))
+            .filter(|(_, at)| at.elapsed() < RECENT_CODE_TTL)
+            .map(|(appid, _)| appid.clone())
+    }
+}
+
+fn digest(code: &str) -> [u8; 32] {
+    Sha256::digest(code.as_bytes()).into()
+}
+
+/// Authorizers and direct accounts held, by status (for metrics and the admin API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialCounts {
+    pub active: u64,
+    pub needs_reauth: u64,
+    pub revoked: u64,
+    pub direct: u64,
+}
+
+impl Engine {
+    /// Exchanges the code the authorization page's callback received (`api_query_auth`) and stores
+    /// the authorizer, exactly as an `authorized` push would; returns the authorizer's appid. The
+    /// push carrying the same code is then a no-op (and the other way round).
+    pub async fn authorize_code(
+        &self,
+        component: &ComponentAppid,
+        code: &str,
+    ) -> Result<Appid, RefreshError> {
+        if !self.inner().components.contains_key(component) {
+            return Err(RefreshError::NotConfigured(component.to_string()));
+        }
+        let since = self.inner().clock.now().minus(Duration::from_secs(60));
+        self.inner()
+            .exchange_code(component, None, code, since)
+            .await
+    }
+
+    /// The slot a read of `appid` goes through (see [`Engine::token`]); with [`Engine::read`], lets
+    /// the HTTP layer count the read against the slot's credential without a second lookup.
+    pub fn slot(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ReadError> {
+        self.inner().cache.find(component, appid)
+    }
+
+    /// The token to hand out from `slot` now, or why there is none. No await, no database.
+    pub fn read(&self, slot: &Slot) -> Result<Arc<CachedToken>, ReadError> {
+        let inner = self.inner();
+        slot.read(inner.clock.now(), inner.config.serve_margin)
+    }
+
+    /// The configured components.
+    pub fn components(&self) -> Vec<ComponentAppid> {
+        let mut list: Vec<_> = self.inner().components.keys().cloned().collect();
+        list.sort();
+        list
+    }
+
+    /// Brings `appid` (an authorizer, a direct account, or both) from the store into the cache and
+    /// the schedule, under `component` or under every configured component. For credentials stored
+    /// by another path while this process runs. Returns whether anything was found.
+    pub async fn load(
+        &self,
+        component: Option<&ComponentAppid>,
+        appid: &Appid,
+    ) -> Result<bool, EngineError> {
+        let inner = self.inner();
+        let components = match component {
+            Some(c) if inner.components.contains_key(c) => vec![c.clone()],
+            Some(_) => return Ok(false),
+            None => self.components(),
+        };
+        let mut found = false;
+        for component in &components {
+            if let Some(record) = inner.store.get_authorizer(component, appid).await? {
+                inner.install_authorizer(&record)?;
+                found = true;
+            }
+            if inner
+                .store
+                .get_direct_account(component, appid)
+                .await?
+                .is_some()
+            {
+                let credential = Credential::direct(component, appid);
+                let record = inner.store.get_token(&credential).await?;
+                inner.install_direct(&credential, record.as_ref())?;
+                found = true;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Brings every authorizer of `component` that the store holds and memory does not (or holds
+    /// at an older generation) into the cache: after an import. Returns how many were installed.
+    pub async fn load_all(&self, component: &ComponentAppid) -> Result<usize, EngineError> {
+        let inner = self.inner();
+        if !inner.components.contains_key(component) {
+            return Ok(0);
+        }
+        let mut installed = 0;
+        for record in inner.store.load_authorizers(Some(component)).await? {
+            if inner.install_authorizer(&record)? {
+                installed += 1;
+            }
+        }
+        Ok(installed)
+    }
+
+    /// Stops refreshing and serving a credential that was removed from the store (a direct account
+    /// removed through the admin API).
+    pub fn unload(&self, credential: &Credential) {
+        let inner = self.inner();
+        inner.schedule.lock().remove(credential);
+        inner.cache.remove(credential);
+    }
+
+    /// How many authorizers are held in each status, and how many direct accounts.
+    pub fn counts(&self) -> CredentialCounts {
+        let mut counts = CredentialCounts::default();
+        self.inner().cache.for_each(|slot| match slot.credential().kind {
+            CredentialKind::Authorizer => match slot.status() {
+                Some(AuthorizerStatus::NeedsReauth) => counts.needs_reauth += 1,
+                Some(AuthorizerStatus::Revoked) => counts.revoked += 1,
+                _ => counts.active += 1,
+            },
+            CredentialKind::Direct => counts.direct += 1,
+            CredentialKind::Component => {}
+        });
+        counts
+    }
+
+    /// The wall-clock now of the engine's clock (token ages and expiries are measured against it).
+    pub fn now(&self) -> Timestamp {
+        self.inner().clock.now()
+    }
+}
+
+impl Inner {
+    /// Installs an authorizer record unless memory already holds its generation or a newer one.
+    /// Returns whether it changed anything.
+    fn install_authorizer(&self, record: &AuthorizerRecord) -> Result<bool, EngineError> {
+        let credential = Credential::authorizer(&record.component, &record.appid);
+        if self.held_at(&credential) >= Some(record.generation) {
+            return Ok(false);
+        }
+        let slot = self.cache.slot(&credential);
+        slot.set_status(
+            record.status,
+            record.status_reason.as_deref().unwrap_or_default(),
+        );
+        let refreshable = record.status == AuthorizerStatus::Active || record.appsecret.is_some();
+        match &record.token {
+            Some(stored) => {
+                let token = self.vault.open_string(
+                    SecretSlot::AccessToken {
+                        credential: &credential,
+                    },
+                    &stored.sealed,
+                )?;
+                self.publish(&credential, record.generation, token, stored);
+                if !refreshable {
+                    self.schedule.lock().remove(&credential);
+                }
+            }
+            None if refreshable => self.schedule_in(&credential, Duration::ZERO),
+            None => {}
+        }
+        Ok(true)
+    }
+
+    fn install_direct(
+        &self,
+        credential: &Credential,
+        record: Option<&TokenRecord>,
+    ) -> Result<bool, EngineError> {
+        let generation = record.map_or(0, |r| r.generation);
+        let held = self.held_at(credential);
+        if held.is_some() && held >= Some(generation) {
+            return Ok(false);
+        }
+        self.cache.slot(credential);
+        match record.and_then(|r| r.token.as_ref()) {
+            Some(stored) => {
+                let token = self
+                    .vault
+                    .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
+                self.publish(credential, generation, token, stored);
+            }
+            None => self.schedule_in(credential, Duration::ZERO),
+        }
+        Ok(true)
+    }
+
+    /// The generation memory holds for `credential`: `None` when it has no slot, `Some(0)` for a
+    /// slot without a token.
+    fn held_at(&self, credential: &Credential) -> Option<u64> {
+        let slot = self.cache.get(credential)?;
+        Some(slot.current().map_or(0, |t| t.generation))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_codes_answer_by_code_and_keep_no_code_in_memory() {
+        let codes = RecentCodes::default();
+        let appid = Appid::parse("wxauthorizer00001").expect("appid");
+        codes.insert("queryauthcode@@@secret", &appid);
+        assert_eq!(codes.get("queryauthcode@@@secret"), Some(appid));
+        assert_eq!(codes.get("queryauthcode@@@other"), None);
+        let held = codes.codes.lock();
+        assert!(held.keys().all(|k| k != b"queryauthcode@@@secret".as_slice()));
+    }
+}
