@@ -154,7 +154,20 @@ pub struct WechatClient {
 struct Inner {
     http: reqwest::Client,
     base_url: Url,
+    observer: Option<Observer>,
 }
+
+/// What the client reports after every call (for metrics): which endpoint, how long it took, and
+/// its error class (`None`: success). Carries nothing secret.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRecord {
+    pub endpoint: Endpoint,
+    pub elapsed: std::time::Duration,
+    pub class: Option<ErrorClass>,
+}
+
+/// A callback run after every call; it must be cheap (it runs on the caller's task).
+pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
 impl fmt::Debug for WechatClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,8 +205,23 @@ impl WechatClient {
                 ))
             })?;
         Ok(WechatClient {
-            inner: Arc::new(Inner { http, base_url }),
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                observer: None,
+            }),
         })
+    }
+
+    /// The same client, reporting every call to `observer` (this crate records no metrics itself).
+    pub fn with_observer(self, observer: Observer) -> Self {
+        WechatClient {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                base_url: self.inner.base_url.clone(),
+                observer: Some(observer),
+            }),
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -233,7 +261,8 @@ impl WechatClient {
             request = request.json(body);
         }
         let span = tracing::debug_span!("wechat_call", endpoint = endpoint.name());
-        async move {
+        let started = std::time::Instant::now();
+        let result = async move {
             let response = request
                 .send()
                 .await
@@ -273,7 +302,15 @@ impl WechatClient {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if let Some(observe) = &self.inner.observer {
+            observe(&CallRecord {
+                endpoint,
+                elapsed: started.elapsed(),
+                class: result.as_ref().err().map(WechatError::class),
+            });
+        }
+        result
     }
 
     async fn get<T: DeserializeOwned>(

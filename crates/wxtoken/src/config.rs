@@ -241,13 +241,22 @@ impl Default for UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// The WeChat client this section describes.
+    /// The WeChat client this section describes, recording every call's latency and outcome
+    /// (`telemetry::UPSTREAM_SECONDS`).
     pub fn client(&self) -> Result<wechat::client::WechatClient, wechat::client::WechatError> {
-        wechat::client::WechatClient::new(wechat::client::ClientConfig {
+        let client = wechat::client::WechatClient::new(wechat::client::ClientConfig {
             base_url: self.base_url.clone(),
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
-        })
+        })?;
+        Ok(client.with_observer(std::sync::Arc::new(|call| {
+            metrics::histogram!(
+                crate::telemetry::UPSTREAM_SECONDS,
+                "endpoint" => call.endpoint.name(),
+                "outcome" => call.class.map_or("ok", |c| c.as_str()),
+            )
+            .record(call.elapsed.as_secs_f64());
+        })))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod manage;
 pub mod model;
 pub mod refresh;
 pub mod store;

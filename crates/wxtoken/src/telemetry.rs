@@ -1,9 +1,12 @@
-//! Logging and (with the HTTP issue) metrics: the tracing subscriber and, later, the Prometheus
-//! recorder and every metric name as a constant in one place.
+//! Logging and metrics: the tracing subscriber, the Prometheus recorder, and every metric name as a
+//! constant in one place. No high-volume series carries an appid label.
 //!
 //! Invariant: nothing here ever formats a token, a secret or decrypted XML; callers log appids,
 //! endpoint names and error classes only.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -36,3 +39,43 @@ pub const ALERTS_TOTAL: &str = "wxtoken_alerts_total";
 pub const ALERT_WEBHOOK_FAILURES_TOTAL: &str = "wxtoken_alert_webhook_failures_total";
 /// Push events stored, labelled `info_type`.
 pub const EVENTS_TOTAL: &str = "wxtoken_events_total";
+/// API requests answered, labelled `listener` (public, internal), `route` (the route template,
+/// never the path) and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "wxtoken_http_requests_total";
+/// Upstream (WeChat) call latency in seconds, labelled `endpoint` and `outcome` (ok or the class).
+pub const UPSTREAM_SECONDS: &str = "wxtoken_upstream_seconds";
+/// Pushes refused before storing, labelled `reason` (signature, appid, malformed, stale, too_large).
+pub const PUSHES_REJECTED_TOTAL: &str = "wxtoken_pushes_rejected_total";
+/// Computed at scrape time from the in-memory cache (see `http::ops`):
+/// seconds until each held token expires, as a histogram over all credentials, labelled `kind`.
+pub const TOKEN_TIME_TO_EXPIRY_SECONDS: &str = "wxtoken_token_time_to_expiry_seconds";
+/// Seconds since each held token was issued, as a histogram over all credentials, labelled `kind`.
+pub const TOKEN_AGE_SECONDS: &str = "wxtoken_token_age_seconds";
+/// Authorizers held, labelled `status` (active, needs_reauth, revoked); direct accounts as
+/// `status="direct"`.
+pub const AUTHORIZERS: &str = "wxtoken_authorizers";
+/// Seconds since the newest component_verify_ticket was received, labelled `component` (a handful).
+pub const TICKET_AGE_SECONDS: &str = "wxtoken_ticket_age_seconds";
+
+/// Upstream latency buckets (seconds): WeChat answers in tens of milliseconds; timeouts are 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle (later calls, e.g. a
+/// second server in one test process, share it).
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(UPSTREAM_SECONDS.to_owned()), LATENCY_BUCKETS)
+                .expect("static, non-empty buckets");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (an embedding program's): render our own anyway.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

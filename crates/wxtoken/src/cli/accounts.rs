@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::context::StoreArgs;
-use crate::model::{AppKind, Appid, DirectAccountWrite, SecretSlot, Timestamp, UpsertOutcome};
+use crate::manage;
+use crate::model::{AppKind, Appid, UpsertOutcome};
 
 /// The variable `accounts add` reads the appsecret from (else standard input).
 pub const APPSECRET_ENV: &str = "WXTOKEN_APPSECRET";
@@ -67,25 +68,9 @@ async fn add(args: StoreArgs, appid: String, kind: String) -> anyhow::Result<()>
     }
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
-    let now = Timestamp::now();
-    ctx.store.ensure_component(&component, now).await?;
-    let sealed = ctx.vault.seal(
-        SecretSlot::DirectAppsecret {
-            component: &component,
-            appid: &appid,
-        },
-        secret.expose_secret().as_bytes(),
-    )?;
-    let outcome = ctx
-        .store
-        .upsert_direct_account(&DirectAccountWrite {
-            component: component.clone(),
-            appid: appid.clone(),
-            kind,
-            appsecret: sealed,
-            at: now,
-        })
-        .await?;
+    let outcome =
+        manage::add_direct_account(&*ctx.store, &ctx.vault, &component, &appid, kind, &secret)
+            .await?;
     let verb = match outcome {
         UpsertOutcome::Created => "added",
         UpsertOutcome::Updated => "updated",

@@ -3,12 +3,12 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use secrecy::ExposeSecret;
 
 use super::context::StoreArgs;
-use crate::model::{Appid, AppidGrant, ClientCreate, NewClient, Timestamp};
-use crate::vault::generate_api_key;
+use crate::manage;
+use crate::model::Timestamp;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientsCommand {
@@ -51,53 +51,22 @@ pub async fn run(command: ClientsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `*` anywhere grants every appid; otherwise each value must be a valid appid.
-pub fn parse_grant(appids: &[String]) -> anyhow::Result<AppidGrant> {
-    if appids.iter().any(|a| a == "*") {
-        return Ok(AppidGrant::All);
-    }
-    let parsed = appids
-        .iter()
-        .map(|a| Appid::parse(a).with_context(|| format!("--appid {a}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(AppidGrant::Only(parsed))
-}
-
 async fn add(
     args: StoreArgs,
     name: String,
     appids: Vec<String>,
     admin: bool,
 ) -> anyhow::Result<()> {
-    if name.trim().is_empty() || name.len() > 128 {
-        bail!("the client name must be 1 to 128 characters");
-    }
-    let grant = parse_grant(&appids)?;
+    let grant = manage::parse_grant(&appids)?;
     let ctx = args.open().await?;
-    let key = generate_api_key();
-    let created = ctx
-        .store
-        .create_client(&NewClient {
-            name: name.clone(),
-            key_hash: key.hash,
-            key_hint: key.hint.clone(),
-            grant,
-            admin,
-            created_at: Timestamp::now(),
-        })
-        .await?;
-    match created {
-        ClientCreate::Created(client) => {
-            eprintln!(
-                "created client {} ({}); its API key follows, shown only this once:",
-                client.name,
-                if client.admin { "admin" } else { "token reads" }
-            );
-            println!("{}", key.key.expose_secret());
-            Ok(())
-        }
-        ClientCreate::NameTaken => bail!("a client named {name} already exists"),
-    }
+    let (client, key) = manage::create_client(&*ctx.store, &name, grant, admin).await?;
+    eprintln!(
+        "created client {} ({}); its API key follows, shown only this once:",
+        client.name,
+        if client.admin { "admin" } else { "token reads" }
+    );
+    println!("{}", key.key.expose_secret());
+    Ok(())
 }
 
 async fn list(args: StoreArgs) -> anyhow::Result<()> {

@@ -9,11 +9,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::Request;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::refresh::RefreshError;
 use crate::store::StoreError;
+use crate::tokens::cache::ReadError;
 
 pub const BAD_REQUEST: &str = "bad_request";
 pub const UNAUTHORIZED: &str = "unauthorized";
@@ -23,7 +26,23 @@ pub const AUTHORIZATION_LOST: &str = "authorization_lost";
 pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 pub const NO_VALID_TOKEN: &str = "no_valid_token";
 pub const UNAVAILABLE: &str = "unavailable";
+pub const TIMEOUT: &str = "timeout";
 pub const INTERNAL: &str = "internal_error";
+
+/// The error body every non-2xx JSON answer has (for the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: bad_request, unauthorized, forbidden, not_found, authorization_lost,
+    /// payload_too_large, no_valid_token, timeout, unavailable, internal_error.
+    pub code: String,
+    /// What went wrong, for people; never a secret.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,6 +67,9 @@ pub enum ApiError {
     /// 503 with a reason the caller can act on: no valid token right now.
     #[error("{0}")]
     NoValidToken(String),
+    /// 503: the request ran past `server.request_timeout`.
+    #[error("the request took longer than {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
     /// 503: a dependency (the database) is unavailable; the detail is logged, not returned.
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
@@ -65,7 +87,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NoValidToken(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoValidToken(_) | ApiError::Timeout(_) | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +103,7 @@ impl ApiError {
             ApiError::Gone(_) => AUTHORIZATION_LOST,
             ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
             ApiError::NoValidToken(_) => NO_VALID_TOKEN,
+            ApiError::Timeout(_) => TIMEOUT,
             ApiError::Unavailable(_) => UNAVAILABLE,
             ApiError::Internal(_) => INTERNAL,
         }
@@ -97,6 +122,76 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Unknown => ApiError::NotFound("unknown appid".into()),
+            ReadError::Ambiguous => ApiError::BadRequest(
+                "the appid is authorized to several components: pass ?component=APPID".into(),
+            ),
+            e @ ReadError::NoToken { .. } => ApiError::NoValidToken(e.to_string()),
+            e @ ReadError::Gone { .. } => ApiError::Gone(e.to_string()),
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(err: RefreshError) -> Self {
+        match err {
+            RefreshError::Unknown => ApiError::NotFound("unknown appid".into()),
+            e @ RefreshError::Gone { .. } => ApiError::Gone(e.to_string()),
+            e => ApiError::NoValidToken(format!("no valid token right now: {e}")),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
+/// `axum::Json` whose rejections are `ApiError`s (400 with the reason, 413), in the SPEC's body.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are `ApiError`s.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are `ApiError`s.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
 
 /// The source of a 5xx, carried to `log_server_errors` in the response extensions.
 #[derive(Clone)]

@@ -4,6 +4,312 @@
 //! and turn outcomes into `ApiError`s.
 //!
 //! May depend on every library module; nothing depends on it but `cli` and `app`.
+//!
+//! - [`public_router`]: `/wechat/events` ([`events`]), `/authorize` and `/authorize/callback`
+//!   ([`authorize`]); everything else is 404.
+//! - [`internal_router`]: `/v1/tokens/...` and `/v1/component/token` ([`tokens`]), `/v1/admin/...`
+//!   ([`admin`]), `/healthz`, `/readyz`, `/metrics`, `/openapi.json` ([`ops`]). The OpenAPI document
+//!   is generated from the handlers' annotations (utoipa), so it cannot drift from the routes.
+//! - Every route has a request timeout (503 past it) except the long-poll, which bounds itself by
+//!   `server.long_poll_max`; bodies are capped at `server.max_body_bytes` (413); every answer is
+//!   counted by route template and status; every 5xx is logged once with its cause.
 
+pub mod admin;
 pub mod auth;
+pub mod authorize;
 pub mod error;
+pub mod events;
+pub mod ops;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use wechat::authorize::AuthorizePages;
+use wechat::client::WechatClient;
+use wechat::event::MsgCrypt;
+
+use crate::config::ServerConfig;
+use crate::model::{Appid, ComponentAppid};
+use crate::refresh::Engine;
+use crate::store::Store;
+use crate::telemetry;
+use crate::tokens::cache::{ReadError, Slot};
+use crate::vault::Vault;
+use auth::{KeyIndex, ReadCounter};
+use error::ApiError;
+
+/// How long an appid that is in neither memory nor the store is remembered as unknown, so a flood
+/// of reads of unknown appids cannot become a flood of queries.
+const UNKNOWN_APPID_TTL: Duration = Duration::from_secs(5);
+/// Bound on remembered unknown appids.
+const UNKNOWN_APPID_MAX: usize = 10_000;
+
+/// Everything a handler may use. Cloned per request (one `Arc`).
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+pub struct Shared {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
+    pub keys: Arc<KeyIndex>,
+    pub reads: Arc<ReadCounter>,
+    /// Each configured component's push crypto (its previous EncodingAESKey included).
+    pub pushes: HashMap<ComponentAppid, MsgCrypt>,
+    pub wechat: WechatClient,
+    pub pages: AuthorizePages,
+    pub server: ServerConfig,
+    pub metrics: PrometheusHandle,
+    unknown_appids: DashMap<String, Instant>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        pushes: HashMap<ComponentAppid, MsgCrypt>,
+        wechat: WechatClient,
+        pages: AuthorizePages,
+        server: ServerConfig,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        Self {
+            keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
+            reads: Arc::new(ReadCounter::default()),
+            engine,
+            store,
+            vault,
+            pushes,
+            wechat,
+            pages,
+            server,
+            metrics,
+            unknown_appids: DashMap::new(),
+        }
+    }
+
+    /// The slot `appid` reads through. An appid memory does not hold is looked up in the store
+    /// once (an account added or an authorizer imported by another path while this process runs)
+    /// and, if absent there too, remembered as unknown for a few seconds.
+    pub async fn slot(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ApiError> {
+        match self.engine.slot(component, appid) {
+            Err(ReadError::Unknown) => {}
+            other => return other.map_err(ApiError::from),
+        }
+        if self
+            .unknown_appids
+            .get(appid)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_APPID_TTL)
+        {
+            return Err(ApiError::from(ReadError::Unknown));
+        }
+        let parsed = Appid::parse(appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let component = component
+            .map(ComponentAppid::parse)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(format!("component: {e}")))?;
+        let found = self
+            .engine
+            .load(component.as_ref(), &parsed)
+            .await
+            .map_err(ApiError::internal)?;
+        if !found {
+            if self.unknown_appids.len() >= UNKNOWN_APPID_MAX {
+                self.unknown_appids.clear();
+            }
+            self.unknown_appids.insert(appid.to_owned(), Instant::now());
+        }
+        self.engine
+            .slot(component.as_ref().map(ComponentAppid::as_str), appid)
+            .map_err(ApiError::from)
+    }
+
+    /// The component a request is about: the one named, else the only one configured.
+    pub fn component(&self, requested: Option<&str>) -> Result<ComponentAppid, ApiError> {
+        match requested {
+            Some(appid) => {
+                let appid = ComponentAppid::parse(appid)
+                    .map_err(|e| ApiError::BadRequest(format!("component: {e}")))?;
+                if self.pushes.contains_key(&appid) {
+                    Ok(appid)
+                } else {
+                    Err(ApiError::NotFound(format!(
+                        "component {appid} is not configured"
+                    )))
+                }
+            }
+            None => {
+                let mut configured = self.pushes.keys();
+                match (configured.next(), configured.next()) {
+                    (Some(only), None) => Ok(only.clone()),
+                    (None, _) => Err(ApiError::NotFound("no component is configured".into())),
+                    _ => Err(ApiError::BadRequest(
+                        "several components are configured: pass ?component=APPID".into(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<KeyIndex> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.0.keys)
+    }
+}
+
+/// The internal API's OpenAPI document: metadata and the bearer scheme; the paths come from the
+/// handlers' `#[utoipa::path]` annotations as they are routed.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wxtoken internal API",
+        description = "Token reads, invalidation reports, the admin API and operations endpoints \
+                       of wxtoken, the WeChat Open Platform token central-control server. \
+                       Authenticate with `Authorization: Bearer <api key>`."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "tokens", description = "Reading tokens and reporting invalid ones"),
+        (name = "admin", description = "Authorizers, accounts and clients (admin keys only)"),
+        (name = "operations", description = "Health, readiness, metrics")
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The internal listener's routes and their OpenAPI document.
+fn internal_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    // The long-poll bounds its own wait; every other route gets the request timeout.
+    let long_poll = OpenApiRouter::new().routes(utoipa_axum::routes!(tokens::get_token));
+    let bounded = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(tokens::invalidate))
+        .routes(utoipa_axum::routes!(tokens::component_token))
+        .merge(admin::routes())
+        .merge(ops::routes())
+        .route_layer(middleware::from_fn(request_timeout));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(long_poll)
+        .merge(bounded)
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the internal API (also served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    internal_api().1
+}
+
+/// The internal listener: token API, admin API, operations.
+pub fn internal_router(state: AppState) -> Router {
+    let (router, api) = internal_api();
+    let api = Arc::new(api);
+    let timeout = state.0.server.request_timeout;
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let api = Arc::clone(&api);
+                async move { axum::Json(api.as_ref().clone()) }
+            }),
+        )
+        .route_layer(middleware::from_fn(error::log_server_errors))
+        .route_layer(middleware::from_fn_with_state("internal", count_requests))
+        .fallback(not_found)
+        .layer(axum::Extension(RequestTimeout(timeout)))
+        .layer(DefaultBodyLimit::max(state.0.server.max_body_bytes))
+        .with_state(state)
+}
+
+/// The public listener: WeChat's pushes and the authorization pages, nothing else.
+pub fn public_router(state: AppState) -> Router {
+    let timeout = state.0.server.request_timeout;
+    Router::new()
+        .route(
+            "/wechat/events",
+            axum::routing::post(events::receive).get(events::handshake),
+        )
+        .route("/authorize", axum::routing::get(authorize::start))
+        .route(
+            "/authorize/callback",
+            axum::routing::get(authorize::callback),
+        )
+        .route_layer(middleware::from_fn(request_timeout))
+        .route_layer(middleware::from_fn(error::log_server_errors))
+        .route_layer(middleware::from_fn_with_state("public", count_requests))
+        .fallback(not_found)
+        .layer(axum::Extension(RequestTimeout(timeout)))
+        .layer(DefaultBodyLimit::max(
+            state
+                .0
+                .server
+                .max_body_bytes
+                .min(wechat::event::MAX_PUSH_BYTES),
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+#[derive(Clone, Copy)]
+struct RequestTimeout(Duration);
+
+/// Answers 503 when a request runs past `server.request_timeout` (dropping the handler's future;
+/// refreshes run on the engine's tracker, so a dropped request never cancels one).
+async fn request_timeout(request: Request, next: Next) -> Response {
+    let limit = request
+        .extensions()
+        .get::<RequestTimeout>()
+        .map_or(Duration::from_secs(10), |t| t.0);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// Counts every answer by listener, route template and status.
+async fn count_requests(
+    State(listener): State<&'static str>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS_TOTAL,
+        "listener" => listener,
+        "route" => route,
+        "status" => response.status().as_str().to_owned(),
+    )
+    .increment(1);
+    response
+}

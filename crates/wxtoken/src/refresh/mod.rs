@@ -51,9 +51,9 @@ use crate::tokens::flight::SingleFlight;
 use crate::vault::{Vault, VaultError};
 
 pub use events::ReconcileReport;
-pub use sync::CredentialCounts;
 use lease::Lease;
 use schedule::Schedule;
+pub use sync::CredentialCounts;
 
 /// Wall-clock time for stored timestamps, injectable where tests need it. Scheduling itself uses
 /// tokio time.

@@ -15,11 +15,11 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Inner, RefreshError};
-use crate::tokens::cache::{CachedToken, ReadError, Slot};
 use crate::model::{
     Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
     SecretSlot, Timestamp, TokenRecord,
 };
+use crate::tokens::cache::{CachedToken, ReadError, Slot};
 
 /// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
 const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -98,6 +98,27 @@ impl Engine {
         slot.read(inner.clock.now(), inner.config.serve_margin)
     }
 
+    /// Like [`Engine::read`], but a credential that has never had a token (just authorized, just
+    /// added) is refreshed now (single flight) instead of answering "no token yet". A credential
+    /// whose refresh is failing is not: its backoff decides when WeChat is asked again.
+    pub async fn read_or_refresh(&self, slot: &Slot) -> Result<Arc<CachedToken>, ReadError> {
+        match self.read(slot) {
+            Err(ReadError::NoToken { .. })
+                if slot.current().is_none() && slot.failing().is_none() =>
+            {
+                match self.refresh_now(slot.credential()).await {
+                    Ok(_) => self.read(slot),
+                    Err(RefreshError::Gone { reason }) => Err(ReadError::Gone { reason }),
+                    Err(RefreshError::Unknown) => Err(ReadError::Unknown),
+                    Err(e) => Err(ReadError::NoToken {
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The configured components.
     pub fn components(&self) -> Vec<ComponentAppid> {
         let mut list: Vec<_> = self.inner().components.keys().cloned().collect();
@@ -167,15 +188,17 @@ impl Engine {
     /// How many authorizers are held in each status, and how many direct accounts.
     pub fn counts(&self) -> CredentialCounts {
         let mut counts = CredentialCounts::default();
-        self.inner().cache.for_each(|slot| match slot.credential().kind {
-            CredentialKind::Authorizer => match slot.status() {
-                Some(AuthorizerStatus::NeedsReauth) => counts.needs_reauth += 1,
-                Some(AuthorizerStatus::Revoked) => counts.revoked += 1,
-                _ => counts.active += 1,
-            },
-            CredentialKind::Direct => counts.direct += 1,
-            CredentialKind::Component => {}
-        });
+        self.inner()
+            .cache
+            .for_each(|slot| match slot.credential().kind {
+                CredentialKind::Authorizer => match slot.status() {
+                    Some(AuthorizerStatus::NeedsReauth) => counts.needs_reauth += 1,
+                    Some(AuthorizerStatus::Revoked) => counts.revoked += 1,
+                    _ => counts.active += 1,
+                },
+                CredentialKind::Direct => counts.direct += 1,
+                CredentialKind::Component => {}
+            });
         counts
     }
 
@@ -261,6 +284,9 @@ mod tests {
         assert_eq!(codes.get("queryauthcode@@@secret"), Some(appid));
         assert_eq!(codes.get("queryauthcode@@@other"), None);
         let held = codes.codes.lock();
-        assert!(held.keys().all(|k| k != b"queryauthcode@@@secret".as_slice()));
+        assert!(
+            held.keys()
+                .all(|k| k != b"queryauthcode@@@secret".as_slice())
+        );
     }
 }

@@ -254,6 +254,7 @@ impl Inner {
         let slot = self.cache.slot(credential);
         slot.publish(CachedToken {
             access_token: token,
+            issued_at: stored.issued_at,
             expires_at: stored.expires_at,
             refresh_at,
             generation,

@@ -394,6 +394,7 @@ async fn open_engine(
         base_url: Url::parse(sim.base_url()).unwrap(),
         timeout: upstream_timeout,
         connect_timeout: Duration::from_secs(2),
+        authorize_url: None,
     };
     Engine::open(EngineDeps {
         store: Arc::clone(store),

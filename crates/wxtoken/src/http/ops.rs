@@ -1,0 +1,226 @@
+//! Operations endpoints on the internal listener: `/healthz` (the process answers), `/readyz` (the
+//! store answers and every component has a ticket), `/metrics` (Prometheus text).
+//!
+//! `/metrics` renders the recorder's counters and histograms, then adds what is computed from the
+//! in-memory cache at scrape time: authorizers by status, and the distributions of token age and
+//! time to expiry over every held token (a histogram per credential kind, no appid label), plus
+//! each component's ticket age from the store.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use crate::model::CredentialKind;
+use crate::telemetry;
+
+/// Readiness checks give up after this long (a hung database is "not ready", not a hung probe).
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bounds (seconds) of the token age and time-to-expiry buckets.
+const TOKEN_BUCKETS: &[f64] = &[
+    30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 5400.0, 7200.0,
+];
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Each check and its result: "ok", or why not.
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+/// Readiness: the store answers, and every configured component has a component_verify_ticket.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; `checks` says why", body = Readiness),
+    ))]
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let mut checks = std::collections::BTreeMap::new();
+    let store = match tokio::time::timeout(READY_CHECK_TIMEOUT, app.0.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: storage unreachable");
+            "unreachable".to_owned()
+        }
+        Err(_) => "timed out".to_owned(),
+    };
+    let store_ok = store == "ok";
+    checks.insert("storage".to_owned(), store);
+    for component in app.0.engine.components() {
+        let result = if !store_ok {
+            "unknown (storage unreachable)".to_owned()
+        } else {
+            match tokio::time::timeout(READY_CHECK_TIMEOUT, app.0.store.latest_ticket(&component))
+                .await
+            {
+                Ok(Ok(Some(_))) => "ok".to_owned(),
+                Ok(Ok(None)) => "no component_verify_ticket received yet".to_owned(),
+                Ok(Err(_)) | Err(_) => "unknown (storage unreachable)".to_owned(),
+            }
+        };
+        checks.insert(format!("ticket:{component}"), result);
+    }
+    let ready = checks.values().all(|v| v == "ok");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, checks }))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String)))]
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let counts = app.0.engine.counts();
+    for (status, n) in [
+        ("active", counts.active),
+        ("needs_reauth", counts.needs_reauth),
+        ("revoked", counts.revoked),
+        ("direct", counts.direct),
+    ] {
+        metrics::gauge!(telemetry::AUTHORIZERS, "status" => status).set(n as f64);
+    }
+    let now = app.0.engine.now();
+    for component in app.0.engine.components() {
+        if let Ok(Ok(Some(ticket))) =
+            tokio::time::timeout(READY_CHECK_TIMEOUT, app.0.store.latest_ticket(&component)).await
+        {
+            let age = (now.as_millis() - ticket.received_at.as_millis()) as f64 / 1000.0;
+            metrics::gauge!(telemetry::TICKET_AGE_SECONDS, "component" => component.to_string())
+                .set(age.max(0.0));
+        }
+    }
+    let mut text = app.0.metrics.render();
+    let mut ttl = [
+        Histogram::default(),
+        Histogram::default(),
+        Histogram::default(),
+    ];
+    let mut age = [
+        Histogram::default(),
+        Histogram::default(),
+        Histogram::default(),
+    ];
+    app.0.engine.cache().for_each(|slot| {
+        if let Some(token) = slot.current() {
+            let i = kind_index(slot.credential().kind);
+            ttl[i].observe((token.expires_at.as_millis() - now.as_millis()) as f64 / 1000.0);
+            age[i].observe((now.as_millis() - token.issued_at.as_millis()) as f64 / 1000.0);
+        }
+    });
+    write_histograms(
+        &mut text,
+        telemetry::TOKEN_TIME_TO_EXPIRY_SECONDS,
+        "Seconds until each held token expires.",
+        &ttl,
+    );
+    write_histograms(
+        &mut text,
+        telemetry::TOKEN_AGE_SECONDS,
+        "Seconds since each held token was obtained.",
+        &age,
+    );
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+const KINDS: [CredentialKind; 3] = [
+    CredentialKind::Component,
+    CredentialKind::Authorizer,
+    CredentialKind::Direct,
+];
+
+fn kind_index(kind: CredentialKind) -> usize {
+    KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; TOKEN_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, value: f64) {
+        for (bound, n) in TOKEN_BUCKETS.iter().zip(self.buckets.iter_mut()) {
+            if value <= *bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+}
+
+/// Appends one histogram family in the Prometheus text format (the recorder only knows
+/// observations as they happen; these are a snapshot of the cache).
+fn write_histograms(out: &mut String, name: &str, help: &str, by_kind: &[Histogram; 3]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (kind, h) in KINDS.iter().zip(by_kind) {
+        let kind = kind.as_str();
+        for (bound, n) in TOKEN_BUCKETS.iter().zip(h.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{kind=\"{kind}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {}", h.count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_text_is_cumulative_with_an_inf_bucket() {
+        let mut h = [
+            Histogram::default(),
+            Histogram::default(),
+            Histogram::default(),
+        ];
+        h[1].observe(45.0);
+        h[1].observe(4000.0);
+        let mut out = String::new();
+        write_histograms(&mut out, "x_seconds", "help", &h);
+        assert!(out.contains("# TYPE x_seconds histogram"));
+        assert!(out.contains("x_seconds_bucket{kind=\"authorizer\",le=\"30\"} 0"));
+        assert!(out.contains("x_seconds_bucket{kind=\"authorizer\",le=\"60\"} 1"));
+        assert!(out.contains("x_seconds_bucket{kind=\"authorizer\",le=\"7200\"} 2"));
+        assert!(out.contains("x_seconds_bucket{kind=\"authorizer\",le=\"+Inf\"} 2"));
+        assert!(out.contains("x_seconds_count{kind=\"component\"} 0"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The operations the CLI and the admin API share (adding a direct account, creating a client), so
+//! both apply the same rules. Depends on `store`, `vault` and `model` only.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::model::{
+    AppKind, Appid, AppidGrant, ClientCreate, ClientRecord, ComponentAppid, DirectAccountWrite,
+    NewClient, SecretSlot, Timestamp, UpsertOutcome,
+};
+use crate::store::{Store, StoreError};
+use crate::vault::{NewApiKey, Vault, VaultError, generate_api_key};
+
+/// Why a management operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// Bad input; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The name is taken (clients).
+    #[error("a client named {0} already exists")]
+    NameTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// Adds (or updates the appsecret of) a direct account; the appsecret is sealed before it is
+/// stored.
+pub async fn add_direct_account(
+    store: &dyn Store,
+    vault: &Vault,
+    component: &ComponentAppid,
+    appid: &Appid,
+    kind: AppKind,
+    appsecret: &SecretString,
+) -> Result<UpsertOutcome, ManageError> {
+    let secret = appsecret.expose_secret();
+    if secret.trim().is_empty() || secret.len() > 256 {
+        return Err(ManageError::Invalid(
+            "the appsecret must be 1 to 256 characters".into(),
+        ));
+    }
+    let now = Timestamp::now();
+    store.ensure_component(component, now).await?;
+    let sealed = vault.seal(
+        SecretSlot::DirectAppsecret { component, appid },
+        secret.as_bytes(),
+    )?;
+    Ok(store
+        .upsert_direct_account(&DirectAccountWrite {
+            component: component.clone(),
+            appid: appid.clone(),
+            kind,
+            appsecret: sealed,
+            at: now,
+        })
+        .await?)
+}
+
+/// `*` anywhere grants every appid; otherwise each value must be a valid appid.
+pub fn parse_grant(appids: &[String]) -> Result<AppidGrant, ManageError> {
+    if appids.is_empty() {
+        return Err(ManageError::Invalid(
+            "grant at least one appid (or *)".into(),
+        ));
+    }
+    if appids.iter().any(|a| a == "*") {
+        return Ok(AppidGrant::All);
+    }
+    let parsed = appids
+        .iter()
+        .map(|a| Appid::parse(a).map_err(|e| ManageError::Invalid(format!("appid {a}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppidGrant::Only(parsed))
+}
+
+/// Creates a client and returns it with its API key (the key is shown once; only its hash is
+/// stored).
+pub async fn create_client(
+    store: &dyn Store,
+    name: &str,
+    grant: AppidGrant,
+    admin: bool,
+) -> Result<(ClientRecord, NewApiKey), ManageError> {
+    if name.trim().is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ManageError::Invalid(
+            "the client name must be 1 to 128 printable characters".into(),
+        ));
+    }
+    let key = generate_api_key();
+    match store
+        .create_client(&NewClient {
+            name: name.to_owned(),
+            key_hash: key.hash,
+            key_hint: key.hint.clone(),
+            grant,
+            admin,
+            created_at: Timestamp::now(),
+        })
+        .await?
+    {
+        ClientCreate::Created(record) => Ok((record, key)),
+        ClientCreate::NameTaken => Err(ManageError::NameTaken(name.to_owned())),
+    }
+}
