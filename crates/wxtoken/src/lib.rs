@@ -5,6 +5,7 @@
 //! `model`. `store` knows neither axum nor the `wechat` crate.
 
 pub mod alerts;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;

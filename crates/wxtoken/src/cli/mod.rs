@@ -7,8 +7,11 @@ pub mod accounts;
 pub mod authorizers;
 pub mod clients;
 pub mod context;
+pub mod demo;
 pub mod keys;
+pub mod serve;
 pub mod sim;
+pub mod token;
 
 /// wxtoken: the token central-control server (中控服务器) for a WeChat Open Platform
 /// third-party platform.
@@ -21,6 +24,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server: WeChat's pushes and the authorization pages on the public listener, the
+    /// token and admin APIs on the internal one.
+    Serve(serve::ServeArgs),
+    /// Run wxtoken against the built-in WeChat simulator, with a few authorized accounts and an API
+    /// key, to see it work with no WeChat account.
+    Demo(demo::DemoArgs),
+    /// Print the current token of an authorizer or direct account (for scripts).
+    Token(token::TokenArgs),
     /// Run the WeChat simulator alone, for tests and offline integration work.
     Sim(sim::SimArgs),
     /// Operate on authorizers: list, show, import, export.
@@ -41,6 +52,9 @@ impl Cli {
     /// Runs the chosen command to completion.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Authorizers(c) => authorizers::run(c).await,
             Command::Accounts(c) => accounts::run(c).await,

@@ -70,6 +70,8 @@ pub struct Shared {
     pub pages: AuthorizePages,
     pub server: ServerConfig,
     pub metrics: PrometheusHandle,
+    /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
+    pub shutdown: tokio_util::sync::CancellationToken,
     unknown_appids: DashMap<String, Instant>,
 }
 
@@ -84,6 +86,7 @@ impl Shared {
         pages: AuthorizePages,
         server: ServerConfig,
         metrics: PrometheusHandle,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
             keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
@@ -96,6 +99,7 @@ impl Shared {
             pages,
             server,
             metrics,
+            shutdown,
             unknown_appids: DashMap::new(),
         }
     }

@@ -94,7 +94,10 @@ pub async fn get_token(
             let mut newer = slot.subscribe();
             // Ends at once if a newer generation is already there; the wait is bounded, and on
             // timeout the current token (or why there is none) is the answer.
-            let _ = tokio::time::timeout(wait, newer.wait_for(|g| *g > after)).await;
+            tokio::select! {
+                _ = tokio::time::timeout(wait, newer.wait_for(|g| *g > after)) => {}
+                () = app.0.shutdown.cancelled() => {}
+            }
             app.0.engine.read(&slot)?
         }
     };

@@ -1,0 +1,272 @@
+//! Assembling and running the server: configuration → store, vault, WeChat client, alerts,
+//! engine, HTTP state → two listeners, background upkeep, and graceful shutdown. `wxtoken serve`,
+//! `wxtoken demo` and the end-to-end tests all start the server through [`App::start`].
+//!
+//! Shutdown order (SIGINT/SIGTERM or [`RunningApp::shutdown`]): stop accepting connections and end
+//! long-polls; let in-flight requests finish; stop scheduling; let in-flight refreshes finish and
+//! their writes land (bounded by [`SHUTDOWN_GRACE`]); flush read counts; close the store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wechat::authorize::AuthorizePages;
+use wechat::event::MsgCrypt;
+
+use crate::alerts::Alerts;
+use crate::config::Config;
+use crate::http::{self, AppState, Shared};
+use crate::model::{ComponentAppid, Timestamp};
+use crate::refresh::lease::LocalLease;
+use crate::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
+use crate::store::{self, Store, StoreOptions};
+use crate::vault::Vault;
+
+/// How long shutdown waits for in-flight refreshes and writes before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often read counts are written to the store.
+const READ_COUNT_FLUSH: Duration = Duration::from_secs(5);
+/// How often processed events older than [`EVENT_RETENTION`] are deleted.
+const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Processed pushes are kept this long (pushes older than `server.push_max_skew` are refused
+/// anyway, so a replay cannot re-apply a pruned one while that check is on).
+const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A started server.
+pub struct RunningApp {
+    pub public_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub state: AppState,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct App;
+
+impl App {
+    /// Opens the store named by `config.storage` (running migrations), checks `vault` against it
+    /// and starts the server on the two listeners.
+    pub async fn open_and_start(
+        config: &Config,
+        vault: Vault,
+        public: TcpListener,
+        internal: TcpListener,
+    ) -> anyhow::Result<RunningApp> {
+        let store = store::open_with(
+            config.storage.url.expose_secret(),
+            &StoreOptions {
+                max_connections: config.storage.max_connections,
+                acquire_timeout: config.storage.connect_timeout,
+            },
+        )
+        .await
+        .with_context(|| format!("opening the {} store", config.storage.backend()))?;
+        vault
+            .verify(&*store)
+            .await
+            .context("checking the master key against the store")?;
+        Self::start(config, store, vault, public, internal).await
+    }
+
+    /// Starts the server over an opened store and a verified vault.
+    pub async fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        vault: Vault,
+        public: TcpListener,
+        internal: TcpListener,
+    ) -> anyhow::Result<RunningApp> {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let metrics = crate::telemetry::metrics();
+        let vault = Arc::new(vault);
+        let mut components = Vec::new();
+        let mut pushes = HashMap::new();
+        for (i, c) in config.components.iter().enumerate() {
+            let appid = ComponentAppid::parse(&c.appid)
+                .with_context(|| format!("components[{i}].appid"))?;
+            let mut crypt = MsgCrypt::new(
+                c.token.expose_secret(),
+                c.encoding_aes_key.expose_secret(),
+                appid.as_str(),
+            )
+            .with_context(|| format!("components[{i}].encoding_aes_key"))?;
+            if let Some(previous) = &c.previous_encoding_aes_key {
+                crypt = crypt
+                    .with_previous_key(previous.expose_secret())
+                    .with_context(|| format!("components[{i}].previous_encoding_aes_key"))?;
+            }
+            pushes.insert(appid.clone(), crypt);
+            components.push(ComponentSecret {
+                appid,
+                appsecret: c.appsecret.clone(),
+            });
+        }
+        let wechat = config
+            .upstream
+            .client()
+            .context("building the WeChat client (upstream)")?;
+        let alerts = Alerts::spawn(config.alerts.webhook_url.clone(), &tracker, cancel.clone());
+        let engine = Engine::open(EngineDeps {
+            store: Arc::clone(&store),
+            vault: Arc::clone(&vault),
+            client: wechat.clone(),
+            config: config.refresh.clone(),
+            components,
+            alerts,
+            lease: Arc::new(LocalLease::new()),
+            clock: Arc::new(SystemClock),
+            tracker: tracker.clone(),
+        })
+        .await
+        .context("loading tokens and authorizers (cold start)")?;
+        engine.spawn(cancel.clone());
+
+        let pages = config
+            .upstream
+            .authorize_url
+            .as_ref()
+            .map(AuthorizePages::at)
+            .unwrap_or_default();
+        let state = AppState(Arc::new(Shared::new(
+            engine.clone(),
+            Arc::clone(&store),
+            vault,
+            pushes,
+            wechat,
+            pages,
+            config.server.clone(),
+            metrics,
+            cancel.clone(),
+        )));
+        spawn_upkeep(&state, &tracker, cancel.clone());
+
+        let public_addr = public.local_addr()?;
+        let internal_addr = internal.local_addr()?;
+        let mut servers = Vec::new();
+        for (listener, router) in [
+            (public, http::public_router(state.clone())),
+            (internal, http::internal_router(state.clone())),
+        ] {
+            let stop = cancel.clone();
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }));
+        }
+        tracing::info!(
+            public = %public_addr,
+            internal = %internal_addr,
+            storage = store.backend().as_str(),
+            credentials = engine.cache().len(),
+            "wxtoken is serving"
+        );
+        Ok(RunningApp {
+            public_addr,
+            internal_addr,
+            engine,
+            store,
+            state,
+            cancel,
+            tracker,
+            servers,
+        })
+    }
+}
+
+impl RunningApp {
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and refreshes in flight");
+        self.shutdown().await
+    }
+
+    /// Graceful shutdown (see the module docs).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        for server in self.servers {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "listener task failed"),
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "refreshes still in flight after {}s; exiting without them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        if let Err(e) = self.state.0.reads.flush(&*self.store).await {
+            tracing::warn!(error = %e, "the last read counts were not written");
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Background upkeep: read counts to the store every few seconds, old processed events pruned.
+fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationToken) {
+    let state = state.clone();
+    tracker.spawn(async move {
+        let mut flush = tokio::time::interval(READ_COUNT_FLUSH);
+        let mut prune = tokio::time::interval(EVENT_PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = flush.tick() => {
+                    if let Err(e) = state.0.reads.flush(&*state.0.store).await {
+                        tracing::warn!(error = %e, "read counts not written; kept for the next flush");
+                    }
+                }
+                _ = prune.tick() => {
+                    let before = Timestamp::now().minus(EVENT_RETENTION);
+                    match state.0.store.prune_events(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(pruned = n, "old processed events deleted"),
+                        Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
