@@ -103,7 +103,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         appid: component_appid.clone(),
         appsecret: SecretString::from(component.component_appsecret.clone().unwrap_or_default()),
         token: SecretString::from(component.token.clone().unwrap_or_default()),
-        encoding_aes_key: SecretString::from(component.encoding_aes_key.clone().unwrap_or_default()),
+        encoding_aes_key: SecretString::from(
+            component.encoding_aes_key.clone().unwrap_or_default(),
+        ),
         previous_encoding_aes_key: None,
     }];
     config.validate()?;
@@ -176,13 +178,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sample.generation
     );
     println!("Ask the simulator whether a token is valid:");
-    println!("  curl -s '{}/_sim/validate?access_token=TOKEN'", sim.base_url());
+    println!(
+        "  curl -s '{}/_sim/validate?access_token=TOKEN'",
+        sim.base_url()
+    );
     println!();
-    println!("  authorize another account  {public_url}/authorize   (the simulator's consent page)");
-    println!("  WeChat simulator           {}   (docs/SIMULATOR.md)", sim.base_url());
+    println!(
+        "  authorize another account  {public_url}/authorize   (the simulator's consent page)"
+    );
+    println!(
+        "  WeChat simulator           {}   (docs/SIMULATOR.md)",
+        sim.base_url()
+    );
     println!("  metrics                    {internal_url}/metrics");
     println!("  data                       {}", args.dir.display());
-    println!("\nRefreshes as they happen (tokens live {}; Ctrl-C stops):", humantime::format_duration(args.token_lifetime));
+    println!(
+        "\nRefreshes as they happen (tokens live {}; Ctrl-C stops):",
+        humantime::format_duration(args.token_lifetime)
+    );
 
     let watch = print_refreshes(&running);
     match args.run_for {
@@ -223,7 +236,12 @@ fn list_accounts(accounts: &[(String, AccountKind)]) -> String {
 /// Removes what an earlier demo left (its database and key belong to a simulator that is gone).
 fn prepare_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in ["wxtoken.db", "wxtoken.db-wal", "wxtoken.db-shm", "master.key"] {
+    for name in [
+        "wxtoken.db",
+        "wxtoken.db-wal",
+        "wxtoken.db-shm",
+        "master.key",
+    ] {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}

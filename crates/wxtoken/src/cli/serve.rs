@@ -37,7 +37,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut overrides = Vec::new();
     if let Some(addr) = args.public_listen {
-        overrides.push(("server.public_listen".to_owned(), toml::Value::String(addr.to_string())));
+        overrides.push((
+            "server.public_listen".to_owned(),
+            toml::Value::String(addr.to_string()),
+        ));
     }
     if let Some(addr) = args.internal_listen {
         overrides.push((
@@ -57,7 +60,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("loading the master key (WXTOKEN_MASTER_KEY or security.master_key_file)")?;
     let public = TcpListener::bind(config.server.public_listen)
         .await
-        .with_context(|| format!("binding server.public_listen {}", config.server.public_listen))?;
+        .with_context(|| {
+            format!(
+                "binding server.public_listen {}",
+                config.server.public_listen
+            )
+        })?;
     let internal = TcpListener::bind(config.server.internal_listen)
         .await
         .with_context(|| {

@@ -426,8 +426,15 @@ impl Inner {
                     .component(component)
                     .is_some_and(|s| s.read(self.clock.now(), self.config.serve_margin).is_ok());
                 if outcome == TicketOutcome::Stored && !healthy {
-                    // The component token was waiting for a ticket (or failing): try now.
+                    // The component token was waiting for a ticket (or failing): try now, and
+                    // let authorizers waiting on it through the gate at once.
                     self.failures.lock().remove(&credential);
+                    self.component_gate.lock().remove(component);
+                    // Its last failure's cause is gone: readers now join the refresh instead of
+                    // being told to wait for a ticket.
+                    if let Some(slot) = self.cache.component(component) {
+                        slot.set_failing(None);
+                    }
                     self.schedule_in(&credential, Duration::ZERO);
                 }
                 Ok(())

@@ -154,6 +154,11 @@ impl Slot {
         self.generation.subscribe()
     }
 
+    /// How many long-polls are waiting on this slot right now.
+    pub fn watchers(&self) -> usize {
+        self.generation.receiver_count()
+    }
+
     /// Installs `token` unless the slot already holds one at least as new. True if installed.
     pub fn publish(&self, token: CachedToken) -> bool {
         let generation = token.generation;

@@ -1,0 +1,549 @@
+//! End-to-end tests over real sockets: the simulator pushes to wxtoken's public listener, clients
+//! read from its internal listener, and every token handed out is checked at the simulator.
+
+mod server;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use server::{Server, now_secs};
+use wechat::event::{AuthorizationEvent, Event, MsgCrypt, TicketEvent};
+use wechat_sim::AccountKind;
+use wxtoken::model::ComponentAppid;
+
+fn valid(s: &Server, token: &serde_json::Value) -> bool {
+    s.sim
+        .control()
+        .validate(token["access_token"].as_str().expect("access_token"))
+        .valid
+}
+
+/// The `href` of the authorize button on our page, unescaped.
+fn button_href(html: &str) -> String {
+    let start = html.find("id=\"authorize\" href=\"").expect("button") + 21;
+    let end = start + html[start..].find('"').expect("end of href");
+    html[start..end].replace("&amp;", "&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_through_the_consent_page_yields_a_token_that_validates_and_long_polls_wake()
+{
+    let s = Server::start().await;
+    // The ticket push arrived: the component token is there and valid.
+    let (status, component) = s.get(Some(&s.admin_key), "/v1/component/token").await;
+    assert_eq!(status, StatusCode::OK, "{component}");
+    assert!(valid(&s, &component));
+
+    let account = s
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    // Our page, with a fresh pre_auth_code, links to the (simulated) consent page.
+    let page = s
+        .http
+        .get(format!("{}/authorize?mobile=false", s.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let consent = url::Url::parse(&button_href(&page.text().await.unwrap())).unwrap();
+    assert!(consent.as_str().starts_with(s.sim.base_url()));
+    assert_eq!(consent.path(), wechat::authorize::PC_PATH);
+    // The merchant approves: the simulator redirects to our callback with auth_code.
+    let mut form: Vec<(String, String)> = consent.query_pairs().into_owned().collect();
+    form.push(("appid".into(), account.appid.clone()));
+    let approved = s
+        .http
+        .post(consent.as_str().split('?').next().unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), StatusCode::FOUND);
+    let callback = approved.headers()["location"].to_str().unwrap().to_owned();
+    assert!(callback.starts_with(&format!("{}/authorize/callback?", s.public)));
+    let result = s.http.get(&callback).send().await.unwrap();
+    assert_eq!(result.status(), StatusCode::OK);
+    let html = result.text().await.unwrap();
+    assert!(html.contains(&account.appid), "{html}");
+
+    // A client granted that appid reads a token that WeChat (the simulator) accepts.
+    let key = s.client_key("orders", &[&account.appid], false).await;
+    let path = format!("/v1/tokens/{}", account.appid);
+    let (status, token) = s.get(Some(&key), &path).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    assert!(valid(&s, &token));
+    assert_eq!(token["appid"], account.appid.as_str());
+    assert!(token["refresh_at"].as_i64() < token["expires_at"].as_i64());
+    let generation = token["generation"].as_u64().unwrap();
+
+    // A long-poll for a newer token wakes when an invalidation report replaces it.
+    let poll = {
+        let http = s.http.clone();
+        let url = format!("{}{path}?after={generation}&wait=60", s.internal);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    let reported = s
+        .http
+        .post(format!("{}{path}/invalidate", s.internal))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"access_token": token["access_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reported.status(), StatusCode::OK);
+    let fresh: serde_json::Value = reported.json().await.unwrap();
+    assert!(fresh["generation"].as_u64().unwrap() > generation);
+    assert!(valid(&s, &fresh));
+    let (status, woke) = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the long-poll wakes")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(woke["generation"], fresh["generation"]);
+    assert_eq!(woke["access_token"], fresh["access_token"]);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_foreign_stale_malformed_and_oversized_pushes_are_refused_and_change_nothing() {
+    let s = Server::start().await;
+    let comp = ComponentAppid::parse(s.comp()).unwrap();
+    let before = s.store.latest_ticket(&comp).await.unwrap();
+    assert!(before.is_some());
+    let ticket = |value: &str| {
+        Event::ComponentVerifyTicket(TicketEvent {
+            app_id: s.comp().to_owned(),
+            create_time: now_secs(),
+            component_verify_ticket: value.to_owned(),
+        })
+    };
+
+    // Forged: signed with the wrong Token.
+    let forger = MsgCrypt::new(
+        "not-the-token",
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        s.comp(),
+    )
+    .unwrap();
+    let (params, body) = wechat::event::seal_push(&forger, &ticket("forged"), now_secs(), "n");
+    assert_eq!(s.push(&params, body).await.0, StatusCode::FORBIDDEN);
+    // A correct push whose signature was tampered with.
+    let (mut params, body) = s.seal(&ticket("tampered"), now_secs());
+    params.msg_signature = "0".repeat(40);
+    assert_eq!(s.push(&params, body).await.0, StatusCode::FORBIDDEN);
+    // A component this server does not serve.
+    let foreign = MsgCrypt::new(
+        "e2etoken",
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        "wxnotourcomponent1",
+    )
+    .unwrap();
+    let (params, body) = wechat::event::seal_push(&foreign, &ticket("foreign"), now_secs(), "n");
+    assert_eq!(s.push(&params, body).await.0, StatusCode::BAD_REQUEST);
+    // Correctly signed, but captured an hour ago (a replay).
+    let (params, body) = s.seal(&ticket("stale"), now_secs() - 3600);
+    let (status, text) = s.push(&params, body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    // Malformed bodies and parameters.
+    let (params, _) = s.seal(&ticket("x"), now_secs());
+    assert_eq!(s.push(&params, "not xml").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.push(&params, "<xml><AppId>wx</AppId></xml>").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let no_params = s
+        .http
+        .post(format!("{}/wechat/events", s.public))
+        .body("<xml><Encrypt>abc</Encrypt></xml>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_params.status(), StatusCode::BAD_REQUEST);
+    // Oversized.
+    let huge = format!("<xml><Encrypt>{}</Encrypt></xml>", "A".repeat(100 * 1024));
+    assert_eq!(s.push(&params, huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Nothing changed: the same ticket, no event waiting.
+    assert_eq!(s.store.latest_ticket(&comp).await.unwrap(), before);
+    assert!(
+        s.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A genuine push still works.
+    let (params, body) = s.seal(&ticket("genuine"), now_secs());
+    assert_eq!(
+        s.push(&params, body).await,
+        (StatusCode::OK, "success".to_owned())
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_authorization_push_is_answered_success_and_applied_once() {
+    let s = Server::start().await;
+    // Deliver the push ourselves: the simulator only issues the code.
+    s.sim.control().set_push_url(s.comp(), None).unwrap();
+    let account = s
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: AccountKind::MiniProgram,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    let outcome = s.sim.control().authorize(&account.appid, s.comp()).unwrap();
+    let event = Event::Authorized(AuthorizationEvent {
+        app_id: s.comp().to_owned(),
+        create_time: now_secs(),
+        authorizer_appid: account.appid.clone(),
+        authorization_code: outcome.authorization_code.clone(),
+        authorization_code_expired_time: outcome.authorization_code_expired_time,
+        pre_auth_code: None,
+    });
+    let (params, body) = s.seal(&event, now_secs());
+    for _ in 0..3 {
+        assert_eq!(
+            s.push(&params, body.clone()).await,
+            (StatusCode::OK, "success".to_owned())
+        );
+        s.app().engine.process_events().await.unwrap();
+    }
+    assert_eq!(s.calls("api_query_auth"), 1, "applied once");
+    let (status, token) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{}", account.appid))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    assert!(valid(&s, &token));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_checked_and_a_key_for_appid_a_reading_appid_b_gets_403() {
+    let s = Server::start().await;
+    let a = s.authorize_account(AccountKind::OfficialAccount).await;
+    let b = s.authorize_account(AccountKind::MiniProgram).await;
+    let key_a = s.client_key("svc-a", &[&a], false).await;
+
+    assert_eq!(
+        s.get(Some(&key_a), &format!("/v1/tokens/{a}")).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = s.get(Some(&key_a), &format!("/v1/tokens/{b}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "forbidden");
+    let invalidate_b = s
+        .http
+        .post(format!("{}/v1/tokens/{b}/invalidate", s.internal))
+        .bearer_auth(&key_a)
+        .json(&serde_json::json!({"access_token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalidate_b.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.get(None, &format!("/v1/tokens/{a}")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let forged = format!("wxt_{}", "A".repeat(43));
+    let (status, body) = s.get(Some(&forged), &format!("/v1/tokens/{a}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // Not an admin key; not granted the component.
+    assert_eq!(
+        s.get(Some(&key_a), "/v1/admin/clients").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.get(Some(&key_a), "/v1/component/token").await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Unknown appid, bad appid.
+    let (status, body) = s
+        .get(Some(&s.admin_key), "/v1/tokens/wxunknownappid0001")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    // Revoked through the admin API: refused at once.
+    let revoked = s
+        .http
+        .delete(format!("{}/v1/admin/clients/svc-a", s.internal))
+        .bearer_auth(&s.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.get(Some(&key_a), &format!("/v1/tokens/{a}")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_internal_path_answers_on_the_public_listener() {
+    let s = Server::start().await;
+    let (status, api) = s.get(None, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut paths: Vec<String> = api["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(|p| {
+            p.replace("{appid}", "wxauthorizer00001")
+                .replace("{name}", "x")
+        })
+        .collect();
+    paths.push("/openapi.json".into());
+    assert!(paths.len() >= 12, "{paths:?}");
+    for path in paths {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::DELETE,
+        ] {
+            let response = s
+                .http
+                .request(method.clone(), format!("{}{path}", s.public))
+                .bearer_auth(&s.admin_key)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    response.status(),
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ),
+                "{method} {path} answered {} on the public listener",
+                response.status()
+            );
+        }
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_internal_endpoint() {
+    let s = Server::start().await;
+    let (_, api) = s.get(None, "/openapi.json").await;
+    let paths = api["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/tokens/{appid}", "get"),
+        ("/v1/tokens/{appid}/invalidate", "post"),
+        ("/v1/component/token", "get"),
+        ("/v1/admin/authorizers", "get"),
+        ("/v1/admin/authorizers/{appid}", "get"),
+        ("/v1/admin/authorizers/{appid}/refresh", "post"),
+        ("/v1/admin/authorizers/import", "post"),
+        ("/v1/admin/accounts", "get"),
+        ("/v1/admin/accounts", "post"),
+        ("/v1/admin/accounts/{appid}", "delete"),
+        ("/v1/admin/clients", "get"),
+        ("/v1/admin/clients", "post"),
+        ("/v1/admin/clients/{name}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from /openapi.json"
+        );
+    }
+    assert!(api["components"]["schemas"]["TokenResponse"].is_object());
+    assert!(api["components"]["securitySchemes"]["api_key"].is_object());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_metrics_and_admin_views_show_state_without_secrets() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let (status, token) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{appid}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let secret = token["access_token"].as_str().unwrap().to_owned();
+
+    let (status, ready) = s.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(s.get(None, "/healthz").await.0, StatusCode::OK);
+
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "wxtoken_http_requests_total",
+        "wxtoken_authorizers{status=\"active\"}",
+        "wxtoken_token_time_to_expiry_seconds_bucket",
+        "wxtoken_token_age_seconds_count",
+        "wxtoken_ticket_age_seconds",
+        "wxtoken_upstream_seconds_bucket",
+        "wxtoken_refresh_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(!metrics.contains(&secret), "a token leaked into /metrics");
+    assert!(!metrics.contains(&appid), "no appid label on metrics");
+
+    let (status, view) = s
+        .get(
+            Some(&s.admin_key),
+            &format!("/v1/admin/authorizers/{appid}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["refresh_token_history"], 1);
+    let (status, page) = s.get(Some(&s.admin_key), "/v1/admin/authorizers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["authorizers"].as_array().unwrap().len(), 1);
+    assert!(!page.to_string().contains(&secret));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invalidation_reports_over_http_make_one_upstream_call() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let path = format!("/v1/tokens/{appid}");
+    let (_, token) = s.get(Some(&s.admin_key), &path).await;
+    let before = s.calls("api_authorizer_token");
+    let reports = (0..50).map(|_| {
+        s.http
+            .post(format!("{}{path}/invalidate", s.internal))
+            .bearer_auth(&s.admin_key)
+            .json(&serde_json::json!({"access_token": token["access_token"]}))
+            .send()
+    });
+    let answers = futures::future::join_all(reports).await;
+    let mut generations = std::collections::HashSet::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        let status = answer.status();
+        assert_eq!(status, StatusCode::OK, "{}", answer.text().await.unwrap());
+        let body: serde_json::Value = answer.json().await.unwrap();
+        generations.insert(body["generation"].as_u64().unwrap());
+        assert!(valid(&s, &body));
+    }
+    assert_eq!(s.calls("api_authorizer_token"), before + 1);
+    assert_eq!(
+        generations.len(),
+        1,
+        "every reporter got the same new token"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_account_added_through_the_admin_api_is_served_at_once() {
+    let s = Server::start().await;
+    let account = s
+        .sim
+        .control()
+        .create_account(wechat_sim::AccountSpec {
+            kind: AccountKind::MiniProgram,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap();
+    let added = s
+        .http
+        .post(format!("{}/v1/admin/accounts", s.internal))
+        .bearer_auth(&s.admin_key)
+        .json(&serde_json::json!({
+            "appid": account.appid, "kind": "mini_program", "appsecret": account.appsecret
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let listed = added.text().await.unwrap();
+    assert!(
+        !listed.contains(&account.appsecret),
+        "the appsecret is never shown"
+    );
+    let (status, token) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{}", account.appid))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    assert_eq!(token["source"], "stable_token");
+    assert!(valid(&s, &token));
+    // A malformed body is a 400 with the JSON error shape.
+    let bad = s
+        .http
+        .post(format!("{}/v1/admin/accounts", s.internal))
+        .bearer_auth(&s.admin_key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_waiting_long_polls_and_completes() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let (_, token) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{appid}"))
+        .await;
+    let poll = {
+        let url = format!(
+            "{}/v1/tokens/{appid}?after={}&wait=60",
+            s.internal, token["generation"]
+        );
+        let http = s.http.clone();
+        let key = s.admin_key.clone();
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    // Wait until the server holds the long-poll; shutting down must not wait out its 60 s.
+    let slot = s.app().engine.slot(None, &appid).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while slot.watchers() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long-poll reaches the server");
+    tokio::time::timeout(Duration::from_secs(20), s.shutdown())
+        .await
+        .expect("shutdown does not wait for long-polls");
+    let status = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll ends")
+        .unwrap();
+    // Answered, with the current token, before the listener closed.
+    assert_eq!(status.expect("answered"), StatusCode::OK);
+}
