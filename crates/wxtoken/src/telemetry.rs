@@ -23,6 +23,8 @@ pub fn init(log: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE)
+        // Colours only on a terminal: piped logs (journald, files, tests) stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),

@@ -357,3 +357,131 @@ fn rotation_moves_every_secret_to_the_new_key() {
             .contains("refreshtoken@@@one")
     );
 }
+
+#[test]
+fn serve_print_config_prints_an_example_that_loads() {
+    let env = Env::new();
+    let example = env.ok(&["serve", "--print-config"]);
+    let path = env.path("example.toml");
+    write(&path, &example);
+    let config = wxtoken::config::Config::load(Some(&path), Vec::new()).expect("it loads");
+    assert_eq!(config.components.len(), 1);
+    assert!(
+        example.lines().filter(|l| l.starts_with('#')).count() > 20,
+        "commented"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_value_naming_its_key() {
+    let env = Env::new();
+    let path = env.path("bad.toml");
+    write(&path, "[refresh]\nrefresh_fraction = 7\n");
+    let out = env.run(&["serve", "--config", path.to_str().expect("utf-8")], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("refresh.refresh_fraction"),
+        "{}",
+        text(&out.stderr)
+    );
+    write(&path, "[server]\npublic_listn = \"0.0.0.0:1\"\n");
+    let out = env.run(&["serve", "--config", path.to_str().expect("utf-8")], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("public_listn"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Reads stderr lines until one says where the internal listener is.
+fn internal_address(
+    stderr: impl std::io::Read,
+) -> (String, std::io::BufReader<impl std::io::Read>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("stderr") > 0,
+            "serve exited early"
+        );
+        if let Some(at) = line.find("internal=") {
+            let rest = &line[at + "internal=".len()..];
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            return (addr, reader);
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+#[test]
+fn serve_answers_health_checks_and_exits_0_on_sigterm() {
+    let env = Env::new();
+    let mut child = env
+        .command(&["serve"])
+        .env("WXTOKEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0")
+        .env("WXTOKEN_LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let (internal, _stderr) = internal_address(child.stderr.take().expect("stderr"));
+    let health = http_get(&internal, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let unauthenticated = http_get(&internal, "/v1/tokens/wxauthorizer00001");
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("serve exits");
+    assert!(exit.success(), "serve exited with {exit:?} on SIGTERM");
+}
+
+#[test]
+fn demo_runs_with_no_arguments_beyond_free_ports_and_shows_how_to_read_a_token() {
+    let env = Env::new();
+    let out = env.run(
+        &[
+            "demo",
+            "--public-listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--run-for",
+            "1s",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let first_screen: Vec<&str> = stdout.lines().take(20).collect();
+    assert!(
+        first_screen
+            .iter()
+            .any(|l| l.contains("curl -s -H 'Authorization: Bearer wxt_")
+                && l.contains("/v1/tokens/")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/invalidate"), "{stdout}");
+    assert!(env.path("demo-data").join("wxtoken.db").exists());
+}

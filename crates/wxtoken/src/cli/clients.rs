@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 
 use super::context::StoreArgs;
@@ -57,7 +57,7 @@ async fn add(
     appids: Vec<String>,
     admin: bool,
 ) -> anyhow::Result<()> {
-    let grant = manage::parse_grant(&appids)?;
+    let grant = manage::parse_grant(&appids).context("--appid")?;
     let ctx = args.open().await?;
     let (client, key) = manage::create_client(&*ctx.store, &name, grant, admin).await?;
     eprintln!(
