@@ -492,14 +492,16 @@ impl Inner {
         since: Timestamp,
     ) -> Result<(), RefreshError> {
         let mut replaced_component = false;
-        let info = loop {
+        let (info, sent_at) = loop {
             let ct = self.ensure_component_token(component).await?;
             let call =
                 self.client
                     .query_auth(ct.access_token.expose_secret(), component.as_str(), code);
             let _permit = self.permits.acquire().await.ok();
+            // The answer's access token counts its lifetime from here (see `upstream_timed`).
+            let sent_at = self.clock.now();
             match call.await {
-                Ok(resp) => break resp.authorization_info,
+                Ok(resp) => break (resp.authorization_info, sent_at),
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
                     return if self.exchanged_since(component, appid, since).await? {
                         Ok(())
@@ -555,6 +557,7 @@ impl Inner {
                     t,
                     Duration::from_secs(secs),
                     TokenSource::QueryAuth,
+                    sent_at,
                 )?,
             )),
             _ => None,
@@ -593,6 +596,14 @@ impl Inner {
                 }
                 None => Expected::Absent,
             };
+            // A token requested after ours (a refresh that landed meanwhile) stays: only the
+            // refresh token is written then.
+            let stored_newer = current
+                .as_ref()
+                .and_then(|r| r.token.as_ref())
+                .zip(access.as_ref())
+                .is_some_and(|(stored, (_, ours))| stored.issued_at > ours.issued_at);
+            let access_write = access.as_ref().filter(|_| !stored_newer);
             let write = AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -601,7 +612,7 @@ impl Inner {
                 status: AuthorizerStatus::Active,
                 refresh_token: sealed_rt.clone(),
                 appsecret: None,
-                access_token: access.as_ref().map(|(_, a)| a.clone()),
+                access_token: access_write.map(|(_, a)| a.clone()),
                 source: RefreshTokenSource::QueryAuth,
                 at: self.clock.now(),
             };
@@ -611,7 +622,7 @@ impl Inner {
                         .slot(&credential)
                         .set_status(AuthorizerStatus::Active, "");
                     self.failures.lock().remove(&credential);
-                    match &access {
+                    match access_write {
                         Some((token, stored)) => {
                             self.publish(
                                 &credential,
@@ -619,6 +630,11 @@ impl Inner {
                                 SecretString::from(token.clone()),
                                 stored,
                             );
+                        }
+                        None if stored_newer => {
+                            if self.adopt_stored(&credential).await.is_err() {
+                                self.schedule_in(&credential, Duration::ZERO);
+                            }
                         }
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }

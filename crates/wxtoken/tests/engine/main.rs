@@ -3,6 +3,8 @@
 //! (readers pace themselves, which is load, not synchronisation).
 
 mod helpers;
+mod hooks;
+mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,362 @@
+//! Engine behaviour fixed after review: stale writes compare request times, lifetimes count from
+//! the request, one write batch never blocks the queue, the cold start spreads overdue refreshes,
+//! the force_refresh budget survives a restart, failing events back off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use secrecy::ExposeSecret;
+use wechat_sim::{Api, Fault, FaultRule, FaultSet, Latency};
+use wxtoken::model::{
+    Appid, AuthorizationWrite, AuthorizerStatus, Credential, Expected, NewAccessToken,
+    RefreshTokenSource, SaveOutcome, Sealed, SecretSlot, Timestamp, TokenSource,
+};
+use wxtoken::store::Store;
+
+use crate::helpers::{Harness, refresh_config, sim_config};
+
+/// What another writer (an `updateauthorized` exchange, another replica) stores between a
+/// refresh's generation read and its write.
+struct Interloper {
+    credential: Credential,
+    access: Sealed,
+    refresh_token: Sealed,
+}
+
+impl Interloper {
+    fn new(h: &Harness, appid: &str, access: &str, refresh_token: &str) -> Self {
+        let credential = h.credential(appid);
+        let vault = h.vault();
+        let access = vault
+            .seal(
+                SecretSlot::AccessToken {
+                    credential: &credential,
+                },
+                access.as_bytes(),
+            )
+            .unwrap();
+        let refresh_token = vault
+            .seal(
+                SecretSlot::RefreshToken {
+                    component: &credential.component,
+                    appid: &credential.appid,
+                },
+                refresh_token.as_bytes(),
+            )
+            .unwrap();
+        Self {
+            credential,
+            access,
+            refresh_token,
+        }
+    }
+
+    /// Stores it, fenced on the current generation, with a token requested at `requested_at`
+    /// (`None`: now, i.e. after the refresh in flight was sent).
+    async fn land(self, store: Arc<dyn Store>, requested_at: Option<Timestamp>) {
+        let c = &self.credential;
+        let generation = store.get_token(c).await.unwrap().unwrap().generation;
+        let issued_at = requested_at.unwrap_or_else(Timestamp::now);
+        let outcome = store
+            .save_authorization(&AuthorizationWrite {
+                component: c.component.clone(),
+                appid: c.appid.clone(),
+                expected: Expected::Generation(generation),
+                kind: None,
+                status: AuthorizerStatus::Active,
+                refresh_token: self.refresh_token,
+                appsecret: None,
+                access_token: Some(NewAccessToken {
+                    sealed: self.access,
+                    issued_at,
+                    expires_at: issued_at.plus(Duration::from_secs(600)),
+                    refresh_at: Some(issued_at.plus(Duration::from_secs(300))),
+                    source: TokenSource::QueryAuth,
+                }),
+                source: RefreshTokenSource::QueryAuth,
+                at: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(outcome, SaveOutcome::Saved { .. }), "{outcome:?}");
+    }
+}
+
+fn history_values(
+    h: &Harness,
+    appid: &Appid,
+    entries: &[wxtoken::model::RefreshTokenHistoryEntry],
+) -> Vec<String> {
+    let vault = h.vault();
+    entries
+        .iter()
+        .map(|e| {
+            vault
+                .open_string(
+                    SecretSlot::RefreshToken {
+                        component: &h.comp,
+                        appid,
+                    },
+                    &e.refresh_token,
+                )
+                .unwrap()
+                .expose_secret()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Finding 6: on a `Stale` write the token requested later wins, and no refresh token is lost.
+#[tokio::test]
+async fn stale_write_rewrites_over_a_token_requested_earlier_and_adopts_one_requested_later() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(2).await;
+    let (earlier, later) = (&bulk[0].authorizer_appid, &bulk[1].authorizer_appid);
+
+    // An exchange whose request went out a second before our refresh's lands first.
+    let cred = h.credential(earlier);
+    let first = h.engine.refresh_now(&cred).await.expect("first token");
+    let requested_before = Timestamp::from_millis(Timestamp::now().as_millis() - 1000);
+    let interloper = Interloper::new(&h, earlier, "older-access", "refreshtoken@@@fromqueryauth");
+    h.hooks
+        .before_next_save(move |store| interloper.land(store, Some(requested_before)).boxed());
+    let ours = h.engine.refresh_now(&cred).await.expect("refreshed");
+    assert!(!ours.is("older-access"), "the older token was adopted");
+    assert!(
+        h.valid(&ours.access_token),
+        "WeChat's newest token is served"
+    );
+    assert_eq!(
+        ours.generation,
+        first.generation + 2,
+        "the interloper's write, then ours fenced again on it"
+    );
+    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(stored.generation, ours.generation);
+    let opened = h
+        .vault()
+        .open_string(
+            SecretSlot::AccessToken { credential: &cred },
+            &stored.token.unwrap().sealed,
+        )
+        .unwrap();
+    assert!(ours.is(opened.expose_secret()), "the store holds ours too");
+    // Ours only echoed the refresh token it sent, older than the exchange's: the exchange's stays
+    // current, and both are in the history.
+    assert_eq!(
+        h.stored_refresh_token(earlier).await,
+        "refreshtoken@@@fromqueryauth"
+    );
+    let appid = Appid::parse(earlier).unwrap();
+    let history = h
+        .store
+        .refresh_token_history(&h.comp, &appid)
+        .await
+        .unwrap();
+    let values = history_values(&h, &appid, &history);
+    assert!(values.contains(&"refreshtoken@@@fromqueryauth".to_owned()));
+    assert!(values.contains(&h.sim_refresh_token(earlier)));
+
+    // A write whose token was requested after ours was sent: ours is dropped, theirs adopted.
+    let cred = h.credential(later);
+    let first = h.engine.refresh_now(&cred).await.expect("first token");
+    let interloper = Interloper::new(&h, later, "newer-access", &h.sim_refresh_token(later));
+    h.hooks
+        .before_next_save(move |store| interloper.land(store, None).boxed());
+    let adopted = h.engine.refresh_now(&cred).await.expect("refreshed");
+    assert!(
+        adopted.is("newer-access"),
+        "the later token was not adopted"
+    );
+    assert_eq!(adopted.generation, first.generation + 1);
+    assert!(h.engine.token(None, later).unwrap().is("newer-access"));
+    h.stop().await;
+}
+
+/// Finding 16: a token's lifetime counts from when its request was sent, not from the answer.
+#[tokio::test]
+async fn expiry_counts_from_when_the_request_was_sent_not_when_the_answer_arrived() {
+    const LIFETIME: Duration = Duration::from_secs(600);
+    let h = Harness::start(
+        sim_config(LIFETIME, Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(1).await;
+    let appid = &bulk[0].authorizer_appid;
+    let cred = h.credential(appid);
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: Some(1),
+            rules: vec![FaultRule {
+                endpoint: "api_authorizer_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Latency {
+                    latency: Latency::Fixed { ms: 1500 },
+                },
+            }],
+        })
+        .unwrap();
+    let before = Timestamp::now();
+    let token = h.engine.refresh_now(&cred).await.expect("token");
+    let after = Timestamp::now();
+    assert!(
+        after.as_millis() - before.as_millis() >= 1500,
+        "the latency was injected"
+    );
+    let lifetime = LIFETIME.as_millis() as i64;
+    let counted_from = token.expires_at.as_millis() - lifetime;
+    assert!(
+        counted_from >= before.as_millis() && counted_from < before.as_millis() + 1000,
+        "expires_at counts from the request ({} ms after the call started, answer after {} ms)",
+        counted_from - before.as_millis(),
+        after.as_millis() - before.as_millis()
+    );
+    let stored = h
+        .store
+        .get_token(&cred)
+        .await
+        .unwrap()
+        .unwrap()
+        .token
+        .unwrap();
+    assert_eq!(stored.expires_at, token.expires_at);
+    assert_eq!(stored.issued_at.as_millis(), counted_from);
+    assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), 1);
+    h.stop().await;
+}
+
+/// Finding 10: one fate per write. A result the store refuses every time is given up with an
+/// alert; the results written with it land, and the queue keeps moving.
+#[tokio::test]
+async fn result_the_store_always_refuses_is_given_up_with_an_alert_and_the_others_land() {
+    use sqlx::Connection;
+    let webhook = crate::helpers::WebhookReceiver::start().await;
+    let h = Harness::start_with(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let bulk = h.import_authorizers(6).await;
+    let bad = bulk[3].authorizer_appid.clone();
+    // A row state that fails every write of one authorizer's token.
+    let mut conn = sqlx::SqliteConnection::connect(h.db_url()).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE ON access_tokens \
+         WHEN NEW.appid = '{bad}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let creds: Vec<_> = bulk
+        .iter()
+        .map(|b| h.credential(&b.authorizer_appid))
+        .collect();
+    let outcomes = futures::future::join_all(creds.iter().map(|c| h.engine.refresh_now(c))).await;
+    for (b, outcome) in bulk.iter().zip(&outcomes) {
+        if b.authorizer_appid == bad {
+            assert!(
+                matches!(outcome, Err(wxtoken::refresh::RefreshError::Storage(_))),
+                "{outcome:?}"
+            );
+        } else {
+            let token = outcome.as_ref().expect("landed");
+            assert!(h.valid(&token.access_token));
+            let stored = h
+                .store
+                .get_token(&h.credential(&b.authorizer_appid))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                stored.generation, token.generation,
+                "stored, not only served"
+            );
+        }
+    }
+    let alert = webhook.wait_for("write_failed", &bad).await;
+    assert_eq!(
+        alert["component_appid"],
+        h.component.component_appid.as_str()
+    );
+    assert_eq!(webhook.count_kind("write_failed"), 1);
+    // Once the store takes it again, the next refresh lands.
+    sqlx::query("DROP TRIGGER refuse_one")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let token = h
+        .engine
+        .refresh_now(&h.credential(&bad))
+        .await
+        .expect("lands now");
+    assert!(h.valid(&token.access_token));
+    h.stop().await;
+}
+
+/// Finding 13: at cold start, tokens still valid keep their refresh time (and are served), and
+/// overdue ones start in waves of `refresh.concurrency`, not all at once.
+#[tokio::test]
+async fn cold_start_keeps_valid_tokens_on_their_time_and_starts_overdue_ones_in_waves() {
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        wxtoken::config::RefreshConfig {
+            concurrency: 4,
+            ..refresh_config(Duration::from_secs(5))
+        },
+    )
+    .await;
+    let bulk = h.import_authorizers(12).await;
+    let (valid, tokenless) = bulk.split_at(2);
+    for b in valid {
+        h.engine
+            .refresh_now(&h.credential(&b.authorizer_appid))
+            .await
+            .expect("token");
+    }
+    h.restart().await;
+    h.sim.control().reset_stats();
+    let opened = tokio::time::Instant::now();
+    for b in valid {
+        let token = h.engine.token(None, &b.authorizer_appid).expect("served");
+        assert!(h.valid(&token.access_token));
+        let due = h
+            .engine
+            .next_refresh(&h.credential(&b.authorizer_appid))
+            .expect("scheduled");
+        // Refreshed at half its 600 s lifetime or later, never at the cold start.
+        assert!(
+            due > opened + Duration::from_secs(250),
+            "{:?}",
+            due - opened
+        );
+    }
+    let mut due: Vec<Duration> = tokenless
+        .iter()
+        .map(|b| {
+            h.engine
+                .next_refresh(&h.credential(&b.authorizer_appid))
+                .expect("scheduled")
+                .saturating_duration_since(opened)
+        })
+        .collect();
+    due.sort();
+    // 10 overdue, 4 at a time, one wave per 200 ms: 4 now, 4 at 200 ms, 2 at 400 ms.
+    let first = due[0];
+    let waves: Vec<u128> = due
+        .iter()
+        .map(|d| (d.saturating_sub(first).as_millis() + 50) / 200)
+        .collect();
+    assert_eq!(waves, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2], "{due:?}");
+    assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), 0);
+    h.stop().await;
+}
