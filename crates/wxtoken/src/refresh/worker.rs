@@ -22,8 +22,8 @@ use crate::alerts::{Alert, AlertKind};
 use crate::config::DirectTokenApi;
 use crate::model::{
     AuthorizationWrite, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential,
-    CredentialKind, Expected, NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome,
-    Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
+    CredentialKind, Expected, ForceBudgetRecord, NewAccessToken, RefreshResult, RefreshTokenSource,
+    SaveOutcome, Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
 };
 use crate::store::StoreError;
 use crate::telemetry;
@@ -957,7 +957,7 @@ impl Inner {
         // Only stable_token has a force budget; every cgi-bin/token call issues a new token.
         let force = matches!(mode, Mode::Forced { .. })
             && self.config.direct_token_api == DirectTokenApi::StableToken
-            && self.take_force_budget(credential);
+            && self.take_force_budget(credential).await;
         let (resp, source, sent_at) = self.own_token(appid, &secret, force).await?;
         self.save_token(
             credential,
@@ -971,34 +971,52 @@ impl Inner {
         .await
     }
 
-    /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart).
-    fn take_force_budget(&self, credential: &Credential) -> bool {
+    /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart). The budget is
+    /// stored before WeChat is asked, so a restart does not reset it; if the store cannot take it,
+    /// the in-memory budget still counts (logged).
+    async fn take_force_budget(&self, credential: &Credential) -> bool {
         let now = self.clock.now();
         let day = Duration::from_secs(86_400);
-        let mut budgets = self.force_budget.lock();
-        let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
-            day_start: now,
-            used: 0,
-            last: None,
-        });
-        if now.as_millis() - b.day_start.as_millis() >= day.as_millis() as i64 {
-            *b = ForceBudget {
+        let taken = {
+            let mut budgets = self.force_budget.lock();
+            let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
                 day_start: now,
                 used: 0,
                 last: None,
-            };
-        }
-        let too_soon = b
-            .last
-            .is_some_and(|l| now.as_millis() - l.as_millis() < FORCE_MIN_GAP.as_millis() as i64);
-        if b.used >= FORCE_PER_DAY || too_soon {
+            });
+            if now.as_millis() - b.day_start.as_millis() >= day.as_millis() as i64 {
+                *b = ForceBudget {
+                    day_start: now,
+                    used: 0,
+                    last: None,
+                };
+            }
+            let too_soon = b.last.is_some_and(|l| {
+                now.as_millis() - l.as_millis() < FORCE_MIN_GAP.as_millis() as i64
+            });
+            if b.used >= FORCE_PER_DAY || too_soon {
+                None
+            } else {
+                b.used += 1;
+                b.last = Some(now);
+                Some(*b)
+            }
+        };
+        let Some(b) = taken else {
             tracing::warn!(
                 "force_refresh budget exhausted or too soon; normal stable_token instead"
             );
             return false;
+        };
+        let record = ForceBudgetRecord {
+            credential: credential.clone(),
+            day_start: b.day_start,
+            used: b.used,
+            last: b.last,
+        };
+        if let Err(e) = self.store.save_force_budget(&record).await {
+            tracing::warn!(error = %e, "force_refresh budget not stored; counted in memory only");
         }
-        b.used += 1;
-        b.last = Some(now);
         true
     }
 
@@ -1019,6 +1037,20 @@ impl Inner {
                 .await?,
         );
         let authorizers = self.store.load_authorizers(None).await?;
+        let stored_budgets = self.store.load_force_budgets().await?;
+        {
+            let mut budgets = self.force_budget.lock();
+            for b in stored_budgets {
+                budgets.insert(
+                    b.credential,
+                    ForceBudget {
+                        day_start: b.day_start,
+                        used: b.used,
+                        last: b.last,
+                    },
+                );
+            }
+        }
         // Overdue (or token-less) credentials, most urgent first once sorted: no servable token,
         // then by expiry. Valid tokens are served meanwhile; ones not yet due keep their time.
         let mut overdue: Vec<(i64, Credential)> = Vec::new();

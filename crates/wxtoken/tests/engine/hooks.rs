@@ -10,9 +10,9 @@ use parking_lot::Mutex;
 use wxtoken::model::{
     ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ClientCreate,
     ClientRecord, ComponentAppid, Credential, CredentialKind, DirectAccountRecord,
-    DirectAccountWrite, EventInsert, KeyCheck, KeyId, NewClient, NewEvent, ReadCount,
-    RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, StatusChange, StoredEvent,
-    StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
+    DirectAccountWrite, EventInsert, ForceBudgetRecord, KeyCheck, KeyId, NewClient, NewEvent,
+    ReadCount, RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, StatusChange,
+    StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
 };
 use wxtoken::store::{Backend, Reseal, SealedCell, SealedColumn, Store, StoreError};
 
@@ -217,6 +217,14 @@ impl Store for HookStore {
         appid: &Appid,
     ) -> Result<bool, StoreError> {
         self.inner.remove_direct_account(component, appid).await
+    }
+
+    async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError> {
+        self.inner.load_force_budgets().await
+    }
+
+    async fn save_force_budget(&self, budget: &ForceBudgetRecord) -> Result<(), StoreError> {
+        self.inner.save_force_budget(budget).await
     }
 
     async fn record_event(&self, event: &NewEvent) -> Result<EventInsert, StoreError> {

@@ -360,3 +360,55 @@ async fn cold_start_keeps_valid_tokens_on_their_time_and_starts_overdue_ones_in_
     assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), 0);
     h.stop().await;
 }
+
+/// Finding 17: the stable_token force_refresh budget is stored, so a restart does not reset it
+/// (here: the 30 s gap after a forced refresh still holds after a restart).
+#[tokio::test]
+async fn force_refresh_budget_survives_a_restart_over_the_same_database() {
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let (account, appid) = h
+        .add_direct_account(wechat_sim::AccountKind::OfficialAccount)
+        .await;
+    let cred = Credential::direct(&h.comp, &appid);
+    let first = h.engine.refresh_now(&cred).await.expect("stable token");
+    let forced = h
+        .engine
+        .invalidate(&cred, first.access_token.expose_secret())
+        .await
+        .expect("forced");
+    assert!(
+        !forced.is(first.access_token.expose_secret()),
+        "forced a new one"
+    );
+    let budgets = h.store.load_force_budgets().await.unwrap();
+    assert_eq!(budgets.len(), 1);
+    assert_eq!(
+        (budgets[0].credential.clone(), budgets[0].used),
+        (cred.clone(), 1)
+    );
+
+    h.restart().await;
+    h.sim.control().reset_stats();
+    // Reported again within 30 s of the forced one, after the restart: no force this time, a
+    // normal stable_token call (which returns the same token).
+    let again = h
+        .engine
+        .invalidate(&cred, forced.access_token.expose_secret())
+        .await
+        .expect("normal stable_token");
+    assert!(again.is(forced.access_token.expose_secret()));
+    assert!(h.valid(&again.access_token));
+    assert_eq!(h.sim.control().stats().calls(Api::StableToken), 1);
+    assert_eq!(h.store.load_force_budgets().await.unwrap()[0].used, 1);
+    assert!(
+        h.engine
+            .token(None, &account.appid)
+            .unwrap()
+            .is(forced.access_token.expose_secret())
+    );
+    h.stop().await;
+}
