@@ -36,6 +36,8 @@ const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(50);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// After this many failed attempts each further failure is logged at error level.
 const WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
+/// Longest wait before a stored event that keeps failing transiently is tried again.
+const EVENT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Pause between pages of `api_get_authorizer_list` (rate limit).
 const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -128,12 +130,24 @@ impl Engine {
                 Ok(event) => event,
                 Err(EventFailure::Transient(e)) => {
                     pending = true;
-                    tracing::warn!(info_type = %stored.info_type, error = %e, "event not readable now; kept for retry");
+                    if inner.event_backing_off(stored) {
+                        continue;
+                    }
+                    let retry_in = inner.event_failed(stored);
+                    tracing::warn!(info_type = %stored.info_type, error = %e, retry_in_ms = retry_in.as_millis() as u64, "event not readable now; kept for retry");
                     continue;
                 }
                 Err(EventFailure::Permanent(reason)) => {
                     tracing::error!(info_type = %stored.info_type, reason = %reason, "event can never be applied; dropped");
+                    inner.alerts.raise(Alert::new(
+                        AlertKind::EventFailed,
+                        stored.component.as_str(),
+                        stored.appid.as_ref().map(|a| a.as_str()),
+                        format!("{} event not applied: {reason}", stored.info_type),
+                        inner.clock.now(),
+                    ));
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     continue;
                 }
             };
@@ -147,12 +161,23 @@ impl Engine {
                 if newest.get(key).is_some_and(|newer| created < newer) {
                     tracing::info!(info_type = %stored.info_type, appid = %key.1, "authorization event older than one applied; ignored");
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     continue;
                 }
+            }
+            // Failed before and its backoff has not run out: not retried on this pass, and its
+            // appid's later events wait behind it.
+            if inner.event_backing_off(stored) {
+                pending = true;
+                if let Some((key, _)) = &subject {
+                    held.insert(key.clone());
+                }
+                continue;
             }
             match inner.apply_event(stored, &event).await {
                 Ok(()) => {
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     applied += 1;
                     if let Some((key, created)) = subject {
                         let at = newest.entry(key).or_insert(created);
@@ -167,27 +192,28 @@ impl Engine {
                         error = %e,
                         "event can never be applied; dropped"
                     );
-                    if let Some(appid) = appid
-                        && !matches!(event, Event::Unauthorized(_))
-                    {
+                    if !matches!(event, Event::Unauthorized(_)) {
                         inner.alerts.raise(Alert::new(
-                            AlertKind::NeedsReauth,
+                            AlertKind::EventFailed,
                             stored.component.as_str(),
-                            Some(appid),
+                            appid,
                             format!("{} event not applied: {e}", stored.info_type),
                             inner.clock.now(),
                         ));
                     }
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                 }
                 Err(e) => {
                     pending = true;
                     if let Some((key, _)) = subject {
                         held.insert(key);
                     }
+                    let retry_in = inner.event_failed(stored);
                     tracing::warn!(
                         info_type = %stored.info_type,
                         error = %e,
+                        retry_in_ms = retry_in.as_millis() as u64,
                         "event not applied; kept for retry"
                     );
                 }
@@ -197,6 +223,20 @@ impl Engine {
             .events_pending
             .store(pending, std::sync::atomic::Ordering::Relaxed);
         Ok(applied)
+    }
+
+    /// When a stored event that failed is next tried (None: it has not failed, or was applied or
+    /// dropped since). For tests and admin views.
+    pub fn event_retry_at(
+        &self,
+        component: &ComponentAppid,
+        dedupe_key: &str,
+    ) -> Option<tokio::time::Instant> {
+        self.inner()
+            .event_retries
+            .lock()
+            .get(&(component.clone(), dedupe_key.to_owned()))
+            .map(|(_, at)| *at)
     }
 
     /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
@@ -376,6 +416,39 @@ impl Inner {
             Ok(_) | Err(RefreshError::Gone { .. } | RefreshError::Upstream { .. }) => Ok(true),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a stored event failed before and its backoff has not run out.
+    fn event_backing_off(&self, stored: &StoredEvent) -> bool {
+        self.event_retries
+            .lock()
+            .get(&(stored.component.clone(), stored.dedupe_key.clone()))
+            .is_some_and(|(_, at)| tokio::time::Instant::now() < *at)
+    }
+
+    /// Records a transient failure of a stored event; returns how long until it is retried
+    /// (capped exponential backoff with jitter, from `refresh.backoff_initial` to
+    /// [`EVENT_BACKOFF_MAX`]).
+    fn event_failed(&self, stored: &StoredEvent) -> Duration {
+        let backoff = crate::tokens::plan::Backoff {
+            initial: self.config.backoff_initial,
+            max: EVENT_BACKOFF_MAX,
+        };
+        let mut retries = self.event_retries.lock();
+        let entry = retries
+            .entry((stored.component.clone(), stored.dedupe_key.clone()))
+            .or_insert((0, tokio::time::Instant::now()));
+        let delay = backoff.delay(entry.0, rand::random::<f64>());
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = tokio::time::Instant::now() + delay;
+        delay
+    }
+
+    /// Forgets a stored event's failures (applied or dropped).
+    fn event_done(&self, stored: &StoredEvent) {
+        self.event_retries
+            .lock()
+            .remove(&(stored.component.clone(), stored.dedupe_key.clone()));
     }
 
     async fn mark_processed(&self, stored: &StoredEvent) -> Result<(), EngineError> {

@@ -184,6 +184,11 @@ pub struct EngineStats {
     pub refreshed: u64,
     /// Refresh flights that ended with an error.
     pub failed: u64,
+    /// Of `refreshed`: component tokens, authorizers (the appsecret fallback included), direct
+    /// accounts.
+    pub component_refreshed: u64,
+    pub authorizer_refreshed: u64,
+    pub direct_refreshed: u64,
 }
 
 pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
@@ -244,11 +249,16 @@ pub(crate) struct Inner {
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
     pub(crate) events_lock: tokio::sync::Mutex<()>,
+    /// Stored events that failed transiently: (failures, not retried before) per (component,
+    /// dedupe key).
+    pub(crate) event_retries: Mutex<HashMap<(ComponentAppid, String), (u32, Instant)>>,
     /// Some stored event failed to apply; the loop retries every `backoff_max`.
     pub(crate) events_pending: std::sync::atomic::AtomicBool,
     /// Refresh results waiting for the group-commit writer.
     pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
+    /// Landed flights by kind (component, authorizer, direct).
+    pub(crate) refreshed_by_kind: [AtomicU64; 3],
     pub(crate) failed: AtomicU64,
 }
 
@@ -300,9 +310,11 @@ impl Engine {
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),
+            event_retries: Mutex::default(),
             events_pending: std::sync::atomic::AtomicBool::new(false),
             writes: Arc::default(),
             refreshed: AtomicU64::new(0),
+            refreshed_by_kind: Default::default(),
             failed: AtomicU64::new(0),
         });
         inner.cold_start().await?;
@@ -509,9 +521,13 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let by_kind = |i: usize| self.inner.refreshed_by_kind[i].load(Ordering::Relaxed);
         EngineStats {
             refreshed: self.inner.refreshed.load(Ordering::Relaxed),
             failed: self.inner.failed.load(Ordering::Relaxed),
+            component_refreshed: by_kind(0),
+            authorizer_refreshed: by_kind(1),
+            direct_refreshed: by_kind(2),
         }
     }
 

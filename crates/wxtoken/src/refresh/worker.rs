@@ -138,6 +138,12 @@ impl Inner {
         match result {
             Ok(_) => {
                 self.refreshed.fetch_add(1, Ordering::Relaxed);
+                let kind_index = match credential.kind {
+                    CredentialKind::Component => 0,
+                    CredentialKind::Authorizer => 1,
+                    CredentialKind::Direct => 2,
+                };
+                self.refreshed_by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
                 self.failures.lock().remove(credential);
                 if credential.kind == CredentialKind::Component {
                     self.component_gate.lock().remove(&credential.component);

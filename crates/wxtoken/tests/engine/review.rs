@@ -412,3 +412,84 @@ async fn force_refresh_budget_survives_a_restart_over_the_same_database() {
     );
     h.stop().await;
 }
+
+/// Events follow-up: an event that keeps failing transiently is retried with growing backoff,
+/// not on every pass, and its appid's later events wait behind it; it applies once WeChat answers.
+#[tokio::test]
+async fn event_that_keeps_failing_is_retried_with_growing_backoff_not_on_every_pass() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let sim = h.sim.control().clone();
+    let appid = sim
+        .create_account(wechat_sim::AccountSpec {
+            kind: wechat_sim::AccountKind::OfficialAccount,
+            appid: None,
+            appsecret: None,
+        })
+        .unwrap()
+        .appid;
+    sim.set_faults(FaultSet {
+        seed: None,
+        rules: vec![FaultRule {
+            endpoint: "api_query_auth".into(),
+            probability: 1.0,
+            times: None,
+            fault: Fault::HttpStatus { status: 502 },
+        }],
+    })
+    .unwrap();
+    let outcome = sim.authorize(&appid, &h.component.component_appid).unwrap();
+    crate::record_only(&h, &h.authorization_event(&outcome), "auth:failing").await;
+    let key = "auth:failing";
+
+    let before = tokio::time::Instant::now();
+    assert_eq!(h.engine.process_events().await.unwrap(), 0);
+    let first_retry = h.engine.event_retry_at(&h.comp, key).expect("backing off");
+    let first_wait = first_retry - before;
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 1);
+    // Passes before the backoff runs out (every push and the loop run one) leave it alone.
+    for _ in 0..5 {
+        assert_eq!(h.engine.process_events().await.unwrap(), 0);
+    }
+    assert_eq!(
+        sim.stats().calls(Api::QueryAuth),
+        1,
+        "retried on every pass"
+    );
+
+    // Two more failures, each after its backoff: the wait grows (50–100 ms, then 200–400 ms).
+    let mut retry_at = first_retry;
+    let mut last_wait = Duration::ZERO;
+    for calls in 2..=3 {
+        tokio::time::sleep_until(retry_at).await; // the backoff itself, not synchronisation
+        assert_eq!(h.engine.process_events().await.unwrap(), 0);
+        let after = tokio::time::Instant::now();
+        assert_eq!(sim.stats().calls(Api::QueryAuth), calls);
+        retry_at = h.engine.event_retry_at(&h.comp, key).expect("backing off");
+        last_wait = retry_at.saturating_duration_since(after);
+    }
+    assert!(
+        last_wait > first_wait,
+        "backoff grows: {first_wait:?} then {last_wait:?}"
+    );
+
+    // WeChat answers again: the first pass after the backoff applies it.
+    sim.clear_faults();
+    tokio::time::sleep_until(retry_at).await;
+    assert_eq!(h.engine.process_events().await.unwrap(), 1);
+    assert!(h.engine.event_retry_at(&h.comp, key).is_none());
+    assert!(
+        h.store
+            .unprocessed_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let t = h.engine.token(None, &appid).expect("authorized");
+    assert!(h.valid(&t.access_token));
+    assert_eq!(sim.stats().calls(Api::QueryAuth), 4);
+    h.stop().await;
+}
