@@ -85,7 +85,7 @@ impl Engine {
                 info_type: event.info_type().to_owned(),
                 appid,
                 payload,
-                received_at: inner.clock.now(),
+                received_at: inner.receive_time(),
             })
             .await?;
         if outcome == EventInsert::Inserted {
@@ -416,6 +416,17 @@ impl Inner {
             Ok(_) | Err(RefreshError::Gone { .. } | RefreshError::Upstream { .. }) => Ok(true),
             Err(e) => Err(e),
         }
+    }
+
+    /// The receive time of a push: the clock, but strictly after the previous push's, so pushes
+    /// stored in the same millisecond keep their arrival order (events are applied in
+    /// `received_at` order; a tie would fall back to the dedupe key, and an `authorized` could
+    /// then be applied before the `unauthorized` that came before it).
+    fn receive_time(&self) -> Timestamp {
+        let mut last = self.last_received.lock();
+        let at = self.clock.now().as_millis().max(last.saturating_add(1));
+        *last = at;
+        Timestamp::from_millis(at)
     }
 
     /// Whether a stored event failed before and its backoff has not run out.

@@ -252,6 +252,8 @@ pub(crate) struct Inner {
     /// Stored events that failed transiently: (failures, not retried before) per (component,
     /// dedupe key).
     pub(crate) event_retries: Mutex<HashMap<(ComponentAppid, String), (u32, Instant)>>,
+    /// The last push's receive time (epoch ms): each push is stored strictly after the previous.
+    pub(crate) last_received: Mutex<i64>,
     /// Some stored event failed to apply; the loop retries every `backoff_max`.
     pub(crate) events_pending: std::sync::atomic::AtomicBool,
     /// Refresh results waiting for the group-commit writer.
@@ -311,6 +313,7 @@ impl Engine {
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),
             event_retries: Mutex::default(),
+            last_received: Mutex::default(),
             events_pending: std::sync::atomic::AtomicBool::new(false),
             writes: Arc::default(),
             refreshed: AtomicU64::new(0),

@@ -467,6 +467,11 @@ async fn authorizer_that_lost_its_authorization_is_marked_alerted_and_served_by_
 
 /// Stores a push as the HTTP layer would and "crashes" before processing it.
 async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
+    record_at(h, event, key, Timestamp::now()).await;
+}
+
+/// [`record_only`] with the receive time given (pushes received in order get increasing times).
+async fn record_at(h: &Harness, event: &wechat::event::Event, key: &str, received_at: Timestamp) {
     let payload = h
         .vault()
         .seal(
@@ -485,7 +490,7 @@ async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
             info_type: event.info_type().to_owned(),
             appid: None,
             payload,
-            received_at: Timestamp::now(),
+            received_at,
         })
         .await
         .unwrap();
