@@ -14,7 +14,10 @@
 //!   (`refresh.concurrency`); permits are taken around the HTTP call only, never across a nested
 //!   wait (an authorizer refresh waiting for the component token holds none).
 //! - The [`lease::Lease`] seam is taken around every refresh; the store's generation fencing stays
-//!   the final guard: on `SaveOutcome::Stale` the engine adopts the stored token.
+//!   the final guard: on `SaveOutcome::Stale` the token requested later wins (the stored one is
+//!   adopted, or ours is fenced again on the current generation), compared by request send time.
+//! - Served before stored: WeChat's new token is published to memory at once (not stored yet) and
+//!   written in the background; the credential's next refresh waits for that write.
 //! - Failures by class (rule 5): transient and quota → capped exponential backoff with jitter,
 //!   serving the current token while servable; stale component token → refresh it, retry once;
 //!   ticket → newest stored ticket, `api_start_push_ticket` (throttled); re-authorization →
@@ -256,6 +259,9 @@ pub(crate) struct Inner {
     pub(crate) last_received: Mutex<i64>,
     /// Some stored event failed to apply; the loop retries every `backoff_max`.
     pub(crate) events_pending: std::sync::atomic::AtomicBool,
+    /// Per credential, the background write of a token already served: settled (true) once it
+    /// is stored or given up. The credential's next refresh waits for it.
+    pub(crate) pending_writes: Mutex<HashMap<Credential, tokio::sync::watch::Receiver<bool>>>,
     /// Refresh results waiting for the group-commit writer.
     pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
@@ -315,6 +321,7 @@ impl Engine {
             event_retries: Mutex::default(),
             last_received: Mutex::default(),
             events_pending: std::sync::atomic::AtomicBool::new(false),
+            pending_writes: Mutex::default(),
             writes: Arc::default(),
             refreshed: AtomicU64::new(0),
             refreshed_by_kind: Default::default(),
@@ -498,6 +505,14 @@ impl Engine {
         Arc::clone(&self.inner)
             .refresh_owned(credential.clone(), Mode::Normal)
             .await
+    }
+
+    /// Waits until the credential's served token is stored (or its write given up): a refresh
+    /// returns as soon as WeChat answered, and writes in the background. For callers that need
+    /// the store to hold what they were given (the CLI, tests). Returns at once if nothing is
+    /// pending.
+    pub async fn wait_stored(&self, credential: &Credential) {
+        self.inner.settle_pending_write(credential).await;
     }
 
     /// An invalidation report (rule 6): a client got 40001/42001 with `reported`. If it is the

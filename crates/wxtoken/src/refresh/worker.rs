@@ -103,6 +103,17 @@ impl Inner {
         {
             return Ok(current);
         }
+        // The previous refresh's token may still be on its way to the store: this one reads the
+        // store (its generation, the refresh token), so it starts from what that one wrote.
+        self.settle_pending_write(&credential).await;
+        if let Mode::Forced {
+            reported: Some(generation),
+        } = mode
+            && let Some(current) = self.cache.get(&credential).and_then(|s| s.current())
+            && current.generation > generation
+        {
+            return Ok(current);
+        }
         let result = match self.lease.acquire(&credential, LEASE_TTL).await {
             Ok(true) => {
                 let work = async {
@@ -299,19 +310,22 @@ impl Inner {
             refresh_at,
             generation,
             source: stored.source,
+            stored: true,
         });
         self.schedule_at(credential, refresh_at);
         // The slot may hold a newer one than ours (adopted meanwhile).
         slot.current().expect("just published")
     }
 
-    /// Writes a refresh result (fenced) and publishes it. On a stale write, whichever token was
-    /// requested later wins: if the stored one was (or the credential's state no longer takes
-    /// ours), it is adopted; if ours was, the write is fenced again on the current generation
-    /// (at most [`STALE_REWRITES`] times). Both refresh tokens stay in the history either way.
+    /// Serves a token WeChat just issued and stores it. The token is published to memory at once
+    /// (not stored yet, at the generation its write will produce if it lands first), so readers
+    /// and invalidation reports never wait on the store; the write runs in the background
+    /// ([`Inner::store_token`]) and the credential's next refresh waits for it
+    /// ([`Inner::settle_pending_write`]), so it reads what it wrote (a rotated refresh token
+    /// above all). If memory already holds a token as new, the write is awaited instead.
     #[allow(clippy::too_many_arguments)] // one per part of WeChat's answer
     async fn save_token(
-        &self,
+        self: &Arc<Self>,
         credential: &Credential,
         expected_generation: u64,
         token: String,
@@ -322,6 +336,77 @@ impl Inner {
     ) -> Outcome {
         let expires_in = Duration::from_secs(expires_in);
         let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
+        let slot = self.cache.slot(credential);
+        let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
+        let served = slot.publish(CachedToken {
+            access_token: SecretString::from(token.clone()),
+            expires_at: access.expires_at,
+            refresh_at,
+            generation: expected_generation.saturating_add(1),
+            source,
+            stored: false,
+        });
+        if !served {
+            return self
+                .store_token(
+                    credential,
+                    expected_generation,
+                    access,
+                    token,
+                    refresh_token,
+                )
+                .await;
+        }
+        self.schedule_at(credential, refresh_at);
+        let current = slot.current().expect("just published");
+        let (done, settled) = tokio::sync::watch::channel(false);
+        self.pending_writes
+            .lock()
+            .insert(credential.clone(), settled);
+        let inner = Arc::clone(self);
+        let credential = credential.clone();
+        self.tracker.spawn(async move {
+            let stored = inner
+                .store_token(
+                    &credential,
+                    expected_generation,
+                    access,
+                    token,
+                    refresh_token,
+                )
+                .await;
+            if let Err(e) = &stored {
+                // Served but not stored: the credential refreshes again with backoff.
+                tracing::warn!(error = %e, "a served token could not be stored");
+                inner.after_refresh(&credential, &stored);
+            }
+            inner.pending_writes.lock().remove(&credential);
+            let _ = done.send(true);
+        });
+        Ok(current)
+    }
+
+    /// Waits until the credential's served-but-unstored token (if any) is written or given up.
+    pub(crate) async fn settle_pending_write(&self, credential: &Credential) {
+        let pending = self.pending_writes.lock().get(credential).cloned();
+        if let Some(mut settled) = pending {
+            let _ = settled.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Writes a refresh result (fenced) and publishes the stored outcome. On a stale write,
+    /// whichever token was requested later wins: if the stored one was (or the credential's state
+    /// no longer takes ours), it is adopted; if ours was, the write is fenced again on the current
+    /// generation (at most [`STALE_REWRITES`] times). Both refresh tokens stay in the history
+    /// either way.
+    async fn store_token(
+        &self,
+        credential: &Credential,
+        expected_generation: u64,
+        access: NewAccessToken,
+        token: String,
+        refresh_token: Option<CarriedRefreshToken>,
+    ) -> Outcome {
         let mut expected = expected_generation;
         let mut rt = refresh_token.as_ref().map(|c| c.sealed.clone());
         for _ in 0..=STALE_REWRITES {
@@ -478,7 +563,7 @@ impl Inner {
 
     // --- component token --------------------------------------------------------------------
 
-    async fn refresh_component(&self, credential: &Credential) -> Outcome {
+    async fn refresh_component(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let component = &credential.component;
         let secret = self
             .components
@@ -881,7 +966,7 @@ impl Inner {
     /// An authorizer whose authorization is lost: its appsecret's stable token if one is on file,
     /// else Gone (no more refreshes: the circuit stays open until re-authorization).
     async fn fallback(
-        &self,
+        self: &Arc<Self>,
         credential: &Credential,
         record: &AuthorizerRecord,
         reason: &str,
@@ -942,7 +1027,7 @@ impl Inner {
 
     // --- direct accounts --------------------------------------------------------------------
 
-    async fn refresh_direct(&self, credential: &Credential, mode: Mode) -> Outcome {
+    async fn refresh_direct(self: &Arc<Self>, credential: &Credential, mode: Mode) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
         let account = self
             .store

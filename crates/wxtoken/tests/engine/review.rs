@@ -121,11 +121,16 @@ async fn stale_write_rewrites_over_a_token_requested_earlier_and_adopts_one_requ
     // An exchange whose request went out a second before our refresh's lands first.
     let cred = h.credential(earlier);
     let first = h.engine.refresh_now(&cred).await.expect("first token");
+    h.engine.wait_stored(&cred).await;
     let requested_before = Timestamp::from_millis(Timestamp::now().as_millis() - 1000);
     let interloper = Interloper::new(&h, earlier, "older-access", "refreshtoken@@@fromqueryauth");
     h.hooks
         .before_next_save(move |store| interloper.land(store, Some(requested_before)).boxed());
-    let ours = h.engine.refresh_now(&cred).await.expect("refreshed");
+    let served = h.engine.refresh_now(&cred).await.expect("refreshed");
+    h.engine.wait_stored(&cred).await;
+    let ours = h.engine.token(None, earlier).expect("served");
+    assert!(ours.is(served.access_token.expose_secret()));
+    assert!(ours.stored);
     assert!(!ours.is("older-access"), "the older token was adopted");
     assert!(
         h.valid(&ours.access_token),
@@ -165,10 +170,15 @@ async fn stale_write_rewrites_over_a_token_requested_earlier_and_adopts_one_requ
     // A write whose token was requested after ours was sent: ours is dropped, theirs adopted.
     let cred = h.credential(later);
     let first = h.engine.refresh_now(&cred).await.expect("first token");
+    h.engine.wait_stored(&cred).await;
     let interloper = Interloper::new(&h, later, "newer-access", &h.sim_refresh_token(later));
     h.hooks
         .before_next_save(move |store| interloper.land(store, None).boxed());
-    let adopted = h.engine.refresh_now(&cred).await.expect("refreshed");
+    let ours = h.engine.refresh_now(&cred).await.expect("refreshed");
+    assert!(!ours.stored, "served before it is stored");
+    h.engine.wait_stored(&cred).await;
+    let adopted = h.engine.token(None, later).expect("served");
+    assert!(adopted.stored);
     assert!(
         adopted.is("newer-access"),
         "the later token was not adopted"
@@ -207,6 +217,7 @@ async fn expiry_counts_from_when_the_request_was_sent_not_when_the_answer_arrive
     let before = Timestamp::now();
     let token = h.engine.refresh_now(&cred).await.expect("token");
     let after = Timestamp::now();
+    h.engine.wait_stored(&cred).await;
     assert!(
         after.as_millis() - before.as_millis() >= 1500,
         "the latency was injected"
@@ -262,25 +273,22 @@ async fn result_the_store_always_refuses_is_given_up_with_an_alert_and_the_other
         .map(|b| h.credential(&b.authorizer_appid))
         .collect();
     let outcomes = futures::future::join_all(creds.iter().map(|c| h.engine.refresh_now(c))).await;
-    for (b, outcome) in bulk.iter().zip(&outcomes) {
+    for (b, (cred, outcome)) in bulk.iter().zip(creds.iter().zip(&outcomes)) {
+        // Served at once either way (its write runs in the background).
+        let token = outcome.as_ref().expect("served");
+        assert!(h.valid(&token.access_token));
+        h.engine.wait_stored(cred).await;
+        let stored = h.store.get_token(cred).await.unwrap().unwrap();
         if b.authorizer_appid == bad {
-            assert!(
-                matches!(outcome, Err(wxtoken::refresh::RefreshError::Storage(_))),
-                "{outcome:?}"
-            );
+            assert_eq!(stored.generation + 1, token.generation, "never stored");
+            let served = h.engine.token(None, &bad).expect("still served");
+            assert!(!served.stored && served.is(token.access_token.expose_secret()));
         } else {
-            let token = outcome.as_ref().expect("landed");
-            assert!(h.valid(&token.access_token));
-            let stored = h
-                .store
-                .get_token(&h.credential(&b.authorizer_appid))
-                .await
-                .unwrap()
-                .unwrap();
             assert_eq!(
                 stored.generation, token.generation,
                 "stored, not only served"
             );
+            assert!(h.engine.token(None, &b.authorizer_appid).unwrap().stored);
         }
     }
     let alert = webhook.wait_for("write_failed", &bad).await;
@@ -294,11 +302,11 @@ async fn result_the_store_always_refuses_is_given_up_with_an_alert_and_the_other
         .execute(&mut conn)
         .await
         .unwrap();
-    let token = h
-        .engine
-        .refresh_now(&h.credential(&bad))
-        .await
-        .expect("lands now");
+    let cred = h.credential(&bad);
+    let token = h.engine.refresh_now(&cred).await.expect("served");
+    h.engine.wait_stored(&cred).await;
+    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(stored.generation, token.generation, "lands now");
     assert!(h.valid(&token.access_token));
     h.stop().await;
 }
@@ -597,6 +605,91 @@ async fn pushes_received_in_one_millisecond_are_applied_in_arrival_order() {
             .is_empty()
     );
     assert_eq!(h.status(&appid).await, AuthorizerStatus::Active);
+    assert_eq!(
+        h.stored_refresh_token(&appid).await,
+        h.sim_refresh_token(&appid)
+    );
+    h.stop().await;
+}
+
+/// Finding 2: while the store cannot take a write, the token WeChat just issued is served at once
+/// and invalidation reports are answered without waiting on the store; the write lands once the
+/// store is back.
+#[tokio::test]
+async fn new_token_is_served_and_reports_answered_while_its_store_write_is_blocked() {
+    use sqlx::Connection;
+    let mut h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    h.restart_with_store(&wxtoken::store::StoreOptions {
+        acquire_timeout: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    let appid = h.import_authorizers(1).await.remove(0).authorizer_appid;
+    let cred = h.credential(&appid);
+    let first = h.engine.refresh_now(&cred).await.expect("first token");
+    h.engine.wait_stored(&cred).await;
+    let before = h.store.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(before.generation, first.generation);
+
+    // Another process holds SQLite's write lock: no write can land.
+    let mut blocker = sqlx::sqlite::SqliteConnection::connect(h.db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    // A client reports the current token: it gets WeChat's new one (bounded: never waits on the
+    // store).
+    let new = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.engine
+            .invalidate(&cred, first.access_token.expose_secret()),
+    )
+    .await
+    .expect("answered without waiting for the store")
+    .expect("new token");
+    assert!(!new.is(first.access_token.expose_secret()));
+    assert!(!new.stored);
+    assert!(new.generation > first.generation);
+    assert!(h.valid(&new.access_token));
+    // Readers get it, and a late report of the superseded token gets it with no upstream call.
+    assert!(
+        h.engine
+            .token(None, &appid)
+            .unwrap()
+            .is(new.access_token.expose_secret())
+    );
+    let calls = h.sim.control().stats().calls(Api::AuthorizerToken);
+    let late = tokio::time::timeout(
+        Duration::from_secs(1),
+        h.engine
+            .invalidate(&cred, first.access_token.expose_secret()),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap();
+    assert!(late.is(new.access_token.expose_secret()));
+    assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), calls);
+    // The store still holds the old token (reads are not blocked).
+    assert_eq!(
+        h.store.get_token(&cred).await.unwrap().unwrap().generation,
+        before.generation
+    );
+
+    // The store is back: the write lands, at the generation served.
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), h.engine.wait_stored(&cred))
+        .await
+        .expect("stored within 20 s of the lock being released");
+    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    assert_eq!(stored.generation, new.generation);
+    let served = h.engine.token(None, &appid).unwrap();
+    assert!(served.stored && served.is(new.access_token.expose_secret()));
     assert_eq!(
         h.stored_refresh_token(&appid).await,
         h.sim_refresh_token(&appid)
