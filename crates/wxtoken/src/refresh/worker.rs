@@ -306,6 +306,7 @@ impl Inner {
         let slot = self.cache.slot(credential);
         slot.publish(CachedToken {
             access_token: token,
+            issued_at: stored.issued_at,
             expires_at: stored.expires_at,
             refresh_at,
             generation,
@@ -340,6 +341,7 @@ impl Inner {
         let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
         let served = slot.publish(CachedToken {
             access_token: SecretString::from(token.clone()),
+            issued_at: access.issued_at,
             expires_at: access.expires_at,
             refresh_at,
             generation: expected_generation.saturating_add(1),

@@ -28,6 +28,8 @@ use crate::tokens::plan;
 /// A token as served.
 pub struct CachedToken {
     pub access_token: SecretString,
+    /// When it was obtained (token-age metrics).
+    pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     /// When wxtoken plans to replace it; clients may cache it until then.
     pub refresh_at: Timestamp,
@@ -279,6 +281,7 @@ mod tests {
     fn token(value: &str, generation: u64, expires_at: i64) -> CachedToken {
         CachedToken {
             access_token: SecretString::from(value.to_owned()),
+            issued_at: Timestamp::from_millis(0),
             expires_at: Timestamp::from_millis(expires_at),
             refresh_at: Timestamp::from_millis(expires_at / 2),
             generation,
