@@ -159,10 +159,11 @@ impl Slot {
         self.generation.subscribe()
     }
 
-    /// Installs `token` unless the slot already holds a newer one. True if installed. A stored
-    /// token replaces one of the same generation (its own write landing, or the token another
-    /// writer stored at the generation an unstored one hoped for); a token not stored yet needs a
-    /// strictly newer generation, so it never replaces a stored token of its own generation.
+    /// Installs `token` unless the slot already holds one at least as new. True if installed.
+    /// Precisely: a stored token replaces one of the same generation (its own write landing, or
+    /// the token another writer stored at the generation an unstored one hoped for); a token not
+    /// stored yet needs a strictly newer generation, so it never replaces a stored token of its
+    /// own generation.
     pub fn publish(&self, token: CachedToken) -> bool {
         let generation = token.generation;
         {
