@@ -348,7 +348,8 @@ impl Inner {
             source,
             stored: false,
         });
-        if !served {
+        // (A revocation landing in between may have dropped it again.)
+        let Some(current) = slot.current().filter(|_| served) else {
             return self
                 .store_token(
                     credential,
@@ -358,9 +359,8 @@ impl Inner {
                     refresh_token,
                 )
                 .await;
-        }
+        };
         self.schedule_at(credential, refresh_at);
-        let current = slot.current().expect("just published");
         let (done, settled) = tokio::sync::watch::channel(false);
         self.pending_writes
             .lock()
