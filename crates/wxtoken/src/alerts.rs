@@ -30,6 +30,12 @@ pub enum AlertKind {
     /// WeChat refuses wxtoken's own credentials, IP or permissions (40125, 40164, 61004, 48001 …):
     /// retrying will not help until an operator acts.
     Configuration,
+    /// A stored push event can never be applied (code expired or spent, wrong appid, unreadable):
+    /// it was marked processed; reconciliation recovers what WeChat still lists.
+    EventFailed,
+    /// A refresh result failed to store for a reason retrying cannot cure (a constraint, a corrupt
+    /// row): it was given up; the credential refreshes again with backoff.
+    WriteFailed,
 }
 
 impl AlertKind {
@@ -40,6 +46,8 @@ impl AlertKind {
             AlertKind::TicketSilence => "ticket_silence",
             AlertKind::Quota => "quota",
             AlertKind::Configuration => "configuration",
+            AlertKind::EventFailed => "event_failed",
+            AlertKind::WriteFailed => "write_failed",
         }
     }
 }

@@ -548,6 +548,16 @@ pub struct NewAccessToken {
     pub source: TokenSource,
 }
 
+/// The stable_token `force_refresh` budget of one credential (wechat-protocol.md §6.2: 20 a day,
+/// 30 s apart): how many were used since `day_start`, and when the last one was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceBudgetRecord {
+    pub credential: Credential,
+    pub day_start: Timestamp,
+    pub used: u32,
+    pub last: Option<Timestamp>,
+}
+
 /// The state of one credential: its generation and its current token, if it has one yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {

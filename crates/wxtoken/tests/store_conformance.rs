@@ -74,6 +74,7 @@ conformance!(
     writes_for_an_unregistered_component_are_refused,
     readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land,
     opposite_order_batches_written_concurrently_never_deadlock,
+    force_refresh_budget_is_kept_across_reopen_and_replaced_in_place,
 );
 
 fn new_vault() -> Vault {
@@ -1892,4 +1893,39 @@ async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot
         ),
         rec.generation + 1
     );
+}
+
+async fn force_refresh_budget_is_kept_across_reopen_and_replaced_in_place(h: &Harness) {
+    use wxtoken::model::ForceBudgetRecord;
+    let s = &h.store;
+    let c = component("wxcomp0001");
+    s.ensure_component(&c, at(0)).await.unwrap();
+    assert!(s.load_force_budgets().await.unwrap().is_empty());
+    let direct = Credential::direct(&c, &appid("wxdirect0001"));
+    let other = Credential::direct(&c, &appid("wxdirect0002"));
+    let first = ForceBudgetRecord {
+        credential: direct.clone(),
+        day_start: at(1000),
+        used: 1,
+        last: Some(at(1000)),
+    };
+    s.save_force_budget(&first).await.unwrap();
+    let fresh = ForceBudgetRecord {
+        credential: other.clone(),
+        day_start: at(500),
+        used: 0,
+        last: None,
+    };
+    s.save_force_budget(&fresh).await.unwrap();
+    let second = ForceBudgetRecord {
+        used: 2,
+        last: Some(at(40_000)),
+        ..first.clone()
+    };
+    s.save_force_budget(&second).await.unwrap();
+
+    let reopened = h.reopen().await;
+    let budgets = reopened.load_force_budgets().await.unwrap();
+    assert_eq!(budgets, vec![second, fresh]);
+    reopened.close().await;
 }

@@ -36,6 +36,8 @@ const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(50);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// After this many failed attempts each further failure is logged at error level.
 const WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
+/// Longest wait before a stored event that keeps failing transiently is tried again.
+const EVENT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Pause between pages of `api_get_authorizer_list` (rate limit).
 const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -83,7 +85,7 @@ impl Engine {
                 info_type: event.info_type().to_owned(),
                 appid,
                 payload,
-                received_at: inner.clock.now(),
+                received_at: inner.receive_time(),
             })
             .await?;
         if outcome == EventInsert::Inserted {
@@ -128,12 +130,24 @@ impl Engine {
                 Ok(event) => event,
                 Err(EventFailure::Transient(e)) => {
                     pending = true;
-                    tracing::warn!(info_type = %stored.info_type, error = %e, "event not readable now; kept for retry");
+                    if inner.event_backing_off(stored) {
+                        continue;
+                    }
+                    let retry_in = inner.event_failed(stored);
+                    tracing::warn!(info_type = %stored.info_type, error = %e, retry_in_ms = retry_in.as_millis() as u64, "event not readable now; kept for retry");
                     continue;
                 }
                 Err(EventFailure::Permanent(reason)) => {
                     tracing::error!(info_type = %stored.info_type, reason = %reason, "event can never be applied; dropped");
+                    inner.alerts.raise(Alert::new(
+                        AlertKind::EventFailed,
+                        stored.component.as_str(),
+                        stored.appid.as_ref().map(|a| a.as_str()),
+                        format!("{} event not applied: {reason}", stored.info_type),
+                        inner.clock.now(),
+                    ));
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     continue;
                 }
             };
@@ -147,12 +161,23 @@ impl Engine {
                 if newest.get(key).is_some_and(|newer| created < newer) {
                     tracing::info!(info_type = %stored.info_type, appid = %key.1, "authorization event older than one applied; ignored");
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     continue;
                 }
+            }
+            // Failed before and its backoff has not run out: not retried on this pass, and its
+            // appid's later events wait behind it.
+            if inner.event_backing_off(stored) {
+                pending = true;
+                if let Some((key, _)) = &subject {
+                    held.insert(key.clone());
+                }
+                continue;
             }
             match inner.apply_event(stored, &event).await {
                 Ok(()) => {
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                     applied += 1;
                     if let Some((key, created)) = subject {
                         let at = newest.entry(key).or_insert(created);
@@ -167,27 +192,28 @@ impl Engine {
                         error = %e,
                         "event can never be applied; dropped"
                     );
-                    if let Some(appid) = appid
-                        && !matches!(event, Event::Unauthorized(_))
-                    {
+                    if !matches!(event, Event::Unauthorized(_)) {
                         inner.alerts.raise(Alert::new(
-                            AlertKind::NeedsReauth,
+                            AlertKind::EventFailed,
                             stored.component.as_str(),
-                            Some(appid),
+                            appid,
                             format!("{} event not applied: {e}", stored.info_type),
                             inner.clock.now(),
                         ));
                     }
                     inner.mark_processed(stored).await?;
+                    inner.event_done(stored);
                 }
                 Err(e) => {
                     pending = true;
                     if let Some((key, _)) = subject {
                         held.insert(key);
                     }
+                    let retry_in = inner.event_failed(stored);
                     tracing::warn!(
                         info_type = %stored.info_type,
                         error = %e,
+                        retry_in_ms = retry_in.as_millis() as u64,
                         "event not applied; kept for retry"
                     );
                 }
@@ -197,6 +223,20 @@ impl Engine {
             .events_pending
             .store(pending, std::sync::atomic::Ordering::Relaxed);
         Ok(applied)
+    }
+
+    /// When a stored event that failed is next tried (None: it has not failed, or was applied or
+    /// dropped since). For tests and admin views.
+    pub fn event_retry_at(
+        &self,
+        component: &ComponentAppid,
+        dedupe_key: &str,
+    ) -> Option<tokio::time::Instant> {
+        self.inner()
+            .event_retries
+            .lock()
+            .get(&(component.clone(), dedupe_key.to_owned()))
+            .map(|(_, at)| *at)
     }
 
     /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
@@ -378,6 +418,50 @@ impl Inner {
         }
     }
 
+    /// The receive time of a push: the clock, but strictly after the previous push's, so pushes
+    /// stored in the same millisecond keep their arrival order (events are applied in
+    /// `received_at` order; a tie would fall back to the dedupe key, and an `authorized` could
+    /// then be applied before the `unauthorized` that came before it).
+    fn receive_time(&self) -> Timestamp {
+        let mut last = self.last_received.lock();
+        let at = self.clock.now().as_millis().max(last.saturating_add(1));
+        *last = at;
+        Timestamp::from_millis(at)
+    }
+
+    /// Whether a stored event failed before and its backoff has not run out.
+    fn event_backing_off(&self, stored: &StoredEvent) -> bool {
+        self.event_retries
+            .lock()
+            .get(&(stored.component.clone(), stored.dedupe_key.clone()))
+            .is_some_and(|(_, at)| tokio::time::Instant::now() < *at)
+    }
+
+    /// Records a transient failure of a stored event; returns how long until it is retried
+    /// (capped exponential backoff with jitter, from `refresh.backoff_initial` to
+    /// [`EVENT_BACKOFF_MAX`]).
+    fn event_failed(&self, stored: &StoredEvent) -> Duration {
+        let backoff = crate::tokens::plan::Backoff {
+            initial: self.config.backoff_initial,
+            max: EVENT_BACKOFF_MAX,
+        };
+        let mut retries = self.event_retries.lock();
+        let entry = retries
+            .entry((stored.component.clone(), stored.dedupe_key.clone()))
+            .or_insert((0, tokio::time::Instant::now()));
+        let delay = backoff.delay(entry.0, rand::random::<f64>());
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = tokio::time::Instant::now() + delay;
+        delay
+    }
+
+    /// Forgets a stored event's failures (applied or dropped).
+    fn event_done(&self, stored: &StoredEvent) {
+        self.event_retries
+            .lock()
+            .remove(&(stored.component.clone(), stored.dedupe_key.clone()));
+    }
+
     async fn mark_processed(&self, stored: &StoredEvent) -> Result<(), EngineError> {
         self.store
             .mark_event_processed(&stored.component, &stored.dedupe_key, self.clock.now())
@@ -504,14 +588,16 @@ impl Inner {
         since: Timestamp,
     ) -> Result<Appid, RefreshError> {
         let mut replaced_component = false;
-        let info = loop {
+        let (info, sent_at) = loop {
             let ct = self.ensure_component_token(component).await?;
             let call =
                 self.client
                     .query_auth(ct.access_token.expose_secret(), component.as_str(), code);
             let _permit = self.permits.acquire().await.ok();
+            // The answer's access token counts its lifetime from here (see `upstream_timed`).
+            let sent_at = self.clock.now();
             match call.await {
-                Ok(resp) => break resp.authorization_info,
+                Ok(resp) => break (resp.authorization_info, sent_at),
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
                     let Some(appid) = expected.cloned().or_else(|| self.recent_codes.get(code))
                     else {
@@ -581,6 +667,7 @@ impl Inner {
                     t,
                     Duration::from_secs(secs),
                     TokenSource::QueryAuth,
+                    sent_at,
                 )?,
             )),
             _ => None,
@@ -619,6 +706,14 @@ impl Inner {
                 }
                 None => Expected::Absent,
             };
+            // A token requested after ours (a refresh that landed meanwhile) stays: only the
+            // refresh token is written then.
+            let stored_newer = current
+                .as_ref()
+                .and_then(|r| r.token.as_ref())
+                .zip(access.as_ref())
+                .is_some_and(|(stored, (_, ours))| stored.issued_at > ours.issued_at);
+            let access_write = access.as_ref().filter(|_| !stored_newer);
             let write = AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -627,7 +722,7 @@ impl Inner {
                 status: AuthorizerStatus::Active,
                 refresh_token: sealed_rt.clone(),
                 appsecret: None,
-                access_token: access.as_ref().map(|(_, a)| a.clone()),
+                access_token: access_write.map(|(_, a)| a.clone()),
                 source: RefreshTokenSource::QueryAuth,
                 at: self.clock.now(),
             };
@@ -637,7 +732,7 @@ impl Inner {
                         .slot(&credential)
                         .set_status(AuthorizerStatus::Active, "");
                     self.failures.lock().remove(&credential);
-                    match &access {
+                    match access_write {
                         Some((token, stored)) => {
                             self.publish(
                                 &credential,
@@ -645,6 +740,11 @@ impl Inner {
                                 SecretString::from(token.clone()),
                                 stored,
                             );
+                        }
+                        None if stored_newer => {
+                            if self.adopt_stored(&credential).await.is_err() {
+                                self.schedule_in(&credential, Duration::ZERO);
+                            }
                         }
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }

@@ -14,7 +14,10 @@
 //!   (`refresh.concurrency`); permits are taken around the HTTP call only, never across a nested
 //!   wait (an authorizer refresh waiting for the component token holds none).
 //! - The [`lease::Lease`] seam is taken around every refresh; the store's generation fencing stays
-//!   the final guard: on `SaveOutcome::Stale` the engine adopts the stored token.
+//!   the final guard: on `SaveOutcome::Stale` the token requested later wins (the stored one is
+//!   adopted, or ours is fenced again on the current generation), compared by request send time.
+//! - Served before stored: WeChat's new token is published to memory at once (not stored yet) and
+//!   written in the background; the credential's next refresh waits for that write.
 //! - Failures by class (rule 5): transient and quota → capped exponential backoff with jitter,
 //!   serving the current token while servable; stale component token → refresh it, retry once;
 //!   ticket → newest stored ticket, `api_start_push_ticket` (throttled); re-authorization →
@@ -186,6 +189,11 @@ pub struct EngineStats {
     pub refreshed: u64,
     /// Refresh flights that ended with an error.
     pub failed: u64,
+    /// Of `refreshed`: component tokens, authorizers (the appsecret fallback included), direct
+    /// accounts.
+    pub component_refreshed: u64,
+    pub authorizer_refreshed: u64,
+    pub direct_refreshed: u64,
 }
 
 pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
@@ -248,11 +256,21 @@ pub(crate) struct Inner {
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
     pub(crate) events_lock: tokio::sync::Mutex<()>,
+    /// Stored events that failed transiently: (failures, not retried before) per (component,
+    /// dedupe key).
+    pub(crate) event_retries: Mutex<HashMap<(ComponentAppid, String), (u32, Instant)>>,
+    /// The last push's receive time (epoch ms): each push is stored strictly after the previous.
+    pub(crate) last_received: Mutex<i64>,
     /// Some stored event failed to apply; the loop retries every `backoff_max`.
     pub(crate) events_pending: std::sync::atomic::AtomicBool,
+    /// Per credential, the background write of a token already served: settled (true) once it
+    /// is stored or given up. The credential's next refresh waits for it.
+    pub(crate) pending_writes: Mutex<HashMap<Credential, tokio::sync::watch::Receiver<bool>>>,
     /// Refresh results waiting for the group-commit writer.
     pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
+    /// Landed flights by kind (component, authorizer, direct).
+    pub(crate) refreshed_by_kind: [AtomicU64; 3],
     pub(crate) failed: AtomicU64,
 }
 
@@ -305,9 +323,13 @@ impl Engine {
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),
+            event_retries: Mutex::default(),
+            last_received: Mutex::default(),
             events_pending: std::sync::atomic::AtomicBool::new(false),
+            pending_writes: Mutex::default(),
             writes: Arc::default(),
             refreshed: AtomicU64::new(0),
+            refreshed_by_kind: Default::default(),
             failed: AtomicU64::new(0),
         });
         inner.cold_start().await?;
@@ -490,6 +512,14 @@ impl Engine {
             .await
     }
 
+    /// Waits until the credential's served token is stored (or its write given up): a refresh
+    /// returns as soon as WeChat answered, and writes in the background. For callers that need
+    /// the store to hold what they were given (the CLI, tests). Returns at once if nothing is
+    /// pending.
+    pub async fn wait_stored(&self, credential: &Credential) {
+        self.inner.settle_pending_write(credential).await;
+    }
+
     /// An invalidation report (rule 6): a client got 40001/42001 with `reported`. If it is the
     /// current token, refresh (single flight; direct accounts force within budget) and return the
     /// new one; otherwise return the current token with no upstream call.
@@ -514,9 +544,13 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let by_kind = |i: usize| self.inner.refreshed_by_kind[i].load(Ordering::Relaxed);
         EngineStats {
             refreshed: self.inner.refreshed.load(Ordering::Relaxed),
             failed: self.inner.failed.load(Ordering::Relaxed),
+            component_refreshed: by_kind(0),
+            authorizer_refreshed: by_kind(1),
+            direct_refreshed: by_kind(2),
         }
     }
 

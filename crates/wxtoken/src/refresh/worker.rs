@@ -22,8 +22,8 @@ use crate::alerts::{Alert, AlertKind};
 use crate::config::DirectTokenApi;
 use crate::model::{
     AuthorizationWrite, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential,
-    CredentialKind, Expected, NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome,
-    Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
+    CredentialKind, Expected, ForceBudgetRecord, NewAccessToken, RefreshResult, RefreshTokenSource,
+    SaveOutcome, Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
 };
 use crate::store::StoreError;
 use crate::telemetry;
@@ -44,11 +44,33 @@ pub(crate) type Listing = std::collections::HashMap<String, Option<SecretString>
 const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// After this many failed attempts each further failure is logged at error level.
 const SAVE_ATTEMPTS_BEFORE_ALERT: u32 = 3;
-/// A credential loaded overdue at cold start is due within this spread, so a fleet does not
-/// refresh in one burst.
-const MAX_COLD_SPREAD_MS: u64 = 5_000;
+/// Credentials loaded overdue at cold start start in waves of `refresh.concurrency`, one wave per
+/// this (about one refresh's time), within [`MAX_COLD_SPREAD`] (`plan::cold_start_offset`).
+const COLD_START_PER_CALL: Duration = Duration::from_millis(200);
+const MAX_COLD_SPREAD: Duration = Duration::from_secs(300);
+
+/// How many times a refresh result that lost the fence to an older token is fenced again.
+const STALE_REWRITES: u32 = 3;
 
 type BoxOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// The refresh token a refresh result carries: the one WeChat answered with, and whether it
+/// differs from the one sent (`rotated`) or only echoes it.
+pub(crate) struct CarriedRefreshToken {
+    pub(crate) sealed: Sealed,
+    pub(crate) rotated: bool,
+}
+
+/// What a result that lost the fence does next.
+enum StaleVerdict {
+    /// The stored token stands.
+    Adopt,
+    /// Ours is newer: write again, fenced on `generation`.
+    Rewrite {
+        generation: u64,
+        refresh_token: Option<Sealed>,
+    },
+}
 
 impl Inner {
     /// Refreshes `credential` through its single flight.
@@ -73,6 +95,17 @@ impl Inner {
     async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
         // An invalidation report that lost a race with a refresh: the token it reported is already
         // replaced, so the answer is the current token and WeChat is not asked again.
+        if let Mode::Forced {
+            reported: Some(generation),
+        } = mode
+            && let Some(current) = self.cache.get(&credential).and_then(|s| s.current())
+            && current.generation > generation
+        {
+            return Ok(current);
+        }
+        // The previous refresh's token may still be on its way to the store: this one reads the
+        // store (its generation, the refresh token), so it starts from what that one wrote.
+        self.settle_pending_write(&credential).await;
         if let Mode::Forced {
             reported: Some(generation),
         } = mode
@@ -116,6 +149,12 @@ impl Inner {
         match result {
             Ok(_) => {
                 self.refreshed.fetch_add(1, Ordering::Relaxed);
+                let kind_index = match credential.kind {
+                    CredentialKind::Component => 0,
+                    CredentialKind::Authorizer => 1,
+                    CredentialKind::Direct => 2,
+                };
+                self.refreshed_by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
                 self.failures.lock().remove(credential);
                 if credential.kind == CredentialKind::Component {
                     self.component_gate.lock().remove(&credential.component);
@@ -199,9 +238,20 @@ impl Inner {
         &self,
         call: impl Future<Output = Result<T, WechatError>>,
     ) -> Result<T, WechatError> {
+        self.upstream_timed(call).await.map(|(v, _)| v)
+    }
+
+    /// [`Inner::upstream`] that also returns when the request was sent (once the permit is held):
+    /// a token's lifetime counts from then, never from the answer's arrival, and a `Stale` write
+    /// compares send times.
+    pub(crate) async fn upstream_timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, WechatError>>,
+    ) -> Result<(T, Timestamp), WechatError> {
         // The semaphore is never closed.
         let _permit = self.permits.acquire().await.ok();
-        call.await
+        let sent_at = self.clock.now();
+        call.await.map(|v| (v, sent_at))
     }
 
     fn plan_delay(&self, source: TokenSource, expires_in: Duration) -> Duration {
@@ -222,22 +272,24 @@ impl Inner {
         }
     }
 
-    /// Seals and plans a fresh access token.
+    /// Seals and plans a fresh access token obtained by a request sent at `sent_at`: it is
+    /// `issued_at`, and `expires_at` and `refresh_at` count from it (the call's latency never makes
+    /// them late).
     pub(crate) fn new_access_token(
         &self,
         credential: &Credential,
         token: &str,
         expires_in: Duration,
         source: TokenSource,
+        sent_at: Timestamp,
     ) -> Result<NewAccessToken, VaultError> {
-        let now = self.clock.now();
         Ok(NewAccessToken {
             sealed: self
                 .vault
                 .seal(SecretSlot::AccessToken { credential }, token.as_bytes())?,
-            issued_at: now,
-            expires_at: now.plus(expires_in),
-            refresh_at: Some(now.plus(self.plan_delay(source, expires_in))),
+            issued_at: sent_at,
+            expires_at: sent_at.plus(expires_in),
+            refresh_at: Some(sent_at.plus(self.plan_delay(source, expires_in))),
             source,
         })
     }
@@ -259,43 +311,201 @@ impl Inner {
             refresh_at,
             generation,
             source: stored.source,
+            stored: true,
         });
         self.schedule_at(credential, refresh_at);
         // The slot may hold a newer one than ours (adopted meanwhile).
         slot.current().expect("just published")
     }
 
-    /// Writes a refresh result (fenced) and publishes it; on a stale write adopts the stored token.
+    /// Serves a token WeChat just issued and stores it. The token is published to memory at once
+    /// (not stored yet, at the generation its write will produce if it lands first), so readers
+    /// and invalidation reports never wait on the store; the write runs in the background
+    /// ([`Inner::store_token`]) and the credential's next refresh waits for it
+    /// ([`Inner::settle_pending_write`]), so it reads what it wrote (a rotated refresh token
+    /// above all). If memory already holds a token as new, the write is awaited instead.
+    #[allow(clippy::too_many_arguments)] // one per part of WeChat's answer
     async fn save_token(
-        &self,
+        self: &Arc<Self>,
         credential: &Credential,
         expected_generation: u64,
         token: String,
         expires_in: u64,
         source: TokenSource,
-        refresh_token: Option<Sealed>,
+        refresh_token: Option<CarriedRefreshToken>,
+        sent_at: Timestamp,
     ) -> Outcome {
         let expires_in = Duration::from_secs(expires_in);
-        let access = self.new_access_token(credential, &token, expires_in, source)?;
-        let result = RefreshResult {
-            credential: credential.clone(),
-            expected_generation,
-            access_token: access.clone(),
-            refresh_token,
-            at: self.clock.now(),
+        let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
+        let slot = self.cache.slot(credential);
+        let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
+        let served = slot.publish(CachedToken {
+            access_token: SecretString::from(token.clone()),
+            issued_at: access.issued_at,
+            expires_at: access.expires_at,
+            refresh_at,
+            generation: expected_generation.saturating_add(1),
+            source,
+            stored: false,
+        });
+        // (A revocation landing in between may have dropped it again.)
+        let Some(current) = slot.current().filter(|_| served) else {
+            return self
+                .store_token(
+                    credential,
+                    expected_generation,
+                    access,
+                    token,
+                    refresh_token,
+                )
+                .await;
         };
-        let outcome = self.save_with_retry(&result).await?;
-        match outcome {
-            SaveOutcome::Saved { generation } => {
-                Ok(self.publish(credential, generation, SecretString::from(token), &access))
+        self.schedule_at(credential, refresh_at);
+        let (done, settled) = tokio::sync::watch::channel(false);
+        self.pending_writes
+            .lock()
+            .insert(credential.clone(), settled);
+        let inner = Arc::clone(self);
+        let credential = credential.clone();
+        self.tracker.spawn(async move {
+            let stored = inner
+                .store_token(
+                    &credential,
+                    expected_generation,
+                    access,
+                    token,
+                    refresh_token,
+                )
+                .await;
+            if let Err(e) = &stored {
+                // Served but not stored: the credential refreshes again with backoff.
+                tracing::warn!(error = %e, "a served token could not be stored");
+                inner.after_refresh(&credential, &stored);
             }
-            SaveOutcome::Stale { .. } => {
-                tracing::info!("a newer token was stored meanwhile; adopting it");
-                self.adopt_stored(credential).await
+            inner.pending_writes.lock().remove(&credential);
+            let _ = done.send(true);
+        });
+        Ok(current)
+    }
+
+    /// Waits until the credential's served-but-unstored token (if any) is written or given up.
+    pub(crate) async fn settle_pending_write(&self, credential: &Credential) {
+        let pending = self.pending_writes.lock().get(credential).cloned();
+        if let Some(mut settled) = pending {
+            let _ = settled.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Writes a refresh result (fenced) and publishes the stored outcome. On a stale write,
+    /// whichever token was requested later wins: if the stored one was (or the credential's state
+    /// no longer takes ours), it is adopted; if ours was, the write is fenced again on the current
+    /// generation (at most [`STALE_REWRITES`] times). Both refresh tokens stay in the history
+    /// either way.
+    async fn store_token(
+        &self,
+        credential: &Credential,
+        expected_generation: u64,
+        access: NewAccessToken,
+        token: String,
+        refresh_token: Option<CarriedRefreshToken>,
+    ) -> Outcome {
+        let mut expected = expected_generation;
+        let mut rt = refresh_token.as_ref().map(|c| c.sealed.clone());
+        for _ in 0..=STALE_REWRITES {
+            let result = RefreshResult {
+                credential: credential.clone(),
+                expected_generation: expected,
+                access_token: access.clone(),
+                refresh_token: rt.clone(),
+                at: self.clock.now(),
+            };
+            match self.save_with_retry(&result).await? {
+                SaveOutcome::Saved { generation } => {
+                    return Ok(self.publish(
+                        credential,
+                        generation,
+                        SecretString::from(token),
+                        &access,
+                    ));
+                }
+                SaveOutcome::Missing => {
+                    return Err(RefreshError::Gone {
+                        reason: "credential no longer exists".into(),
+                    });
+                }
+                SaveOutcome::Stale { .. } => {
+                    match self
+                        .after_stale(credential, &access, refresh_token.as_ref())
+                        .await?
+                    {
+                        StaleVerdict::Adopt => {
+                            tracing::info!(
+                                "a token requested later was stored meanwhile; adopting it"
+                            );
+                            return self.adopt_stored(credential).await;
+                        }
+                        StaleVerdict::Rewrite {
+                            generation,
+                            refresh_token,
+                        } => {
+                            tracing::info!(
+                                "an older token was stored meanwhile; writing ours over it"
+                            );
+                            expected = generation;
+                            rt = refresh_token;
+                        }
+                    }
+                }
             }
-            SaveOutcome::Missing => Err(RefreshError::Gone {
-                reason: "credential no longer exists".into(),
+        }
+        tracing::warn!("kept losing the fenced write; adopting the stored token");
+        self.adopt_stored(credential).await
+    }
+
+    /// What a refresh result that lost the fence should do, from the stored state: rewrite only if
+    /// the stored token was requested before ours and the credential still takes a token of our
+    /// kind (an authorizer-token result needs an active authorizer, an appsecret fallback one that
+    /// is not; never over a revocation or a re-authorization's state change).
+    async fn after_stale(
+        &self,
+        credential: &Credential,
+        ours: &NewAccessToken,
+        carried: Option<&CarriedRefreshToken>,
+    ) -> Result<StaleVerdict, RefreshError> {
+        let older =
+            |stored: Option<&NewAccessToken>| stored.is_none_or(|t| t.issued_at < ours.issued_at);
+        if credential.kind == CredentialKind::Authorizer {
+            let Some(record) = self
+                .store
+                .get_authorizer(&credential.component, &credential.appid)
+                .await?
+            else {
+                return Ok(StaleVerdict::Adopt);
+            };
+            let takes_ours = (record.status == AuthorizerStatus::Active) == carried.is_some();
+            if !takes_ours || !older(record.token.as_ref()) {
+                return Ok(StaleVerdict::Adopt);
+            }
+            // An echoed refresh token is the one we sent, older than whatever is stored now: keep
+            // the stored one. One WeChat issued with our answer is the newest.
+            let refresh_token = carried.map(|c| {
+                if c.rotated {
+                    c.sealed.clone()
+                } else {
+                    record.refresh_token.clone()
+                }
+            });
+            return Ok(StaleVerdict::Rewrite {
+                generation: record.generation,
+                refresh_token,
+            });
+        }
+        match self.store.get_token(credential).await? {
+            Some(record) if older(record.token.as_ref()) => Ok(StaleVerdict::Rewrite {
+                generation: record.generation,
+                refresh_token: None,
             }),
+            _ => Ok(StaleVerdict::Adopt),
         }
     }
 
@@ -311,9 +521,27 @@ impl Inner {
             !std::mem::replace(&mut q.draining, true)
         };
         if start {
+            let (alerts, clock) = (self.alerts.clone(), Arc::clone(&self.clock));
+            let give_up: Arc<GiveUp> = Arc::new(move |result: &RefreshResult, e: &RefreshError| {
+                let c = &result.credential;
+                tracing::error!(
+                    kind = c.kind.as_str(),
+                    appid = %c.appid,
+                    error = %e,
+                    "refresh result cannot be stored; given up (the credential refreshes again)"
+                );
+                alerts.raise(Alert::new(
+                    AlertKind::WriteFailed,
+                    c.component.as_str(),
+                    Some(c.appid.as_str()),
+                    format!("{} token not stored: {e}", c.kind.as_str()),
+                    clock.now(),
+                ));
+            });
             self.tracker.spawn(drain_writes(
                 Arc::clone(&self.store),
                 Arc::clone(&self.writes),
+                give_up,
             ));
         }
         rx.await.unwrap_or(Err(RefreshError::Abandoned))
@@ -337,7 +565,7 @@ impl Inner {
 
     // --- component token --------------------------------------------------------------------
 
-    async fn refresh_component(&self, credential: &Credential) -> Outcome {
+    async fn refresh_component(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let component = &credential.component;
         let secret = self
             .components
@@ -355,8 +583,8 @@ impl Inner {
             .get_token(credential)
             .await?
             .map_or(0, |r| r.generation);
-        let resp = match self
-            .upstream(self.client.component_token(
+        let (resp, sent_at) = match self
+            .upstream_timed(self.client.component_token(
                 component.as_str(),
                 secret.expose_secret(),
                 ticket.expose_secret(),
@@ -379,6 +607,7 @@ impl Inner {
             resp.expires_in,
             TokenSource::ComponentToken,
             None,
+            sent_at,
         )
         .await
     }
@@ -486,15 +715,21 @@ impl Inner {
                 appid.as_str(),
                 refresh_token.expose_secret(),
             );
-            match self.upstream(call).await {
-                Ok(resp) => {
+            match self.upstream_timed(call).await {
+                Ok((resp, sent_at)) => {
                     // Never store an empty refresh token: keep the one we sent.
                     let rt = match resp.non_empty_refresh_token() {
-                        Some(new) if new != refresh_token.expose_secret() => self.vault.seal(
-                            SecretSlot::RefreshToken { component, appid },
-                            new.as_bytes(),
-                        )?,
-                        _ => sealed_rt,
+                        Some(new) if new != refresh_token.expose_secret() => CarriedRefreshToken {
+                            sealed: self.vault.seal(
+                                SecretSlot::RefreshToken { component, appid },
+                                new.as_bytes(),
+                            )?,
+                            rotated: true,
+                        },
+                        _ => CarriedRefreshToken {
+                            sealed: sealed_rt,
+                            rotated: false,
+                        },
                     };
                     return self
                         .save_token(
@@ -504,6 +739,7 @@ impl Inner {
                             resp.expires_in,
                             TokenSource::AuthorizerToken,
                             Some(rt),
+                            sent_at,
                         )
                         .await;
                 }
@@ -732,7 +968,7 @@ impl Inner {
     /// An authorizer whose authorization is lost: its appsecret's stable token if one is on file,
     /// else Gone (no more refreshes: the circuit stays open until re-authorization).
     async fn fallback(
-        &self,
+        self: &Arc<Self>,
         credential: &Credential,
         record: &AuthorizerRecord,
         reason: &str,
@@ -749,7 +985,7 @@ impl Inner {
         let secret = self
             .vault
             .open_string(SecretSlot::AuthorizerAppsecret { component, appid }, sealed)?;
-        let (resp, source) = self.own_token(appid, &secret, false).await?;
+        let (resp, source, sent_at) = self.own_token(appid, &secret, false).await?;
         self.save_token(
             credential,
             record.generation,
@@ -757,6 +993,7 @@ impl Inner {
             resp.expires_in,
             source,
             None,
+            sent_at,
         )
         .await
     }
@@ -769,30 +1006,30 @@ impl Inner {
         appid: &crate::model::Appid,
         secret: &SecretString,
         force: bool,
-    ) -> Result<(wechat::wire::AccessTokenResponse, TokenSource), RefreshError> {
+    ) -> Result<(wechat::wire::AccessTokenResponse, TokenSource, Timestamp), RefreshError> {
         Ok(match self.config.direct_token_api {
             DirectTokenApi::StableToken => {
-                let resp = self
-                    .upstream(self.client.stable_token(
+                let (resp, sent_at) = self
+                    .upstream_timed(self.client.stable_token(
                         appid.as_str(),
                         secret.expose_secret(),
                         force,
                     ))
                     .await?;
-                (resp, TokenSource::StableToken)
+                (resp, TokenSource::StableToken, sent_at)
             }
             DirectTokenApi::Token => {
-                let resp = self
-                    .upstream(self.client.token(appid.as_str(), secret.expose_secret()))
+                let (resp, sent_at) = self
+                    .upstream_timed(self.client.token(appid.as_str(), secret.expose_secret()))
                     .await?;
-                (resp, TokenSource::Token)
+                (resp, TokenSource::Token, sent_at)
             }
         })
     }
 
     // --- direct accounts --------------------------------------------------------------------
 
-    async fn refresh_direct(&self, credential: &Credential, mode: Mode) -> Outcome {
+    async fn refresh_direct(self: &Arc<Self>, credential: &Credential, mode: Mode) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
         let account = self
             .store
@@ -813,8 +1050,8 @@ impl Inner {
         // Only stable_token has a force budget; every cgi-bin/token call issues a new token.
         let force = matches!(mode, Mode::Forced { .. })
             && self.config.direct_token_api == DirectTokenApi::StableToken
-            && self.take_force_budget(credential);
-        let (resp, source) = self.own_token(appid, &secret, force).await?;
+            && self.take_force_budget(credential).await;
+        let (resp, source, sent_at) = self.own_token(appid, &secret, force).await?;
         self.save_token(
             credential,
             generation,
@@ -822,38 +1059,57 @@ impl Inner {
             resp.expires_in,
             source,
             None,
+            sent_at,
         )
         .await
     }
 
-    /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart).
-    fn take_force_budget(&self, credential: &Credential) -> bool {
+    /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart). The budget is
+    /// stored before WeChat is asked, so a restart does not reset it; if the store cannot take it,
+    /// the in-memory budget still counts (logged).
+    async fn take_force_budget(&self, credential: &Credential) -> bool {
         let now = self.clock.now();
         let day = Duration::from_secs(86_400);
-        let mut budgets = self.force_budget.lock();
-        let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
-            day_start: now,
-            used: 0,
-            last: None,
-        });
-        if now.as_millis() - b.day_start.as_millis() >= day.as_millis() as i64 {
-            *b = ForceBudget {
+        let taken = {
+            let mut budgets = self.force_budget.lock();
+            let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
                 day_start: now,
                 used: 0,
                 last: None,
-            };
-        }
-        let too_soon = b
-            .last
-            .is_some_and(|l| now.as_millis() - l.as_millis() < FORCE_MIN_GAP.as_millis() as i64);
-        if b.used >= FORCE_PER_DAY || too_soon {
+            });
+            if now.as_millis() - b.day_start.as_millis() >= day.as_millis() as i64 {
+                *b = ForceBudget {
+                    day_start: now,
+                    used: 0,
+                    last: None,
+                };
+            }
+            let too_soon = b.last.is_some_and(|l| {
+                now.as_millis() - l.as_millis() < FORCE_MIN_GAP.as_millis() as i64
+            });
+            if b.used >= FORCE_PER_DAY || too_soon {
+                None
+            } else {
+                b.used += 1;
+                b.last = Some(now);
+                Some(*b)
+            }
+        };
+        let Some(b) = taken else {
             tracing::warn!(
                 "force_refresh budget exhausted or too soon; normal stable_token instead"
             );
             return false;
+        };
+        let record = ForceBudgetRecord {
+            credential: credential.clone(),
+            day_start: b.day_start,
+            used: b.used,
+            last: b.last,
+        };
+        if let Err(e) = self.store.save_force_budget(&record).await {
+            tracing::warn!(error = %e, "force_refresh budget not stored; counted in memory only");
         }
-        b.used += 1;
-        b.last = Some(now);
         true
     }
 
@@ -874,13 +1130,40 @@ impl Inner {
                 .await?,
         );
         let authorizers = self.store.load_authorizers(None).await?;
-        let spread = (records.len() + authorizers.len()) as u64;
-        let spread = Duration::from_millis(spread.min(MAX_COLD_SPREAD_MS));
-        let due =
-            |inner: &Self, credential: &Credential, refresh_at: Option<Timestamp>| match refresh_at
+        let stored_budgets = self.store.load_force_budgets().await?;
+        {
+            let mut budgets = self.force_budget.lock();
+            for b in stored_budgets {
+                budgets.insert(
+                    b.credential,
+                    ForceBudget {
+                        day_start: b.day_start,
+                        used: b.used,
+                        last: b.last,
+                    },
+                );
+            }
+        }
+        // Overdue (or token-less) credentials, most urgent first once sorted: no servable token,
+        // then by expiry. Valid tokens are served meanwhile; ones not yet due keep their time.
+        let mut overdue: Vec<(i64, Credential)> = Vec::new();
+        let mut due =
+            |inner: &Self, credential: &Credential, token: Option<&NewAccessToken>| match token
+                .and_then(|t| t.refresh_at)
             {
                 Some(at) if at > now => inner.schedule_at(credential, at),
-                _ => inner.schedule_in(credential, spread.mul_f64(rand::random::<f64>())),
+                _ => {
+                    let urgency = token
+                        .filter(|t| {
+                            plan::servable(
+                                now.as_millis(),
+                                t.expires_at.as_millis(),
+                                inner.config.serve_margin,
+                            )
+                        })
+                        .map_or(i64::MIN, |t| t.expires_at.as_millis());
+                    overdue.push((urgency, credential.clone()));
+                }
             };
         for record in records {
             let credential = record.credential;
@@ -888,26 +1171,6 @@ impl Inner {
                 continue;
             }
             self.cache.slot(&credential);
-            let refresh_at = match &record.token {
-                Some(stored) => {
-                    let token = self.vault.open_string(
-                        SecretSlot::AccessToken {
-                            credential: &credential,
-                        },
-                        &stored.sealed,
-                    )?;
-                    self.publish(&credential, record.generation, token, stored);
-                    stored.refresh_at
-                }
-                None => None,
-            };
-            due(self, &credential, refresh_at);
-        }
-        for record in authorizers {
-            let credential = Credential::authorizer(&record.component, &record.appid);
-            let slot = self.cache.slot(&credential);
-            slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
-            let mut refresh_at = None;
             if let Some(stored) = &record.token {
                 let token = self.vault.open_string(
                     SecretSlot::AccessToken {
@@ -916,15 +1179,51 @@ impl Inner {
                     &stored.sealed,
                 )?;
                 self.publish(&credential, record.generation, token, stored);
-                refresh_at = stored.refresh_at;
+            }
+            due(self, &credential, record.token.as_ref());
+        }
+        for record in authorizers {
+            let credential = Credential::authorizer(&record.component, &record.appid);
+            let slot = self.cache.slot(&credential);
+            slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
+            if let Some(stored) = &record.token {
+                let token = self.vault.open_string(
+                    SecretSlot::AccessToken {
+                        credential: &credential,
+                    },
+                    &stored.sealed,
+                )?;
+                self.publish(&credential, record.generation, token, stored);
             }
             let refreshable =
                 record.status == AuthorizerStatus::Active || record.appsecret.is_some();
             if self.components.contains_key(&record.component) && refreshable {
-                due(self, &credential, refresh_at);
+                due(self, &credential, record.token.as_ref());
             } else {
                 self.schedule.lock().remove(&credential);
             }
+        }
+        overdue.sort_by_key(|(urgency, _)| *urgency);
+        let n = overdue.len();
+        let concurrency = self.config.concurrency.max(1);
+        for (i, (_, credential)) in overdue.iter().enumerate() {
+            let offset =
+                plan::cold_start_offset(i, n, concurrency, COLD_START_PER_CALL, MAX_COLD_SPREAD);
+            self.schedule_in(credential, offset);
+        }
+        if n > 0 {
+            tracing::info!(
+                overdue = n,
+                spread_ms = plan::cold_start_offset(
+                    n - 1,
+                    n,
+                    concurrency,
+                    COLD_START_PER_CALL,
+                    MAX_COLD_SPREAD
+                )
+                .as_millis() as u64,
+                "cold start: overdue credentials spread out"
+            );
         }
         tracing::info!(credentials = self.cache.len(), "cold start loaded");
         Ok(())
@@ -967,7 +1266,8 @@ impl Inner {
     }
 }
 
-type WriteReply = oneshot::Sender<Result<SaveOutcome, RefreshError>>;
+type WriteOutcome = Result<SaveOutcome, RefreshError>;
+type WriteReply = oneshot::Sender<WriteOutcome>;
 
 /// Refresh results waiting for the writer.
 #[derive(Default)]
@@ -978,10 +1278,17 @@ pub(crate) struct WriteQueue {
 
 /// Results written per transaction at most.
 const MAX_WRITE_BATCH: usize = 256;
+/// Attempts at a single result whose write fails for a reason that is probably permanent (a
+/// backend error, a constraint) before it is given up.
+const SINGLE_WRITE_ATTEMPTS: u32 = 4;
+
+/// Reports a result given up (error log and alert); the caller gets the error.
+pub(crate) type GiveUp = dyn Fn(&RefreshResult, &RefreshError) + Send + Sync;
 
 async fn drain_writes(
     store: Arc<dyn crate::store::Store>,
     queue: Arc<parking_lot::Mutex<WriteQueue>>,
+    give_up: Arc<GiveUp>,
 ) {
     loop {
         let batch: Vec<_> = {
@@ -994,60 +1301,117 @@ async fn drain_writes(
             q.pending.drain(..n).collect()
         };
         let results: Vec<RefreshResult> = batch.iter().map(|(r, _)| r.clone()).collect();
-        match write_with_retry(store.as_ref(), &results, &|_| {}).await {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Ok(_) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(RefreshError::Storage("outcome count mismatch".into())));
-                }
-            }
-            Err(e) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        let outcomes = write_batch(store.as_ref(), &results, give_up.as_ref()).await;
+        for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
         }
     }
 }
 
+/// Writes a batch, one fate per result: the whole batch in one transaction, retried while the
+/// store is unavailable or busy; if it fails for another reason (one result the store refuses,
+/// say a constraint), it is split in halves, so the good results land and only the bad one is
+/// left. A single result that keeps failing that way is given up (`give_up`: error log and
+/// alert) after [`SINGLE_WRITE_ATTEMPTS`]; one that fails transiently is retried until it lands.
+pub(crate) fn write_batch<'a>(
+    store: &'a dyn crate::store::Store,
+    results: &'a [RefreshResult],
+    give_up: &'a (dyn Fn(&RefreshResult, &RefreshError) + Send + Sync + 'a),
+) -> Pin<Box<dyn Future<Output = Vec<WriteOutcome>> + Send + 'a>> {
+    Box::pin(async move {
+        if results.is_empty() {
+            return Vec::new();
+        }
+        let attempts = if results.len() == 1 {
+            SINGLE_WRITE_ATTEMPTS
+        } else {
+            1
+        };
+        match write_with_retry(store, results, attempts, &|_| {}).await {
+            Ok(outcomes) if outcomes.len() == results.len() => {
+                outcomes.into_iter().map(Ok).collect()
+            }
+            Ok(_) => results
+                .iter()
+                .map(|_| Err(RefreshError::Storage("outcome count mismatch".into())))
+                .collect(),
+            Err(e) if results.len() > 1 => {
+                tracing::warn!(
+                    results = results.len(),
+                    error = %e,
+                    "a write batch failed; splitting it so the other results land"
+                );
+                let (left, right) = results.split_at(results.len() / 2);
+                let mut out = write_batch(store, left, give_up).await;
+                out.extend(write_batch(store, right, give_up).await);
+                out
+            }
+            Err(e) => {
+                give_up(&results[0], &e);
+                vec![Err(e)]
+            }
+        }
+    })
+}
+
+/// Store errors that are the database being away or busy, or a concurrent transaction: they pass,
+/// so a result failing with one is retried until it lands. Anything else (a constraint, a backend
+/// error, a corrupt row) probably fails the same way again.
+fn transient_store_error(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(_) => true,
+        StoreError::Conflict { source, .. } => match source {
+            sqlx::Error::Database(db) => !matches!(
+                db.kind(),
+                sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation
+            ),
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// Writes refresh results until they land. A result may carry a refresh token WeChat will not
-/// give again (rotation), so a store that is unavailable, busy or in conflict is retried with
-/// capped backoff for as long as it takes — never given up on (SPEC.md rule 2). Only errors that
-/// retrying cannot cure (invalid input, a corrupt value, a schema problem) end the attempt.
-/// Readers keep being served from memory meanwhile; shutdown bounds the wait with its deadline.
+/// give again (rotation), so a store that is unavailable, busy or in a concurrent-transaction
+/// conflict is retried with capped backoff for as long as it takes — never given up on (SPEC.md
+/// rule 2). Any other failure is tried `attempts` times in all, then returned (the caller splits
+/// the batch or gives the single result up). Readers keep being served from memory meanwhile;
+/// shutdown bounds the wait with its deadline.
 async fn write_with_retry(
     store: &dyn crate::store::Store,
     results: &[RefreshResult],
+    attempts: u32,
     on_retry: &(dyn Fn(u32) + Send + Sync),
 ) -> Result<Vec<SaveOutcome>, RefreshError> {
     let mut wait = Duration::from_millis(50);
     let mut failures = 0u32;
+    let mut permanent = 0u32;
     loop {
         match store.save_refresh_results(results).await {
             Ok(v) => return Ok(v),
-            Err(
-                e @ (StoreError::Unavailable(_)
-                | StoreError::Conflict { .. }
-                | StoreError::Backend(_)),
-            ) => {
+            Err(e) => {
+                if !transient_store_error(&e) {
+                    permanent += 1;
+                    if permanent >= attempts {
+                        return Err(e.into());
+                    }
+                }
                 failures = failures.saturating_add(1);
                 if failures > SAVE_ATTEMPTS_BEFORE_ALERT {
                     tracing::error!(
                         results = results.len(),
                         failures,
                         error = %e,
-                        "refresh results are not stored yet; retrying until they are"
+                        "refresh results are not stored yet; retrying"
                     );
                 }
                 on_retry(failures);
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(SAVE_RETRY_MAX);
             }
-            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -1062,6 +1426,115 @@ mod tests {
     use crate::store::{self, StoreOptions};
     use crate::vault::{MasterKey, Vault};
     use sqlx::Connection;
+
+    /// An authorizer in `store` and a refresh result for it fenced on its generation.
+    async fn authorizer_result(
+        store: &Arc<dyn crate::store::Store>,
+        vault: &Vault,
+        component: &ComponentAppid,
+        appid: &str,
+    ) -> RefreshResult {
+        let appid = Appid::parse(appid).expect("appid");
+        let now = Timestamp::now();
+        let slot = SecretSlot::RefreshToken {
+            component,
+            appid: &appid,
+        };
+        store
+            .save_authorization(&AuthorizationWrite {
+                component: component.clone(),
+                appid: appid.clone(),
+                expected: Expected::Absent,
+                kind: Some(AppKind::OfficialAccount),
+                status: AuthorizerStatus::Active,
+                refresh_token: vault.seal(slot, b"refreshtoken@@@first").expect("seal"),
+                appsecret: None,
+                access_token: None,
+                source: RefreshTokenSource::Import,
+                at: now,
+            })
+            .await
+            .expect("authorizer");
+        let credential = Credential::authorizer(component, &appid);
+        let generation = store
+            .get_token(&credential)
+            .await
+            .expect("read")
+            .expect("credential")
+            .generation;
+        let access = vault
+            .seal(
+                SecretSlot::AccessToken {
+                    credential: &credential,
+                },
+                b"access",
+            )
+            .expect("seal");
+        RefreshResult {
+            credential,
+            expected_generation: generation,
+            access_token: crate::model::NewAccessToken {
+                sealed: access,
+                issued_at: now,
+                expires_at: now.plus(Duration::from_secs(7200)),
+                refresh_at: None,
+                source: TokenSource::AuthorizerToken,
+            },
+            refresh_token: Some(vault.seal(slot, b"refreshtoken@@@rotated").expect("seal")),
+            at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_the_store_always_refuses_is_given_up_alone_and_the_rest_of_its_batch_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("wx.db").display());
+        let store = store::open(&url).await.expect("store");
+        let vault = Vault::new(&MasterKey::generate(), &[]);
+        let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .expect("component");
+        let mut results = Vec::new();
+        for i in 0..5 {
+            results.push(
+                authorizer_result(&store, &vault, &component, &format!("wxauthorizer0000{i}"))
+                    .await,
+            );
+        }
+        // A row state that fails every write of one authorizer's token, deterministically.
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query(
+            "CREATE TRIGGER refuse_one BEFORE UPDATE ON access_tokens \
+             WHEN NEW.appid = 'wxauthorizer00003' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("trigger");
+        let given_up = parking_lot::Mutex::new(Vec::new());
+        let give_up = |r: &RefreshResult, _: &RefreshError| {
+            given_up.lock().push(r.credential.appid.as_str().to_owned());
+        };
+        let outcomes = write_batch(store.as_ref(), &results, &give_up).await;
+        assert_eq!(outcomes.len(), 5);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if i == 3 {
+                assert!(
+                    matches!(outcome, Err(RefreshError::Storage(_))),
+                    "{outcome:?}"
+                );
+            } else {
+                assert!(
+                    matches!(outcome, Ok(SaveOutcome::Saved { .. })),
+                    "{i}: {outcome:?}"
+                );
+            }
+        }
+        assert_eq!(*given_up.lock(), vec!["wxauthorizer00003".to_owned()]);
+    }
 
     #[tokio::test]
     async fn refresh_result_is_retried_past_a_locked_database_until_it_lands() {
@@ -1150,7 +1623,7 @@ mod tests {
                 let on_retry = move |n: u32| {
                     let _ = failed.send(n);
                 };
-                write_with_retry(store.as_ref(), &results, &on_retry).await
+                write_with_retry(store.as_ref(), &results, 1, &on_retry).await
             })
         };
         while let Some(n) = failures.recv().await {

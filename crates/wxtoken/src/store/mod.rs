@@ -35,9 +35,9 @@ use async_trait::async_trait;
 use crate::model::{
     ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ClientCreate,
     ClientRecord, ComponentAppid, Credential, CredentialKind, DirectAccountRecord,
-    DirectAccountWrite, EventInsert, KeyCheck, KeyId, NONCE_LEN, NewClient, NewEvent, ReadCount,
-    RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot, StatusChange,
-    StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
+    DirectAccountWrite, EventInsert, ForceBudgetRecord, KeyCheck, KeyId, NONCE_LEN, NewClient,
+    NewEvent, ReadCount, RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot,
+    StatusChange, StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
 };
 
 use postgres::PgStore;
@@ -421,6 +421,12 @@ pub trait Store: Send + Sync {
         component: &ComponentAppid,
         appid: &Appid,
     ) -> Result<bool, StoreError>;
+
+    // --- stable_token force_refresh budgets ---------------------------------------------------
+    /// Every stored budget (loaded at cold start).
+    async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError>;
+    /// Stores one credential's budget, replacing the previous one.
+    async fn save_force_budget(&self, budget: &ForceBudgetRecord) -> Result<(), StoreError>;
 
     // --- push events -------------------------------------------------------------------------
     /// Stores a verified push once: `Duplicate` if its dedupe key is already stored.

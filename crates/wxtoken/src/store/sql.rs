@@ -575,7 +575,7 @@ macro_rules! impl_store {
                 ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord,
                 AuthorizerStatus, ClientCreate, ClientRecord, ComponentAppid, Credential,
                 CredentialKind, DirectAccountRecord, DirectAccountWrite, EventInsert, Expected,
-                KeyCheck, KeyId, NewAccessToken, NewClient, NewEvent, ReadCount, RefreshResult,
+                ForceBudgetRecord, KeyCheck, KeyId, NewAccessToken, NewClient, NewEvent, ReadCount, RefreshResult,
                 RefreshTokenHistoryEntry, RefreshTokenSource, SaveOutcome, Sealed, StatusChange,
                 StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
             };
@@ -1579,6 +1579,57 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected();
                     Ok(n == 1)
+                }
+
+                async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError> {
+                    let rows: Vec<(String, String, String, i64, i64, Option<i64>)> =
+                        sqlx::query_as(
+                            "SELECT component_appid, kind, appid, day_start, used, last_at \
+                             FROM force_refresh_budgets \
+                             ORDER BY component_appid, kind, appid",
+                        )
+                        .fetch_all(self.read_pool())
+                        .await?;
+                    rows.into_iter()
+                        .map(|(c, kind, a, day_start, used, last)| {
+                            Ok(ForceBudgetRecord {
+                                credential: Credential {
+                                    component: crate::store::sql::component(c)?,
+                                    kind: CredentialKind::parse(&kind).map_err(|e| {
+                                        StoreError::Corrupt(e.to_string())
+                                    })?,
+                                    appid: crate::store::sql::appid(a)?,
+                                },
+                                day_start: Timestamp::from_millis(day_start),
+                                used: u32::try_from(used).map_err(|_| {
+                                    crate::store::sql::corrupt("force budget count out of range")
+                                })?,
+                                last: last.map(Timestamp::from_millis),
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn save_force_budget(
+                    &self,
+                    budget: &ForceBudgetRecord,
+                ) -> Result<(), StoreError> {
+                    let c = &budget.credential;
+                    sqlx::query(
+                        "INSERT INTO force_refresh_budgets (component_appid, kind, appid, \
+                         day_start, used, last_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (component_appid, kind, appid) DO UPDATE SET \
+                         day_start = $4, used = $5, last_at = $6",
+                    )
+                    .bind(c.component.as_str())
+                    .bind(c.kind.as_str())
+                    .bind(c.appid.as_str())
+                    .bind(budget.day_start.as_millis())
+                    .bind(i64::from(budget.used))
+                    .bind(budget.last.map(Timestamp::as_millis))
+                    .execute(self.write_pool())
+                    .await?;
+                    Ok(())
                 }
 
                 async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {

@@ -100,3 +100,126 @@ impl SqliteStore {
 }
 
 super::sql::impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use sqlx::Connection;
+
+    use crate::model::{ComponentAppid, Sealed, Timestamp};
+    use crate::store::{self, StoreOptions};
+
+    fn sealed(n: u8) -> Sealed {
+        Sealed {
+            key_id: crate::model::KeyId::parse("k1").expect("key id"),
+            nonce: [n; crate::model::NONCE_LEN],
+            ciphertext: vec![n; 16],
+        }
+    }
+
+    /// Suspected hang: writes that time out on another process's write lock (some of them
+    /// cancelled mid-call, as a caller's timeout would) must not leave the writer connection
+    /// unusable: once the lock is released, the next write lands promptly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_land_promptly_once_another_process_releases_the_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("wx.db").display());
+        let store = store::open_with(
+            &url,
+            &StoreOptions {
+                acquire_timeout: Duration::from_millis(20),
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .expect("store");
+        let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .expect("component");
+        let mut blocker = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        for round in 0..5u8 {
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut blocker)
+                .await
+                .expect("lock");
+            let failures = Arc::new(AtomicU32::new(0));
+            let mut writers = tokio::task::JoinSet::new();
+            for w in 0..6u8 {
+                let (store, component, failures) =
+                    (Arc::clone(&store), component.clone(), Arc::clone(&failures));
+                writers.spawn(async move {
+                    for i in 0..20u8 {
+                        let n = round.wrapping_mul(100).wrapping_add(w * 20 + i);
+                        let write = async {
+                            match w % 3 {
+                                0 => store
+                                    .record_ticket(&component, &sealed(n), Timestamp::now())
+                                    .await
+                                    .map(|_| ()),
+                                1 => store.ensure_component(&component, Timestamp::now()).await,
+                                _ => {
+                                    store
+                                        .save_force_budget(&crate::model::ForceBudgetRecord {
+                                            credential: crate::model::Credential::component(
+                                                &component,
+                                            ),
+                                            day_start: Timestamp::now(),
+                                            used: u32::from(n),
+                                            last: None,
+                                        })
+                                        .await
+                                }
+                            }
+                        };
+                        // Some callers give up mid-call (their future is dropped).
+                        let cancel_after = Duration::from_millis(u64::from(n % 7) * 5 + 1);
+                        match tokio::time::timeout(cancel_after, write).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            while writers.join_next().await.is_some() {}
+            assert!(failures.load(Ordering::Relaxed) > 0, "the lock was held");
+            sqlx::query("ROLLBACK")
+                .execute(&mut blocker)
+                .await
+                .expect("unlock");
+            let started = std::time::Instant::now();
+            let landed = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match store
+                        .record_ticket(&component, &sealed(250), Timestamp::now())
+                        .await
+                    {
+                        Ok(_) => return,
+                        Err(e) => {
+                            eprintln!("round {round}: still failing after release: {e:?}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+            .await;
+            assert!(
+                landed.is_ok(),
+                "round {round}: a write still fails 10 s after the lock was released"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "round {round}: took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}

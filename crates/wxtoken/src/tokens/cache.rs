@@ -7,8 +7,9 @@
 //!   (looked up by `&str`, no allocation), one short `RwLock` read of the credential's slot, and an
 //!   `Arc` clone of the token. No global lock: writers of one credential never block readers of
 //!   another shard.
-//! - Tokens only move forward: `publish` ignores a token whose generation is not newer than the one
-//!   held, so a slow writer can never replace a newer token in memory either.
+//! - Tokens only move forward: `publish` ignores a token whose generation is older than the one
+//!   held (or, for a token not stored yet, not newer), so a slow writer can never replace a newer
+//!   token in memory either.
 //! - Every publish bumps the slot's `watch` channel, so a long-poll (`after=GEN`) wakes at once.
 
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub struct CachedToken {
     pub refresh_at: Timestamp,
     pub generation: u64,
     pub source: TokenSource,
+    /// Whether the store holds it. A token WeChat just issued is served at once, before its
+    /// write lands (`generation` is then the one the write will produce if it lands first).
+    pub stored: bool,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for CachedToken {
             .field("refresh_at", &self.refresh_at)
             .field("generation", &self.generation)
             .field("source", &self.source)
+            .field("stored", &self.stored)
             .finish_non_exhaustive()
     }
 }
@@ -160,15 +165,17 @@ impl Slot {
     }
 
     /// Installs `token` unless the slot already holds one at least as new. True if installed.
+    /// Precisely: a stored token replaces one of the same generation (its own write landing, or
+    /// the token another writer stored at the generation an unstored one hoped for); a token not
+    /// stored yet needs a strictly newer generation, so it never replaces a stored token of its
+    /// own generation.
     pub fn publish(&self, token: CachedToken) -> bool {
         let generation = token.generation;
         {
             let mut state = self.state.write();
-            if state
-                .token
-                .as_ref()
-                .is_some_and(|t| t.generation > generation)
-            {
+            if state.token.as_ref().is_some_and(|t| {
+                t.generation > generation || (t.generation == generation && !token.stored)
+            }) {
                 return false;
             }
             state.token = Some(Arc::new(token));
@@ -308,7 +315,30 @@ mod tests {
             refresh_at: Timestamp::from_millis(expires_at / 2),
             generation,
             source: TokenSource::AuthorizerToken,
+            stored: true,
         }
+    }
+
+    #[test]
+    fn unstored_token_needs_a_newer_generation_and_its_stored_copy_replaces_it() {
+        let cache = TokenCache::new();
+        let slot = cache.slot(&cred("wxc", "wxa"));
+        assert!(slot.publish(token("stored5", 5, 100_000)));
+        let unstored = |v: &str, g| CachedToken {
+            stored: false,
+            ..token(v, g, 100_000)
+        };
+        // Hoping for generation 5, which another writer already stored: refused.
+        assert!(!slot.publish(unstored("ours5", 5)));
+        assert!(slot.current().unwrap().is("stored5"));
+        // Hoping for 6: served at once.
+        assert!(slot.publish(unstored("ours6", 6)));
+        assert!(!slot.current().unwrap().stored);
+        // Another writer's token stored at 6 (or ours landing): replaces it.
+        assert!(slot.publish(token("theirs6", 6, 100_000)));
+        let current = slot.current().unwrap();
+        assert!(current.is("theirs6") && current.stored);
+        assert!(!slot.publish(unstored("late6", 6)));
     }
 
     fn cred(component: &str, appid: &str) -> Credential {

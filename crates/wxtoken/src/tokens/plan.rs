@@ -32,6 +32,25 @@ pub fn stable_refresh_delay(expires_in: Duration, lead: Duration) -> Duration {
     expires_in.saturating_sub(lead.min(STABLE_TOKEN_ROLLOVER))
 }
 
+/// Cold start: when the `index`-th (0-based, most urgent first) of `overdue` credentials loaded
+/// overdue starts, relative to now. They start in waves of `concurrency`, one wave per `per_call`
+/// (the expected time of one refresh), so no more refreshes start at once than can run at once
+/// (each reads the store before it waits for an upstream permit). The whole spread is bounded by
+/// `max`: a fleet too big for that starts its waves closer together, still in order.
+pub fn cold_start_offset(
+    index: usize,
+    overdue: usize,
+    concurrency: usize,
+    per_call: Duration,
+    max: Duration,
+) -> Duration {
+    let concurrency = concurrency.max(1);
+    let waves = overdue.max(1).div_ceil(concurrency);
+    let wave = (index / concurrency).min(waves - 1);
+    let window = per_call.mul_f64(waves as f64).min(max);
+    window.mul_f64(wave as f64 / waves as f64)
+}
+
 /// Whether a token may be handed out: until `serve_margin` before its expiry (SPEC.md rule 4).
 /// Times are milliseconds since the Unix epoch, as stored.
 pub fn servable(now_ms: i64, expires_at_ms: i64, serve_margin: Duration) -> bool {
@@ -69,6 +88,56 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
     const TWO_HOURS: Duration = Duration::from_secs(7200);
+
+    proptest! {
+        #[test]
+        fn cold_start_never_starts_more_than_concurrency_per_call_and_stays_within_the_bound(
+            overdue in 1usize..200_000,
+            concurrency in 1usize..512,
+            per_call_ms in 1u64..2_000,
+            max_s in 1u64..900,
+        ) {
+            let per_call = Duration::from_millis(per_call_ms);
+            let max = Duration::from_secs(max_s);
+            let offset = |i| cold_start_offset(i, overdue, concurrency, per_call, max);
+            prop_assert_eq!(offset(0), Duration::ZERO);
+            prop_assert!(offset(overdue - 1) < max);
+            // Offsets never go down with urgency order (sampled: the fleet can be large).
+            let step = (overdue / 500).max(1);
+            let mut last = Duration::ZERO;
+            for i in (0..overdue).step_by(step).chain([overdue - 1]) {
+                let o = offset(i);
+                prop_assert!(o >= last);
+                last = o;
+            }
+            let waves = overdue.div_ceil(concurrency) as u64;
+            if per_call.saturating_mul(u32::try_from(waves).unwrap_or(u32::MAX)) <= max {
+                // Uncapped: a wave of at most `concurrency` per `per_call`, nothing else beside it.
+                for i in (0..overdue).step_by(step) {
+                    let (a, b) = (offset(i), offset((i + concurrency).min(overdue - 1)));
+                    if i + concurrency < overdue {
+                        prop_assert!(b - a + Duration::from_micros(1) >= per_call, "{i}: {a:?} {b:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cold_start_of_a_hundred_thousand_spreads_them_over_the_bound() {
+        let max = Duration::from_secs(300);
+        let per_call = Duration::from_millis(200);
+        // 100 000 at 32 at a time: 3 125 waves of 200 ms would take 625 s, bounded to 300 s.
+        let last = cold_start_offset(99_999, 100_000, 32, per_call, max);
+        assert!(last > Duration::from_secs(290) && last < max, "{last:?}");
+        assert_eq!(
+            cold_start_offset(31, 100_000, 32, per_call, max),
+            Duration::ZERO
+        );
+        assert!(cold_start_offset(32, 100_000, 32, per_call, max) > Duration::ZERO);
+        // A few: one wave, all now.
+        assert_eq!(cold_start_offset(9, 10, 32, per_call, max), Duration::ZERO);
+    }
 
     #[test]
     fn two_hour_token_is_due_after_about_an_hour() {

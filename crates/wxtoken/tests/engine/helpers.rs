@@ -26,6 +26,8 @@ use wxtoken::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
 use wxtoken::store::{self, Store};
 use wxtoken::vault::{MasterKey, Vault};
 
+use crate::hooks::{HookStore, StoreHooks};
+
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -65,7 +67,10 @@ pub struct Harness {
     pub sim: SimHandle,
     pub component: ComponentInfo,
     pub comp: ComponentAppid,
+    /// The real store behind [`Harness::hooks`].
     pub store: Arc<dyn Store>,
+    /// Test hooks on the engine's store (kept across restarts).
+    pub hooks: Arc<StoreHooks>,
     pub engine: Engine,
     pub webhook: Option<Url>,
     refresh: RefreshConfig,
@@ -99,7 +104,11 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("wxtoken.db").display());
         let master = MasterKey::generate();
-        let store = store::open(&db_url).await.expect("store opens");
+        let hooks = Arc::new(StoreHooks::default());
+        let store = HookStore::wrap(
+            store::open(&db_url).await.expect("store opens"),
+            Arc::clone(&hooks),
+        );
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let engine = open_engine(
@@ -119,6 +128,7 @@ impl Harness {
             component,
             comp,
             store,
+            hooks,
             engine,
             webhook,
             refresh,
@@ -158,9 +168,12 @@ impl Harness {
     /// [`Harness::restart`] with the store opened with `options` (e.g. a short busy timeout).
     pub async fn restart_with_store(&mut self, options: &store::StoreOptions) {
         self.stop().await;
-        self.store = store::open_with(&self.db_url, options)
-            .await
-            .expect("store reopens");
+        self.store = HookStore::wrap(
+            store::open_with(&self.db_url, options)
+                .await
+                .expect("store reopens"),
+            Arc::clone(&self.hooks),
+        );
         self.tracker = TaskTracker::new();
         self.cancel = CancellationToken::new();
         self.engine = open_engine(

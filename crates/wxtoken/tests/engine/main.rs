@@ -3,6 +3,8 @@
 //! (readers pace themselves, which is load, not synchronisation).
 
 mod helpers;
+mod hooks;
+mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,9 +162,14 @@ async fn every_token_handed_out_is_valid_and_each_authorizer_refreshes_once_per_
     assert!(tally.served.load(Ordering::Relaxed) > 10_000);
     assert_eq!(engine.failed, 0);
     assert_eq!(
-        totals.calls(Api::AuthorizerToken) + totals.calls(Api::ComponentToken),
-        engine.refreshed,
-        "one upstream call per refresh flight: nothing duplicated"
+        totals.calls(Api::AuthorizerToken),
+        engine.authorizer_refreshed,
+        "one api_authorizer_token call per authorizer flight: nothing duplicated"
+    );
+    assert_eq!(
+        totals.calls(Api::ComponentToken),
+        engine.component_refreshed,
+        "one api_component_token call per component flight"
     );
     for appid in appids.iter() {
         let calls = at_end.calls_for(appid, Api::AuthorizerToken)
@@ -460,6 +467,11 @@ async fn authorizer_that_lost_its_authorization_is_marked_alerted_and_served_by_
 
 /// Stores a push as the HTTP layer would and "crashes" before processing it.
 async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
+    record_at(h, event, key, Timestamp::now()).await;
+}
+
+/// [`record_only`] with the receive time given (pushes received in order get increasing times).
+async fn record_at(h: &Harness, event: &wechat::event::Event, key: &str, received_at: Timestamp) {
     let payload = h
         .vault()
         .seal(
@@ -478,7 +490,7 @@ async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
             info_type: event.info_type().to_owned(),
             appid: None,
             payload,
-            received_at: Timestamp::now(),
+            received_at,
         })
         .await
         .unwrap();
@@ -827,8 +839,14 @@ async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on
         .ingest_push(&h.comp, &h.authorization_event(&outcome), "auth:flaky")
         .await
         .unwrap();
-    // Whichever pass meets the fault leaves the event stored; the next one applies it.
+    // Whichever pass meets the fault leaves the event stored (backing off); the first pass after
+    // its backoff applies it.
     h.engine.process_events().await.unwrap();
+    let retry_at = h
+        .engine
+        .event_retry_at(&h.comp, "auth:flaky")
+        .expect("backing off");
+    tokio::time::sleep_until(retry_at).await; // the backoff itself, not synchronisation
     h.engine.process_events().await.unwrap();
     assert!(
         h.store
@@ -869,7 +887,14 @@ async fn ticket_silence_alerts_once_and_asks_wechat_to_push() {
         h.component.component_appid.as_str()
     );
     assert!(alert["appid"].is_null());
+    // Several more silence periods (and checks) pass: still the one alert and the one request.
+    tokio::time::sleep(Duration::from_millis(3500)).await; // the measured period
     h.stop().await;
+    assert_eq!(
+        webhook.count_kind("ticket_silence"),
+        1,
+        "alerted once per silence"
+    );
     assert_eq!(h.sim.control().stats().calls(Api::StartPushTicket), 1);
 }
 
@@ -1329,7 +1354,7 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
     );
     assert_eq!(sim.stats().calls(Api::QueryAuth), 2);
     for appid in [&expired, &spent] {
-        webhook.wait_for("needs_reauth", appid).await;
+        webhook.wait_for("event_failed", appid).await;
         let a = Appid::parse(appid).unwrap();
         assert!(h.store.get_authorizer(&h.comp, &a).await.unwrap().is_none());
     }
