@@ -239,6 +239,8 @@ pub async fn refresh_authorizer(
         .map_err(ApiError::internal)?;
     let credential = Credential::authorizer(&component, &appid);
     app.0.engine.refresh_now(&credential).await?;
+    // The new token is served before it is stored; the view is read from the store.
+    app.0.engine.wait_stored(&credential).await;
     let record = authorizer(&app, &component, &appid).await?;
     Ok(Json(AuthorizerView::new(&app, &record)))
 }
