@@ -14,6 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
+use wechat::authorize::escape_html;
+
 use crate::SimControl;
 use crate::model::{AccountKind, AccountSpec};
 use crate::sim::Sim;
@@ -79,27 +81,12 @@ impl Params {
     }
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn error_page(message: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><title>授权失败</title></head>\
          <body><h1>授权失败 / Authorization failed</h1><p id=\"error\">{}</p>\
          <p>wechat-sim consent page</p></body></html>",
-        escape(message)
+        escape_html(message)
     );
     (StatusCode::BAD_REQUEST, Html(body)).into_response()
 }
@@ -157,7 +144,7 @@ async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
     let hidden = |name: &str, value: &str| {
         format!(
             "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-            escape(value)
+            escape_html(value)
         )
     };
     let mut html = String::from(
@@ -166,7 +153,7 @@ async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
     );
     html.push_str(&format!(
         "<h1>授权给第三方平台 {}</h1><p>wechat-sim: pick the account that authorizes this platform.</p>",
-        escape(&p.component_appid)
+        escape_html(&p.component_appid)
     ));
     html.push_str("<form method=\"post\">");
     for (k, v) in [
@@ -182,8 +169,8 @@ async fn page(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery) -> Response {
     for (i, a) in accounts.iter().enumerate() {
         html.push_str(&format!(
             "<li><label><input type=\"radio\" name=\"appid\" value=\"{appid}\"{checked}> {nick} ({appid}, {kind})</label></li>",
-            appid = escape(&a.appid),
-            nick = escape(&a.nick_name),
+            appid = escape_html(&a.appid),
+            nick = escape_html(&a.nick_name),
             kind = match a.kind {
                 AccountKind::OfficialAccount => "公众号",
                 AccountKind::MiniProgram => "小程序",

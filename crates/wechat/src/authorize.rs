@@ -204,3 +204,20 @@ pub fn redirect_back_url(
         .append_pair("expires_in", &expires_in.to_string());
     Ok(url)
 }
+
+/// HTML-escapes text and attribute values, for the authorization pages on both sides (wxtoken's
+/// own page and the simulator's consent page). Five replacements do not justify a dependency.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

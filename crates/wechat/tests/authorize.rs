@@ -214,3 +214,11 @@ fn debug_of_params_and_callback_redacts_the_codes() {
     };
     assert!(!format!("{callback:?}").contains("queryauthcode@@@"));
 }
+
+#[test]
+fn escape_html_makes_text_and_attributes_inert() {
+    assert_eq!(
+        wechat::authorize::escape_html(r#"<a href="x">&'"#),
+        "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+    );
+}

@@ -39,6 +39,19 @@ const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// anyway, so a replay cannot re-apply a pruned one while that check is on).
 const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Opens the store `config.storage` names, with its pool settings, running migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    store::open_with(
+        config.storage.url.expose_secret(),
+        &StoreOptions {
+            max_connections: config.storage.max_connections,
+            acquire_timeout: config.storage.connect_timeout,
+        },
+    )
+    .await
+    .with_context(|| format!("opening the {} store", config.storage.backend()))
+}
+
 /// A started server.
 pub struct RunningApp {
     pub public_addr: SocketAddr,
@@ -62,15 +75,7 @@ impl App {
         public: TcpListener,
         internal: TcpListener,
     ) -> anyhow::Result<RunningApp> {
-        let store = store::open_with(
-            config.storage.url.expose_secret(),
-            &StoreOptions {
-                max_connections: config.storage.max_connections,
-                acquire_timeout: config.storage.connect_timeout,
-            },
-        )
-        .await
-        .with_context(|| format!("opening the {} store", config.storage.backend()))?;
+        let store = open_store(config).await?;
         vault
             .verify(&*store)
             .await

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use secrecy::ExposeSecret;
 
 use crate::config::{Config, LogConfig};
 use crate::model::ComponentAppid;
-use crate::store::{self, Store, StoreOptions};
+use crate::store::Store;
 use crate::vault::Vault;
 
 /// Where the store is and which component a command is about.
@@ -46,15 +45,7 @@ impl StoreArgs {
             level: "warn".to_owned(),
             ..config.log.clone()
         });
-        let store = store::open_with(
-            config.storage.url.expose_secret(),
-            &StoreOptions {
-                max_connections: config.storage.max_connections,
-                acquire_timeout: config.storage.connect_timeout,
-            },
-        )
-        .await
-        .with_context(|| format!("opening the {} store", config.storage.backend()))?;
+        let store = crate::app::open_store(&config).await?;
         let vault = Vault::from_env_or_file(config.security.master_key_file.as_deref())
             .context("loading the master key (WXTOKEN_MASTER_KEY or security.master_key_file)")?;
         vault
