@@ -529,7 +529,7 @@ impl Inner {
                 })?;
                 // A re-sent push keeps its CreateTime (seconds, WeChat's clock).
                 let created = Timestamp::from_millis(a.create_time.saturating_mul(1000));
-                self.exchange_code(
+                self.exchange_code_once(
                     component,
                     Some(&appid),
                     &a.authorization_code,
@@ -649,7 +649,6 @@ impl Inner {
             })?,
         };
         let appid = &appid;
-        self.recent_codes.insert(code, appid);
         let rt = info
             .non_empty_refresh_token()
             .ok_or_else(|| RefreshError::Upstream {
@@ -700,6 +699,7 @@ impl Inner {
                         if self.adopt_stored(&credential).await.is_err() {
                             self.schedule_in(&credential, Duration::ZERO);
                         }
+                        self.recent_codes.insert(code, appid);
                         return Ok(appid.clone());
                     }
                     Expected::Generation(r.generation)
@@ -748,6 +748,7 @@ impl Inner {
                         }
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }
+                    self.recent_codes.insert(code, appid);
                     return Ok(appid.clone());
                 }
                 // A refresh (or a commit we saw fail) landed between our read and our write.

@@ -47,7 +47,7 @@ use wechat::errcode::ErrorClass;
 
 use crate::alerts::Alerts;
 use crate::config::RefreshConfig;
-use crate::model::{ComponentAppid, Credential, Timestamp};
+use crate::model::{Appid, ComponentAppid, Credential, Timestamp};
 use crate::store::{Store, StoreError};
 use crate::tokens::cache::{CachedToken, ReadError, TokenCache};
 use crate::tokens::flight::SingleFlight;
@@ -252,6 +252,8 @@ pub(crate) struct Inner {
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
     /// Authorization codes exchanged recently (the page callback and the push share one code).
     pub(crate) recent_codes: sync::RecentCodes,
+    /// One `api_query_auth` per authorization code at a time (keyed by its SHA-256).
+    pub(crate) code_flights: SingleFlight<[u8; 32], Result<Appid, RefreshError>>,
     pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
@@ -310,6 +312,7 @@ impl Engine {
             clock: deps.clock,
             flights: SingleFlight::new(deps.tracker.clone()),
             listing_flights: SingleFlight::new(deps.tracker.clone()),
+            code_flights: SingleFlight::new(deps.tracker.clone()),
             listings: Mutex::default(),
             tracker: deps.tracker,
             cache: TokenCache::new(),

@@ -82,7 +82,7 @@ impl Engine {
         }
         let since = self.inner().clock.now().minus(Duration::from_secs(60));
         self.inner()
-            .exchange_code(component, None, code, since)
+            .exchange_code_once(component, None, code, since)
             .await
     }
 
@@ -209,6 +209,38 @@ impl Engine {
 }
 
 impl Inner {
+    /// [`Inner::exchange_code`] in a single flight per code: the page callback and the push carry
+    /// the same single-use code, and whichever comes second joins the first's exchange (and its
+    /// store write) instead of spending the code again. One that comes after the first finished
+    /// gets 61009 and is answered from [`RecentCodes`], which only holds stored exchanges.
+    pub(crate) async fn exchange_code_once(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        expected: Option<&Appid>,
+        code: &str,
+        since: Timestamp,
+    ) -> Result<Appid, RefreshError> {
+        let inner = Arc::clone(self);
+        let (component, expected_owned, owned_code) =
+            (component.clone(), expected.cloned(), code.to_owned());
+        let appid = self
+            .code_flights
+            .run(digest(code), move || async move {
+                inner
+                    .exchange_code(&component, expected_owned.as_ref(), &owned_code, since)
+                    .await
+            })
+            .await
+            .unwrap_or(Err(RefreshError::Abandoned))?;
+        match expected {
+            // Joined a flight started without an expected appid (the callback's).
+            Some(want) if *want != appid => Err(RefreshError::Gone {
+                reason: "api_query_auth returned another appid".into(),
+            }),
+            _ => Ok(appid),
+        }
+    }
+
     /// Installs an authorizer record unless memory already holds its generation or a newer one.
     /// Returns whether it changed anything.
     fn install_authorizer(&self, record: &AuthorizerRecord) -> Result<bool, EngineError> {

@@ -109,6 +109,22 @@ impl Server {
         sim.control().wait_pushes_finished(finished + 1).await;
         // Stored; now applied (the push's processing runs after the answer).
         app.engine.process_events().await.expect("ticket applied");
+        // The component token: a refresh started at cold start, before the ticket, may still end
+        // with "no ticket"; a flight started after it finished sees the ticket.
+        let component_credential = wxtoken::model::Credential::component(
+            &wxtoken::model::ComponentAppid::parse(&component.component_appid).unwrap(),
+        );
+        let mut fetched = false;
+        for _ in 0..3 {
+            if app.engine.refresh_now(&component_credential).await.is_ok() {
+                fetched = true;
+                break;
+            }
+        }
+        assert!(
+            fetched,
+            "the component token is fetched once the ticket is stored"
+        );
         Server {
             sim,
             app: Some(app),
