@@ -35,7 +35,8 @@ pub fn init(log: &LogConfig) {
 /// Refreshes attempted, labelled `kind` (component, authorizer, direct) and `outcome` (ok or the
 /// error class).
 pub const REFRESH_TOTAL: &str = "wxtoken_refresh_total";
-/// Alerts raised, labelled `kind` (needs_reauth, revoked, ticket_silence, quota).
+/// Alerts raised, labelled `kind` (needs_reauth, revoked, ticket_silence, quota, configuration,
+/// event_failed, write_failed).
 pub const ALERTS_TOTAL: &str = "wxtoken_alerts_total";
 /// Webhook deliveries that failed after their retries, or were dropped because the queue was full.
 pub const ALERT_WEBHOOK_FAILURES_TOTAL: &str = "wxtoken_alert_webhook_failures_total";
@@ -46,7 +47,8 @@ pub const EVENTS_TOTAL: &str = "wxtoken_events_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "wxtoken_http_requests_total";
 /// Upstream (WeChat) call latency in seconds, labelled `endpoint` and `outcome` (ok or the class).
 pub const UPSTREAM_SECONDS: &str = "wxtoken_upstream_seconds";
-/// Pushes refused before storing, labelled `reason` (signature, appid, malformed, stale, too_large).
+/// Pushes refused or not stored, labelled `reason` (signature, appid, malformed, stale, too_large,
+/// storage).
 pub const PUSHES_REJECTED_TOTAL: &str = "wxtoken_pushes_rejected_total";
 /// Computed at scrape time from the in-memory cache (see `http::ops`):
 /// seconds until each held token expires, as a histogram over all credentials, labelled `kind`.

@@ -1,4 +1,6 @@
-//! `wxtoken authorizers list|show|import|export`: operate on the authorizers in the store.
+//! `wxtoken authorizers list|show|refresh|import|export`: operate on the authorizers in the store.
+//! `refresh` asks the running server (its admin API) rather than calling WeChat itself: wxtoken is
+//! the one process that refreshes, so a second refresher can never retire its token.
 //! No token or refresh token is ever printed, except into an `export` file (mode 0600), whose
 //! purpose is a backup or a move between backends.
 
@@ -31,6 +33,16 @@ pub enum AuthorizersCommand {
         #[command(flatten)]
         store: StoreArgs,
         appid: String,
+    },
+    /// Refresh an authorizer's token now, through the running server's admin API (one refresh
+    /// however many ask). Needs an admin key in WXTOKEN_API_KEY.
+    Refresh {
+        #[command(flatten)]
+        store: StoreArgs,
+        appid: String,
+        /// The server's internal listener [default: http://<server.internal_listen>].
+        #[arg(long, value_name = "URL")]
+        server: Option<url::Url>,
     },
     /// Import authorizers from CSV or JSON lines (appid, refresh_token, optional kind and appsecret).
     /// Idempotent: rows already stored unchanged are left alone; bad rows are reported by line.
@@ -80,7 +92,62 @@ pub async fn run(command: AuthorizersCommand) -> anyhow::Result<()> {
             format,
             overwrite,
         } => export(store, file, format, overwrite).await,
+        AuthorizersCommand::Refresh {
+            store,
+            appid,
+            server,
+        } => refresh(store, appid, server).await,
     }
+}
+
+/// The variable `authorizers refresh` reads the admin API key from.
+pub const API_KEY_ENV: &str = "WXTOKEN_API_KEY";
+
+async fn refresh(args: StoreArgs, appid: String, server: Option<url::Url>) -> anyhow::Result<()> {
+    let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
+    let key = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .with_context(|| format!("set {API_KEY_ENV} to an admin API key (wxtoken clients add NAME --appid '*' --admin)"))?;
+    let config = crate::config::Config::load(args.config.as_deref(), Vec::new())?;
+    let base = match server {
+        Some(url) => url,
+        None => {
+            let mut addr = config.server.internal_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            url::Url::parse(&format!("http://{addr}"))?
+        }
+    };
+    let mut url = base.join(&format!("v1/admin/authorizers/{appid}/refresh"))?;
+    if let Some(component) = &args.component {
+        url.query_pairs_mut().append_pair("component", component);
+    }
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key.trim())
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .with_context(|| format!("reaching the server at {base} (is `wxtoken serve` running?)"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the server answered {status}: {}",
+            body["error"]["message"].as_str().unwrap_or("no details")
+        );
+    }
+    println!(
+        "refreshed {appid}: generation {}, expires {}",
+        body["generation"],
+        body["token_expires_at"]
+            .as_i64()
+            .map(|s| Timestamp::from_millis(s * 1000).to_string())
+            .unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
 }
 
 async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {

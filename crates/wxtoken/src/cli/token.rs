@@ -14,7 +14,7 @@ pub struct TokenArgs {
     pub store: StoreArgs,
     /// The authorizer's or direct account's appid.
     pub appid: String,
-    /// Print the token response as JSON (appid, access_token, expires_at) instead of the bare token.
+    /// Print JSON (appid, access_token, expires_at, source) instead of the bare token.
     #[arg(long)]
     pub json: bool,
 }

@@ -77,9 +77,15 @@ async fn start_page(
             "server.public_url is not configured".to_owned(),
         )
     })?;
-    let mut callback = public_url
-        .join("authorize/callback")
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // Under public_url's path, whether or not it ends in a slash.
+    let mut callback = public_url.clone();
+    callback.set_query(None);
+    callback.set_fragment(None);
+    let path = format!(
+        "{}/authorize/callback",
+        callback.path().trim_end_matches('/')
+    );
+    callback.set_path(&path);
     callback
         .query_pairs_mut()
         .append_pair("component", component.as_str());

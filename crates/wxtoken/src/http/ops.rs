@@ -127,7 +127,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         Histogram::default(),
     ];
     app.0.engine.cache().for_each(|slot| {
-        if let Some(token) = slot.current() {
+        // Servable tokens only: a lost authorizer's expired token is not "about to expire".
+        if let Ok(token) = app.0.engine.read(slot) {
             let i = kind_index(slot.credential().kind);
             ttl[i].observe((token.expires_at.as_millis() - now.as_millis()) as f64 / 1000.0);
             age[i].observe((now.as_millis() - token.issued_at.as_millis()) as f64 / 1000.0);

@@ -87,7 +87,13 @@ pub async fn get_token(
     caller.require_read(&appid)?;
     let slot = app.0.slot(query.component.as_deref(), &appid).await?;
     let token = match query.after {
-        None => app.0.engine.read_or_refresh(&slot).await?,
+        // A read that must wait for a first refresh is bounded like any other request.
+        None => {
+            let limit = app.0.server.request_timeout;
+            tokio::time::timeout(limit, app.0.engine.read_or_refresh(&slot))
+                .await
+                .map_err(|_| ApiError::Timeout(limit))??
+        }
         Some(after) => {
             let max = app.0.server.long_poll_max;
             let wait = query.wait.map_or(max, |s| Duration::from_secs(s).min(max));

@@ -547,3 +547,42 @@ async fn shutdown_ends_waiting_long_polls_and_completes() {
     // Answered, with the current token, before the listener closed.
     assert_eq!(status.expect("answered"), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_authorizers_refresh_goes_through_the_running_server() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let (_, before) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{appid}"))
+        .await;
+    let calls = s.calls("api_authorizer_token");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(["authorizers", "refresh", &appid, "--server", &s.internal])
+        .env("WXTOKEN_API_KEY", &s.admin_key)
+        .env_remove("WXTOKEN_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&appid));
+    assert_eq!(s.calls("api_authorizer_token"), calls + 1);
+    let (_, after) = s
+        .get(Some(&s.admin_key), &format!("/v1/tokens/{appid}"))
+        .await;
+    assert!(after["generation"].as_u64() > before["generation"].as_u64());
+    assert!(valid(&s, &after));
+    // Without a key it refuses and says what to do.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(["authorizers", "refresh", &appid, "--server", &s.internal])
+        .env_remove("WXTOKEN_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WXTOKEN_API_KEY"));
+    s.shutdown().await;
+}
