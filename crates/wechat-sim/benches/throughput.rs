@@ -13,12 +13,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use wechat_sim::{Api, BulkAuthorizer, QuotaConfig, SimConfig, Simulator};
+use wechat_sim::{Api, BulkAuthorizer, QuotaConfig, SimConfig, Simulator, loadgen};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -67,117 +64,43 @@ fn child() {
 }
 
 fn post(path: &str, body: &str, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(body.as_bytes());
+    loadgen::post(path, "", body, out);
 }
 
 fn get(path: &str, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: sim\r\n\r\n").as_bytes());
+    loadgen::get(path, "", out);
 }
 
-/// Send one request and read the whole response: (HTTP 200 without a non-zero errcode, body).
-async fn roundtrip(
-    stream: &mut TcpStream,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(bool, std::ops::Range<usize>)> {
-    stream.write_all(req).await?;
-    buf.clear();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < end + 4 + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = end + 4..end + 4 + len;
-        let b = &buf[body.clone()];
-        let ok = head.starts_with("HTTP/1.1 2")
-            && (!b.windows(9).any(|w| w == b"\"errcode\"")
-                || b.windows(11).any(|w| w == b"\"errcode\":0"));
-        return Ok((ok, body));
-    }
-}
-
-/// One request on a fresh connection, returning the body as JSON.
+/// One request on a fresh connection, returning the body.
 async fn call(addr: SocketAddr, req: Vec<u8>) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut buf = Vec::new();
-    let (ok, body) = roundtrip(&mut s, &req, &mut buf).await.expect("request");
-    assert!(ok, "{}", String::from_utf8_lossy(&buf));
-    buf[body].to_vec()
+    let (status, body) = loadgen::call(addr, &req).await.expect("request");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    body
 }
 
-/// Writes request `i` of connection `c` into the buffer.
-type MakeRequest = Arc<dyn Fn(u64, u64, &mut Vec<u8>) + Send + Sync>;
+/// HTTP 200 without a non-zero errcode.
+fn wechat_ok(status: u16, body: &[u8]) -> bool {
+    status == 200
+        && (!body.windows(9).any(|w| w == b"\"errcode\"")
+            || body.windows(11).any(|w| w == b"\"errcode\":0"))
+}
 
-/// Drive `conns` keep-alive connections for `secs`; `make(conn, i, out)` writes each request.
+/// Drive `conns` keep-alive connections for `secs`: (req/s, ok, errors).
 fn load(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     conns: u64,
     secs: u64,
-    make: MakeRequest,
+    make: loadgen::MakeRequest,
 ) -> (f64, u64, u64) {
-    let ok = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(secs);
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for c in 0..conns {
-            let (ok, bad, make) = (ok.clone(), bad.clone(), make.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut stream = TcpStream::connect(addr).await.expect("connect");
-                stream.set_nodelay(true).ok();
-                let mut buf = Vec::with_capacity(4096);
-                let mut req = Vec::with_capacity(1024);
-                let mut i = 0;
-                while Instant::now() < deadline {
-                    make(c, i, &mut req);
-                    match roundtrip(&mut stream, &req, &mut buf).await {
-                        Ok((true, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok((false, _)) => bad.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => panic!("connection failed: {e}"),
-                    };
-                    i += 1;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("load task");
-        }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    let ok = ok.load(Ordering::Relaxed);
-    (ok as f64 / elapsed, ok, bad.load(Ordering::Relaxed))
+    let report = rt.block_on(loadgen::drive(
+        addr,
+        conns,
+        Duration::from_secs(secs),
+        make,
+        Arc::new(wechat_ok),
+    ));
+    (report.rps(), report.ok, report.bad)
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {

@@ -27,6 +27,7 @@ mod consent;
 mod control;
 mod faults;
 mod handle;
+pub mod loadgen;
 mod mint;
 mod model;
 mod push;
