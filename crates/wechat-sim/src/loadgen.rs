@@ -41,7 +41,9 @@ impl LoadReport {
 /// A GET request with optional extra header lines (each ending in `\r\n`).
 pub fn get(path: &str, headers: &str, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n").as_bytes(),
+    );
 }
 
 /// A POST request with a JSON body.

@@ -1,0 +1,919 @@
+//! The benchmark suite (issue #8): `cargo bench -p wxtoken --bench suite`. Prints one table, each
+//! figure beside its goal and, where GOALS.md names one, a reference measured in the same run.
+//!
+//! 1. Token reads: `wxtoken serve` (the real binary, a child process) answering
+//!    `GET /v1/tokens/{appid}` with a valid key, 64 keep-alive connections, auth, ACL, read counting
+//!    and metrics on; references: `redis-benchmark -t get -c 64` against the local Redis (value of
+//!    the same size), and a bare axum handler returning a fixed body of the same size (this binary
+//!    re-run as a child). Same load generator (`wechat_sim::loadgen`) for wxtoken and the bare
+//!    handler.
+//! 2. Refresh cost: CPU time of wxtoken's threads per refresh while 100,000 authorizers are
+//!    refreshed against the simulator; the simulator runs in this process on its own runtime whose
+//!    threads are named `wechat-sim` and are left out of the sum (read from /proc/self/task).
+//! 3. Scale: a fresh child process cold-starts the engine on the database of step 2 (load +
+//!    decrypt every token) and reports the time and its RSS; SQLite, then PostgreSQL.
+//! 4. Upstream economy: 1,000 authorizers on 6 s tokens for 30 s with readers and invalidation
+//!    storms; api_authorizer_token calls divided by the new tokens they had to produce.
+//!
+//! Settings (environment): `WXTOKEN_BENCH_AUTHORIZERS` (default 100000), `WXTOKEN_BENCH_SECS` per
+//! read run (default 10), `WXTOKEN_BENCH_PG_URL` (default the local PostgreSQL; a fresh database is
+//! created and dropped; `none` skips PostgreSQL).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wechat_sim::{
+    AccountKind, Api, BulkAuthorizer, ComponentInfo, ComponentSpec, QuotaConfig, SimConfig,
+    SimHandle, Simulator, loadgen,
+};
+use wxtoken::alerts::Alerts;
+use wxtoken::config::{RefreshConfig, UpstreamConfig};
+use wxtoken::model::{Appid, ComponentAppid, Credential};
+use wxtoken::refresh::lease::LocalLease;
+use wxtoken::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
+use wxtoken::store::{self, Store};
+use wxtoken::vault::{MasterKey, Vault};
+
+const ROLE_ENV: &str = "WXTOKEN_BENCH_ROLE";
+const CONNS: u64 = 64;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A table row: measure, result, goal, verdict.
+struct Row(String, String, String, String);
+
+fn main() {
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("bare") => return bare_server(),
+        Ok("coldstart") => return cold_start_child(),
+        _ => {}
+    }
+    let n = env_or("WXTOKEN_BENCH_AUTHORIZERS", 100_000) as usize;
+    let secs = env_or("WXTOKEN_BENCH_SECS", 10);
+    let pg = std::env::var("WXTOKEN_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("wxtoken bench suite: {cores} cores, {n} authorizers, {secs} s per read run");
+    let started = Instant::now();
+    let mut rows = Vec::new();
+
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wechat-sim")
+        .enable_all()
+        .build()
+        .expect("simulator runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    reads(&sim_rt, &rt, secs, &mut rows);
+    let sqlite_dir = tempfile::tempdir().expect("tempdir");
+    let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
+    let master = MasterKey::generate();
+    refresh_cost(&sim_rt, &rt, "sqlite", &sqlite_url, &master, n, &mut rows);
+    cold_start("sqlite", &sqlite_url, &master, &mut rows);
+    if pg != "none" {
+        match rt.block_on(fresh_pg_database(&pg)) {
+            Ok((url, admin)) => {
+                refresh_cost(&sim_rt, &rt, "postgres", &url, &master, n, &mut rows);
+                cold_start("postgres", &url, &master, &mut rows);
+                rt.block_on(drop_pg_database(&admin, &url));
+            }
+            Err(e) => println!("PostgreSQL skipped: {e}"),
+        }
+    }
+    economy(&sim_rt, &rt, &mut rows);
+
+    println!("\n| measure | result | goal | |\n|---|---|---|---|");
+    for Row(measure, result, goal, verdict) in &rows {
+        println!("| {measure} | {result} | {goal} | {verdict} |");
+    }
+    println!("\n(suite ran in {:.0} s)", started.elapsed().as_secs_f64());
+}
+
+fn verdict(ok: bool) -> String {
+    if ok { "met" } else { "missed" }.to_owned()
+}
+
+// --- 1. token reads ---------------------------------------------------------------------------
+
+fn sim_config(lifetime: Duration) -> SimConfig {
+    SimConfig {
+        token_lifetime: lifetime,
+        overlap: Duration::from_secs(300).min(lifetime / 2),
+        ticket_interval: Duration::ZERO,
+        quota: QuotaConfig {
+            daily: Api::ALL.iter().map(|a| (a.name().to_string(), 0)).collect(),
+            ..QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+fn component_spec(push_url: Option<String>) -> ComponentSpec {
+    ComponentSpec {
+        component_appid: Some("wxbenchcomponent01".into()),
+        component_appsecret: Some("bench-component-secret".into()),
+        token: Some("benchtoken".into()),
+        encoding_aes_key: Some("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into()),
+        push_url,
+    }
+}
+
+/// A `wxtoken` command with the configuration of the read benchmark in its environment.
+fn wxtoken(env: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+    cmd.args(args)
+        .env_remove("WXTOKEN_CONFIG")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn reads(
+    sim_rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Runtime,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) {
+    const READ_AUTHORIZERS: usize = 1000;
+    let sim = sim_rt
+        .block_on(Simulator::start(sim_config(Duration::from_secs(7200))))
+        .expect("simulator");
+    let public_port = free_port();
+    let spec = component_spec(Some(format!(
+        "http://127.0.0.1:{public_port}/wechat/events"
+    )));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = MasterKey::generate();
+    let env: Vec<(String, String)> = [
+        (
+            "WXTOKEN_STORAGE__URL",
+            format!("sqlite://{}", dir.path().join("reads.db").display()),
+        ),
+        (
+            "WXTOKEN_MASTER_KEY",
+            master.to_base64().expose_secret().to_owned(),
+        ),
+        (
+            "WXTOKEN_COMPONENTS__0__APPID",
+            spec.component_appid.clone().unwrap(),
+        ),
+        (
+            "WXTOKEN_COMPONENTS__0__APPSECRET",
+            spec.component_appsecret.clone().unwrap(),
+        ),
+        ("WXTOKEN_COMPONENTS__0__TOKEN", spec.token.clone().unwrap()),
+        (
+            "WXTOKEN_COMPONENTS__0__ENCODING_AES_KEY",
+            spec.encoding_aes_key.clone().unwrap(),
+        ),
+        ("WXTOKEN_UPSTREAM__BASE_URL", sim.base_url().to_owned()),
+        (
+            "WXTOKEN_SERVER__PUBLIC_LISTEN",
+            format!("127.0.0.1:{public_port}"),
+        ),
+        ("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0".to_owned()),
+        ("WXTOKEN_REFRESH__CONCURRENCY", "64".to_owned()),
+        ("WXTOKEN_LOG__LEVEL", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let comp = spec.component_appid.clone().unwrap();
+    sim.control()
+        .create_component(component_spec(None))
+        .expect("component");
+    let authorizers = sim
+        .control()
+        .bulk_authorize(&comp, READ_AUTHORIZERS, AccountKind::OfficialAccount)
+        .expect("bulk");
+    let csv = dir.path().join("authorizers.csv");
+    let mut file = std::fs::File::create(&csv).expect("csv");
+    for a in &authorizers {
+        writeln!(
+            file,
+            "{},{}",
+            a.authorizer_appid, a.authorizer_refresh_token
+        )
+        .expect("write");
+    }
+    drop(file);
+    let out = wxtoken(&env, &["authorizers", "import", csv.to_str().unwrap()])
+        .output()
+        .expect("import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wxtoken(&env, &["clients", "add", "bench", "--appid", "*"])
+        .output()
+        .expect("clients add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let (mut server, internal) = start_serve(&env);
+    sim.control()
+        .set_push_url(
+            &comp,
+            Some(format!("http://127.0.0.1:{public_port}/wechat/events")),
+        )
+        .expect("push url");
+    sim.control().push_ticket(Some(&comp)).expect("ticket");
+    let auth = format!("Authorization: Bearer {key}\r\n");
+    // Every token fetched once (the first read of each refreshes it), then the timed runs.
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for a in &authorizers {
+            let mut req = Vec::new();
+            loadgen::get(
+                &format!("/v1/tokens/{}", a.authorizer_appid),
+                &auth,
+                &mut req,
+            );
+            loop {
+                let (status, body) = loadgen::call(internal, &req).await.expect("read");
+                if status == 200 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no token: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let appids: Arc<Vec<String>> = Arc::new(
+        authorizers
+            .iter()
+            .map(|a| a.authorizer_appid.clone())
+            .collect(),
+    );
+    let mut sample = Vec::new();
+    loadgen::get(&format!("/v1/tokens/{}", appids[0]), &auth, &mut sample);
+    let (_, body) = rt
+        .block_on(loadgen::call(internal, &sample))
+        .expect("sample");
+    let body_len = body.len();
+
+    let make: loadgen::MakeRequest = {
+        let (appids, auth) = (appids.clone(), auth.clone());
+        Arc::new(move |c, i, out| {
+            let appid = &appids[((c * 7919 + i * 31) % appids.len() as u64) as usize];
+            loadgen::get(&format!("/v1/tokens/{appid}"), &auth, out);
+        })
+    };
+    let ok_200: loadgen::Check = Arc::new(|status, _| status == 200);
+    let wx = rt.block_on(loadgen::drive(
+        internal,
+        CONNS,
+        Duration::from_secs(secs),
+        make,
+        ok_200.clone(),
+    ));
+    let server_rss = rss_kb(server.id());
+    stop(&mut server);
+    sim_rt.block_on(sim.shutdown());
+
+    // The bare handler: the same framework and body size, nothing else.
+    let exe = std::env::current_exe().expect("own path");
+    let mut bare = Command::new(exe)
+        .env(ROLE_ENV, "bare")
+        .env("WXTOKEN_BENCH_BODY", body_len.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bare server");
+    let mut line = String::new();
+    BufReader::new(bare.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let bare_addr: SocketAddr = line.trim().parse().expect("address");
+    let bare_make: loadgen::MakeRequest = {
+        let auth = auth.clone();
+        Arc::new(move |_, _, out| loadgen::get("/v1/tokens/wxbare", &auth, out))
+    };
+    let bare_report = rt.block_on(loadgen::drive(
+        bare_addr,
+        CONNS,
+        Duration::from_secs(secs),
+        bare_make,
+        ok_200,
+    ));
+    drop(bare.stdin.take());
+    let _ = bare.wait();
+
+    let redis = redis_get(body_len, secs);
+    println!(
+        "token reads: wxtoken {:.0} req/s p50 {:?} p99 {:?} ({} errors, body {body_len} B, server RSS {} kB); bare axum {:.0} req/s p50 {:?} p99 {:?}",
+        wx.rps(),
+        wx.p50,
+        wx.p99,
+        wx.bad,
+        server_rss,
+        bare_report.rps(),
+        bare_report.p50,
+        bare_report.p99
+    );
+    rows.push(Row(
+        format!("Token reads, `GET /v1/tokens/{{appid}}`, {CONNS} connections"),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            wx.rps(),
+            ms(wx.p50),
+            ms(wx.p99),
+            wx.bad
+        ),
+        "p99 ≤ 1 ms".into(),
+        verdict(wx.p99 <= Duration::from_millis(1) && wx.bad == 0),
+    ));
+    rows.push(Row(
+        "  reference: bare axum handler, same body size".into(),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; wxtoken/bare = {:.2}",
+            bare_report.rps(),
+            ms(bare_report.p50),
+            ms(bare_report.p99),
+            wx.rps() / bare_report.rps()
+        ),
+        "≥ 0.9× bare".into(),
+        verdict(wx.rps() >= 0.9 * bare_report.rps()),
+    ));
+    match redis {
+        Some((rps, p50, p99)) => rows.push(Row(
+            format!("  reference: `redis-benchmark -t get -c {CONNS} -d {body_len}`"),
+            format!(
+                "{rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms; wxtoken/Redis = {:.2}",
+                wx.rps() / rps
+            ),
+            "≥ 1.1× Redis".into(),
+            verdict(wx.rps() >= 1.1 * rps),
+        )),
+        None => rows.push(Row(
+            "  reference: Redis GET".into(),
+            "redis-benchmark or Redis unavailable".into(),
+            "≥ 1.1× Redis".into(),
+            "not measured".into(),
+        )),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Starts `wxtoken serve` and reads its internal address from its log.
+fn start_serve(env: &[(String, String)]) -> (Child, SocketAddr) {
+    let mut child = wxtoken(env, &["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let internal = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before serving")
+            .expect("utf-8");
+        if let Some(at) = line.find("internal=") {
+            let addr: String = line[at + 9..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            break addr.parse().expect("address");
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, internal)
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// `redis-benchmark -t get` at the same connection count and value size: (req/s, p50 ms, p99 ms).
+fn redis_get(size: usize, secs: u64) -> Option<(f64, f64, f64)> {
+    let value = "x".repeat(size);
+    let set = Command::new("redis-cli")
+        .args(["SET", "key:__rand_int__", &value])
+        .output()
+        .ok()?;
+    if !set.status.success() {
+        return None;
+    }
+    // About `secs` seconds at ~100k req/s.
+    let requests = (secs * 100_000).to_string();
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-t",
+            "get",
+            "-c",
+            &CONNS.to_string(),
+            "-n",
+            &requests,
+            "-d",
+            &size.to_string(),
+            "--csv",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "GET","rps","avg","min","p50","p95","p99","max"
+    let line = text.lines().find(|l| l.starts_with("\"GET\""))?;
+    let fields: Vec<f64> = line
+        .split(',')
+        .skip(1)
+        .filter_map(|f| f.trim_matches('"').parse().ok())
+        .collect();
+    Some((*fields.first()?, *fields.get(3)?, *fields.get(5)?))
+}
+
+/// The bare reference server: axum, one route, a fixed JSON body of the requested size.
+fn bare_server() {
+    let size = env_or("WXTOKEN_BENCH_BODY", 256) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let body: &'static str = Box::leak(
+            format!("{{\"x\":\"{}\"}}", "x".repeat(size.saturating_sub(8))).into_boxed_str(),
+        );
+        let app = axum::Router::new().route(
+            "/v1/tokens/{appid}",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        std::io::stdout().flush().ok();
+        let stop = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut s = String::new();
+                let _ = std::io::stdin().read_line(&mut s);
+            })
+            .await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .expect("serve");
+    });
+}
+
+// --- 2. refresh cost ---------------------------------------------------------------------------
+
+/// CPU seconds of this process's threads, excluding the simulator's (named `wechat-sim`).
+fn cpu_excluding_sim() -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15, counted after the ')'.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+        if comm.starts_with("wechat-sim") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        total += utime + stime;
+    }
+    total as f64 / ticks
+}
+
+fn refresh_config(concurrency: usize) -> RefreshConfig {
+    RefreshConfig {
+        concurrency,
+        serve_margin: Duration::from_secs(1),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        ..RefreshConfig::default()
+    }
+}
+
+async fn open_engine(
+    sim: &SimHandle,
+    component: &ComponentInfo,
+    store: &Arc<dyn Store>,
+    master: &MasterKey,
+    refresh: RefreshConfig,
+    tracker: &TaskTracker,
+) -> Engine {
+    let upstream = UpstreamConfig {
+        base_url: sim.base_url().parse().expect("url"),
+        ..UpstreamConfig::default()
+    };
+    Engine::open(EngineDeps {
+        store: Arc::clone(store),
+        vault: Arc::new(Vault::new(master, &[])),
+        client: upstream.client().expect("client"),
+        config: refresh,
+        components: vec![ComponentSecret {
+            appid: ComponentAppid::parse(&component.component_appid).expect("appid"),
+            appsecret: SecretString::from(component.component_appsecret.clone()),
+        }],
+        alerts: Alerts::log_only(),
+        lease: Arc::new(LocalLease::new()),
+        clock: Arc::new(SystemClock),
+        tracker: tracker.clone(),
+    })
+    .await
+    .expect("engine")
+}
+
+/// Creates the component at the simulator, imports `authorizers` and feeds the engine a ticket.
+async fn seed(
+    sim: &SimHandle,
+    store: &Arc<dyn Store>,
+    master: &MasterKey,
+    n: usize,
+) -> (ComponentInfo, Vec<BulkAuthorizer>) {
+    let component = sim
+        .control()
+        .create_component(component_spec(None))
+        .expect("component");
+    let authorizers = sim
+        .control()
+        .bulk_authorize(&component.component_appid, n, AccountKind::OfficialAccount)
+        .expect("bulk");
+    let mut csv = Vec::new();
+    for a in &authorizers {
+        writeln!(csv, "{},{}", a.authorizer_appid, a.authorizer_refresh_token).expect("csv");
+    }
+    let comp = ComponentAppid::parse(&component.component_appid).expect("appid");
+    let vault = Vault::new(master, &[]);
+    vault.verify(&**store).await.expect("vault");
+    wxtoken::transfer::import(
+        &**store,
+        &vault,
+        &comp,
+        &mut std::io::Cursor::new(csv),
+        &wxtoken::transfer::ImportOptions::default(),
+        &mut |_| {},
+    )
+    .await
+    .expect("import");
+    (component, authorizers)
+}
+
+async fn feed_ticket(engine: &Engine, sim: &SimHandle, component: &ComponentInfo) {
+    let ticket = sim
+        .control()
+        .latest_ticket(&component.component_appid)
+        .expect("ticket");
+    let event = wechat::event::Event::ComponentVerifyTicket(wechat::event::TicketEvent {
+        app_id: component.component_appid.clone(),
+        create_time: sim.control().now(),
+        component_verify_ticket: ticket,
+    });
+    let comp = ComponentAppid::parse(&component.component_appid).expect("appid");
+    engine
+        .ingest_push(
+            &comp,
+            &event,
+            &format!("bench-ticket-{}", sim.control().now()),
+        )
+        .await
+        .expect("ticket");
+    engine.process_events().await.expect("events");
+    engine
+        .refresh_now(&Credential::component(&comp))
+        .await
+        .expect("component token");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn refresh_cost(
+    sim_rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Runtime,
+    backend: &str,
+    url: &str,
+    master: &MasterKey,
+    n: usize,
+    rows: &mut Vec<Row>,
+) {
+    let sim = sim_rt
+        .block_on(Simulator::start(sim_config(Duration::from_secs(7200))))
+        .expect("simulator");
+    rt.block_on(async {
+        let store = store::open(url).await.expect("store");
+        let (component, authorizers) = seed(&sim, &store, master, n).await;
+        let tracker = TaskTracker::new();
+        // The loop is not started: the bench drives every refresh itself.
+        let engine = open_engine(&sim, &component, &store, master, refresh_config(64), &tracker).await;
+        feed_ticket(&engine, &sim, &component).await;
+        let comp = ComponentAppid::parse(&component.component_appid).expect("appid");
+        let credentials: Vec<Credential> = authorizers
+            .iter()
+            .map(|a| Credential::authorizer(&comp, &Appid::parse(&a.authorizer_appid).expect("appid")))
+            .collect();
+        let before_calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
+        let cpu0 = cpu_excluding_sim();
+        let t0 = Instant::now();
+        let failed = AtomicU64::new(0);
+        for chunk in credentials.chunks(256) {
+            let results = futures::future::join_all(chunk.iter().map(|c| engine.refresh_now(c))).await;
+            failed.fetch_add(results.iter().filter(|r| r.is_err()).count() as u64, Ordering::Relaxed);
+        }
+        for c in &credentials {
+            engine.wait_stored(c).await;
+        }
+        let wall = t0.elapsed();
+        let cpu = cpu_excluding_sim() - cpu0;
+        let calls = sim.control().stats().endpoints["api_authorizer_token"].calls - before_calls;
+        let per = cpu / n as f64 * 1e6;
+        println!(
+            "[{backend}] {n} refreshes in {:.1} s wall, {cpu:.1} s CPU of wxtoken's threads: {per:.0} µs per refresh ({calls} upstream calls, {} failed)",
+            wall.as_secs_f64(),
+            failed.load(Ordering::Relaxed)
+        );
+        rows.push(Row(
+            format!("CPU per refresh, {backend} ({n} authorizers)"),
+            format!("{per:.0} µs ({:.0} refreshes/s wall)", n as f64 / wall.as_secs_f64()),
+            "≤ 50 µs".into(),
+            verdict(per <= 50.0),
+        ));
+        tracker.close();
+        tracker.wait().await;
+        store.close().await;
+    });
+    sim_rt.block_on(sim.shutdown());
+}
+
+// --- 3. scale ----------------------------------------------------------------------------------
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>) {
+    let exe = std::env::current_exe().expect("own path");
+    let out = Command::new(exe)
+        .env(ROLE_ENV, "coldstart")
+        .env("WXTOKEN_BENCH_URL", url)
+        .env("WXTOKEN_BENCH_KEY", master.to_base64().expose_secret())
+        .output()
+        .expect("cold start child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("COLD "))
+        .unwrap_or("COLD 0 0 0");
+    let v: Vec<f64> = line[5..]
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let (secs, rss_kb, held) = (v[0], v[1], v[2]);
+    println!("[{backend}] cold start: {secs:.3} s, RSS {rss_kb:.0} kB, {held:.0} credentials held");
+    rows.push(Row(
+        format!("Cold start, {backend} ({held:.0} credentials, load + decrypt)"),
+        format!("{secs:.2} s"),
+        "≤ 2 s".into(),
+        verdict(secs <= 2.0),
+    ));
+    rows.push(Row(
+        format!("RSS after cold start, {backend}"),
+        format!("{:.0} MB", rss_kb / 1024.0),
+        "≤ 100 MB".into(),
+        verdict(rss_kb / 1024.0 <= 100.0),
+    ));
+}
+
+/// In a fresh process: open the store and the engine (the real cold start), report time and RSS.
+fn cold_start_child() {
+    let url = std::env::var("WXTOKEN_BENCH_URL").expect("url");
+    let master = MasterKey::parse(&std::env::var("WXTOKEN_BENCH_KEY").expect("key")).expect("key");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sim = Simulator::start(sim_config(Duration::from_secs(7200)))
+            .await
+            .expect("sim");
+        let component = sim
+            .control()
+            .create_component(component_spec(None))
+            .expect("component");
+        let t0 = Instant::now();
+        let store = store::open(&url).await.expect("store");
+        Vault::new(&master, &[])
+            .verify(&*store)
+            .await
+            .expect("vault");
+        let tracker = TaskTracker::new();
+        let engine = open_engine(
+            &sim,
+            &component,
+            &store,
+            &master,
+            refresh_config(16),
+            &tracker,
+        )
+        .await;
+        let secs = t0.elapsed().as_secs_f64();
+        let held = engine.cache().len();
+        println!("COLD {secs} {} {held}", rss_kb(std::process::id()));
+        drop(engine);
+        store.close().await;
+    });
+}
+
+async fn fresh_pg_database(url: &str) -> Result<(String, String), String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let name = format!("wxtoken_bench_{}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    Ok((format!("{base}/{name}"), url.to_owned()))
+}
+
+async fn drop_pg_database(admin: &str, url: &str) {
+    use sqlx::Connection;
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+// --- 4. upstream economy -----------------------------------------------------------------------
+
+fn economy(sim_rt: &tokio::runtime::Runtime, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
+    const N: usize = 1000;
+    const RUN: Duration = Duration::from_secs(30);
+    let lifetime = Duration::from_secs(6);
+    let sim = sim_rt
+        .block_on(Simulator::start(sim_config(lifetime)))
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("economy.db").display());
+    let master = MasterKey::generate();
+    rt.block_on(async {
+        let store = store::open(&url).await.expect("store");
+        let (component, authorizers) = seed(&sim, &store, &master, N).await;
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let engine = open_engine(&sim, &component, &store, &master, refresh_config(64), &tracker).await;
+        feed_ticket(&engine, &sim, &component).await;
+        engine.spawn(cancel.clone());
+        let comp = ComponentAppid::parse(&component.component_appid).expect("appid");
+        let appids: Arc<Vec<String>> =
+            Arc::new(authorizers.iter().map(|a| a.authorizer_appid.clone()).collect());
+        // Every authorizer gets its first token, then the counting starts.
+        let credentials: Vec<Credential> = appids
+            .iter()
+            .map(|a| Credential::authorizer(&comp, &Appid::parse(a).unwrap()))
+            .collect();
+        for chunk in credentials.chunks(256) {
+            futures::future::join_all(chunk.iter().map(|c| engine.refresh_now(c))).await;
+        }
+        let start_gen: HashMap<String, u64> = appids
+            .iter()
+            .map(|a| (a.clone(), held_generation(&engine, a)))
+            .collect();
+        let calls0 = sim.control().stats().endpoints["api_authorizer_token"].calls;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let storms = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for r in 0..8u64 {
+            let (engine, appids, stop, reads) = (engine.clone(), appids.clone(), stop.clone(), reads.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = r;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = engine.token(None, &appids[(i % appids.len() as u64) as usize]);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    i += 7;
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        {
+            let (engine, appids, stop, storms, comp) =
+                (engine.clone(), appids.clone(), stop.clone(), storms.clone(), comp.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let appid = &appids[(i * 37) % appids.len()];
+                    if let Ok(token) = engine.token(None, appid) {
+                        let credential = Credential::authorizer(&comp, &Appid::parse(appid).unwrap());
+                        let reported = token.access_token.expose_secret().to_owned();
+                        // 100 clients report the same token at once.
+                        futures::future::join_all(
+                            (0..100).map(|_| engine.invalidate(&credential, &reported)),
+                        )
+                        .await;
+                        storms.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(RUN).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let calls = sim.control().stats().endpoints["api_authorizer_token"].calls - calls0;
+        let produced: u64 = appids
+            .iter()
+            .map(|a| held_generation(&engine, a).saturating_sub(start_gen[a]))
+            .sum();
+        let storms = storms.load(Ordering::Relaxed);
+        let ratio = calls as f64 / produced.max(1) as f64;
+        let period = lifetime.as_secs_f64() * 0.5;
+        let scheduled = (produced.saturating_sub(storms)) as f64 / (N as f64 * RUN.as_secs_f64() / period);
+        println!(
+            "economy: {calls} api_authorizer_token calls for {produced} new tokens ({storms} invalidation storms of 100 reports, {} reads); scheduled refreshes per authorizer per period {scheduled:.3}",
+            reads.load(Ordering::Relaxed)
+        );
+        rows.push(Row(
+            format!("Upstream calls / minimum ({N} authorizers, 6 s tokens, 30 s, readers + {storms} storms of 100 reports)"),
+            format!("{ratio:.3} ({calls} calls / {produced} new tokens; {scheduled:.2} scheduled refreshes per authorizer per period)"),
+            "1.00".into(),
+            verdict(ratio <= 1.005),
+        ));
+        store.close().await;
+    });
+    sim_rt.block_on(sim.shutdown());
+}
+
+fn held_generation(engine: &Engine, appid: &str) -> u64 {
+    engine
+        .slot(None, appid)
+        .ok()
+        .and_then(|s| s.current())
+        .map_or(0, |t| t.generation)
+}
