@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use dashmap::DashMap;
-use parking_lot::Mutex;
 
 use super::error::ApiError;
-use crate::model::{ApiKeyHash, Appid, AppidGrant, ComponentAppid, ReadCount, Timestamp};
+use crate::model::{ApiKeyHash, Appid, AppidGrant, ReadCount, Timestamp};
 use crate::store::{Store, StoreError};
+use crate::tokens::cache::Slot;
 use crate::vault::{API_KEY_PREFIX, hash_api_key};
 
 /// Longest bearer value considered; anything longer is refused without hashing.
@@ -228,53 +230,91 @@ where
 
 /// Per-client, per-appid token-read counts (SPEC.md: every token read is counted), kept in memory
 /// and written to the store in batches so the read path never waits on the database.
+///
+/// Keyed by client id and the address of the credential's cache slot, so counting a read allocates
+/// nothing and takes one shard read lock and two atomic stores; the entry holds the slot, so the
+/// address cannot be reused before the entry is flushed.
 #[derive(Default)]
 pub struct ReadCounter {
-    counts: Mutex<std::collections::HashMap<ReadKey, (u64, Timestamp)>>,
+    counts: DashMap<(i64, usize), Count>,
 }
 
-/// (client id, component, appid).
-type ReadKey = (i64, ComponentAppid, Appid);
+struct Count {
+    slot: Arc<Slot>,
+    reads: AtomicU64,
+    last_ms: AtomicI64,
+}
 
 impl ReadCounter {
-    pub fn record(&self, client_id: i64, component: &ComponentAppid, appid: &Appid) {
-        let now = Timestamp::now();
-        let mut counts = self.counts.lock();
-        let slot = counts
-            .entry((client_id, component.clone(), appid.clone()))
-            .or_insert((0, now));
-        slot.0 += 1;
-        slot.1 = now;
+    pub fn record(&self, client_id: i64, slot: &Arc<Slot>) {
+        let now = Timestamp::now().as_millis();
+        let key = (client_id, Arc::as_ptr(slot) as usize);
+        if let Some(count) = self.counts.get(&key) {
+            count.reads.fetch_add(1, Ordering::Relaxed);
+            count.last_ms.fetch_max(now, Ordering::Relaxed);
+            return;
+        }
+        let count = self.counts.entry(key).or_insert_with(|| Count {
+            slot: Arc::clone(slot),
+            reads: AtomicU64::new(0),
+            last_ms: AtomicI64::new(now),
+        });
+        count.reads.fetch_add(1, Ordering::Relaxed);
+        count.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 
     /// Writes the counts gathered so far; on failure they are put back, so no read is lost.
     pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let drained = std::mem::take(&mut *self.counts.lock());
+        let keys: Vec<(i64, usize)> = self.counts.iter().map(|e| *e.key()).collect();
+        // Removing takes the shard's write lock, so every increment made through `get` has landed.
+        let drained: Vec<((i64, usize), Count)> = keys
+            .into_iter()
+            .filter_map(|k| self.counts.remove(&k))
+            .collect();
         if drained.is_empty() {
             return Ok(0);
         }
         let batch: Vec<ReadCount> = drained
             .iter()
-            .map(|((client_id, component, appid), (count, at))| ReadCount {
-                client_id: *client_id,
-                component: component.clone(),
-                appid: appid.clone(),
-                count: *count,
-                last_read_at: *at,
+            .map(|((client_id, _), c)| {
+                let credential = c.slot.credential();
+                ReadCount {
+                    client_id: *client_id,
+                    component: credential.component.clone(),
+                    appid: credential.appid.clone(),
+                    count: c.reads.load(Ordering::Relaxed),
+                    last_read_at: Timestamp::from_millis(c.last_ms.load(Ordering::Relaxed)),
+                }
             })
             .collect();
         match store.add_read_counts(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
-                let mut counts = self.counts.lock();
-                for (key, (count, at)) in drained {
-                    let slot = counts.entry(key).or_insert((0, at));
-                    slot.0 += count;
-                    slot.1 = slot.1.max(at);
+                for (key, count) in drained {
+                    let (reads, last) = (
+                        count.reads.load(Ordering::Relaxed),
+                        count.last_ms.load(Ordering::Relaxed),
+                    );
+                    let slot = count.slot;
+                    let entry = self.counts.entry(key).or_insert_with(|| Count {
+                        slot,
+                        reads: AtomicU64::new(0),
+                        last_ms: AtomicI64::new(last),
+                    });
+                    entry.reads.fetch_add(reads, Ordering::Relaxed);
+                    entry.last_ms.fetch_max(last, Ordering::Relaxed);
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Reads counted and not yet flushed (tests, metrics).
+    pub fn pending(&self) -> u64 {
+        self.counts
+            .iter()
+            .map(|e| e.reads.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -418,29 +458,35 @@ mod tests {
         let (store, key) = store_with_client(AppidGrant::All, false).await;
         let index = KeyIndex::new(store.clone(), Duration::from_secs(30));
         let caller = index.authenticate(&key).await.expect("valid");
-        let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
+        let component =
+            crate::model::ComponentAppid::parse("wxcomponent0000001").expect("component");
         store
             .ensure_component(&component, Timestamp::now())
             .await
             .expect("component");
+        let cache = crate::tokens::cache::TokenCache::new();
+        let one = cache.slot(&crate::model::Credential::authorizer(
+            &component,
+            &appid("wxauthorizer00001"),
+        ));
+        let two = cache.slot(&crate::model::Credential::authorizer(
+            &component,
+            &appid("wxauthorizer00002"),
+        ));
         let counter = ReadCounter::default();
         for _ in 0..5 {
-            counter.record(caller.id, &component, &appid("wxauthorizer00001"));
+            counter.record(caller.id, &one);
         }
-        counter.record(caller.id, &component, &appid("wxauthorizer00002"));
+        counter.record(caller.id, &two);
         assert_eq!(counter.flush(&*store).await.expect("flush"), 2);
         assert_eq!(counter.flush(&*store).await.expect("nothing left"), 0);
         let counts = store.read_counts(Some(caller.id)).await.expect("counts");
         let total: u64 = counts.iter().map(|c| c.count).sum();
         assert_eq!(total, 6);
 
-        counter.record(caller.id, &component, &appid("wxauthorizer00001"));
+        counter.record(caller.id, &one);
         store.close().await;
         assert!(counter.flush(&*store).await.is_err());
-        assert_eq!(
-            counter.counts.lock().values().map(|v| v.0).sum::<u64>(),
-            1,
-            "kept for the next flush"
-        );
+        assert_eq!(counter.pending(), 1, "kept for the next flush");
     }
 }

@@ -212,12 +212,14 @@ impl IntoResponse for ApiError {
 
 /// Middleware: logs the source chain of every 5xx once, at error level, with the route template.
 pub async fn log_server_errors(request: Request, next: Next) -> Response {
+    // A cheap clone (an `Arc<str>`): the template is only formatted if there is an error.
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .cloned();
     let response = next.run(request).await;
     if let Some(ErrorSource(source)) = response.extensions().get::<ErrorSource>() {
+        let route = route.as_ref().map(axum::extract::MatchedPath::as_str);
         let mut chain = source.to_string();
         let mut next_source = source.source();
         while let Some(cause) = next_source {
@@ -225,7 +227,7 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
             chain.push_str(&cause.to_string());
             next_source = cause.source();
         }
-        tracing::error!(route = route.as_deref().unwrap_or("?"), status = response.status().as_u16(), error = %chain, "request failed");
+        tracing::error!(route = route.unwrap_or("?"), status = response.status().as_u16(), error = %chain, "request failed");
     }
     response
 }

@@ -296,24 +296,45 @@ async fn request_timeout(request: Request, next: Next) -> Response {
     }
 }
 
-/// Counts every answer by listener, route template and status.
+/// Counts every answer by listener, route template and status. The counter handles are cached per
+/// (listener, route, status), so the hot path does one map lookup and an atomic add, not a label
+/// set built and hashed by the recorder on every request.
 async fn count_requests(
     State(listener): State<&'static str>,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    metrics::counter!(
+    let route = route.as_ref().map_or("", MatchedPath::as_str);
+    request_counter(listener, route, response.status().as_u16()).increment(1);
+    response
+}
+
+fn request_counter(listener: &'static str, route: &str, status: u16) -> metrics::Counter {
+    type Counters = parking_lot::RwLock<Vec<(&'static str, Box<str>, u16, metrics::Counter)>>;
+    static COUNTERS: std::sync::OnceLock<Counters> = std::sync::OnceLock::new();
+    let counters = COUNTERS.get_or_init(Counters::default);
+    // Routes are a handful of templates and statuses a handful of codes: a short list scanned
+    // under a read lock beats hashing a key per request.
+    let find = |list: &[(&'static str, Box<str>, u16, metrics::Counter)]| {
+        list.iter()
+            .find(|(l, r, s, _)| *s == status && *l == listener && **r == *route)
+            .map(|(_, _, _, c)| c.clone())
+    };
+    if let Some(counter) = find(&counters.read()) {
+        return counter;
+    }
+    let mut list = counters.write();
+    if let Some(counter) = find(&list) {
+        return counter;
+    }
+    let counter = metrics::counter!(
         telemetry::HTTP_REQUESTS_TOTAL,
         "listener" => listener,
-        "route" => route,
-        "status" => response.status().as_str().to_owned(),
-    )
-    .increment(1);
-    response
+        "route" => route.to_owned(),
+        "status" => status.to_string(),
+    );
+    list.push((listener, route.into(), status, counter.clone()));
+    counter
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,13 +18,13 @@ use super::auth::Authenticated;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::tokens::cache::CachedToken;
 
-/// A token as handed out.
+/// A token as handed out. Borrowed from the cache: serialising it allocates only the body.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokenResponse {
+pub struct TokenResponse<'a> {
     /// The authorizer's, direct account's or component's appid.
-    pub appid: String,
+    pub appid: &'a str,
     /// The token to call WeChat with.
-    pub access_token: String,
+    pub access_token: &'a str,
     /// When WeChat says it expires (Unix seconds). Do not cache until then: WeChat retires a
     /// replaced token a few minutes after its replacement is issued.
     pub expires_at: i64,
@@ -33,18 +34,18 @@ pub struct TokenResponse {
     pub generation: u64,
     /// How it was obtained: api_authorizer_token, api_query_auth, stable_token, token, or
     /// api_component_token.
-    pub source: String,
+    pub source: &'static str,
 }
 
-impl TokenResponse {
-    fn new(appid: &str, token: &CachedToken) -> Self {
+impl<'a> TokenResponse<'a> {
+    fn new(appid: &'a str, token: &'a CachedToken) -> Self {
         Self {
-            appid: appid.to_owned(),
-            access_token: token.access_token.expose_secret().to_owned(),
+            appid,
+            access_token: token.access_token.expose_secret(),
             expires_at: token.expires_at.as_millis().div_euclid(1000),
             refresh_at: token.refresh_at.as_millis().div_euclid(1000),
             generation: token.generation,
-            source: token.source.as_str().to_owned(),
+            source: token.source.as_str(),
         }
     }
 }
@@ -83,7 +84,7 @@ pub async fn get_token(
     Authenticated(caller): Authenticated,
     ApiPath(appid): ApiPath<String>,
     ApiQuery(query): ApiQuery<TokenQuery>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_read(&appid)?;
     let slot = app.0.slot(query.component.as_deref(), &appid).await?;
     let token = match query.after {
@@ -107,11 +108,8 @@ pub async fn get_token(
             app.0.engine.read(&slot)?
         }
     };
-    let credential = slot.credential();
-    app.0
-        .reads
-        .record(caller.id, &credential.component, &credential.appid);
-    Ok(Json(TokenResponse::new(&appid, &token)))
+    app.0.reads.record(caller.id, &slot);
+    Ok(Json(TokenResponse::new(&appid, &token)).into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -146,7 +144,7 @@ pub async fn invalidate(
     ApiPath(appid): ApiPath<String>,
     ApiQuery(query): ApiQuery<InvalidateQuery>,
     ApiJson(body): ApiJson<InvalidateRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_read(&appid)?;
     if body.access_token.is_empty() || body.access_token.len() > 2048 {
         return Err(ApiError::BadRequest(
@@ -160,7 +158,7 @@ pub async fn invalidate(
         .invalidate(slot.credential(), &body.access_token)
         .await?;
     let token = served(&app, &slot, token)?;
-    Ok(Json(TokenResponse::new(&appid, &token)))
+    Ok(Json(TokenResponse::new(&appid, &token)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -211,7 +209,7 @@ pub async fn component_token(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiQuery(query): ApiQuery<ComponentQuery>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let component = app.0.component(query.component.as_deref())?;
     caller.require_read(component.as_str())?;
     let slot = app
@@ -222,8 +220,6 @@ pub async fn component_token(
         .ok_or_else(|| ApiError::NotFound(format!("component {component} is not loaded")))?;
     // Never fetched yet (a ticket just arrived): one flight, shared by every caller.
     let token = app.0.engine.read_or_refresh(&slot).await?;
-    app.0
-        .reads
-        .record(caller.id, &component, &component.as_appid());
-    Ok(Json(TokenResponse::new(component.as_str(), &token)))
+    app.0.reads.record(caller.id, &slot);
+    Ok(Json(TokenResponse::new(component.as_str(), &token)).into_response())
 }

@@ -239,10 +239,18 @@ async fn keys_are_checked_and_a_key_for_appid_a_reading_appid_b_gets_403() {
     let b = s.authorize_account(AccountKind::MiniProgram).await;
     let key_a = s.client_key("svc-a", &[&a], false).await;
 
-    assert_eq!(
-        s.get(Some(&key_a), &format!("/v1/tokens/{a}")).await.0,
-        StatusCode::OK
-    );
+    for _ in 0..2 {
+        assert_eq!(
+            s.get(Some(&key_a), &format!("/v1/tokens/{a}")).await.0,
+            StatusCode::OK
+        );
+    }
+    // Every read is counted per client and appid (the refused ones below are not).
+    s.app().state.0.reads.flush(&*s.store).await.unwrap();
+    let counts = s.store.read_counts(None).await.unwrap();
+    let of_a: Vec<_> = counts.iter().filter(|c| c.appid.as_str() == a).collect();
+    assert_eq!(of_a.len(), 1);
+    assert_eq!(of_a[0].count, 2);
     let (status, body) = s.get(Some(&key_a), &format!("/v1/tokens/{b}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"]["code"], "forbidden");
