@@ -17,7 +17,8 @@
 //!
 //! Settings (environment): `WXTOKEN_BENCH_AUTHORIZERS` (default 100000), `WXTOKEN_BENCH_SECS` per
 //! read run (default 10), `WXTOKEN_BENCH_PG_URL` (default the local PostgreSQL; a fresh database is
-//! created and dropped; `none` skips PostgreSQL).
+//! created and dropped; `none` skips PostgreSQL), `WXTOKEN_BENCH_ONLY` (a comma-separated subset of
+//! `reads,refresh,economy`; cold starts go with `refresh`), e.g. to profile one part.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -81,13 +82,19 @@ fn main() {
         .build()
         .expect("runtime");
 
-    reads(&sim_rt, &rt, secs, &mut rows);
+    let only = std::env::var("WXTOKEN_BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if part("reads") {
+        reads(&sim_rt, &rt, secs, &mut rows);
+    }
     let sqlite_dir = tempfile::tempdir().expect("tempdir");
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
     let master = MasterKey::generate();
-    refresh_cost(&sim_rt, &rt, "sqlite", &sqlite_url, &master, n, &mut rows);
-    cold_start("sqlite", &sqlite_url, &master, &mut rows);
-    if pg != "none" {
+    if part("refresh") {
+        refresh_cost(&sim_rt, &rt, "sqlite", &sqlite_url, &master, n, &mut rows);
+        cold_start("sqlite", &sqlite_url, &master, &mut rows);
+    }
+    if part("refresh") && pg != "none" {
         match rt.block_on(fresh_pg_database(&pg)) {
             Ok((url, admin)) => {
                 refresh_cost(&sim_rt, &rt, "postgres", &url, &master, n, &mut rows);
@@ -97,7 +104,9 @@ fn main() {
             Err(e) => println!("PostgreSQL skipped: {e}"),
         }
     }
-    economy(&sim_rt, &rt, &mut rows);
+    if part("economy") {
+        economy(&sim_rt, &rt, &mut rows);
+    }
 
     println!("\n| measure | result | goal | |\n|---|---|---|---|");
     for Row(measure, result, goal, verdict) in &rows {
@@ -506,10 +515,15 @@ fn bare_server() {
 
 /// CPU seconds of this process's threads, excluding the simulator's (named `wechat-sim`).
 fn cpu_excluding_sim() -> f64 {
+    cpu_by_thread().values().sum()
+}
+
+/// CPU seconds by thread name (numbers stripped), excluding the simulator's threads.
+fn cpu_by_thread() -> HashMap<String, f64> {
     let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
+    let mut by: HashMap<String, f64> = HashMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
+        return by;
     };
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -526,9 +540,10 @@ fn cpu_excluding_sim() -> f64 {
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
         let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        total += utime + stime;
+        let name = comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *by.entry(name.to_owned()).or_default() += (utime + stime) as f64 / ticks;
     }
-    total as f64 / ticks
+    by
 }
 
 fn refresh_config(concurrency: usize) -> RefreshConfig {
@@ -659,11 +674,23 @@ fn refresh_cost(
             .collect();
         let before_calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
         let cpu0 = cpu_excluding_sim();
+        let by0 = cpu_by_thread();
         let t0 = Instant::now();
         let failed = AtomicU64::new(0);
+        // As the scheduler does: a task per due credential (256 in flight at a time).
         for chunk in credentials.chunks(256) {
-            let results = futures::future::join_all(chunk.iter().map(|c| engine.refresh_now(c))).await;
-            failed.fetch_add(results.iter().filter(|r| r.is_err()).count() as u64, Ordering::Relaxed);
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|c| {
+                    let (engine, c) = (engine.clone(), c.clone());
+                    tokio::spawn(async move { engine.refresh_now(&c).await.is_ok() })
+                })
+                .collect();
+            for task in tasks {
+                if !task.await.unwrap_or(false) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         for c in &credentials {
             engine.wait_stored(c).await;
@@ -672,6 +699,23 @@ fn refresh_cost(
         let cpu = cpu_excluding_sim() - cpu0;
         let calls = sim.control().stats().endpoints["api_authorizer_token"].calls - before_calls;
         let per = cpu / n as f64 * 1e6;
+        let mut split: Vec<(String, f64)> = cpu_by_thread()
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - by0.get(&k).copied().unwrap_or(0.0);
+                (k, d / n as f64 * 1e6)
+            })
+            .filter(|(_, d)| *d >= 1.0)
+            .collect();
+        split.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!(
+            "[{backend}] CPU per refresh by thread: {}",
+            split
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0} µs"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!(
             "[{backend}] {n} refreshes in {:.1} s wall, {cpu:.1} s CPU of wxtoken's threads: {per:.0} µs per refresh ({calls} upstream calls, {} failed)",
             wall.as_secs_f64(),

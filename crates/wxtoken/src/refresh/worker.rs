@@ -410,7 +410,12 @@ impl Inner {
         refresh_token: Option<CarriedRefreshToken>,
     ) -> Outcome {
         let mut expected = expected_generation;
-        let mut rt = refresh_token.as_ref().map(|c| c.sealed.clone());
+        // An echoed refresh token is the one already stored (and in the history): writing it again
+        // would add a duplicate history row per refresh and two statements per result.
+        let mut rt = refresh_token
+            .as_ref()
+            .filter(|c| c.rotated)
+            .map(|c| c.sealed.clone());
         for _ in 0..=STALE_REWRITES {
             let result = RefreshResult {
                 credential: credential.clone(),
