@@ -1398,3 +1398,39 @@ async fn unauthorized_push_older_than_an_applied_authorization_is_ignored() {
     assert!(h.valid(&t.access_token));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_refresh_token_adds_no_history_row_and_a_rotated_one_does() {
+    for (policy, expected_rows) in [
+        (wechat_sim::RefreshTokenPolicy::Echo, 1),
+        (wechat_sim::RefreshTokenPolicy::Rotate, 4),
+    ] {
+        let h = Harness::start(
+            wechat_sim::SimConfig {
+                refresh_token_policy: policy,
+                ..sim_config(Duration::from_secs(3600), Duration::from_secs(300))
+            },
+            refresh_config(Duration::from_secs(10)),
+        )
+        .await;
+        h.feed_ticket().await;
+        let imported = h.import_authorizers(1).await;
+        let appid = &imported[0].authorizer_appid;
+        let cred = h.credential(appid);
+        for _ in 0..3 {
+            h.engine.refresh_now(&cred).await.expect("refresh");
+            h.engine.wait_stored(&cred).await;
+        }
+        let history = h
+            .store
+            .refresh_token_history(&h.comp, &cred.appid)
+            .await
+            .unwrap();
+        assert_eq!(history.len(), expected_rows, "{policy:?}");
+        assert_eq!(
+            h.stored_refresh_token(appid).await,
+            h.sim_refresh_token(appid)
+        );
+        h.stop().await;
+    }
+}
