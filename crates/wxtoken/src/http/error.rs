@@ -2,16 +2,14 @@
 //! `{"error": {"code": "...", "message": "..."}}` of SPEC.md (400, 401, 403, 404, 410, 413, 503).
 //!
 //! Codes are stable snake_case constants clients may match on. 5xx messages are generic: the
-//! source error travels in the response extensions and `log_server_errors` logs it once, with its
+//! source error travels in the response extensions and `log_server_error` logs it once, with its
 //! chain, so database text or a token can never reach a response body.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::refresh::RefreshError;
@@ -193,7 +191,7 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The source of a 5xx, carried to `log_server_errors` in the response extensions.
+/// The source of a 5xx, carried to `log_server_error` in the response extensions.
 #[derive(Clone)]
 pub struct ErrorSource(pub Arc<dyn std::error::Error + Send + Sync>);
 
@@ -210,16 +208,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: logs the source chain of every 5xx once, at error level, with the route template.
-pub async fn log_server_errors(request: Request, next: Next) -> Response {
-    // A cheap clone (an `Arc<str>`): the template is only formatted if there is an error.
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let response = next.run(request).await;
+/// Logs the source chain of a 5xx once, at error level, with the route template (called by the
+/// routers' one observing middleware, `http::observe`).
+pub fn log_server_error(route: &str, response: &Response) {
     if let Some(ErrorSource(source)) = response.extensions().get::<ErrorSource>() {
-        let route = route.as_ref().map(axum::extract::MatchedPath::as_str);
         let mut chain = source.to_string();
         let mut next_source = source.source();
         while let Some(cause) = next_source {
@@ -227,9 +219,8 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
             chain.push_str(&cause.to_string());
             next_source = cause.source();
         }
-        tracing::error!(route = route.unwrap_or("?"), status = response.status().as_u16(), error = %chain, "request failed");
+        tracing::error!(route, status = response.status().as_u16(), error = %chain, "request failed");
     }
-    response
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ impl utoipa::Modify for BearerScheme {
 }
 
 /// The internal listener's routes and their OpenAPI document.
-fn internal_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+fn internal_api(timeout: Duration) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     // The long-poll bounds its own wait; every other route gets the request timeout.
     let long_poll = OpenApiRouter::new().routes(utoipa_axum::routes!(tokens::get_token));
     let bounded = OpenApiRouter::new()
@@ -215,7 +215,7 @@ fn internal_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(tokens::component_token))
         .merge(admin::routes())
         .merge(ops::routes())
-        .route_layer(middleware::from_fn(request_timeout));
+        .route_layer(middleware::from_fn_with_state(timeout, request_timeout));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(long_poll)
         .merge(bounded)
@@ -224,14 +224,13 @@ fn internal_api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of the internal API (also served at `/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    internal_api().1
+    internal_api(Duration::from_secs(10)).1
 }
 
 /// The internal listener: token API, admin API, operations.
 pub fn internal_router(state: AppState) -> Router {
-    let (router, api) = internal_api();
+    let (router, api) = internal_api(state.0.server.request_timeout);
     let api = Arc::new(api);
-    let timeout = state.0.server.request_timeout;
     router
         .route(
             "/openapi.json",
@@ -240,10 +239,8 @@ pub fn internal_router(state: AppState) -> Router {
                 async move { axum::Json(api.as_ref().clone()) }
             }),
         )
-        .route_layer(middleware::from_fn(error::log_server_errors))
-        .route_layer(middleware::from_fn_with_state("internal", count_requests))
+        .route_layer(middleware::from_fn_with_state("internal", observe))
         .fallback(not_found)
-        .layer(axum::Extension(RequestTimeout(timeout)))
         .layer(DefaultBodyLimit::max(state.0.server.max_body_bytes))
         .with_state(state)
 }
@@ -261,11 +258,9 @@ pub fn public_router(state: AppState) -> Router {
             "/authorize/callback",
             axum::routing::get(authorize::callback),
         )
-        .route_layer(middleware::from_fn(request_timeout))
-        .route_layer(middleware::from_fn(error::log_server_errors))
-        .route_layer(middleware::from_fn_with_state("public", count_requests))
+        .route_layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .route_layer(middleware::from_fn_with_state("public", observe))
         .fallback(not_found)
-        .layer(axum::Extension(RequestTimeout(timeout)))
         .layer(DefaultBodyLimit::max(
             state
                 .0
@@ -280,34 +275,27 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-#[derive(Clone, Copy)]
-struct RequestTimeout(Duration);
-
 /// Answers 503 when a request runs past `server.request_timeout` (dropping the handler's future;
 /// refreshes run on the engine's tracker, so a dropped request never cancels one).
-async fn request_timeout(request: Request, next: Next) -> Response {
-    let limit = request
-        .extensions()
-        .get::<RequestTimeout>()
-        .map_or(Duration::from_secs(10), |t| t.0);
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(limit).into_response(),
     }
 }
 
-/// Counts every answer by listener, route template and status. The counter handles are cached per
-/// (listener, route, status), so the hot path does one map lookup and an atomic add, not a label
-/// set built and hashed by the recorder on every request.
-async fn count_requests(
-    State(listener): State<&'static str>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The one observing middleware: counts every answer by listener, route template and status, and
+/// logs each 5xx's cause once. The counter handles are cached per (listener, route, status), so
+/// the hot path does one short scan and an atomic add, not a label set built and hashed by the
+/// recorder on every request.
+async fn observe(State(listener): State<&'static str>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("", MatchedPath::as_str);
     request_counter(listener, route, response.status().as_u16()).increment(1);
+    if response.status().is_server_error() {
+        error::log_server_error(route, &response);
+    }
     response
 }
 
