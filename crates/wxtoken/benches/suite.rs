@@ -756,6 +756,9 @@ fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>)
         .output()
         .expect("cold start child");
     let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines().filter(|l| l.starts_with("NOTE ")) {
+        println!("[{backend}] {}", &l[5..]);
+    }
     let line = text
         .lines()
         .find(|l| l.starts_with("COLD "))
@@ -803,6 +806,7 @@ fn cold_start_child() {
             .await
             .expect("vault");
         let tracker = TaskTracker::new();
+        let base = rss_kb(std::process::id());
         let engine = open_engine(
             &sim,
             &component,
@@ -813,6 +817,7 @@ fn cold_start_child() {
         )
         .await;
         let secs = t0.elapsed().as_secs_f64();
+        println!("NOTE RSS {base} kB before the engine opened (runtime, store, simulator)");
         let held = engine.cache().len();
         println!("COLD {secs} {} {held}", rss_kb(std::process::id()));
         drop(engine);
