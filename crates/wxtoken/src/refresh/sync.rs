@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::model::{
     Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
-    SecretSlot, Timestamp, TokenRecord,
+    Timestamp, TokenRecord,
 };
 use crate::tokens::cache::{CachedToken, ReadError, Slot};
 
@@ -256,13 +256,7 @@ impl Inner {
         let refreshable = record.status == AuthorizerStatus::Active || record.appsecret.is_some();
         match &record.token {
             Some(stored) => {
-                let token = self.vault.open_string(
-                    SecretSlot::AccessToken {
-                        credential: &credential,
-                    },
-                    &stored.sealed,
-                )?;
-                self.publish(&credential, record.generation, token, stored);
+                self.publish_stored(&credential, record.generation, stored)?;
                 if !refreshable {
                     self.schedule.lock().remove(&credential);
                 }
@@ -286,10 +280,7 @@ impl Inner {
         self.cache.slot(credential);
         match record.and_then(|r| r.token.as_ref()) {
             Some(stored) => {
-                let token = self
-                    .vault
-                    .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
-                self.publish(credential, generation, token, stored);
+                self.publish_stored(credential, generation, stored)?;
             }
             None => self.schedule_in(credential, Duration::ZERO),
         }

@@ -294,6 +294,20 @@ impl Inner {
         })
     }
 
+    /// Opens a token read from the store and publishes it (cold start, loading a credential).
+    pub(crate) fn publish_stored(
+        &self,
+        credential: &Credential,
+        generation: u64,
+        stored: &NewAccessToken,
+    ) -> Result<(), VaultError> {
+        let token = self
+            .vault
+            .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
+        self.publish(credential, generation, token, stored);
+        Ok(())
+    }
+
     /// Installs a stored token into the cache and schedules its next refresh.
     pub(crate) fn publish(
         &self,
@@ -1177,13 +1191,7 @@ impl Inner {
             }
             self.cache.slot(&credential);
             if let Some(stored) = &record.token {
-                let token = self.vault.open_string(
-                    SecretSlot::AccessToken {
-                        credential: &credential,
-                    },
-                    &stored.sealed,
-                )?;
-                self.publish(&credential, record.generation, token, stored);
+                self.publish_stored(&credential, record.generation, stored)?;
             }
             due(self, &credential, record.token.as_ref());
         }
@@ -1192,13 +1200,7 @@ impl Inner {
             let slot = self.cache.slot(&credential);
             slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
             if let Some(stored) = &record.token {
-                let token = self.vault.open_string(
-                    SecretSlot::AccessToken {
-                        credential: &credential,
-                    },
-                    &stored.sealed,
-                )?;
-                self.publish(&credential, record.generation, token, stored);
+                self.publish_stored(&credential, record.generation, stored)?;
             }
             let refreshable =
                 record.status == AuthorizerStatus::Active || record.appsecret.is_some();

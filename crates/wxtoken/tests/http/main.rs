@@ -34,15 +34,7 @@ async fn authorization_through_the_consent_page_yields_a_token_that_validates_an
     assert_eq!(status, StatusCode::OK, "{component}");
     assert!(valid(&s, &component));
 
-    let account = s
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: AccountKind::OfficialAccount,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
+    let account = s.new_account(AccountKind::OfficialAccount);
     // Our page, with a fresh pre_auth_code, links to the (simulated) consent page.
     let page = s
         .http
@@ -197,15 +189,7 @@ async fn a_replayed_authorization_push_is_answered_success_and_applied_once() {
     let s = Server::start().await;
     // Deliver the push ourselves: the simulator only issues the code.
     s.sim.control().set_push_url(s.comp(), None).unwrap();
-    let account = s
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: AccountKind::MiniProgram,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
+    let account = s.new_account(AccountKind::MiniProgram);
     let outcome = s.sim.control().authorize(&account.appid, s.comp()).unwrap();
     let event = Event::Authorized(AuthorizationEvent {
         app_id: s.comp().to_owned(),
@@ -467,15 +451,7 @@ async fn concurrent_invalidation_reports_over_http_make_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_account_added_through_the_admin_api_is_served_at_once() {
     let s = Server::start().await;
-    let account = s
-        .sim
-        .control()
-        .create_account(wechat_sim::AccountSpec {
-            kind: AccountKind::MiniProgram,
-            appid: None,
-            appsecret: None,
-        })
-        .unwrap();
+    let account = s.new_account(AccountKind::MiniProgram);
     let added = s
         .http
         .post(format!("{}/v1/admin/accounts", s.internal))

@@ -150,18 +150,22 @@ impl Server {
         &self.component.component_appid
     }
 
-    /// A new simulated account, authorized through the simulator's control API: the simulator
-    /// pushes `authorized` to wxtoken, which exchanges the code. Returns once it is applied.
-    pub async fn authorize_account(&self, kind: AccountKind) -> String {
-        let account = self
-            .sim
+    /// A new simulated account, not authorized yet.
+    pub fn new_account(&self, kind: AccountKind) -> wechat_sim::AccountInfo {
+        self.sim
             .control()
             .create_account(AccountSpec {
                 kind,
                 appid: None,
                 appsecret: None,
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A new simulated account, authorized through the simulator's control API: the simulator
+    /// pushes `authorized` to wxtoken, which exchanges the code. Returns once it is applied.
+    pub async fn authorize_account(&self, kind: AccountKind) -> String {
+        let account = self.new_account(kind);
         let finished = self.sim.control().pushes_finished();
         self.sim
             .control()
