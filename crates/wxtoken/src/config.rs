@@ -131,6 +131,11 @@ pub struct StorageConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// PostgreSQL: how long a replica's refresh lease lasts without renewal (renewed every third
+    /// of it while the refresh is in flight). A dead replica's refreshes are taken over after at
+    /// most this long. Unused on SQLite.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +144,7 @@ impl Default for StorageConfig {
             url: SecretString::from("sqlite://wxtoken.db"),
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -421,6 +427,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "storage.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if self.storage.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "storage.lease_ttl",
+                "must be at least 1s",
             ));
         }
         let r = &self.refresh;

@@ -33,6 +33,12 @@ use crate::vault::VaultError;
 
 /// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
 const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How long a refresh refused the lease waits for the holder's token before giving up (and
+/// trying again after [`LEASE_RETRY`]).
+const LEASE_WAIT: Duration = Duration::from_secs(5);
+/// When a credential whose lease another replica holds is looked at again (plus up to as much
+/// jitter): its holder's token usually arrives first, and moves the schedule.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// How long one paging of api_get_authorizer_list serves 61023 recoveries.
 pub(crate) const LISTING_TTL: Duration = Duration::from_secs(60);
 
@@ -114,8 +120,28 @@ impl Inner {
         {
             return Ok(current);
         }
+        let slot = self.cache.slot(&credential);
+        // What memory held when this flight started: a token newer than it, from another replica,
+        // answers the flight instead of a new upstream call.
+        let held_at_start = slot.current().map_or(0, |t| t.generation);
+        let mut landed = slot.subscribe();
         let result = match self.lease.acquire(&credential, LEASE_TTL).await {
             Ok(true) => {
+                if self.lease.shared() {
+                    match self.adopt_newer(&credential, held_at_start).await {
+                        Ok(Some(token)) => {
+                            self.lease.release(&credential).await;
+                            return Ok(token);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.lease.release(&credential).await;
+                            let result = Err(e);
+                            self.after_refresh(&credential, &result);
+                            return result;
+                        }
+                    }
+                }
                 let work = async {
                     match credential.kind {
                         CredentialKind::Component => self.refresh_component(&credential).await,
@@ -132,11 +158,32 @@ impl Inner {
                         tracing::error!("refresh panicked; it will be retried with backoff");
                         Err(RefreshError::Abandoned)
                     });
-                self.lease.release(&credential).await;
+                if self.lease.shared() {
+                    // Other replicas must not take the lease before our token is in the store,
+                    // or they would read the old generation and ask WeChat again.
+                    let inner = Arc::clone(&self);
+                    let credential = credential.clone();
+                    self.tracker.spawn(async move {
+                        inner.settle_pending_write(&credential).await;
+                        inner.lease.release(&credential).await;
+                    });
+                } else {
+                    self.lease.release(&credential).await;
+                }
                 r
             }
-            // Another replica refreshes; its result reaches us through the store.
-            Ok(false) => Err(RefreshError::LeaseHeld),
+            // Another replica refreshes: its result reaches memory through the change stream.
+            // Wait briefly for it rather than fail the readers joined to this flight.
+            Ok(false) => {
+                let newer =
+                    tokio::time::timeout(LEASE_WAIT, landed.wait_for(|g| *g > held_at_start)).await;
+                match slot.current() {
+                    Some(token) if newer.is_ok() && token.generation > held_at_start => {
+                        return Ok(token);
+                    }
+                    _ => Err(RefreshError::LeaseHeld),
+                }
+            }
             Err(e) => Err(RefreshError::Storage(e.to_string())),
         };
         self.after_refresh(&credential, &result);
@@ -161,6 +208,14 @@ impl Inner {
                 }
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
+            }
+            // Not a failure: another replica refreshes. Look again soon; its token usually lands
+            // first and moves the schedule. If it died, its lease runs out and this one takes over.
+            Err(RefreshError::LeaseHeld) => {
+                metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "lease")
+                    .increment(1);
+                let jitter = LEASE_RETRY.mul_f64(rand::random::<f64>());
+                self.schedule_in(credential, LEASE_RETRY + jitter);
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +270,38 @@ impl Inner {
                 self.schedule_in(credential, delay);
             }
         }
+    }
+
+    /// With a shared lease just granted: if the store holds a newer generation than memory,
+    /// loads it; then, if memory holds a token newer than `held_at_start` that is not yet due
+    /// (another replica refreshed while this flight waited), returns it.
+    async fn adopt_newer(
+        &self,
+        credential: &Credential,
+        held_at_start: u64,
+    ) -> Result<Option<Arc<CachedToken>>, RefreshError> {
+        let stored = self
+            .store
+            .get_token(credential)
+            .await?
+            .map_or(0, |r| r.generation);
+        if stored
+            > self
+                .cache
+                .slot(credential)
+                .current()
+                .map_or(0, |t| t.generation)
+        {
+            self.install_stored(credential)
+                .await
+                .map_err(|e| RefreshError::Storage(e.to_string()))?;
+        }
+        let now = self.clock.now();
+        Ok(self
+            .cache
+            .get(credential)
+            .and_then(|s| s.current())
+            .filter(|t| t.generation > held_at_start && t.stored && t.refresh_at > now))
     }
 
     pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {

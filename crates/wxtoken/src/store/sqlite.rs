@@ -97,6 +97,11 @@ impl SqliteStore {
         self.write.close().await;
         self.read.close().await;
     }
+
+    /// One process owns the file: nobody else changes tokens, so there is nothing to listen to.
+    async fn listen_token_changes(&self) -> Result<Option<super::TokenChanges>, StoreError> {
+        Ok(None)
+    }
 }
 
 super::sql::impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
