@@ -357,6 +357,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         .build()
         .expect("http client");
     let mut clients = Vec::new();
+    let t0 = Instant::now();
     for _ in 0..CLIENTS {
         let (stop, tally, http, addrs, appids, api_key, sim_url) = (
             Arc::clone(&stop),
@@ -367,6 +368,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
             api_key.clone(),
             sim.base_url().to_owned(),
         );
+        let t0 = t0;
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let (addr, appid) = {
@@ -423,9 +425,25 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
                     }
                     code @ (40001 | 42001) => {
                         tally.rejected.fetch_add(1, Ordering::Relaxed);
+                        // Why, as the simulator sees it (never the token itself).
+                        let why: serde_json::Value = match http
+                            .get(format!("{sim_url}/_sim/validate"))
+                            .query(&[("access_token", token.as_str())])
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.json().await.unwrap_or_default(),
+                            Err(_) => serde_json::Value::Null,
+                        };
                         tally.rejections.lock().push(format!(
-                            "{code} for {appid} from {addr} (generation {})",
-                            body["generation"]
+                            "t+{:.1}s {code} ({}) for {appid} from {addr}: generation {}, \
+                             expires_at {}, refresh_at {}, now {}",
+                            t0.elapsed().as_secs_f64(),
+                            why["reason"],
+                            body["generation"],
+                            body["expires_at"],
+                            body["refresh_at"],
+                            wxtoken::model::Timestamp::now().as_millis() / 1000,
                         ));
                     }
                     _ => {
@@ -450,7 +468,10 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
                 )
                 .await
                 .expect("cut the database sessions");
-            eprintln!("cut every database session ({cut_sessions} rows)");
+            eprintln!(
+                "t+{:.1}s cut every database session ({cut_sessions} rows)",
+                t0.elapsed().as_secs_f64()
+            );
             cut = true;
             continue;
         }
@@ -459,6 +480,10 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
             let mut a = addrs.lock();
             a[victim] = a[(victim + 1) % REPLICAS].clone();
         }
+        eprintln!(
+            "t+{:.1}s kill -9 replica {victim}",
+            t0.elapsed().as_secs_f64()
+        );
         replicas[victim].child.kill().expect("kill -9");
         let _ = replicas[victim].child.wait();
         kills += 1;
@@ -469,6 +494,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
     for c in clients {
         c.await.expect("client task");
     }
+    let fired: Vec<u64> = sim.control().faults().iter().map(|r| r.fired).collect();
     sim.control().clear_faults();
     let chaos = chaos_start.elapsed();
 
@@ -524,9 +550,11 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         "chaos: warm-up {:.1}s, chaos {:.1}s, total {:.1}s; {kills} kills, 1 database cut\n\
          clients: {} reads ok, {} unavailable (503), {} other, {} unreachable; \
          {} uses ok, {} rejected (40001/42001), {} other\n\
-         api_authorizer_token: {} calls, {} issued a token, {:?} errors, {:?} faults; \
+         api_authorizer_token: {} calls answered, {} issued a token, {:?} errors, {:?} faults; \
          {landed} tokens landed in the store; issued/landed = {ratio:.4}\n\
-         api_component_token: {} calls, {} ok",
+         api_component_token: {} calls, {} ok\n\
+         faults fired (authorizer -1, authorizer timeout, component -1, component timeout): \
+         {fired:?}",
         warm.as_secs_f64(),
         chaos.as_secs_f64(),
         started.elapsed().as_secs_f64(),
@@ -544,10 +572,11 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         calls.endpoints["api_component_token"].calls,
         calls.endpoints["api_component_token"].ok,
     );
+    let rejections = tally.rejections.lock().clone();
     assert!(
-        tally.rejections.lock().is_empty(),
-        "clients were handed stale or invalid tokens: {:?}",
-        &tally.rejections.lock()[..tally.rejections.lock().len().min(20)]
+        rejections.is_empty(),
+        "clients were handed stale or invalid tokens: {:#?}",
+        &rejections[..rejections.len().min(30)]
     );
     assert!(
         tally.uses_ok.load(Ordering::Relaxed) > 1000,

@@ -33,12 +33,13 @@ use crate::vault::VaultError;
 
 /// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
 const LEASE_TTL: Duration = Duration::from_secs(60);
-/// How long a refresh refused the lease waits for the holder's token before giving up (and
-/// trying again after [`LEASE_RETRY`]).
-const LEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long a refresh refused the lease waits for the holder's token, asking for the lease again
+/// every [`LEASE_POLL`], before giving up (and trying again after [`LEASE_RETRY`]).
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+const LEASE_POLL: Duration = Duration::from_millis(250);
 /// When a credential whose lease another replica holds is looked at again (plus up to as much
 /// jitter): its holder's token usually arrives first, and moves the schedule.
-const LEASE_RETRY: Duration = Duration::from_secs(1);
+const LEASE_RETRY: Duration = Duration::from_millis(250);
 /// How long one paging of api_get_authorizer_list serves 61023 recoveries.
 pub(crate) const LISTING_TTL: Duration = Duration::from_secs(60);
 
@@ -125,7 +126,28 @@ impl Inner {
         // answers the flight instead of a new upstream call.
         let held_at_start = slot.current().map_or(0, |t| t.generation);
         let mut landed = slot.subscribe();
-        let result = match self.lease.acquire(&credential, LEASE_TTL).await {
+        // Refused: another replica refreshes, and its token reaches memory through the change
+        // stream. Wait for it rather than fail the readers joined to this flight, asking again
+        // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
+        let mut granted = self.lease.acquire(&credential, LEASE_TTL).await;
+        if matches!(granted, Ok(false)) {
+            let give_up = Instant::now() + LEASE_WAIT;
+            loop {
+                let _ =
+                    tokio::time::timeout(LEASE_POLL, landed.wait_for(|g| *g > held_at_start)).await;
+                if let Some(token) = slot.current().filter(|t| t.generation > held_at_start) {
+                    return Ok(token);
+                }
+                if Instant::now() >= give_up {
+                    break;
+                }
+                granted = self.lease.acquire(&credential, LEASE_TTL).await;
+                if !matches!(granted, Ok(false)) {
+                    break;
+                }
+            }
+        }
+        let result = match granted {
             Ok(true) => {
                 if self.lease.shared() {
                     match self.adopt_newer(&credential, held_at_start).await {
@@ -172,18 +194,7 @@ impl Inner {
                 }
                 r
             }
-            // Another replica refreshes: its result reaches memory through the change stream.
-            // Wait briefly for it rather than fail the readers joined to this flight.
-            Ok(false) => {
-                let newer =
-                    tokio::time::timeout(LEASE_WAIT, landed.wait_for(|g| *g > held_at_start)).await;
-                match slot.current() {
-                    Some(token) if newer.is_ok() && token.generation > held_at_start => {
-                        return Ok(token);
-                    }
-                    _ => Err(RefreshError::LeaseHeld),
-                }
-            }
+            Ok(false) => Err(RefreshError::LeaseHeld),
             Err(e) => Err(RefreshError::Storage(e.to_string())),
         };
         self.after_refresh(&credential, &result);
