@@ -368,7 +368,6 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
             api_key.clone(),
             sim.base_url().to_owned(),
         );
-        let t0 = t0;
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let (addr, appid) = {
