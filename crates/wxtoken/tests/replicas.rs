@@ -601,6 +601,10 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
 // Propagation
 
 async fn start_app(h: &common::Harness, sim: &SimHandle, vault_key: &str) -> RunningApp {
+    start_app_at(&h.url, sim, vault_key).await
+}
+
+async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> RunningApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
@@ -608,8 +612,11 @@ async fn start_app(h: &common::Harness, sim: &SimHandle, vault_key: &str) -> Run
             .try_init();
     }
     let mut config = Config::from_sources(Sources::default()).expect("defaults");
-    config.storage.url = SecretString::from(h.url.clone());
+    config.storage.url = SecretString::from(db_url.to_owned());
     config.storage.max_connections = 4;
+    config.storage.connect_timeout = Duration::from_secs(1);
+    config.storage.lease_ttl = Duration::from_secs(3);
+    config.refresh.backoff_max = Duration::from_secs(1);
     config.upstream.base_url = sim.base_url().parse().expect("sim url");
     config.refresh.serve_margin = Duration::from_secs(10);
     config.components = vec![ComponentConfig {
@@ -627,13 +634,9 @@ async fn start_app(h: &common::Harness, sim: &SimHandle, vault_key: &str) -> Run
         .expect("start replica")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
-    let _serial = SERIAL.lock().await;
-    let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
-        return;
-    };
+/// The simulator (2-hour tokens) with the component and `n` authorizers, a master key, and the
+/// store holding the component, its ticket and the authorizers (no tokens yet).
+async fn prepare(h: &common::Harness, n: usize) -> (SimHandle, String, Vec<Credential>) {
     let sim = wechat_sim::Simulator::start(SimConfig {
         token_lifetime: Duration::from_secs(7200),
         ..sim_config()
@@ -645,7 +648,7 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
         .expect("component");
     let authorizers = sim
         .control()
-        .bulk_authorize(COMPONENT, 50, wechat_sim::AccountKind::OfficialAccount)
+        .bulk_authorize(COMPONENT, n, wechat_sim::AccountKind::OfficialAccount)
         .expect("bulk");
     let key = generate_key();
     let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
@@ -685,12 +688,7 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
     .expect("import");
     assert!(report.errors.is_empty(), "import: {:?}", report.errors);
 
-    let apps = [
-        start_app(&h, &sim, &key).await,
-        start_app(&h, &sim, &key).await,
-        start_app(&h, &sim, &key).await,
-    ];
-    let credentials: Vec<Credential> = authorizers
+    let credentials = authorizers
         .iter()
         .map(|a| {
             Credential::authorizer(
@@ -699,6 +697,22 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
             )
         })
         .collect();
+    (sim, key, credentials)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 50).await;
+    let apps = [
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+    ];
     // Every replica holds every authorizer's first token.
     for app in &apps {
         for c in &credentials {
@@ -753,4 +767,162 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
         "propagation p99 {:?} exceeds 100 ms",
         pct(0.99)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losing the database
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every session dropped, new ones refused)
+/// and restored.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (up, _) = tokio::sync::watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut up = state.subscribe();
+                if !*up.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up.wait_for(|u| !*u) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+async fn ready(http: &reqwest::Client, app: &RunningApp) -> bool {
+    http.get(format!("http://{}/readyz", app.internal_addr))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_database_serves_what_it_holds_claims_nothing_and_recovers_by_itself()
+ {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 5).await;
+    let mut through_proxy = url::Url::parse(&h.url).expect("url");
+    let target = format!(
+        "{}:{}",
+        through_proxy.host_str().expect("host"),
+        through_proxy.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(target).await;
+    through_proxy
+        .set_port(Some(proxy.addr.port()))
+        .expect("port");
+    let cut_off = start_app_at(through_proxy.as_str(), &sim, &key).await;
+    let other = start_app(&h, &sim, &key).await;
+    for app in [&cut_off, &other] {
+        for c in &credentials {
+            let mut rx = app.engine.cache().slot(c).subscribe();
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+                .await
+                .expect("first token within 30 s")
+                .expect("slot");
+        }
+    }
+    let http = reqwest::Client::new();
+    assert!(ready(&http, &cut_off).await);
+    let c = &credentials[0];
+    let appid = c.appid.as_str();
+
+    proxy.set_up(false);
+    // Not ready (the probe's database check fails within connect_timeout), still serving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(&http, &cut_off).await {
+        assert!(Instant::now() < deadline, "still ready 10 s after the cut");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = cut_off
+        .engine
+        .token(None, appid)
+        .expect("served from memory");
+    // Claims nothing: a refresh asked for now fails without calling WeChat.
+    let calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
+    let refused = cut_off.engine.refresh_now(c).await;
+    assert!(
+        refused.is_err(),
+        "no lease without the database: {refused:?}"
+    );
+    assert_eq!(
+        sim.control().stats().endpoints["api_authorizer_token"].calls,
+        calls,
+        "no upstream call while the database is away"
+    );
+    assert_eq!(
+        cut_off
+            .engine
+            .token(None, appid)
+            .expect("still served")
+            .generation,
+        held.generation
+    );
+    // Meanwhile the other replica refreshes.
+    let newer = other
+        .engine
+        .refresh_now(c)
+        .await
+        .expect("refresh elsewhere");
+    other.engine.wait_stored(c).await;
+    assert!(newer.generation > held.generation);
+
+    // Back: the cut-off replica reloads what changed while it was away, and is ready again.
+    proxy.set_up(true);
+    let mut rx = cut_off.engine.cache().slot(c).subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        rx.wait_for(|g| *g >= newer.generation),
+    )
+    .await
+    .expect("caught up within 15 s of the database coming back")
+    .expect("slot");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready(&http, &cut_off).await {
+        assert!(
+            Instant::now() < deadline,
+            "not ready 15 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And claims work again.
+    let again = cut_off
+        .engine
+        .refresh_now(c)
+        .await
+        .expect("refresh after recovery");
+    assert!(again.generation > newer.generation);
+    cut_off.engine.wait_stored(c).await;
+    for app in [cut_off, other] {
+        app.shutdown().await.expect("shutdown");
+    }
 }
