@@ -926,3 +926,119 @@ async fn a_replica_that_loses_the_database_serves_what_it_holds_claims_nothing_a
         app.shutdown().await.expect("shutdown");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The lease between replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_a_dead_holders_lease_runs_out()
+ {
+    use wxtoken::model::{NewAccessToken, RefreshResult, SaveOutcome, Timestamp, TokenSource};
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 2).await;
+    let app = start_app(&h, &sim, &key).await;
+    let c = &credentials[0];
+    let mut rx = app.engine.cache().slot(c).subscribe();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+        .await
+        .expect("first token within 30 s")
+        .expect("slot");
+    app.engine.wait_stored(c).await;
+    let first = app.engine.token(None, c.appid.as_str()).expect("token");
+    let calls = || sim.control().stats().endpoints["api_authorizer_token"].calls;
+
+    // Another replica holds the lease and stores its token: the refused refresh answers with it,
+    // without calling WeChat. (It takes the lease as if this replica's, which is released in the
+    // background after its write, had run out.)
+    let now = Timestamp::now();
+    assert!(
+        h.store
+            .try_lease(
+                c,
+                "other-replica",
+                now.plus(Duration::from_secs(120)),
+                now.plus(Duration::from_secs(30))
+            )
+            .await
+            .expect("lease")
+    );
+    let before = calls();
+    let waiting = {
+        let engine = app.engine.clone();
+        let c = c.clone();
+        tokio::spawn(async move { engine.refresh_now(&c).await })
+    };
+    let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
+    let rt = sim
+        .control()
+        .authorizer(COMPONENT, c.appid.as_str())
+        .expect("sim authorizer")
+        .refresh_token;
+    let saved = h
+        .store
+        .save_refresh_result(&RefreshResult {
+            credential: c.clone(),
+            expected_generation: first.generation,
+            access_token: NewAccessToken {
+                sealed: vault
+                    .seal(
+                        SecretSlot::AccessToken { credential: c },
+                        b"token-of-the-other-replica",
+                    )
+                    .expect("seal"),
+                issued_at: now,
+                expires_at: now.plus(Duration::from_secs(7200)),
+                refresh_at: Some(now.plus(Duration::from_secs(3600))),
+                source: TokenSource::AuthorizerToken,
+            },
+            refresh_token: Some(
+                vault
+                    .seal(
+                        SecretSlot::RefreshToken {
+                            component: &c.component,
+                            appid: &c.appid,
+                        },
+                        rt.as_bytes(),
+                    )
+                    .expect("seal"),
+            ),
+            at: now,
+        })
+        .await
+        .expect("save");
+    assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+    let theirs = waiting.await.expect("task").expect("the holder's token");
+    assert!(theirs.is("token-of-the-other-replica"));
+    assert_eq!(
+        calls(),
+        before,
+        "no upstream call for a refresh another replica made"
+    );
+
+    // The holder dies: its lease runs out and this replica takes over within the wait.
+    h.store
+        .release_lease(c, "other-replica")
+        .await
+        .expect("release");
+    let now = Timestamp::now();
+    assert!(
+        h.store
+            .try_lease(
+                c,
+                "dead-replica",
+                now,
+                now.plus(Duration::from_millis(1500))
+            )
+            .await
+            .expect("lease")
+    );
+    let taken_over = app.engine.refresh_now(c).await.expect("taken over");
+    assert!(taken_over.generation > theirs.generation);
+    assert_eq!(calls(), before + 1, "one upstream call after the takeover");
+    app.engine.wait_stored(c).await;
+    app.shutdown().await.expect("shutdown");
+}

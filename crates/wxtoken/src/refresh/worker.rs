@@ -437,6 +437,12 @@ impl Inner {
         let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
         let slot = self.cache.slot(credential);
         let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
+        // Pending before it is published: whoever sees the token and then calls `wait_stored`
+        // waits for its write.
+        let (done, settled) = tokio::sync::watch::channel(false);
+        self.pending_writes
+            .lock()
+            .insert(credential.clone(), settled);
         let served = slot.publish(CachedToken {
             access_token: SecretString::from(token.clone()),
             issued_at: access.issued_at,
@@ -448,7 +454,7 @@ impl Inner {
         });
         // (A revocation landing in between may have dropped it again.)
         let Some(current) = slot.current().filter(|_| served) else {
-            return self
+            let stored = self
                 .store_token(
                     credential,
                     expected_generation,
@@ -457,12 +463,11 @@ impl Inner {
                     refresh_token,
                 )
                 .await;
+            self.pending_writes.lock().remove(credential);
+            let _ = done.send(true);
+            return stored;
         };
         self.schedule_at(credential, refresh_at);
-        let (done, settled) = tokio::sync::watch::channel(false);
-        self.pending_writes
-            .lock()
-            .insert(credential.clone(), settled);
         let inner = Arc::clone(self);
         let credential = credential.clone();
         self.tracker.spawn(async move {
