@@ -264,4 +264,38 @@ mod tests {
         );
         assert!(live.acquire(&c, Duration::from_secs(30)).await.unwrap());
     }
+
+    /// Wall time is the scenario here: a lease of 1 s outlives 2 s because it is renewed.
+    #[tokio::test]
+    async fn store_lease_is_renewed_while_held_and_freed_on_release() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let component = ComponentAppid::parse("wxc").unwrap();
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .unwrap();
+        let c = Credential::component(&component);
+        let ttl = Duration::from_secs(1);
+        let tracker = TaskTracker::new();
+        let holder = StoreLease::new(Arc::clone(&store), ttl, tracker.clone());
+        assert!(holder.acquire(&c, ttl).await.unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = Timestamp::now();
+        assert!(
+            !store
+                .try_lease(&c, "other", now, now.plus(ttl))
+                .await
+                .unwrap(),
+            "renewed past its first expiry"
+        );
+        holder.release(&c).await;
+        tracker.close();
+        tracker.wait().await;
+        assert!(
+            store
+                .try_lease(&c, "other", now, now.plus(ttl))
+                .await
+                .unwrap()
+        );
+    }
 }
