@@ -709,6 +709,18 @@ mod tests {
     }
 
     #[test]
+    fn storage_lease_ttl_is_read_from_toml_and_env_and_a_too_short_one_is_refused_by_name() {
+        let config = from_toml("[storage]\nlease_ttl = \"4s\"\n", &[]).expect("valid");
+        assert_eq!(config.storage.lease_ttl, Duration::from_secs(4));
+        let config =
+            from_toml("", &[("WXTOKEN_STORAGE__LEASE_TTL", "20s")]).expect("valid from env");
+        assert_eq!(config.storage.lease_ttl, Duration::from_secs(20));
+        let err = from_toml("[storage]\nlease_ttl = \"500ms\"\n", &[]).unwrap_err();
+        assert_eq!(invalid_key(err), "storage.lease_ttl");
+        assert!(from_toml("[storage]\nlease_tll = \"4s\"\n", &[]).is_err());
+    }
+
+    #[test]
     fn example_config_parses_and_validates() {
         let config = from_toml(EXAMPLE, &[]).expect("the printed example must load");
         assert_eq!(config.components.len(), 1);
