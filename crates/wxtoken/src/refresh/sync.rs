@@ -351,7 +351,9 @@ impl Inner {
         {
             return Ok(());
         }
-        self.install_stored(credential).await?;
+        if self.install_stored(credential).await? {
+            self.forget_failures(credential);
+        }
         Ok(())
     }
 

@@ -136,6 +136,7 @@ impl Inner {
                 let _ =
                     tokio::time::timeout(LEASE_POLL, landed.wait_for(|g| *g > held_at_start)).await;
                 if let Some(token) = slot.current().filter(|t| t.generation > held_at_start) {
+                    self.forget_failures(&credential);
                     return Ok(token);
                 }
                 if Instant::now() >= give_up {
@@ -153,6 +154,7 @@ impl Inner {
                     match self.adopt_newer(&credential, held_at_start).await {
                         Ok(Some(token)) => {
                             self.lease.release(&credential).await;
+                            self.forget_failures(&credential);
                             return Ok(token);
                         }
                         Ok(None) => {}
@@ -213,10 +215,7 @@ impl Inner {
                     CredentialKind::Direct => 2,
                 };
                 self.refreshed_by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
-                self.failures.lock().remove(credential);
-                if credential.kind == CredentialKind::Component {
-                    self.component_gate.lock().remove(&credential.component);
-                }
+                self.forget_failures(credential);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
             }
@@ -280,6 +279,15 @@ impl Inner {
                 }
                 self.schedule_in(credential, delay);
             }
+        }
+    }
+
+    /// The credential has a good token again (its own, or another replica's): its backoff starts
+    /// over, and authorizers stop getting a component's failure.
+    pub(crate) fn forget_failures(&self, credential: &Credential) {
+        self.failures.lock().remove(credential);
+        if credential.kind == CredentialKind::Component {
+            self.component_gate.lock().remove(&credential.component);
         }
     }
 
