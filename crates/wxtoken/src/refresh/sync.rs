@@ -30,6 +30,9 @@ use crate::tokens::cache::{CachedToken, ReadError, Slot};
 /// Pause after the change stream failed to reconnect, growing to [`FOLLOW_RETRY_MAX`].
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);
 const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Changed credentials loaded at once, and attempts per change.
+const FOLLOW_LOADS: usize = 4;
+const FOLLOW_LOAD_ATTEMPTS: u32 = 4;
 
 /// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
 const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -217,6 +220,14 @@ impl Engine {
     /// (the database lost, the session ended) everything is reloaded once the stream is back. Runs
     /// on the tracker ([`Engine::spawn_follow`]); reads never wait on it.
     pub async fn follow(&self, mut changes: TokenChanges, cancel: CancellationToken) {
+        let pause = |failures: u32| {
+            FOLLOW_RETRY
+                .saturating_mul(1 << failures.min(5))
+                .min(FOLLOW_RETRY_MAX)
+        };
+        // Bounds the loads in flight (a burst of changes must not exhaust the pool); changes
+        // wait in the listener's buffer meanwhile.
+        let loads = Arc::new(tokio::sync::Semaphore::new(FOLLOW_LOADS));
         let mut failures = 0u32;
         loop {
             let next = tokio::select! {
@@ -229,21 +240,51 @@ impl Engine {
                     generation,
                 }) => {
                     failures = 0;
+                    let Ok(permit) = Arc::clone(&loads).acquire_owned().await else {
+                        return;
+                    };
                     let inner = Arc::clone(self.inner());
-                    // Off the loop: a slow store must not hold up the changes behind this one.
+                    let cancel = cancel.clone();
+                    // Off the loop: a slow store must not hold up the changes behind this one. A
+                    // load that fails is tried again (the change is not announced twice).
                     self.inner().tracker.spawn(async move {
-                        if let Err(e) = inner.apply_change(&credential, generation).await {
-                            tracing::warn!(appid = %credential.appid, error = %e, "loading a changed token failed");
+                        let _permit = permit;
+                        for attempt in 0..FOLLOW_LOAD_ATTEMPTS {
+                            match inner.apply_change(&credential, generation).await {
+                                Ok(()) => return,
+                                Err(e) if attempt + 1 == FOLLOW_LOAD_ATTEMPTS => {
+                                    tracing::warn!(appid = %credential.appid, error = %e, "loading a changed token failed; its next refresh reads the store");
+                                }
+                                Err(_) => {}
+                            }
+                            tokio::select! {
+                                () = cancel.cancelled() => return,
+                                () = tokio::time::sleep(pause(attempt)) => {}
+                            }
                         }
                     });
                 }
                 Ok(TokenChange::Resumed) => {
                     failures = 0;
                     tracing::info!("token changes heard again; reloading what changed meanwhile");
-                    match self.reload_all().await {
-                        Ok(n) => tracing::info!(loaded = n, "reloaded after the interruption"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reloading after the interruption failed")
+                    // Until it succeeds: what changed during the gap is heard of only this way.
+                    let mut attempt = 0;
+                    loop {
+                        match self.reload_all().await {
+                            Ok(n) => {
+                                tracing::info!(loaded = n, "reloaded after the interruption");
+                                break;
+                            }
+                            Err(e) => {
+                                if attempt == 0 {
+                                    tracing::warn!(error = %e, "reloading after the interruption failed; retrying");
+                                }
+                                tokio::select! {
+                                    () = cancel.cancelled() => return,
+                                    () = tokio::time::sleep(pause(attempt)) => {}
+                                }
+                                attempt += 1;
+                            }
                         }
                     }
                 }
@@ -251,13 +292,11 @@ impl Engine {
                     if failures == 0 {
                         tracing::warn!(error = %e, "not hearing token changes; serving what memory holds");
                     }
-                    let pause = FOLLOW_RETRY
-                        .saturating_mul(1 << failures.min(5))
-                        .min(FOLLOW_RETRY_MAX);
+                    let wait = pause(failures);
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
