@@ -79,7 +79,10 @@ struct Held {
 
 /// The replicas' lease: a row of `refresh_leases` in the shared database, taken with one
 /// conditional statement, renewed every third of its time to live while held, deleted on
-/// release. Refused when another live holder has it; a dead holder's row expires.
+/// release. Refused when another live holder has it; a dead holder's row expires. Its time to
+/// live is `storage.lease_ttl` (the `ttl` passed to `acquire` is ignored: renewal, not a long
+/// lease, covers a slow refresh). Expiry compares wall clocks of different machines: keep them in
+/// sync (NTP) to well under the time to live.
 pub struct StoreLease {
     store: Arc<dyn Store>,
     /// This process's identity in the lease rows (unique per start).

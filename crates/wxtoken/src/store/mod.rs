@@ -19,9 +19,9 @@
 //! PostgreSQL (`$n` parameters, `ON CONFLICT`, `RETURNING`), times are `BIGINT` epoch milliseconds
 //! and secrets are `(kid, nonce, ct)` column triples, so one body of queries serves both. What
 //! differs (pools, `BEGIN IMMEDIATE`, PRAGMAs, schema inspection) lives in `sqlite.rs` and
-//! `postgres.rs`. Multi-replica features (leases via `claim_due(now, holder, lease)`, LISTEN/NOTIFY)
-//! belong in the PostgreSQL impl and can be added to the trait; `access_tokens.refresh_at` already
-//! indexes what is due.
+//! `postgres.rs`. Several replicas: refresh leases ([`Store::try_lease`]: one conditional upsert on
+//! `refresh_leases`, shared SQL) and the change stream ([`Store::token_changes`]: PostgreSQL
+//! LISTEN/NOTIFY fed by a trigger on `access_tokens`; `None` on SQLite).
 
 mod postgres;
 mod sql;
