@@ -2,6 +2,9 @@
 //! engine, HTTP state → two listeners, background upkeep, and graceful shutdown. `wxtoken serve`,
 //! `wxtoken demo` and the end-to-end tests all start the server through [`App::start`].
 //!
+//! On PostgreSQL (several replicas) refreshes are claimed through `StoreLease` and every replica
+//! follows the store's token changes (`Engine::follow`); on SQLite the lease is in-process.
+//!
 //! Shutdown order (SIGINT/SIGTERM or [`RunningApp::shutdown`]): stop accepting connections and end
 //! long-polls; let in-flight requests finish; stop scheduling; let in-flight refreshes finish and
 //! their writes land (bounded by [`SHUTDOWN_GRACE`]); flush read counts; close the store.
@@ -24,9 +27,9 @@ use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::http::{self, AppState, Shared};
 use crate::model::{ComponentAppid, Timestamp};
-use crate::refresh::lease::LocalLease;
+use crate::refresh::lease::{Lease, LocalLease, StoreLease};
 use crate::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
-use crate::store::{self, Store, StoreOptions};
+use crate::store::{self, Backend, Store, StoreOptions};
 use crate::vault::Vault;
 
 /// How long shutdown waits for in-flight refreshes and writes before giving up on them.
@@ -122,6 +125,23 @@ impl App {
             .client()
             .context("building the WeChat client (upstream)")?;
         let alerts = Alerts::spawn(config.alerts.webhook_url.clone(), &tracker, cancel.clone());
+        // Several replicas share a PostgreSQL database: refreshes are claimed through lease rows,
+        // and every replica hears every token change. Listening starts before the cold start, so
+        // nothing committed in between is missed. SQLite: one process, in-process lease.
+        let (lease, changes): (Arc<dyn Lease>, _) = match store.backend() {
+            Backend::Postgres => (
+                Arc::new(StoreLease::new(
+                    Arc::clone(&store),
+                    config.storage.lease_ttl,
+                    tracker.clone(),
+                )),
+                store
+                    .token_changes()
+                    .await
+                    .context("listening for token changes")?,
+            ),
+            Backend::Sqlite => (Arc::new(LocalLease::new()), None),
+        };
         let engine = Engine::open(EngineDeps {
             store: Arc::clone(&store),
             vault: Arc::clone(&vault),
@@ -129,13 +149,16 @@ impl App {
             config: config.refresh.clone(),
             components,
             alerts,
-            lease: Arc::new(LocalLease::new()),
+            lease,
             clock: Arc::new(SystemClock),
             tracker: tracker.clone(),
         })
         .await
         .context("loading tokens and authorizers (cold start)")?;
         engine.spawn(cancel.clone());
+        if let Some(changes) = changes {
+            engine.spawn_follow(changes, cancel.clone());
+        }
 
         let pages = config
             .upstream

@@ -131,6 +131,11 @@ pub struct StorageConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// PostgreSQL: how long a replica's refresh lease lasts without renewal (renewed every third
+    /// of it while the refresh is in flight). A dead replica's refreshes are taken over after at
+    /// most this long. Unused on SQLite.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +144,7 @@ impl Default for StorageConfig {
             url: SecretString::from("sqlite://wxtoken.db"),
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -423,6 +429,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.storage.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "storage.lease_ttl",
+                "must be at least 1s",
+            ));
+        }
         let r = &self.refresh;
         if !(r.refresh_fraction > 0.0 && r.refresh_fraction < 1.0) {
             return Err(ConfigError::invalid(
@@ -694,6 +706,18 @@ mod tests {
             ConfigError::Invalid { key, .. } => key,
             other => panic!("expected an invalid-key error, got {other}"),
         }
+    }
+
+    #[test]
+    fn storage_lease_ttl_is_read_from_toml_and_env_and_a_too_short_one_is_refused_by_name() {
+        let config = from_toml("[storage]\nlease_ttl = \"4s\"\n", &[]).expect("valid");
+        assert_eq!(config.storage.lease_ttl, Duration::from_secs(4));
+        let config =
+            from_toml("", &[("WXTOKEN_STORAGE__LEASE_TTL", "20s")]).expect("valid from env");
+        assert_eq!(config.storage.lease_ttl, Duration::from_secs(20));
+        let err = from_toml("[storage]\nlease_ttl = \"500ms\"\n", &[]).unwrap_err();
+        assert_eq!(invalid_key(err), "storage.lease_ttl");
+        assert!(from_toml("[storage]\nlease_tll = \"4s\"\n", &[]).is_err());
     }
 
     #[test]

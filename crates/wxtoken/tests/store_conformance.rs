@@ -75,6 +75,8 @@ conformance!(
     readded_direct_account_continues_its_generation_so_a_stale_write_cannot_land,
     opposite_order_batches_written_concurrently_never_deadlock,
     force_refresh_budget_is_kept_across_reopen_and_replaced_in_place,
+    refresh_lease_goes_to_one_replica_until_released_or_expired,
+    every_replica_hears_each_committed_generation_and_a_resume_after_a_cut,
 );
 
 fn new_vault() -> Vault {
@@ -1928,4 +1930,137 @@ async fn force_refresh_budget_is_kept_across_reopen_and_replaced_in_place(h: &Ha
     let budgets = reopened.load_force_budgets().await.unwrap();
     assert_eq!(budgets, vec![second, fresh]);
     reopened.close().await;
+}
+
+async fn refresh_lease_goes_to_one_replica_until_released_or_expired(h: &Harness) {
+    let s1 = h.store.clone();
+    let s2 = h.reopen().await;
+    let c = component("wxcomp0001");
+    s1.ensure_component(&c, at(0)).await.unwrap();
+    let cred = Credential::authorizer(&c, &appid("wxauth0001"));
+    let (t0, t10, t20) = (at(0), at(10_000), at(20_000));
+    // Many replicas racing for one free lease: exactly one wins.
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+        let cred = cred.clone();
+        racers.push(tokio::spawn(async move {
+            store
+                .try_lease(&cred, &format!("r{i}"), t0, t10)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one replica gets a free lease");
+    // Renewal by its holder; refused to others while live; taken over once it ran out.
+    for i in 0..8 {
+        s1.release_lease(&cred, &format!("r{i}")).await.unwrap();
+    }
+    assert!(s1.try_lease(&cred, "a", t0, t10).await.unwrap());
+    assert!(s1.try_lease(&cred, "a", t0, t10).await.unwrap(), "renewal");
+    assert!(!s2.try_lease(&cred, "b", t0, t10).await.unwrap());
+    s2.release_lease(&cred, "b").await.unwrap();
+    assert!(
+        !s2.try_lease(&cred, "b", t0, t10).await.unwrap(),
+        "others cannot release it"
+    );
+    assert!(
+        s2.try_lease(&cred, "b", t20, t20).await.unwrap(),
+        "expired: taken over"
+    );
+    s2.release_lease(&cred, "b").await.unwrap();
+    assert!(
+        s1.try_lease(&cred, "a", t0, t10).await.unwrap(),
+        "released: free again"
+    );
+}
+
+async fn every_replica_hears_each_committed_generation_and_a_resume_after_a_cut(h: &Harness) {
+    use wxtoken::store::TokenChange;
+    let Some(mut changes) = h.reopen().await.token_changes().await.unwrap() else {
+        assert_eq!(h.kind, Kind::Sqlite, "PostgreSQL streams changes");
+        return;
+    };
+    let v = Arc::new(verified_vault(h.store.as_ref()).await);
+    let c = component("wxcomp0001");
+    let a = appid("wxauth0001");
+    h.store.ensure_component(&c, at(0)).await.unwrap();
+    let g = saved(
+        h.store
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
+    );
+    let g2 = saved(
+        h.store
+            .save_refresh_result(&refresh(&v, &c, &a, g, "at-1", "rt-1", 1))
+            .await
+            .unwrap(),
+    );
+    let cred = Credential::authorizer(&c, &a);
+    let mut heard = Vec::new();
+    while heard.last() != Some(&g2) {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s")
+            .unwrap();
+        match next {
+            TokenChange::Changed {
+                credential,
+                generation,
+            } if credential == cred => heard.push(generation),
+            TokenChange::Changed { .. } => {}
+            TokenChange::Resumed => panic!("no interruption yet"),
+        }
+    }
+    assert!(
+        heard.contains(&g),
+        "the authorization's generation was heard: {heard:?}"
+    );
+    // Cutting every other session (the listener's included) is reported as a resume.
+    h.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    let resumed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match changes.next().await {
+                Ok(TokenChange::Resumed) => return,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(resumed.is_ok(), "the stream resumes after the cut");
+    let g3 = saved(
+        h.store
+            .save_refresh_result(&refresh(&v, &c, &a, g2, "at-2", "rt-2", 2))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s after the resume");
+        if let Ok(TokenChange::Changed { generation, .. }) = next
+            && generation == g3
+        {
+            break;
+        }
+    }
 }

@@ -1,19 +1,26 @@
 //! The lease seam (SPEC.md rule 3 across replicas): before refreshing a credential the engine
 //! acquires its lease, and releases it after the store write. One process needs no more than its
-//! single flight, so [`LocalLease`] only guards against a second engine in the same process; the
-//! high-availability issue implements [`Lease`] with PostgreSQL row leases that expire when a
-//! replica dies.
+//! single flight, so [`LocalLease`] only guards against a second engine in the same process.
+//! [`StoreLease`] is the replicas' lease: a row in the shared PostgreSQL database
+//! (`Store::try_lease`) with an expiry, renewed while the refresh is in flight, so a dead
+//! replica's work is taken over once its lease runs out.
 //!
 //! The lease is an optimisation, not the safety net: the store's generation fencing is the final
 //! guard, so a refresher whose lease ran out still cannot overwrite a newer token.
+//!
+//! Depends on `store` and `model`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::model::Credential;
+use crate::model::{Credential, Timestamp};
+use crate::store::Store;
 
 /// The lease could not be checked (database unreachable). The engine treats it as "not granted"
 /// and retries later, serving what it holds meanwhile.
@@ -29,6 +36,13 @@ pub trait Lease: Send + Sync + 'static {
 
     /// Gives the lease back early (after the store write).
     async fn release(&self, credential: &Credential);
+
+    /// Whether other processes take the same leases. The engine then re-reads the store once the
+    /// lease is granted (another replica may have refreshed meanwhile), keeps the lease until its
+    /// write has landed, and, refused, waits briefly for the holder's result.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The single-process lease: an in-process set of held credentials.
@@ -54,6 +68,136 @@ impl Lease for LocalLease {
     }
 }
 
+/// One credential's lease as this process holds it.
+struct Held {
+    /// Acquisitions not yet released (a flight's lease outlives it until its write lands, and
+    /// the credential's next flight may acquire it meanwhile).
+    count: u32,
+    /// Stops the renewal task.
+    renewal: CancellationToken,
+}
+
+/// The replicas' lease: a row of `refresh_leases` in the shared database, taken with one
+/// conditional statement, renewed every third of its time to live while held, deleted on
+/// release. Refused when another live holder has it; a dead holder's row expires. Its time to
+/// live is `storage.lease_ttl` (the `ttl` passed to `acquire` is ignored: renewal, not a long
+/// lease, covers a slow refresh). Expiry compares wall clocks of different machines: keep them in
+/// sync (NTP) to well under the time to live.
+pub struct StoreLease {
+    store: Arc<dyn Store>,
+    /// This process's identity in the lease rows (unique per start).
+    holder: String,
+    ttl: Duration,
+    tracker: TaskTracker,
+    held: Mutex<HashMap<Credential, Held>>,
+}
+
+impl std::fmt::Debug for StoreLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreLease")
+            .field("holder", &self.holder)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreLease {
+    /// A lease holder named after this process (pid and a random suffix, so a restarted replica
+    /// never mistakes its predecessor's rows for its own). `ttl`: `storage.lease_ttl`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, tracker: TaskTracker) -> Self {
+        Self {
+            store,
+            holder: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            ttl: ttl.max(Duration::from_secs(1)),
+            tracker,
+            held: Mutex::default(),
+        }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    fn spawn_renewal(&self, credential: Credential, stop: CancellationToken) {
+        let store = Arc::clone(&self.store);
+        let holder = self.holder.clone();
+        let ttl = self.ttl;
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(ttl / 3) => {}
+                }
+                let now = Timestamp::now();
+                match store
+                    .try_lease(&credential, &holder, now, now.plus(ttl))
+                    .await
+                {
+                    Ok(true) => {}
+                    // Taken over after it ran out: the fence still guards our write.
+                    Ok(false) => {
+                        tracing::warn!(appid = %credential.appid, "refresh lease lost to another replica");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(appid = %credential.appid, error = %e, "renewing a refresh lease failed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Lease for StoreLease {
+    async fn acquire(&self, credential: &Credential, _ttl: Duration) -> Result<bool, LeaseError> {
+        if let Some(held) = self.held.lock().get_mut(credential) {
+            held.count += 1;
+            return Ok(true);
+        }
+        let now = Timestamp::now();
+        let granted = self
+            .store
+            .try_lease(credential, &self.holder, now, now.plus(self.ttl))
+            .await
+            .map_err(|e| LeaseError(e.to_string()))?;
+        if granted {
+            let mut held = self.held.lock();
+            if let Some(h) = held.get_mut(credential) {
+                h.count += 1;
+            } else {
+                let renewal = CancellationToken::new();
+                self.spawn_renewal(credential.clone(), renewal.clone());
+                held.insert(credential.clone(), Held { count: 1, renewal });
+            }
+        }
+        Ok(granted)
+    }
+
+    async fn release(&self, credential: &Credential) {
+        {
+            let mut held = self.held.lock();
+            let Some(h) = held.get_mut(credential) else {
+                return;
+            };
+            h.count -= 1;
+            if h.count > 0 {
+                return;
+            }
+            h.renewal.cancel();
+            held.remove(credential);
+        }
+        if let Err(e) = self.store.release_lease(credential, &self.holder).await {
+            // It runs out by itself.
+            tracing::debug!(appid = %credential.appid, error = %e, "releasing a refresh lease failed");
+        }
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +212,93 @@ mod tests {
         assert!(!lease.acquire(&c, ttl).await.unwrap());
         lease.release(&c).await;
         assert!(lease.acquire(&c, ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn store_lease_is_exclusive_between_holders_and_reentrant_within_one() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let component = ComponentAppid::parse("wxc").unwrap();
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .unwrap();
+        let c = Credential::component(&component);
+        let ttl = Duration::from_secs(30);
+        let a = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
+        let b = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
+        assert!(a.acquire(&c, ttl).await.unwrap());
+        assert!(
+            a.acquire(&c, ttl).await.unwrap(),
+            "the holder may take it again"
+        );
+        assert!(!b.acquire(&c, ttl).await.unwrap());
+        a.release(&c).await;
+        assert!(!b.acquire(&c, ttl).await.unwrap(), "still held once");
+        a.release(&c).await;
+        assert!(b.acquire(&c, ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn store_lease_of_a_dead_holder_is_taken_over_once_it_runs_out() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let component = ComponentAppid::parse("wxc").unwrap();
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .unwrap();
+        let c = Credential::component(&component);
+        let now = Timestamp::now();
+        // A holder that died: its row is there, its renewals stopped.
+        assert!(
+            store
+                .try_lease(
+                    &c,
+                    "dead",
+                    now.minus(Duration::from_secs(60)),
+                    now.minus(Duration::from_secs(1))
+                )
+                .await
+                .unwrap()
+        );
+        let live = StoreLease::new(
+            Arc::clone(&store),
+            Duration::from_secs(30),
+            TaskTracker::new(),
+        );
+        assert!(live.acquire(&c, Duration::from_secs(30)).await.unwrap());
+    }
+
+    /// Wall time is the scenario here: a lease of 1 s outlives 2 s because it is renewed.
+    #[tokio::test]
+    async fn store_lease_is_renewed_while_held_and_freed_on_release() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let component = ComponentAppid::parse("wxc").unwrap();
+        store
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .unwrap();
+        let c = Credential::component(&component);
+        let ttl = Duration::from_secs(1);
+        let tracker = TaskTracker::new();
+        let holder = StoreLease::new(Arc::clone(&store), ttl, tracker.clone());
+        assert!(holder.acquire(&c, ttl).await.unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = Timestamp::now();
+        assert!(
+            !store
+                .try_lease(&c, "other", now, now.plus(ttl))
+                .await
+                .unwrap(),
+            "renewed past its first expiry"
+        );
+        holder.release(&c).await;
+        tracker.close();
+        tracker.wait().await;
+        assert!(
+            store
+                .try_lease(&c, "other", now, now.plus(ttl))
+                .await
+                .unwrap()
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! stored (an account added, an authorizer imported, by the CLI or the admin API) into the cache
 //! and the schedule, dropping a removed one, and a summary for metrics and readiness.
 //!
+//! Several replicas on PostgreSQL: [`Engine::follow`] applies the store's change stream (every
+//! committed token or status change, from any replica) to memory, and reloads everything after
+//! the stream was interrupted.
+//!
 //! Invariant: nothing here replaces a newer token in memory with an older one (`Slot::publish` only
 //! moves forward), and a credential already held at the stored generation is left alone, so loading
 //! twice changes nothing.
@@ -13,13 +17,22 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::model::{
     Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
     Timestamp, TokenRecord,
 };
+use crate::store::{TokenChange, TokenChanges};
 use crate::tokens::cache::{CachedToken, ReadError, Slot};
+
+/// Pause after the change stream failed to reconnect, growing to [`FOLLOW_RETRY_MAX`].
+const FOLLOW_RETRY: Duration = Duration::from_millis(250);
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Changed credentials loaded at once, and attempts per change.
+const FOLLOW_LOADS: usize = 4;
+const FOLLOW_LOAD_ATTEMPTS: u32 = 4;
 
 /// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
 const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -202,6 +215,126 @@ impl Engine {
         counts
     }
 
+    /// Follows the store's change stream until `cancel`: every change another replica (or this
+    /// one) committed is loaded into memory, which wakes long-polls; after an interruption
+    /// (the database lost, the session ended) everything is reloaded once the stream is back. Runs
+    /// on the tracker ([`Engine::spawn_follow`]); reads never wait on it.
+    pub async fn follow(&self, mut changes: TokenChanges, cancel: CancellationToken) {
+        let pause = |failures: u32| {
+            FOLLOW_RETRY
+                .saturating_mul(1 << failures.min(5))
+                .min(FOLLOW_RETRY_MAX)
+        };
+        // Bounds the loads in flight (a burst of changes must not exhaust the pool); changes
+        // wait in the listener's buffer meanwhile.
+        let loads = Arc::new(tokio::sync::Semaphore::new(FOLLOW_LOADS));
+        let mut failures = 0u32;
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => return,
+                next = changes.next() => next,
+            };
+            match next {
+                Ok(TokenChange::Changed {
+                    credential,
+                    generation,
+                }) => {
+                    failures = 0;
+                    let Ok(permit) = Arc::clone(&loads).acquire_owned().await else {
+                        return;
+                    };
+                    let inner = Arc::clone(self.inner());
+                    let cancel = cancel.clone();
+                    // Off the loop: a slow store must not hold up the changes behind this one. A
+                    // load that fails is tried again (the change is not announced twice).
+                    self.inner().tracker.spawn(async move {
+                        let _permit = permit;
+                        for attempt in 0..FOLLOW_LOAD_ATTEMPTS {
+                            match inner.apply_change(&credential, generation).await {
+                                Ok(()) => return,
+                                Err(e) if attempt + 1 == FOLLOW_LOAD_ATTEMPTS => {
+                                    tracing::warn!(appid = %credential.appid, error = %e, "loading a changed token failed; its next refresh reads the store");
+                                }
+                                Err(_) => {}
+                            }
+                            tokio::select! {
+                                () = cancel.cancelled() => return,
+                                () = tokio::time::sleep(pause(attempt)) => {}
+                            }
+                        }
+                    });
+                }
+                Ok(TokenChange::Resumed) => {
+                    failures = 0;
+                    tracing::info!("token changes heard again; reloading what changed meanwhile");
+                    // Until it succeeds: what changed during the gap is heard of only this way.
+                    let mut attempt = 0;
+                    loop {
+                        match self.reload_all().await {
+                            Ok(n) => {
+                                tracing::info!(loaded = n, "reloaded after the interruption");
+                                break;
+                            }
+                            Err(e) => {
+                                if attempt == 0 {
+                                    tracing::warn!(error = %e, "reloading after the interruption failed; retrying");
+                                }
+                                tokio::select! {
+                                    () = cancel.cancelled() => return,
+                                    () = tokio::time::sleep(pause(attempt)) => {}
+                                }
+                                attempt += 1;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "not hearing token changes; serving what memory holds");
+                    }
+                    let wait = pause(failures);
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Engine::follow`] on the tracker.
+    pub fn spawn_follow(&self, changes: TokenChanges, cancel: CancellationToken) {
+        let engine = self.clone();
+        self.inner()
+            .tracker
+            .spawn(async move { engine.follow(changes, cancel).await });
+    }
+
+    /// Loads every credential whose stored generation is newer than memory's (after the change
+    /// stream was interrupted). Returns how many changed.
+    pub async fn reload_all(&self) -> Result<usize, EngineError> {
+        let inner = self.inner();
+        let mut changed = 0;
+        for kind in [CredentialKind::Component, CredentialKind::Direct] {
+            for record in inner.store.load_tokens(None, Some(kind)).await? {
+                if inner.components.contains_key(&record.credential.component)
+                    && inner.install_direct(&record.credential.clone(), Some(&record))?
+                {
+                    changed += 1;
+                }
+            }
+        }
+        for record in inner.store.load_authorizers(None).await? {
+            if inner.components.contains_key(&record.component)
+                && inner.install_authorizer(&record)?
+            {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// The wall-clock now of the engine's clock (token ages and expiries are measured against it).
     pub fn now(&self) -> Timestamp {
         self.inner().clock.now()
@@ -238,6 +371,54 @@ impl Inner {
                 reason: "api_query_auth returned another appid".into(),
             }),
             _ => Ok(appid),
+        }
+    }
+
+    /// Applies one change heard from the store: loads the credential unless memory already holds
+    /// that generation, stored.
+    pub(crate) async fn apply_change(
+        &self,
+        credential: &Credential,
+        generation: u64,
+    ) -> Result<(), EngineError> {
+        if !self.components.contains_key(&credential.component) {
+            return Ok(());
+        }
+        let held = self.cache.get(credential).and_then(|s| s.current());
+        if held
+            .is_some_and(|t| t.generation > generation || (t.generation == generation && t.stored))
+        {
+            return Ok(());
+        }
+        if self.install_stored(credential).await? {
+            self.forget_failures(credential);
+        }
+        Ok(())
+    }
+
+    /// Loads one credential from the store into memory (and the schedule) unless memory holds its
+    /// generation or a newer one. Returns whether anything changed.
+    pub(crate) async fn install_stored(
+        &self,
+        credential: &Credential,
+    ) -> Result<bool, EngineError> {
+        match credential.kind {
+            CredentialKind::Authorizer => {
+                match self
+                    .store
+                    .get_authorizer(&credential.component, &credential.appid)
+                    .await?
+                {
+                    Some(record) => self.install_authorizer(&record),
+                    None => Ok(false),
+                }
+            }
+            CredentialKind::Component | CredentialKind::Direct => {
+                match self.store.get_token(credential).await? {
+                    Some(record) => self.install_direct(credential, Some(&record)),
+                    None => Ok(false),
+                }
+            }
         }
     }
 

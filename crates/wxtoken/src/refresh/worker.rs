@@ -33,6 +33,13 @@ use crate::vault::VaultError;
 
 /// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
 const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How long a refresh refused the lease waits for the holder's token, asking for the lease again
+/// every [`LEASE_POLL`], before giving up (and trying again after [`LEASE_RETRY`]).
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+const LEASE_POLL: Duration = Duration::from_millis(250);
+/// When a credential whose lease another replica holds is looked at again (plus up to as much
+/// jitter): its holder's token usually arrives first, and moves the schedule.
+const LEASE_RETRY: Duration = Duration::from_millis(250);
 /// How long one paging of api_get_authorizer_list serves 61023 recoveries.
 pub(crate) const LISTING_TTL: Duration = Duration::from_secs(60);
 
@@ -114,8 +121,51 @@ impl Inner {
         {
             return Ok(current);
         }
-        let result = match self.lease.acquire(&credential, LEASE_TTL).await {
+        let slot = self.cache.slot(&credential);
+        // What memory held when this flight started: a token newer than it, from another replica,
+        // answers the flight instead of a new upstream call.
+        let held_at_start = slot.current().map_or(0, |t| t.generation);
+        let mut landed = slot.subscribe();
+        // Refused: another replica refreshes, and its token reaches memory through the change
+        // stream. Wait for it rather than fail the readers joined to this flight, asking again
+        // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
+        let mut granted = self.lease.acquire(&credential, LEASE_TTL).await;
+        if matches!(granted, Ok(false)) {
+            let give_up = Instant::now() + LEASE_WAIT;
+            loop {
+                let _ =
+                    tokio::time::timeout(LEASE_POLL, landed.wait_for(|g| *g > held_at_start)).await;
+                if let Some(token) = slot.current().filter(|t| t.generation > held_at_start) {
+                    self.forget_failures(&credential);
+                    return Ok(token);
+                }
+                if Instant::now() >= give_up {
+                    break;
+                }
+                granted = self.lease.acquire(&credential, LEASE_TTL).await;
+                if !matches!(granted, Ok(false)) {
+                    break;
+                }
+            }
+        }
+        let result = match granted {
             Ok(true) => {
+                if self.lease.shared() {
+                    match self.adopt_newer(&credential, held_at_start).await {
+                        Ok(Some(token)) => {
+                            self.lease.release(&credential).await;
+                            self.forget_failures(&credential);
+                            return Ok(token);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.lease.release(&credential).await;
+                            let result = Err(e);
+                            self.after_refresh(&credential, &result);
+                            return result;
+                        }
+                    }
+                }
                 let work = async {
                     match credential.kind {
                         CredentialKind::Component => self.refresh_component(&credential).await,
@@ -132,10 +182,20 @@ impl Inner {
                         tracing::error!("refresh panicked; it will be retried with backoff");
                         Err(RefreshError::Abandoned)
                     });
-                self.lease.release(&credential).await;
+                if self.lease.shared() {
+                    // Other replicas must not take the lease before our token is in the store,
+                    // or they would read the old generation and ask WeChat again.
+                    let inner = Arc::clone(&self);
+                    let credential = credential.clone();
+                    self.tracker.spawn(async move {
+                        inner.settle_pending_write(&credential).await;
+                        inner.lease.release(&credential).await;
+                    });
+                } else {
+                    self.lease.release(&credential).await;
+                }
                 r
             }
-            // Another replica refreshes; its result reaches us through the store.
             Ok(false) => Err(RefreshError::LeaseHeld),
             Err(e) => Err(RefreshError::Storage(e.to_string())),
         };
@@ -155,12 +215,17 @@ impl Inner {
                     CredentialKind::Direct => 2,
                 };
                 self.refreshed_by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
-                self.failures.lock().remove(credential);
-                if credential.kind == CredentialKind::Component {
-                    self.component_gate.lock().remove(&credential.component);
-                }
+                self.forget_failures(credential);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
+            }
+            // Not a failure: another replica refreshes. Look again soon; its token usually lands
+            // first and moves the schedule. If it died, its lease runs out and this one takes over.
+            Err(RefreshError::LeaseHeld) => {
+                metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "lease")
+                    .increment(1);
+                let jitter = LEASE_RETRY.mul_f64(rand::random::<f64>());
+                self.schedule_in(credential, LEASE_RETRY + jitter);
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +280,47 @@ impl Inner {
                 self.schedule_in(credential, delay);
             }
         }
+    }
+
+    /// The credential has a good token again (its own, or another replica's): its backoff starts
+    /// over, and authorizers stop getting a component's failure.
+    pub(crate) fn forget_failures(&self, credential: &Credential) {
+        self.failures.lock().remove(credential);
+        if credential.kind == CredentialKind::Component {
+            self.component_gate.lock().remove(&credential.component);
+        }
+    }
+
+    /// With a shared lease just granted: if the store holds a newer generation than memory,
+    /// loads it; then, if memory holds a token newer than `held_at_start` that is not yet due
+    /// (another replica refreshed while this flight waited), returns it.
+    async fn adopt_newer(
+        &self,
+        credential: &Credential,
+        held_at_start: u64,
+    ) -> Result<Option<Arc<CachedToken>>, RefreshError> {
+        let stored = self
+            .store
+            .get_token(credential)
+            .await?
+            .map_or(0, |r| r.generation);
+        if stored
+            > self
+                .cache
+                .slot(credential)
+                .current()
+                .map_or(0, |t| t.generation)
+        {
+            self.install_stored(credential)
+                .await
+                .map_err(|e| RefreshError::Storage(e.to_string()))?;
+        }
+        let now = self.clock.now();
+        Ok(self
+            .cache
+            .get(credential)
+            .and_then(|s| s.current())
+            .filter(|t| t.generation > held_at_start && t.stored && t.refresh_at > now))
     }
 
     pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {
@@ -353,6 +459,12 @@ impl Inner {
         let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
         let slot = self.cache.slot(credential);
         let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
+        // Pending before it is published: whoever sees the token and then calls `wait_stored`
+        // waits for its write.
+        let (done, settled) = tokio::sync::watch::channel(false);
+        self.pending_writes
+            .lock()
+            .insert(credential.clone(), settled);
         let served = slot.publish(CachedToken {
             access_token: SecretString::from(token.clone()),
             issued_at: access.issued_at,
@@ -364,7 +476,7 @@ impl Inner {
         });
         // (A revocation landing in between may have dropped it again.)
         let Some(current) = slot.current().filter(|_| served) else {
-            return self
+            let stored = self
                 .store_token(
                     credential,
                     expected_generation,
@@ -373,12 +485,11 @@ impl Inner {
                     refresh_token,
                 )
                 .await;
+            self.pending_writes.lock().remove(credential);
+            let _ = done.send(true);
+            return stored;
         };
         self.schedule_at(credential, refresh_at);
-        let (done, settled) = tokio::sync::watch::channel(false);
-        self.pending_writes
-            .lock()
-            .insert(credential.clone(), settled);
         let inner = Arc::clone(self);
         let credential = credential.clone();
         self.tracker.spawn(async move {

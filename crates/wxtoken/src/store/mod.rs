@@ -19,9 +19,9 @@
 //! PostgreSQL (`$n` parameters, `ON CONFLICT`, `RETURNING`), times are `BIGINT` epoch milliseconds
 //! and secrets are `(kid, nonce, ct)` column triples, so one body of queries serves both. What
 //! differs (pools, `BEGIN IMMEDIATE`, PRAGMAs, schema inspection) lives in `sqlite.rs` and
-//! `postgres.rs`. Multi-replica features (leases via `claim_due(now, holder, lease)`, LISTEN/NOTIFY)
-//! belong in the PostgreSQL impl and can be added to the trait; `access_tokens.refresh_at` already
-//! indexes what is due.
+//! `postgres.rs`. Several replicas: refresh leases ([`Store::try_lease`]: one conditional upsert on
+//! `refresh_leases`, shared SQL) and the change stream ([`Store::token_changes`]: PostgreSQL
+//! LISTEN/NOTIFY fed by a trigger on `access_tokens`; `None` on SQLite).
 
 mod postgres;
 mod sql;
@@ -41,6 +41,7 @@ use crate::model::{
 };
 
 use postgres::PgStore;
+pub use postgres::{TokenChange, TokenChanges};
 use sqlite::SqliteStore;
 
 /// Why a store operation failed. `Display` is safe to log; none of it is meant for API responses
@@ -483,6 +484,24 @@ pub trait Store: Send + Sync {
     async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
     /// How many sealed values each key id holds, over every column.
     async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
+
+    // --- several replicas ---------------------------------------------------------------------
+    /// Takes (or renews) the refresh lease on `credential` for `holder` until `until`: granted if
+    /// nobody holds it, if its holder's lease ran out before `now`, or if `holder` already holds
+    /// it. One conditional statement, so two replicas never both get it. True if granted.
+    async fn try_lease(
+        &self,
+        credential: &Credential,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back if `holder` holds it.
+    async fn release_lease(&self, credential: &Credential, holder: &str) -> Result<(), StoreError>;
+    /// The committed changes of every credential's row (new tokens, status changes), whoever
+    /// wrote them: PostgreSQL's LISTEN/NOTIFY on a connection of its own. `None` on SQLite (one
+    /// process owns the file; there is no one else to hear from).
+    async fn token_changes(&self) -> Result<Option<TokenChanges>, StoreError>;
 
     /// [`Store::save_refresh_results`] for one result.
     async fn save_refresh_result(&self, result: &RefreshResult) -> Result<SaveOutcome, StoreError> {

@@ -9,7 +9,8 @@
 //! A backend type using the macro provides: `fn read_pool(&self) -> &Pool<DB>`, `fn write_pool(&self)
 //! -> &Pool<DB>` for single-statement writes, `async fn begin_write(&self) ->
 //! Result<sqlx::Transaction<'static, DB>, StoreError>` (SQLite takes the write lock at `BEGIN`),
-//! and `async fn close_pools(&self)`.
+//! `async fn close_pools(&self)` and `async fn listen_token_changes(&self) ->
+//! Result<Option<TokenChanges>, StoreError>`.
 //!
 //! Fencing pattern: every fenced write is a conditional `UPDATE … WHERE generation = $expected`
 //! as the transaction's first write; zero rows affected means someone else won, which is then
@@ -1902,6 +1903,58 @@ macro_rules! impl_store {
                     }
                     tx.commit().await?;
                     Ok(total)
+                }
+
+                async fn try_lease(
+                    &self,
+                    credential: &Credential,
+                    holder: &str,
+                    now: Timestamp,
+                    until: Timestamp,
+                ) -> Result<bool, StoreError> {
+                    // Insert, or take over a row whose lease ran out (or that we hold): the
+                    // conditional upsert is atomic on both backends, so one caller wins.
+                    let won: Option<(String,)> = sqlx::query_as(
+                        "INSERT INTO refresh_leases (component_appid, kind, appid, holder, \
+                         expires_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (component_appid, kind, appid) DO UPDATE SET \
+                         holder = excluded.holder, expires_at = excluded.expires_at \
+                         WHERE refresh_leases.expires_at < $6 OR refresh_leases.holder = $4 \
+                         RETURNING holder",
+                    )
+                    .bind(credential.component.as_str())
+                    .bind(credential.kind.as_str())
+                    .bind(credential.appid.as_str())
+                    .bind(holder)
+                    .bind(until.as_millis())
+                    .bind(now.as_millis())
+                    .fetch_optional(self.write_pool())
+                    .await?;
+                    Ok(won.is_some())
+                }
+
+                async fn release_lease(
+                    &self,
+                    credential: &Credential,
+                    holder: &str,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "DELETE FROM refresh_leases WHERE component_appid = $1 AND kind = $2 \
+                         AND appid = $3 AND holder = $4",
+                    )
+                    .bind(credential.component.as_str())
+                    .bind(credential.kind.as_str())
+                    .bind(credential.appid.as_str())
+                    .bind(holder)
+                    .execute(self.write_pool())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn token_changes(
+                    &self,
+                ) -> Result<Option<crate::store::TokenChanges>, StoreError> {
+                    self.listen_token_changes().await
                 }
 
                 async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError> {

@@ -9,7 +9,8 @@
 //!   every write transaction starts with `BEGIN IMMEDIATE`, taking the file's write lock up front,
 //!   so a read-then-write transaction can never fail to upgrade when another process (a CLI
 //!   command next to the server) wrote in between. Reads use a separate pool.
-//! - This backend behaves as the only replica: a future `claim_due` lease simply always succeeds.
+//! - This backend behaves as the only replica: the engine uses its in-process lease, and there is
+//!   no change stream (`listen_token_changes` is `None`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -96,6 +97,11 @@ impl SqliteStore {
     async fn close_pools(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+
+    /// One process owns the file: nobody else changes tokens, so there is nothing to listen to.
+    async fn listen_token_changes(&self) -> Result<Option<super::TokenChanges>, StoreError> {
+        Ok(None)
     }
 }
 

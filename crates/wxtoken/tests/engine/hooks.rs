@@ -227,6 +227,24 @@ impl Store for HookStore {
         self.inner.save_force_budget(budget).await
     }
 
+    async fn try_lease(
+        &self,
+        credential: &Credential,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_lease(credential, holder, now, until).await
+    }
+
+    async fn release_lease(&self, credential: &Credential, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(credential, holder).await
+    }
+
+    async fn token_changes(&self) -> Result<Option<wxtoken::store::TokenChanges>, StoreError> {
+        self.inner.token_changes().await
+    }
+
     async fn record_event(&self, event: &NewEvent) -> Result<EventInsert, StoreError> {
         self.inner.record_event(event).await
     }

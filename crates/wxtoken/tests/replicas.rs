@@ -1,0 +1,1044 @@
+//! Several replicas on one PostgreSQL database (issue 7).
+//!
+//! - `three_replicas_under_kills_a_database_cut_and_upstream_faults_never_hand_out_a_stale_token`:
+//!   the chaos test. Three real `wxtoken serve` processes, the simulator in this process with 20 s
+//!   tokens, 1,000 imported authorizers, clients reading from random replicas and using each token
+//!   at the simulator's `getcallbackip`, while a random replica is killed (SIGKILL) and restarted
+//!   every few seconds, every database session is cut once, and 10% of the token calls fail (-1)
+//!   and 10% time out. Bounded by `CHAOS_RUN` plus warm-up (about 2 minutes in all).
+//! - `a_refresh_on_one_replica_reaches_every_other_replica_quickly`: propagation latency, printed
+//!   (docs/BENCHMARKS.md, "Replica propagation").
+//!
+//! Both need `WXTOKEN_TEST_PG_URL`; without it they are skipped, except under `CI=true`, where they
+//! fail. They run one at a time (they measure time).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use wechat_sim::{ComponentSpec, FaultSet, SimConfig, SimHandle};
+use wxtoken::app::{App, RunningApp};
+use wxtoken::config::{ComponentConfig, Config, Sources};
+use wxtoken::model::{Appid, ComponentAppid, Credential, SecretSlot};
+use wxtoken::vault::{MasterKey, Vault};
+
+const COMPONENT: &str = "wxchaoscomponent01";
+const COMPONENT_SECRET: &str = "chaos-component-secret";
+const PUSH_TOKEN: &str = "chaostoken";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const AUTHORIZERS: usize = 1000;
+const REPLICAS: usize = 3;
+/// How long the chaos lasts (kills, the cut, faults, clients).
+const CHAOS_RUN: Duration = Duration::from_secs(75);
+const KILL_EVERY: Duration = Duration::from_secs(5);
+const CLIENTS: usize = 12;
+
+/// The two tests measure time: never both at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sim_config() -> SimConfig {
+    SimConfig {
+        token_lifetime: Duration::from_secs(20),
+        overlap: Duration::from_secs(5),
+        ticket_interval: Duration::ZERO,
+        seed: Some(7),
+        ..SimConfig::default()
+    }
+}
+
+fn component_spec(push_url: Option<String>) -> ComponentSpec {
+    ComponentSpec {
+        component_appid: Some(COMPONENT.into()),
+        component_appsecret: Some(COMPONENT_SECRET.into()),
+        token: Some(PUSH_TOKEN.into()),
+        encoding_aes_key: Some(AES_KEY.into()),
+        push_url,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// One `wxtoken serve` process and where it listens.
+struct Replica {
+    child: Child,
+    public: String,
+    internal: String,
+}
+
+struct Cluster {
+    bin: &'static str,
+    dir: tempfile::TempDir,
+    key: String,
+    db_url: String,
+    sim_url: String,
+}
+
+impl Cluster {
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("wxtoken.toml")
+    }
+
+    fn write_config(&self) {
+        let toml = format!(
+            r#"
+[server]
+public_listen = "127.0.0.1:0"
+internal_listen = "127.0.0.1:0"
+
+[[components]]
+appid = "{COMPONENT}"
+appsecret = "{COMPONENT_SECRET}"
+token = "{PUSH_TOKEN}"
+encoding_aes_key = "{AES_KEY}"
+
+[storage]
+url = "{db}"
+max_connections = 8
+connect_timeout = "2s"
+lease_ttl = "3s"
+
+[refresh]
+serve_margin = "3s"
+backoff_max = "2s"
+
+[upstream]
+base_url = "{sim}"
+timeout = "1s"
+connect_timeout = "1s"
+
+[log]
+level = "info"
+"#,
+            db = self.db_url,
+            sim = self.sim_url,
+        );
+        std::fs::write(self.config_path(), toml).expect("write config");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin);
+        cmd.args(args)
+            .env_remove("WXTOKEN_MASTER_KEY_OLD")
+            .env_remove("RUST_LOG")
+            .env("WXTOKEN_CONFIG", self.config_path())
+            .env("WXTOKEN_MASTER_KEY", &self.key)
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    fn run_ok(&self, args: &[&str]) -> String {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wxtoken");
+        assert!(
+            out.status.success(),
+            "wxtoken {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `serve` and waits for its "wxtoken is serving" line. Its stderr is then drained
+    /// (and kept in `logs`) by a thread, so the process never blocks on a full pipe.
+    fn start(&self, logs: &Arc<Mutex<Vec<String>>>) -> Replica {
+        let mut child = self
+            .command(&["serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let (public, internal) = loop {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "serve exited before serving");
+            logs.lock().push(line.clone());
+            if line.contains("wxtoken is serving") {
+                break (field(&line, "public="), field(&line, "internal="));
+            }
+        };
+        let logs = Arc::clone(logs);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                logs.lock().push(std::mem::take(&mut line));
+            }
+        });
+        Replica {
+            child,
+            public,
+            internal,
+        }
+    }
+}
+
+fn field(line: &str, name: &str) -> String {
+    let at = line
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+        + name.len();
+    line[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect()
+}
+
+/// One import row (JSON lines) for an authorizer the simulator authorized in bulk.
+fn import_line(a: &wechat_sim::BulkAuthorizer) -> String {
+    serde_json::json!({
+        "appid": a.authorizer_appid,
+        "refresh_token": a.authorizer_refresh_token,
+        "kind": "official_account",
+    })
+    .to_string()
+}
+
+/// A new master key, as `wxtoken keys generate` prints it.
+fn generate_key() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(["keys", "generate"])
+        .output()
+        .expect("keys generate");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `WXTOKEN_TEST_PG_URL` and a fresh database, or `None` (skip; a failure under `CI=true`).
+async fn database() -> Option<common::Harness> {
+    common::Harness::postgres().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chaos test
+
+#[derive(Default)]
+struct ClientTally {
+    reads_ok: AtomicU64,
+    reads_unavailable: AtomicU64,
+    reads_other: AtomicU64,
+    unreachable: AtomicU64,
+    uses_ok: AtomicU64,
+    /// 40001/42001 from getcallbackip: a stale or invalid token was handed out.
+    rejected: AtomicU64,
+    uses_other: AtomicU64,
+    rejections: Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_hand_out_a_stale_token()
+ {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let started = Instant::now();
+    let sim = wechat_sim::Simulator::start(sim_config())
+        .await
+        .expect("simulator");
+    let key = generate_key();
+    let cluster = Cluster {
+        bin: env!("CARGO_BIN_EXE_wxtoken"),
+        dir: tempfile::tempdir().expect("tempdir"),
+        key: key.clone(),
+        db_url: h.url.clone(),
+        sim_url: sim.base_url().to_owned(),
+    };
+    cluster.write_config();
+
+    // 1,000 authorizers at the simulator, imported into the store, and a client key.
+    sim.control()
+        .create_component(component_spec(None))
+        .expect("component");
+    let authorizers = sim
+        .control()
+        .bulk_authorize(
+            COMPONENT,
+            AUTHORIZERS,
+            wechat_sim::AccountKind::OfficialAccount,
+        )
+        .expect("bulk authorize");
+    let appids: Vec<String> = authorizers
+        .iter()
+        .map(|a| a.authorizer_appid.clone())
+        .collect();
+    let import = cluster.dir.path().join("authorizers.jsonl");
+    {
+        let mut f = std::fs::File::create(&import).expect("create import file");
+        for a in &authorizers {
+            writeln!(f, "{}", import_line(a)).expect("write");
+        }
+    }
+    cluster.run_ok(&["authorizers", "import", import.to_str().expect("path")]);
+    let api_key = cluster
+        .run_ok(&["clients", "add", "chaos", "--appid", "*"])
+        .trim()
+        .to_owned();
+
+    // Three replicas; the simulator pushes its ticket to the first.
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let mut replicas: Vec<Replica> = (0..REPLICAS).map(|_| cluster.start(&logs)).collect();
+    // Where clients read: a killed replica's entry points at a live one until it is back.
+    let addrs: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+        replicas.iter().map(|r| r.internal.clone()).collect(),
+    ));
+    let push_url = format!("http://{}/wechat/events", replicas[0].public);
+    sim.control()
+        .set_push_url(COMPONENT, Some(push_url))
+        .expect("push url");
+    sim.control().push_ticket(Some(COMPONENT)).expect("ticket");
+
+    // Warm-up: every authorizer has a stored token.
+    let pool = sqlx::PgPool::connect(&h.url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM access_tokens WHERE kind = 'authorizer' AND token_ct IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        if n as usize == AUTHORIZERS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {AUTHORIZERS} authorizers got a token within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let warm = started.elapsed();
+
+    let generations = |pool: sqlx::PgPool| async move {
+        let (g,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(generation), 0) AS BIGINT) FROM access_tokens \
+             WHERE kind = 'authorizer'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("generations");
+        g
+    };
+    sim.control().reset_stats();
+    let generations_before = generations(pool.clone()).await;
+    let faults: FaultSet = serde_json::from_value(serde_json::json!({
+        "seed": 7,
+        "rules": [
+            {"endpoint": "api_authorizer_token", "probability": 0.1,
+             "fault": {"kind": "errcode", "errcode": -1}},
+            {"endpoint": "api_authorizer_token", "probability": 0.1,
+             "fault": {"kind": "latency", "latency": {"distribution": "fixed", "ms": 1300}}},
+            {"endpoint": "api_component_token", "probability": 0.1,
+             "fault": {"kind": "errcode", "errcode": -1}},
+            {"endpoint": "api_component_token", "probability": 0.1,
+             "fault": {"kind": "latency", "latency": {"distribution": "fixed", "ms": 1300}}},
+        ]
+    }))
+    .expect("fault set");
+    sim.control().set_faults(faults).expect("faults");
+
+    // Clients: read from a random replica, use the token at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(ClientTally::default());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let mut clients = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..CLIENTS {
+        let (stop, tally, http, addrs, appids, api_key, sim_url) = (
+            Arc::clone(&stop),
+            Arc::clone(&tally),
+            http.clone(),
+            Arc::clone(&addrs),
+            appids.clone(),
+            api_key.clone(),
+            sim.base_url().to_owned(),
+        );
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (addr, appid) = {
+                    let r = addrs.lock();
+                    (
+                        r[rand::random_range(0..r.len())].clone(),
+                        appids[rand::random_range(0..appids.len())].clone(),
+                    )
+                };
+                let read = http
+                    .get(format!("http://{addr}/v1/tokens/{appid}"))
+                    .bearer_auth(&api_key)
+                    .send()
+                    .await;
+                let read = match read {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Killed a moment ago.
+                        tally.unreachable.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                match read.status().as_u16() {
+                    200 => {}
+                    503 => {
+                        tally.reads_unavailable.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ => {
+                        tally.reads_other.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                let Ok(body) = read.json::<serde_json::Value>().await else {
+                    tally.unreachable.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                tally.reads_ok.fetch_add(1, Ordering::Relaxed);
+                let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+                let used = http
+                    .get(format!("{sim_url}/cgi-bin/getcallbackip"))
+                    .query(&[("access_token", token.as_str())])
+                    .send()
+                    .await;
+                let Ok(used) = used else {
+                    tally.uses_other.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let answer: serde_json::Value = used.json().await.unwrap_or_default();
+                match answer["errcode"].as_i64().unwrap_or(0) {
+                    0 => {
+                        tally.uses_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    code @ (40001 | 42001) => {
+                        tally.rejected.fetch_add(1, Ordering::Relaxed);
+                        // Why, as the simulator sees it (never the token itself).
+                        let why: serde_json::Value = match http
+                            .get(format!("{sim_url}/_sim/validate"))
+                            .query(&[("access_token", token.as_str())])
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.json().await.unwrap_or_default(),
+                            Err(_) => serde_json::Value::Null,
+                        };
+                        tally.rejections.lock().push(format!(
+                            "t+{:.1}s {code} ({}) for {appid} from {addr}: generation {}, \
+                             expires_at {}, refresh_at {}, now {}",
+                            t0.elapsed().as_secs_f64(),
+                            why["reason"],
+                            body["generation"],
+                            body["expires_at"],
+                            body["refresh_at"],
+                            wxtoken::model::Timestamp::now().as_millis() / 1000,
+                        ));
+                    }
+                    _ => {
+                        tally.uses_other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // Chaos: a kill -9 and restart every KILL_EVERY; every database session cut once, midway.
+    let chaos_start = Instant::now();
+    let mut kills = 0;
+    let mut cut = false;
+    while chaos_start.elapsed() < CHAOS_RUN {
+        tokio::time::sleep(KILL_EVERY).await;
+        if !cut && chaos_start.elapsed() >= CHAOS_RUN / 2 {
+            let cut_sessions = h
+                .exec(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .await
+                .expect("cut the database sessions");
+            eprintln!(
+                "t+{:.1}s cut every database session ({cut_sessions} rows)",
+                t0.elapsed().as_secs_f64()
+            );
+            cut = true;
+            continue;
+        }
+        let victim = rand::random_range(0..REPLICAS);
+        {
+            let mut a = addrs.lock();
+            a[victim] = a[(victim + 1) % REPLICAS].clone();
+        }
+        eprintln!(
+            "t+{:.1}s kill -9 replica {victim}",
+            t0.elapsed().as_secs_f64()
+        );
+        replicas[victim].child.kill().expect("kill -9");
+        let _ = replicas[victim].child.wait();
+        kills += 1;
+        replicas[victim] = cluster.start(&logs);
+        addrs.lock()[victim] = replicas[victim].internal.clone();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client task");
+    }
+    let fired: Vec<u64> = sim.control().faults().iter().map(|r| r.fired).collect();
+    sim.control().clear_faults();
+    let chaos = chaos_start.elapsed();
+
+    // Let the last refreshes land, then stop the replicas gracefully.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = sim.control().stats();
+    let generations_after = generations(pool.clone()).await;
+    for r in &replicas {
+        let _ = Command::new("kill")
+            .args(["-TERM", &r.child.id().to_string()])
+            .status();
+    }
+    for r in &mut replicas {
+        let _ = r.child.wait();
+    }
+
+    // Every refresh token the simulator accepts is the one in the store.
+    let vault = Vault::new(&MasterKey::parse(&key).expect("master key"), &[]);
+    let store = &h.store;
+    let component = ComponentAppid::parse(COMPONENT).expect("component");
+    let mut mismatched = Vec::new();
+    for appid in &appids {
+        let held = sim
+            .control()
+            .authorizer(COMPONENT, appid)
+            .expect("sim authorizer")
+            .refresh_token;
+        let a = Appid::parse(appid).expect("appid");
+        let record = store
+            .get_authorizer(&component, &a)
+            .await
+            .expect("store")
+            .expect("stored authorizer");
+        let stored = vault
+            .open_string(
+                SecretSlot::RefreshToken {
+                    component: &component,
+                    appid: &a,
+                },
+                &record.refresh_token,
+            )
+            .expect("open refresh token");
+        if stored.expose_secret() != held {
+            mismatched.push(appid.clone());
+        }
+    }
+
+    let endpoint = &calls.endpoints["api_authorizer_token"];
+    let landed = u64::try_from(generations_after - generations_before).expect("generations grow");
+    let ratio = endpoint.ok as f64 / landed as f64;
+    let log_text = logs.lock().concat();
+    eprintln!(
+        "chaos: warm-up {:.1}s, chaos {:.1}s, total {:.1}s; {kills} kills, 1 database cut\n\
+         clients: {} reads ok, {} unavailable (503), {} other, {} unreachable; \
+         {} uses ok, {} rejected (40001/42001), {} other\n\
+         api_authorizer_token: {} calls answered, {} issued a token, {:?} errors, {:?} faults; \
+         {landed} tokens landed in the store; issued/landed = {ratio:.4}\n\
+         api_component_token: {} calls, {} ok\n\
+         faults fired (authorizer -1, authorizer timeout, component -1, component timeout): \
+         {fired:?}",
+        warm.as_secs_f64(),
+        chaos.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        tally.reads_ok.load(Ordering::Relaxed),
+        tally.reads_unavailable.load(Ordering::Relaxed),
+        tally.reads_other.load(Ordering::Relaxed),
+        tally.unreachable.load(Ordering::Relaxed),
+        tally.uses_ok.load(Ordering::Relaxed),
+        tally.rejected.load(Ordering::Relaxed),
+        tally.uses_other.load(Ordering::Relaxed),
+        endpoint.calls,
+        endpoint.ok,
+        endpoint.errors,
+        endpoint.faults,
+        calls.endpoints["api_component_token"].calls,
+        calls.endpoints["api_component_token"].ok,
+    );
+    let rejections = tally.rejections.lock().clone();
+    assert!(
+        rejections.is_empty(),
+        "clients were handed stale or invalid tokens: {:#?}",
+        &rejections[..rejections.len().min(30)]
+    );
+    assert!(
+        tally.uses_ok.load(Ordering::Relaxed) > 1000,
+        "the clients barely ran"
+    );
+    assert!(
+        mismatched.is_empty(),
+        "{} refresh tokens differ between the simulator and the store: {:?}",
+        mismatched.len(),
+        &mismatched[..mismatched.len().min(10)]
+    );
+    assert!(
+        ratio <= 1.01,
+        "api_authorizer_token issued {ratio:.4} tokens per token landed (goal ≤ 1.01)"
+    );
+    assert!(
+        !log_text.contains("access_token=") && !log_text.contains("refreshtoken@@@"),
+        "a token reached a log line"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Propagation
+
+async fn start_app(h: &common::Harness, sim: &SimHandle, vault_key: &str) -> RunningApp {
+    start_app_at(&h.url, sim, vault_key).await
+}
+
+async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> RunningApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_test_writer()
+            .try_init();
+    }
+    let mut config = Config::from_sources(Sources::default()).expect("defaults");
+    config.storage.url = SecretString::from(db_url.to_owned());
+    config.storage.max_connections = 4;
+    config.storage.connect_timeout = Duration::from_secs(1);
+    config.storage.lease_ttl = Duration::from_secs(3);
+    config.refresh.backoff_max = Duration::from_secs(1);
+    config.upstream.base_url = sim.base_url().parse().expect("sim url");
+    config.refresh.serve_margin = Duration::from_secs(10);
+    config.components = vec![ComponentConfig {
+        appid: COMPONENT.into(),
+        appsecret: SecretString::from(COMPONENT_SECRET),
+        token: SecretString::from(PUSH_TOKEN),
+        encoding_aes_key: SecretString::from(AES_KEY),
+        previous_encoding_aes_key: None,
+    }];
+    let vault = Vault::new(&MasterKey::parse(vault_key).expect("key"), &[]);
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let internal = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    App::open_and_start(&config, vault, public, internal)
+        .await
+        .expect("start replica")
+}
+
+/// The simulator (2-hour tokens) with the component and `n` authorizers, a master key, and the
+/// store holding the component, its ticket and the authorizers (no tokens yet).
+async fn prepare(h: &common::Harness, n: usize) -> (SimHandle, String, Vec<Credential>) {
+    let sim = wechat_sim::Simulator::start(SimConfig {
+        token_lifetime: Duration::from_secs(7200),
+        ..sim_config()
+    })
+    .await
+    .expect("simulator");
+    sim.control()
+        .create_component(component_spec(None))
+        .expect("component");
+    let authorizers = sim
+        .control()
+        .bulk_authorize(COMPONENT, n, wechat_sim::AccountKind::OfficialAccount)
+        .expect("bulk");
+    let key = generate_key();
+    let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
+    vault.verify(&*h.store).await.expect("vault");
+    let component = ComponentAppid::parse(COMPONENT).expect("component");
+    h.store
+        .ensure_component(&component, wxtoken::model::Timestamp::now())
+        .await
+        .expect("component");
+    let ticket = sim.control().latest_ticket(COMPONENT).expect("ticket");
+    h.store
+        .record_ticket(
+            &component,
+            &vault
+                .seal(
+                    SecretSlot::Ticket {
+                        component: &component,
+                    },
+                    ticket.as_bytes(),
+                )
+                .expect("seal"),
+            wxtoken::model::Timestamp::now(),
+        )
+        .await
+        .expect("ticket");
+    let rows: Vec<String> = authorizers.iter().map(import_line).collect();
+    let mut input = std::io::Cursor::new(rows.join("\n").into_bytes());
+    let report = wxtoken::transfer::import(
+        &*h.store,
+        &vault,
+        &component,
+        &mut input,
+        &wxtoken::transfer::ImportOptions::default(),
+        &mut |_| {},
+    )
+    .await
+    .expect("import");
+    assert!(report.errors.is_empty(), "import: {:?}", report.errors);
+
+    let credentials = authorizers
+        .iter()
+        .map(|a| {
+            Credential::authorizer(
+                &component,
+                &Appid::parse(&a.authorizer_appid).expect("appid"),
+            )
+        })
+        .collect();
+    (sim, key, credentials)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 50).await;
+    let apps = [
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+    ];
+    // Every replica holds every authorizer's first token.
+    for app in &apps {
+        for c in &credentials {
+            let slot = app.engine.cache().slot(c);
+            let mut rx = slot.subscribe();
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+                .await
+                .expect("first token within 30 s")
+                .expect("slot");
+        }
+    }
+
+    let rounds = 200;
+    let mut samples = Vec::with_capacity(rounds * 2);
+    for round in 0..rounds {
+        let c = &credentials[round % credentials.len()];
+        let source = &apps[round % apps.len()];
+        let others: Vec<_> = apps
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != round % apps.len())
+            .map(|(_, a)| a.engine.cache().slot(c))
+            .collect();
+        let mut watches: Vec<_> = others.iter().map(|s| s.subscribe()).collect();
+        let token = source.engine.refresh_now(c).await.expect("refresh");
+        let published = Instant::now();
+        let generation = token.generation;
+        for rx in &mut watches {
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|g| *g >= generation))
+                .await
+                .expect("propagated within 10 s")
+                .expect("slot");
+            samples.push(published.elapsed());
+        }
+        source.engine.wait_stored(c).await;
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    eprintln!(
+        "propagation over {} samples (refresh on one replica → new token in another's memory): \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        samples.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        samples.last().expect("samples").as_secs_f64() * 1e3,
+    );
+    for app in apps {
+        app.shutdown().await.expect("shutdown");
+    }
+    assert!(
+        pct(0.99) <= Duration::from_millis(100),
+        "propagation p99 {:?} exceeds 100 ms",
+        pct(0.99)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losing the database
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every session dropped, new ones refused)
+/// and restored.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (up, _) = tokio::sync::watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut up = state.subscribe();
+                if !*up.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up.wait_for(|u| !*u) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+async fn ready(http: &reqwest::Client, app: &RunningApp) -> bool {
+    http.get(format!("http://{}/readyz", app.internal_addr))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_database_serves_what_it_holds_claims_nothing_and_recovers_by_itself()
+ {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 5).await;
+    let mut through_proxy = url::Url::parse(&h.url).expect("url");
+    let target = format!(
+        "{}:{}",
+        through_proxy.host_str().expect("host"),
+        through_proxy.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(target).await;
+    through_proxy
+        .set_port(Some(proxy.addr.port()))
+        .expect("port");
+    let cut_off = start_app_at(through_proxy.as_str(), &sim, &key).await;
+    let other = start_app(&h, &sim, &key).await;
+    for app in [&cut_off, &other] {
+        for c in &credentials {
+            let mut rx = app.engine.cache().slot(c).subscribe();
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+                .await
+                .expect("first token within 30 s")
+                .expect("slot");
+        }
+    }
+    let http = reqwest::Client::new();
+    assert!(ready(&http, &cut_off).await);
+    let c = &credentials[0];
+    let appid = c.appid.as_str();
+
+    proxy.set_up(false);
+    // Not ready (the probe's database check fails within connect_timeout), still serving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(&http, &cut_off).await {
+        assert!(Instant::now() < deadline, "still ready 10 s after the cut");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = cut_off
+        .engine
+        .token(None, appid)
+        .expect("served from memory");
+    // Claims nothing: a refresh asked for now fails without calling WeChat.
+    let calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
+    let refused = cut_off.engine.refresh_now(c).await;
+    assert!(
+        refused.is_err(),
+        "no lease without the database: {refused:?}"
+    );
+    assert_eq!(
+        sim.control().stats().endpoints["api_authorizer_token"].calls,
+        calls,
+        "no upstream call while the database is away"
+    );
+    assert_eq!(
+        cut_off
+            .engine
+            .token(None, appid)
+            .expect("still served")
+            .generation,
+        held.generation
+    );
+    // Meanwhile the other replica refreshes.
+    let newer = other
+        .engine
+        .refresh_now(c)
+        .await
+        .expect("refresh elsewhere");
+    other.engine.wait_stored(c).await;
+    assert!(newer.generation > held.generation);
+
+    // Back: the cut-off replica reloads what changed while it was away, and is ready again.
+    proxy.set_up(true);
+    let mut rx = cut_off.engine.cache().slot(c).subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        rx.wait_for(|g| *g >= newer.generation),
+    )
+    .await
+    .expect("caught up within 15 s of the database coming back")
+    .expect("slot");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready(&http, &cut_off).await {
+        assert!(
+            Instant::now() < deadline,
+            "not ready 15 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And claims work again.
+    let again = cut_off
+        .engine
+        .refresh_now(c)
+        .await
+        .expect("refresh after recovery");
+    assert!(again.generation > newer.generation);
+    cut_off.engine.wait_stored(c).await;
+    for app in [cut_off, other] {
+        app.shutdown().await.expect("shutdown");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lease between replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_a_dead_holders_lease_runs_out()
+ {
+    use wxtoken::model::{NewAccessToken, RefreshResult, SaveOutcome, Timestamp, TokenSource};
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 2).await;
+    let app = start_app(&h, &sim, &key).await;
+    let c = &credentials[0];
+    let mut rx = app.engine.cache().slot(c).subscribe();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+        .await
+        .expect("first token within 30 s")
+        .expect("slot");
+    app.engine.wait_stored(c).await;
+    let first = app.engine.token(None, c.appid.as_str()).expect("token");
+    let calls = || sim.control().stats().endpoints["api_authorizer_token"].calls;
+
+    // Another replica holds the lease and stores its token: the refused refresh answers with it,
+    // without calling WeChat. (It takes the lease as if this replica's, which is released in the
+    // background after its write, had run out.)
+    let now = Timestamp::now();
+    assert!(
+        h.store
+            .try_lease(
+                c,
+                "other-replica",
+                now.plus(Duration::from_secs(120)),
+                now.plus(Duration::from_secs(30))
+            )
+            .await
+            .expect("lease")
+    );
+    let before = calls();
+    let waiting = {
+        let engine = app.engine.clone();
+        let c = c.clone();
+        tokio::spawn(async move { engine.refresh_now(&c).await })
+    };
+    let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
+    let rt = sim
+        .control()
+        .authorizer(COMPONENT, c.appid.as_str())
+        .expect("sim authorizer")
+        .refresh_token;
+    let saved = h
+        .store
+        .save_refresh_result(&RefreshResult {
+            credential: c.clone(),
+            expected_generation: first.generation,
+            access_token: NewAccessToken {
+                sealed: vault
+                    .seal(
+                        SecretSlot::AccessToken { credential: c },
+                        b"token-of-the-other-replica",
+                    )
+                    .expect("seal"),
+                issued_at: now,
+                expires_at: now.plus(Duration::from_secs(7200)),
+                refresh_at: Some(now.plus(Duration::from_secs(3600))),
+                source: TokenSource::AuthorizerToken,
+            },
+            refresh_token: Some(
+                vault
+                    .seal(
+                        SecretSlot::RefreshToken {
+                            component: &c.component,
+                            appid: &c.appid,
+                        },
+                        rt.as_bytes(),
+                    )
+                    .expect("seal"),
+            ),
+            at: now,
+        })
+        .await
+        .expect("save");
+    assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+    let theirs = waiting.await.expect("task").expect("the holder's token");
+    assert!(theirs.is("token-of-the-other-replica"));
+    assert_eq!(
+        calls(),
+        before,
+        "no upstream call for a refresh another replica made"
+    );
+
+    // The holder dies: its lease runs out and this replica takes over within the wait.
+    h.store
+        .release_lease(c, "other-replica")
+        .await
+        .expect("release");
+    let now = Timestamp::now();
+    assert!(
+        h.store
+            .try_lease(
+                c,
+                "dead-replica",
+                now,
+                now.plus(Duration::from_millis(1500))
+            )
+            .await
+            .expect("lease")
+    );
+    let taken_over = app.engine.refresh_now(c).await.expect("taken over");
+    assert!(taken_over.generation > theirs.generation);
+    assert_eq!(calls(), before + 1, "one upstream call after the takeover");
+    app.engine.wait_stored(c).await;
+    app.shutdown().await.expect("shutdown");
+}
