@@ -519,18 +519,7 @@ impl Inner {
                     if let Some(slot) = self.cache.component(component) {
                         slot.set_failing(None);
                     }
-                    // Refresh now. A flight already running may have read the store before
-                    // this ticket landed and end with "no ticket": then once more, in a new
-                    // flight that sees it (instead of waiting out a backoff).
-                    let inner = Arc::clone(self);
-                    self.tracker.spawn(async move {
-                        if let Err(RefreshError::NoTicket) =
-                            inner.refresh(credential.clone(), super::Mode::Normal).await
-                        {
-                            inner.failures.lock().remove(&credential);
-                            let _ = inner.refresh(credential, super::Mode::Normal).await;
-                        }
-                    });
+                    self.schedule_in(&credential, Duration::ZERO);
                 }
                 Ok(())
             }
