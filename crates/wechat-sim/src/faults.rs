@@ -53,6 +53,10 @@ fn always() -> f64 {
 pub enum Fault {
     /// Delay the answer; the call then runs normally.
     Latency { latency: Latency },
+    /// Run the call (its effects happen: a token is issued, a refresh token rotated), then hold
+    /// the answer back this long: the window in which a caller that dies never learns what was
+    /// issued. Adds up with other hold rules; never replaces the call.
+    HoldAnswer { latency: Latency },
     /// Answer with this HTTP status and an empty body (typically 500, 502, 503, 504).
     HttpStatus { status: u16 },
     /// Reset the TCP connection (RST) instead of answering.
@@ -111,6 +115,8 @@ impl Latency {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Decision {
     pub latency: Option<Duration>,
+    /// Held after the call ran, before its answer is sent.
+    pub hold: Option<Duration>,
     pub action: Option<Action>,
 }
 
@@ -220,8 +226,8 @@ impl Faults {
             .collect()
     }
 
-    /// Decide the faults for one call of `api`. Every latency rule that fires adds its delay;
-    /// the first other rule that fires decides the answer (later ones are not rolled).
+    /// Decide the faults for one call of `api`. Every latency (or hold) rule that fires adds its
+    /// delay; the first other rule that fires decides the answer (later ones are not rolled).
     pub(crate) fn decide(&self, api: Api) -> Decision {
         if !self.active.load(Ordering::Acquire) {
             return Decision::default();
@@ -233,7 +239,10 @@ impl Faults {
             if target.is_some_and(|t| t != api) {
                 continue;
             }
-            let is_latency = matches!(active.rule.fault, Fault::Latency { .. });
+            let is_latency = matches!(
+                active.rule.fault,
+                Fault::Latency { .. } | Fault::HoldAnswer { .. }
+            );
             if !is_latency && d.action.is_some() {
                 continue;
             }
@@ -248,6 +257,10 @@ impl Faults {
                 Fault::Latency { latency } => {
                     let add = latency.sample(rng);
                     d.latency = Some(d.latency.unwrap_or_default() + add);
+                }
+                Fault::HoldAnswer { latency } => {
+                    let add = latency.sample(rng);
+                    d.hold = Some(d.hold.unwrap_or_default() + add);
                 }
                 Fault::HttpStatus { status } => d.action = Some(Action::HttpStatus(*status)),
                 Fault::Reset => d.action = Some(Action::Reset),
@@ -350,6 +363,26 @@ mod tests {
     }
 
     #[test]
+    fn hold_answer_is_decided_apart_from_latency_and_lets_the_call_run() {
+        let f = Faults::new(Some(1));
+        f.set(FaultSet {
+            seed: None,
+            rules: vec![rule(
+                "api_authorizer_token",
+                1.0,
+                Fault::HoldAnswer {
+                    latency: Latency::Fixed { ms: 7 },
+                },
+            )],
+        })
+        .unwrap();
+        let d = f.decide(Api::AuthorizerToken);
+        assert_eq!(d.hold, Some(Duration::from_millis(7)));
+        assert_eq!(d.latency, None);
+        assert_eq!(d.action, None, "the call itself runs");
+    }
+
+    #[test]
     fn invalid_rules_are_refused_and_change_nothing() {
         let f = Faults::new(None);
         let bad = FaultSet {
@@ -374,11 +407,12 @@ mod tests {
               {"endpoint":"*","fault":{"kind":"latency","latency":{"distribution":"exponential","mean_ms":20}}},
               {"endpoint":"/cgi-bin/token","times":1,"fault":{"kind":"http_status","status":502}},
               {"endpoint":"token","fault":{"kind":"reset"}},
-              {"endpoint":"token","fault":{"kind":"malformed_json"}}
+              {"endpoint":"token","fault":{"kind":"malformed_json"}},
+              {"endpoint":"api_authorizer_token","fault":{"kind":"hold_answer","latency":{"distribution":"uniform","min_ms":100,"max_ms":500}}}
             ]}"#,
         )
         .unwrap();
-        assert_eq!(set.rules.len(), 5);
+        assert_eq!(set.rules.len(), 6);
         Faults::new(None).set(set).unwrap();
     }
 }

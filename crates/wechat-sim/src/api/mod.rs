@@ -134,6 +134,10 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
     if let Some(Effect::PushTicket { component, ticket }) = handled.effect {
         crate::push::enqueue_ticket(&sim, component, ticket);
     }
+    // Issued, then held: a caller that gives up or dies meanwhile never learns what was issued.
+    if let Some(hold) = decision.hold {
+        tokio::time::sleep(hold).await;
+    }
     match handled.result {
         Ok(bytes) => json_response(bytes),
         Err(e) => errcode_response(&e),

@@ -21,7 +21,7 @@ use crate::model::{
     NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent,
     TicketOutcome, Timestamp, TokenSource,
 };
-use crate::store::StoreError;
+use crate::store::{LeaseKey, StoreError};
 use crate::telemetry;
 
 /// `api_query_auth` on a code already exchanged.
@@ -174,9 +174,41 @@ impl Engine {
                 }
                 continue;
             }
-            match inner.apply_event(stored, &event).await {
+            // Another replica may be applying it (or have applied it since it was listed): one
+            // application per event across replicas. Tickets are idempotent and every replica
+            // learns of one this way, so they take no claim.
+            let claim = subject.as_ref().map(|_| LeaseKey::Event {
+                component: stored.component.clone(),
+                dedupe_key: stored.dedupe_key.clone(),
+            });
+            if let Some(key) = &claim {
+                match inner.claim_event(key, stored).await {
+                    Claim::Mine => {}
+                    Claim::Done => {
+                        inner.event_done(stored);
+                        continue;
+                    }
+                    Claim::Elsewhere => {
+                        pending = true;
+                        if let Some((k, _)) = &subject {
+                            held.insert(k.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
+            let outcome = inner.apply_event(stored, &event).await;
+            let marked = match &outcome {
+                Ok(()) => inner.mark_processed(stored).await,
+                Err(e) if permanent(e) => inner.mark_processed(stored).await,
+                Err(_) => Ok(()),
+            };
+            if let Some(key) = &claim {
+                inner.lease.release(key).await;
+            }
+            marked?;
+            match outcome {
                 Ok(()) => {
-                    inner.mark_processed(stored).await?;
                     inner.event_done(stored);
                     applied += 1;
                     if let Some((key, created)) = subject {
@@ -201,7 +233,6 @@ impl Engine {
                             inner.clock.now(),
                         ));
                     }
-                    inner.mark_processed(stored).await?;
                     inner.event_done(stored);
                 }
                 Err(e) => {
@@ -376,7 +407,39 @@ impl Engine {
     }
 }
 
+/// Whether this replica may apply a stored event now.
+enum Claim {
+    /// Its lease is ours and it is still unprocessed.
+    Mine,
+    /// Applied meanwhile (by another replica).
+    Done,
+    /// Another replica holds it (or the lease could not be checked): retried on a later pass.
+    Elsewhere,
+}
+
 impl Inner {
+    async fn claim_event(&self, key: &LeaseKey, stored: &StoredEvent) -> Claim {
+        match self.lease.acquire(key).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Claim::Elsewhere,
+        }
+        match self
+            .store
+            .event_unprocessed(&stored.component, &stored.dedupe_key)
+            .await
+        {
+            Ok(true) => Claim::Mine,
+            Ok(false) => {
+                self.lease.release(key).await;
+                Claim::Done
+            }
+            Err(_) => {
+                self.lease.release(key).await;
+                Claim::Elsewhere
+            }
+        }
+    }
+
     /// Revokes an authorizer only if its generation is still `generation` (what the caller read).
     /// True if it is revoked now by this call; false if it changed meanwhile (re-authorized,
     /// recovered, refreshed) or is gone. Alert, cache and appsecret fallback follow as for any lost
@@ -765,7 +828,7 @@ impl Inner {
     }
 
     /// Whether an `api_query_auth` answer for `appid` was stored at or after `since`.
-    async fn exchanged_since(
+    pub(crate) async fn exchanged_since(
         &self,
         component: &ComponentAppid,
         appid: &Appid,

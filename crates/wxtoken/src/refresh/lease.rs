@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{Credential, Timestamp};
-use crate::store::Store;
+use crate::model::Timestamp;
+use crate::store::{LeaseKey, Store};
 
 /// The lease could not be checked (database unreachable). The engine treats it as "not granted"
 /// and retries later, serving what it holds meanwhile.
@@ -30,12 +30,13 @@ pub struct LeaseError(pub String);
 
 #[async_trait]
 pub trait Lease: Send + Sync + 'static {
-    /// Tries to take the lease on `credential` for at most `ttl`. `Ok(false)`: another holder has
-    /// it (its refresh result will reach this process through the store).
-    async fn acquire(&self, credential: &Credential, ttl: Duration) -> Result<bool, LeaseError>;
+    /// Tries to take the lease on `key` (a credential's refresh, an event's application, a code's
+    /// exchange). `Ok(false)`: another holder has it (its result will reach this process through
+    /// the store).
+    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError>;
 
     /// Gives the lease back early (after the store write).
-    async fn release(&self, credential: &Credential);
+    async fn release(&self, key: &LeaseKey);
 
     /// Whether other processes take the same leases. The engine then re-reads the store once the
     /// lease is granted (another replica may have refreshed meanwhile), keeps the lease until its
@@ -48,7 +49,7 @@ pub trait Lease: Send + Sync + 'static {
 /// The single-process lease: an in-process set of held credentials.
 #[derive(Debug, Default)]
 pub struct LocalLease {
-    held: Mutex<HashSet<Credential>>,
+    held: Mutex<HashSet<LeaseKey>>,
 }
 
 impl LocalLease {
@@ -59,12 +60,12 @@ impl LocalLease {
 
 #[async_trait]
 impl Lease for LocalLease {
-    async fn acquire(&self, credential: &Credential, _ttl: Duration) -> Result<bool, LeaseError> {
-        Ok(self.held.lock().insert(credential.clone()))
+    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError> {
+        Ok(self.held.lock().insert(key.clone()))
     }
 
-    async fn release(&self, credential: &Credential) {
-        self.held.lock().remove(credential);
+    async fn release(&self, key: &LeaseKey) {
+        self.held.lock().remove(key);
     }
 }
 
@@ -80,8 +81,7 @@ struct Held {
 /// The replicas' lease: a row of `refresh_leases` in the shared database, taken with one
 /// conditional statement, renewed every third of its time to live while held, deleted on
 /// release. Refused when another live holder has it; a dead holder's row expires. Its time to
-/// live is `storage.lease_ttl` (the `ttl` passed to `acquire` is ignored: renewal, not a long
-/// lease, covers a slow refresh). Expiry compares wall clocks of different machines: keep them in
+/// live is `storage.lease_ttl`: renewal, not a long lease, covers a slow refresh. Expiry compares wall clocks of different machines: keep them in
 /// sync (NTP) to well under the time to live.
 pub struct StoreLease {
     store: Arc<dyn Store>,
@@ -89,7 +89,7 @@ pub struct StoreLease {
     holder: String,
     ttl: Duration,
     tracker: TaskTracker,
-    held: Mutex<HashMap<Credential, Held>>,
+    held: Mutex<HashMap<LeaseKey, Held>>,
 }
 
 impl std::fmt::Debug for StoreLease {
@@ -118,7 +118,7 @@ impl StoreLease {
         &self.holder
     }
 
-    fn spawn_renewal(&self, credential: Credential, stop: CancellationToken) {
+    fn spawn_renewal(&self, key: LeaseKey, stop: CancellationToken) {
         let store = Arc::clone(&self.store);
         let holder = self.holder.clone();
         let ttl = self.ttl;
@@ -130,17 +130,17 @@ impl StoreLease {
                 }
                 let now = Timestamp::now();
                 match store
-                    .try_lease(&credential, &holder, now, now.plus(ttl))
+                    .try_lease(&key, &holder, now, now.plus(ttl))
                     .await
                 {
                     Ok(true) => {}
                     // Taken over after it ran out: the fence still guards our write.
                     Ok(false) => {
-                        tracing::warn!(appid = %credential.appid, "refresh lease lost to another replica");
+                        tracing::warn!(lease = %key, "lease lost to another replica");
                         return;
                     }
                     Err(e) => {
-                        tracing::debug!(appid = %credential.appid, error = %e, "renewing a refresh lease failed");
+                        tracing::debug!(lease = %key, error = %e, "renewing a lease failed");
                     }
                 }
             }
@@ -150,34 +150,34 @@ impl StoreLease {
 
 #[async_trait]
 impl Lease for StoreLease {
-    async fn acquire(&self, credential: &Credential, _ttl: Duration) -> Result<bool, LeaseError> {
-        if let Some(held) = self.held.lock().get_mut(credential) {
+    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError> {
+        if let Some(held) = self.held.lock().get_mut(key) {
             held.count += 1;
             return Ok(true);
         }
         let now = Timestamp::now();
         let granted = self
             .store
-            .try_lease(credential, &self.holder, now, now.plus(self.ttl))
+            .try_lease(key, &self.holder, now, now.plus(self.ttl))
             .await
             .map_err(|e| LeaseError(e.to_string()))?;
         if granted {
             let mut held = self.held.lock();
-            if let Some(h) = held.get_mut(credential) {
+            if let Some(h) = held.get_mut(key) {
                 h.count += 1;
             } else {
                 let renewal = CancellationToken::new();
-                self.spawn_renewal(credential.clone(), renewal.clone());
-                held.insert(credential.clone(), Held { count: 1, renewal });
+                self.spawn_renewal(key.clone(), renewal.clone());
+                held.insert(key.clone(), Held { count: 1, renewal });
             }
         }
         Ok(granted)
     }
 
-    async fn release(&self, credential: &Credential) {
+    async fn release(&self, key: &LeaseKey) {
         {
             let mut held = self.held.lock();
-            let Some(h) = held.get_mut(credential) else {
+            let Some(h) = held.get_mut(key) else {
                 return;
             };
             h.count -= 1;
@@ -185,11 +185,11 @@ impl Lease for StoreLease {
                 return;
             }
             h.renewal.cancel();
-            held.remove(credential);
+            held.remove(key);
         }
-        if let Err(e) = self.store.release_lease(credential, &self.holder).await {
+        if let Err(e) = self.store.release_lease(key, &self.holder).await {
             // It runs out by itself.
-            tracing::debug!(appid = %credential.appid, error = %e, "releasing a refresh lease failed");
+            tracing::debug!(lease = %key, error = %e, "releasing a lease failed");
         }
     }
 
@@ -201,17 +201,16 @@ impl Lease for StoreLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ComponentAppid;
+    use crate::model::{ComponentAppid, Credential};
 
     #[tokio::test]
     async fn local_lease_is_exclusive_until_released() {
         let lease = LocalLease::new();
-        let c = Credential::component(&ComponentAppid::parse("wxc").unwrap());
-        let ttl = Duration::from_secs(30);
-        assert!(lease.acquire(&c, ttl).await.unwrap());
-        assert!(!lease.acquire(&c, ttl).await.unwrap());
+        let c = LeaseKey::refresh(&Credential::component(&ComponentAppid::parse("wxc").unwrap()));
+        assert!(lease.acquire(&c).await.unwrap());
+        assert!(!lease.acquire(&c).await.unwrap());
         lease.release(&c).await;
-        assert!(lease.acquire(&c, ttl).await.unwrap());
+        assert!(lease.acquire(&c).await.unwrap());
     }
 
     #[tokio::test]
@@ -222,20 +221,20 @@ mod tests {
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
-        let c = Credential::component(&component);
+        let c = LeaseKey::refresh(&Credential::component(&component));
         let ttl = Duration::from_secs(30);
         let a = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
         let b = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
-        assert!(a.acquire(&c, ttl).await.unwrap());
+        assert!(a.acquire(&c).await.unwrap());
         assert!(
-            a.acquire(&c, ttl).await.unwrap(),
+            a.acquire(&c).await.unwrap(),
             "the holder may take it again"
         );
-        assert!(!b.acquire(&c, ttl).await.unwrap());
+        assert!(!b.acquire(&c).await.unwrap());
         a.release(&c).await;
-        assert!(!b.acquire(&c, ttl).await.unwrap(), "still held once");
+        assert!(!b.acquire(&c).await.unwrap(), "still held once");
         a.release(&c).await;
-        assert!(b.acquire(&c, ttl).await.unwrap());
+        assert!(b.acquire(&c).await.unwrap());
     }
 
     #[tokio::test]
@@ -246,7 +245,7 @@ mod tests {
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
-        let c = Credential::component(&component);
+        let c = LeaseKey::refresh(&Credential::component(&component));
         let now = Timestamp::now();
         // A holder that died: its row is there, its renewals stopped.
         assert!(
@@ -265,7 +264,7 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         );
-        assert!(live.acquire(&c, Duration::from_secs(30)).await.unwrap());
+        assert!(live.acquire(&c).await.unwrap());
     }
 
     /// Wall time is the scenario here: a lease of 1 s outlives 2 s because it is renewed.
@@ -277,11 +276,11 @@ mod tests {
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
-        let c = Credential::component(&component);
+        let c = LeaseKey::refresh(&Credential::component(&component));
         let ttl = Duration::from_secs(1);
         let tracker = TaskTracker::new();
         let holder = StoreLease::new(Arc::clone(&store), ttl, tracker.clone());
-        assert!(holder.acquire(&c, ttl).await.unwrap());
+        assert!(holder.acquire(&c).await.unwrap());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = Timestamp::now();
         assert!(

@@ -27,6 +27,7 @@
 
 mod events;
 pub mod lease;
+mod recovery;
 mod schedule;
 mod sync;
 mod worker;
@@ -37,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -199,15 +200,30 @@ pub struct EngineStats {
 pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
 
 /// How a refresh was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Mode {
     Normal,
-    /// An invalidation report of the token at `reported` (None: no token was current): direct
-    /// accounts use `force_refresh` (within budget). The flight re-checks the generation when it
-    /// starts, so a report that raced a refresh landing in between causes no second call.
+    /// An invalidation report of `reported` (None: no token was current): direct accounts use
+    /// `force_refresh` (within budget). The flight answers with any held token other than the
+    /// reported one (a report that raced a refresh landing in between causes no second call), and
+    /// never with the reported token itself, whatever its generation says: a write that changed
+    /// only the refresh token bumps the generation but not the access token.
     Forced {
-        reported: Option<u64>,
+        reported: Option<Arc<CachedToken>>,
     },
+}
+
+impl Mode {
+    /// Whether `token` may answer this refresh without a new upstream call: any token does for a
+    /// normal refresh, anything but the reported token for a report.
+    fn accepts(&self, token: &CachedToken) -> bool {
+        match self {
+            Mode::Forced {
+                reported: Some(reported),
+            } => !token.is(reported.access_token.expose_secret()),
+            _ => true,
+        }
+    }
 }
 
 /// stable_token `force_refresh` budget of one account (wechat-protocol.md §6.2): 20 a day, 30 s
@@ -236,11 +252,8 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     pub(crate) cache: TokenCache,
     pub(crate) flights: SingleFlight<Credential, Outcome>,
-    /// One paging of api_get_authorizer_list per component at a time, shared by every 61023
-    /// recovery, and kept for `worker::LISTING_TTL`.
-    pub(crate) listing_flights:
-        SingleFlight<ComponentAppid, Result<Arc<worker::Listing>, RefreshError>>,
-    pub(crate) listings: Mutex<HashMap<ComponentAppid, (Instant, Arc<worker::Listing>)>>,
+    /// api_get_authorizer_list pagings for refresh-token recovery (fresh ones only).
+    pub(crate) listings: recovery::Listings,
     pub(crate) schedule: Mutex<Schedule>,
     pub(crate) wake: Notify,
     pub(crate) permits: Semaphore,
@@ -311,9 +324,8 @@ impl Engine {
             lease: deps.lease,
             clock: deps.clock,
             flights: SingleFlight::new(deps.tracker.clone()),
-            listing_flights: SingleFlight::new(deps.tracker.clone()),
             code_flights: SingleFlight::new(deps.tracker.clone()),
-            listings: Mutex::default(),
+            listings: recovery::Listings::new(deps.tracker.clone()),
             tracker: deps.tracker,
             cache: TokenCache::new(),
             schedule: Mutex::new(Schedule::default()),
@@ -532,13 +544,30 @@ impl Engine {
             .cache
             .get(credential)
             .ok_or(RefreshError::Unknown)?;
-        let reported = match slot.current() {
+        let held = match slot.current() {
             Some(current) if !current.is(reported) => return Ok(current),
-            current => current.map(|c| c.generation),
+            current => current,
         };
-        Arc::clone(&self.inner)
-            .refresh_owned(credential.clone(), Mode::Forced { reported })
-            .await
+        // A report that joined a flight already under way (a scheduled refresh waiting on another
+        // replica's lease, say) may get that flight's answer: if it is the reported token, the
+        // report asks once more, this time in a flight of its own.
+        for _ in 0..2 {
+            let out = Arc::clone(&self.inner)
+                .refresh_owned(
+                    credential.clone(),
+                    Mode::Forced {
+                        reported: held.clone(),
+                    },
+                )
+                .await?;
+            if !out.is(reported) {
+                return Ok(out);
+            }
+        }
+        // Only WeChat answering with the same token again gets here (stable_token without a
+        // force_refresh budget): it is all there is.
+        tracing::warn!(appid = %credential.appid, "WeChat answered a report with the reported token");
+        Ok(slot.current().ok_or(RefreshError::Abandoned)?)
     }
 
     /// When the credential is next due, if scheduled (for tests and admin views).

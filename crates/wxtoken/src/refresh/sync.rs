@@ -24,7 +24,7 @@ use crate::model::{
     Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
     Timestamp, TokenRecord,
 };
-use crate::store::{TokenChange, TokenChanges};
+use crate::store::{LeaseKey, TokenChange, TokenChanges};
 use crate::tokens::cache::{CachedToken, ReadError, Slot};
 
 /// Pause after the change stream failed to reconnect, growing to [`FOLLOW_RETRY_MAX`].
@@ -33,6 +33,11 @@ const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Changed credentials loaded at once, and attempts per change.
 const FOLLOW_LOADS: usize = 4;
 const FOLLOW_LOAD_ATTEMPTS: u32 = 4;
+
+/// How long an exchange waits for another replica exchanging the same code, asking every
+/// [`CODE_LEASE_POLL`].
+const CODE_LEASE_WAIT: Duration = Duration::from_secs(15);
+const CODE_LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
 const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -360,7 +365,7 @@ impl Inner {
             .code_flights
             .run(digest(code), move || async move {
                 inner
-                    .exchange_code(&component, expected_owned.as_ref(), &owned_code, since)
+                    .exchange_code_leased(&component, expected_owned.as_ref(), &owned_code, since)
                     .await
             })
             .await
@@ -372,6 +377,45 @@ impl Inner {
             }),
             _ => Ok(appid),
         }
+    }
+
+    /// [`Inner::exchange_code`] under the code's lease, so a push and a page callback carrying the
+    /// same code on two replicas make one `api_query_auth`: the second waits for the first's
+    /// exchange and write, then finds the stored answer (for a push, whose appid is known) instead
+    /// of spending the code again.
+    async fn exchange_code_leased(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        expected: Option<&Appid>,
+        code: &str,
+        since: Timestamp,
+    ) -> Result<Appid, RefreshError> {
+        let key = LeaseKey::Code {
+            component: component.clone(),
+            digest: hex::encode(digest(code)),
+        };
+        let give_up = tokio::time::Instant::now() + CODE_LEASE_WAIT;
+        let mut waited = false;
+        loop {
+            match self.lease.acquire(&key).await {
+                Ok(true) => break,
+                // The database is away: the exchange's own write would wait for it anyway.
+                Err(_) => break,
+                Ok(false) if tokio::time::Instant::now() >= give_up => break,
+                Ok(false) => {
+                    waited = true;
+                    tokio::time::sleep(CODE_LEASE_POLL).await;
+                }
+            }
+        }
+        let result = match expected {
+            Some(appid) if waited && self.exchanged_since(component, appid, since).await? => {
+                Ok(appid.clone())
+            }
+            _ => self.exchange_code(component, expected, code, since).await,
+        };
+        self.lease.release(&key).await;
+        result
     }
 
     /// Applies one change heard from the store: loads the credential unless memory already holds

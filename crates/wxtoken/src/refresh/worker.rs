@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
 
+use super::recovery::Recovered;
 use super::{
     FORCE_MIN_GAP, FORCE_PER_DAY, ForceBudget, Inner, Mode, Outcome, RefreshError,
     START_PUSH_THROTTLE,
@@ -25,14 +26,12 @@ use crate::model::{
     CredentialKind, Expected, ForceBudgetRecord, NewAccessToken, RefreshResult, RefreshTokenSource,
     SaveOutcome, Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
 };
-use crate::store::StoreError;
+use crate::store::{LeaseKey, StoreError};
 use crate::telemetry;
 use crate::tokens::cache::CachedToken;
 use crate::tokens::plan;
 use crate::vault::VaultError;
 
-/// How long a refresh lease is asked for: longer than any refresh (upstream timeout and retries).
-const LEASE_TTL: Duration = Duration::from_secs(60);
 /// How long a refresh refused the lease waits for the holder's token, asking for the lease again
 /// every [`LEASE_POLL`], before giving up (and trying again after [`LEASE_RETRY`]).
 const LEASE_WAIT: Duration = Duration::from_secs(3);
@@ -40,11 +39,6 @@ const LEASE_POLL: Duration = Duration::from_millis(250);
 /// When a credential whose lease another replica holds is looked at again (plus up to as much
 /// jitter): its holder's token usually arrives first, and moves the schedule.
 const LEASE_RETRY: Duration = Duration::from_millis(250);
-/// How long one paging of api_get_authorizer_list serves 61023 recoveries.
-pub(crate) const LISTING_TTL: Duration = Duration::from_secs(60);
-
-/// What api_get_authorizer_list showed: appid → its refresh token (None: authorized, never exchanged).
-pub(crate) type Listing = std::collections::HashMap<String, Option<SecretString>>;
 
 /// Longest wait between two attempts to write a refresh result the store refused for a reason
 /// that can pass (unavailable, busy, conflict).
@@ -102,47 +96,49 @@ impl Inner {
     async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
         // An invalidation report that lost a race with a refresh: the token it reported is already
         // replaced, so the answer is the current token and WeChat is not asked again.
-        if let Mode::Forced {
-            reported: Some(generation),
-        } = mode
-            && let Some(current) = self.cache.get(&credential).and_then(|s| s.current())
-            && current.generation > generation
-        {
+        let replaced = |inner: &Self| {
+            let current = inner.cache.get(&credential).and_then(|s| s.current())?;
+            let reported = match &mode {
+                Mode::Forced { reported } => reported.as_ref()?,
+                Mode::Normal => return None,
+            };
+            (current.generation > reported.generation && mode.accepts(&current)).then_some(current)
+        };
+        if let Some(current) = replaced(&self) {
             return Ok(current);
         }
         // The previous refresh's token may still be on its way to the store: this one reads the
         // store (its generation, the refresh token), so it starts from what that one wrote.
         self.settle_pending_write(&credential).await;
-        if let Mode::Forced {
-            reported: Some(generation),
-        } = mode
-            && let Some(current) = self.cache.get(&credential).and_then(|s| s.current())
-            && current.generation > generation
-        {
+        if let Some(current) = replaced(&self) {
             return Ok(current);
         }
         let slot = self.cache.slot(&credential);
         // What memory held when this flight started: a token newer than it, from another replica,
-        // answers the flight instead of a new upstream call.
+        // answers the flight instead of a new upstream call (never the token a report names).
         let held_at_start = slot.current().map_or(0, |t| t.generation);
         let mut landed = slot.subscribe();
+        let lease_key = LeaseKey::refresh(&credential);
         // Refused: another replica refreshes, and its token reaches memory through the change
         // stream. Wait for it rather than fail the readers joined to this flight, asking again
         // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
-        let mut granted = self.lease.acquire(&credential, LEASE_TTL).await;
+        let mut granted = self.lease.acquire(&lease_key).await;
         if matches!(granted, Ok(false)) {
             let give_up = Instant::now() + LEASE_WAIT;
             loop {
                 let _ =
                     tokio::time::timeout(LEASE_POLL, landed.wait_for(|g| *g > held_at_start)).await;
-                if let Some(token) = slot.current().filter(|t| t.generation > held_at_start) {
+                if let Some(token) = slot
+                    .current()
+                    .filter(|t| t.generation > held_at_start && mode.accepts(t))
+                {
                     self.forget_failures(&credential);
                     return Ok(token);
                 }
                 if Instant::now() >= give_up {
                     break;
                 }
-                granted = self.lease.acquire(&credential, LEASE_TTL).await;
+                granted = self.lease.acquire(&lease_key).await;
                 if !matches!(granted, Ok(false)) {
                     break;
                 }
@@ -151,15 +147,15 @@ impl Inner {
         let result = match granted {
             Ok(true) => {
                 if self.lease.shared() {
-                    match self.adopt_newer(&credential, held_at_start).await {
+                    match self.adopt_newer(&credential, held_at_start, &mode).await {
                         Ok(Some(token)) => {
-                            self.lease.release(&credential).await;
+                            self.lease.release(&lease_key).await;
                             self.forget_failures(&credential);
                             return Ok(token);
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            self.lease.release(&credential).await;
+                            self.lease.release(&lease_key).await;
                             let result = Err(e);
                             self.after_refresh(&credential, &result);
                             return result;
@@ -170,7 +166,7 @@ impl Inner {
                     match credential.kind {
                         CredentialKind::Component => self.refresh_component(&credential).await,
                         CredentialKind::Authorizer => self.refresh_authorizer(&credential).await,
-                        CredentialKind::Direct => self.refresh_direct(&credential, mode).await,
+                        CredentialKind::Direct => self.refresh_direct(&credential, &mode).await,
                     }
                 };
                 // A panic must not leave the lease held and the credential off the schedule:
@@ -189,10 +185,10 @@ impl Inner {
                     let credential = credential.clone();
                     self.tracker.spawn(async move {
                         inner.settle_pending_write(&credential).await;
-                        inner.lease.release(&credential).await;
+                        inner.lease.release(&lease_key).await;
                     });
                 } else {
-                    self.lease.release(&credential).await;
+                    self.lease.release(&lease_key).await;
                 }
                 r
             }
@@ -298,6 +294,7 @@ impl Inner {
         &self,
         credential: &Credential,
         held_at_start: u64,
+        mode: &Mode,
     ) -> Result<Option<Arc<CachedToken>>, RefreshError> {
         let stored = self
             .store
@@ -320,7 +317,9 @@ impl Inner {
             .cache
             .get(credential)
             .and_then(|s| s.current())
-            .filter(|t| t.generation > held_at_start && t.stored && t.refresh_at > now))
+            .filter(|t| {
+                t.generation > held_at_start && t.stored && t.refresh_at > now && mode.accepts(t)
+            }))
     }
 
     pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {
@@ -340,7 +339,7 @@ impl Inner {
     }
 
     /// The permit-holding upstream call: bounded concurrency toward WeChat.
-    async fn upstream<T>(
+    pub(crate) async fn upstream<T>(
         &self,
         call: impl Future<Output = Result<T, WechatError>>,
     ) -> Result<T, WechatError> {
@@ -836,7 +835,7 @@ impl Inner {
             .vault
             .open_string(SecretSlot::RefreshToken { component, appid }, &sealed_rt)?;
         let mut replaced_component = false;
-        let mut recovered = false;
+        let mut recoveries = 0;
         loop {
             let ct = self.ensure_component_token(component).await?;
             let call = self.client.authorizer_token(
@@ -845,7 +844,10 @@ impl Inner {
                 appid.as_str(),
                 refresh_token.expose_secret(),
             );
-            match self.upstream_timed(call).await {
+            let result = self.upstream_timed(call).await;
+            // A recovery needs a listing fetched after WeChat's refusal, never an older one.
+            let refused_at = Instant::now();
+            match result {
                 Ok((resp, sent_at)) => {
                     // Never store an empty refresh token: keep the one we sent.
                     let rt = match resp.non_empty_refresh_token() {
@@ -878,51 +880,44 @@ impl Inner {
                     self.replace_component_token(component, &ct).await?;
                 }
                 Err(e) if e.class() == ErrorClass::Reauthorize => {
-                    if !recovered
-                        && let Some(listed) = self.listed_refresh_token(component, appid).await?
-                        && listed.expose_secret() != refresh_token.expose_secret()
+                    recoveries += 1;
+                    if recoveries > super::recovery::MAX_RECOVERIES {
+                        return Err(RefreshError::Upstream {
+                            class: ErrorClass::Transient,
+                            detail: format!("refresh token refused again after recovery: {e}"),
+                        });
+                    }
+                    match self
+                        .recover_refresh_token(credential, &refresh_token, refused_at)
+                        .await?
                     {
-                        recovered = true;
-                        tracing::warn!(
-                            errcode = e.errcode(),
-                            "refresh token differs from WeChat's list; recovering it"
-                        );
-                        let sealed = self.vault.seal(
-                            SecretSlot::RefreshToken { component, appid },
-                            listed.expose_secret().as_bytes(),
-                        )?;
-                        match self
-                            .save_authorization(
-                                component,
-                                appid,
-                                Expected::Generation(generation),
-                                sealed.clone(),
-                                None,
-                                RefreshTokenSource::Reconcile,
-                            )
-                            .await?
-                        {
-                            SaveOutcome::Saved { generation: g } => {
-                                generation = g;
-                                sealed_rt = sealed;
-                                refresh_token = listed;
-                                continue;
-                            }
-                            // Re-authorized meanwhile: its refresh will come from the new state.
-                            SaveOutcome::Stale { .. } => {
-                                return self.adopt_stored(credential).await;
-                            }
-                            SaveOutcome::Missing => return Err(RefreshError::Unknown),
+                        Recovered::Use(found) => {
+                            tracing::warn!(
+                                errcode = e.errcode(),
+                                "refresh token refused; retrying with a newer one"
+                            );
+                            generation = found.generation;
+                            sealed_rt = found.sealed;
+                            refresh_token = found.refresh_token;
+                        }
+                        Recovered::Inactive(record) => {
+                            let reason = record
+                                .status_reason
+                                .clone()
+                                .unwrap_or_else(|| record.status.as_str().to_owned());
+                            return self.fallback(credential, &record, &reason).await;
+                        }
+                        Recovered::Lost => {
+                            return self
+                                .lose_authorization(
+                                    credential,
+                                    Some(generation),
+                                    AuthorizerStatus::NeedsReauth,
+                                    &e.to_string(),
+                                )
+                                .await;
                         }
                     }
-                    return self
-                        .lose_authorization(
-                            credential,
-                            Some(generation),
-                            AuthorizerStatus::NeedsReauth,
-                            &e.to_string(),
-                        )
-                        .await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -963,84 +958,6 @@ impl Inner {
                 .set_status(AuthorizerStatus::Active, "");
         }
         Ok(outcome)
-    }
-
-    /// The refresh token `api_get_authorizer_list` shows for `appid`. The listing is paged once per
-    /// component and shared: when many authorizers hit 61023 together (a component-wide problem),
-    /// they cause one paging, not one each.
-    pub(crate) async fn listed_refresh_token(
-        self: &Arc<Self>,
-        component: &ComponentAppid,
-        appid: &crate::model::Appid,
-    ) -> Result<Option<SecretString>, RefreshError> {
-        let listing = self.listing(component).await?;
-        Ok(listing.get(appid.as_str()).and_then(|rt| {
-            rt.as_ref()
-                .map(|s| SecretString::from(s.expose_secret().to_owned()))
-        }))
-    }
-
-    async fn listing(
-        self: &Arc<Self>,
-        component: &ComponentAppid,
-    ) -> Result<Arc<Listing>, RefreshError> {
-        if let Some(listing) = self.fresh_listing(component) {
-            return Ok(listing);
-        }
-        let inner = Arc::clone(self);
-        let key = component.clone();
-        self.listing_flights
-            .run(component.clone(), move || async move {
-                // A flight that answered between our look and our joining has filled the cache.
-                if let Some(listing) = inner.fresh_listing(&key) {
-                    return Ok(listing);
-                }
-                let listing = inner.page_listing(&key).await?;
-                // Cached before the flight answers, so a caller arriving just after finds it.
-                inner
-                    .listings
-                    .lock()
-                    .insert(key, (Instant::now(), Arc::clone(&listing)));
-                Ok(listing)
-            })
-            .await
-            .unwrap_or(Err(RefreshError::Abandoned))
-    }
-
-    fn fresh_listing(&self, component: &ComponentAppid) -> Option<Arc<Listing>> {
-        let listings = self.listings.lock();
-        let (at, listing) = listings.get(component)?;
-        (at.elapsed() < LISTING_TTL).then(|| Arc::clone(listing))
-    }
-
-    async fn page_listing(
-        self: &Arc<Self>,
-        component: &ComponentAppid,
-    ) -> Result<Arc<Listing>, RefreshError> {
-        let ct = self.ensure_component_token(component).await?;
-        let mut listing = Listing::new();
-        let mut offset = 0u32;
-        loop {
-            let page = self
-                .upstream(self.client.get_authorizer_list(
-                    ct.access_token.expose_secret(),
-                    component.as_str(),
-                    offset,
-                    wechat::wire::AUTHORIZER_LIST_MAX_COUNT,
-                ))
-                .await?;
-            for item in &page.list {
-                let rt = item
-                    .non_empty_refresh_token()
-                    .map(|s| SecretString::from(s.to_owned()));
-                listing.insert(item.authorizer_appid.clone(), rt);
-            }
-            let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
-            offset = offset.saturating_add(n);
-            if n == 0 || u64::from(offset) >= page.total_count {
-                return Ok(Arc::new(listing));
-            }
-        }
     }
 
     /// Marks the authorizer (fenced by `generation` unless a revocation), alerts, and falls back to
@@ -1159,7 +1076,7 @@ impl Inner {
 
     // --- direct accounts --------------------------------------------------------------------
 
-    async fn refresh_direct(self: &Arc<Self>, credential: &Credential, mode: Mode) -> Outcome {
+    async fn refresh_direct(self: &Arc<Self>, credential: &Credential, mode: &Mode) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
         let account = self
             .store

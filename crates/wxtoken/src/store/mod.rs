@@ -44,6 +44,60 @@ use postgres::PgStore;
 pub use postgres::{TokenChange, TokenChanges};
 use sqlite::SqliteStore;
 
+/// What a lease row (`refresh_leases`) is held on. Every piece of work that must happen once
+/// across replicas takes one: a credential's refresh, the application of a stored push event, the
+/// exchange of an authorization code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LeaseKey {
+    /// Refreshing a credential's token.
+    Refresh(Credential),
+    /// Applying a stored push event (by its dedupe key).
+    Event {
+        component: ComponentAppid,
+        dedupe_key: String,
+    },
+    /// Exchanging an authorization code with `api_query_auth`, by the code's SHA-256 in hex (the
+    /// code itself is a secret and never stored).
+    Code {
+        component: ComponentAppid,
+        digest: String,
+    },
+}
+
+impl LeaseKey {
+    pub fn refresh(credential: &Credential) -> Self {
+        LeaseKey::Refresh(credential.clone())
+    }
+
+    /// The row's `(component_appid, kind, appid)`: a credential's own kind and appid, or `event` /
+    /// `code` with the dedupe key / digest (never a credential kind, so the two never collide).
+    pub fn row(&self) -> (&str, &str, &str) {
+        match self {
+            LeaseKey::Refresh(c) => (c.component.as_str(), c.kind.as_str(), c.appid.as_str()),
+            LeaseKey::Event {
+                component,
+                dedupe_key,
+            } => (component.as_str(), "event", dedupe_key),
+            LeaseKey::Code { component, digest } => (component.as_str(), "code", digest),
+        }
+    }
+}
+
+impl std::fmt::Display for LeaseKey {
+    /// Names the work, never a secret (a code appears as its digest's first characters only).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseKey::Refresh(c) => write!(f, "refresh {} {}", c.kind.as_str(), c.appid),
+            LeaseKey::Event { dedupe_key, .. } => {
+                write!(f, "event {}", &dedupe_key[..dedupe_key.len().min(12)])
+            }
+            LeaseKey::Code { digest, .. } => {
+                write!(f, "code {}", &digest[..digest.len().min(12)])
+            }
+        }
+    }
+}
+
 /// Why a store operation failed. `Display` is safe to log; none of it is meant for API responses
 /// (map to a generic 503/500 there), and the database's own text is only in the source chain.
 #[derive(Debug, thiserror::Error)]
@@ -485,19 +539,27 @@ pub trait Store: Send + Sync {
     /// How many sealed values each key id holds, over every column.
     async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
 
+    /// Whether the event is stored and not yet processed (checked again once an event's lease is
+    /// held: another replica may have applied it since it was listed).
+    async fn event_unprocessed(
+        &self,
+        component: &ComponentAppid,
+        dedupe_key: &str,
+    ) -> Result<bool, StoreError>;
+
     // --- several replicas ---------------------------------------------------------------------
-    /// Takes (or renews) the refresh lease on `credential` for `holder` until `until`: granted if
-    /// nobody holds it, if its holder's lease ran out before `now`, or if `holder` already holds
-    /// it. One conditional statement, so two replicas never both get it. True if granted.
+    /// Takes (or renews) the lease on `key` for `holder` until `until`: granted if nobody holds
+    /// it, if its holder's lease ran out before `now`, or if `holder` already holds it. One
+    /// conditional statement, so two replicas never both get it. True if granted.
     async fn try_lease(
         &self,
-        credential: &Credential,
+        key: &LeaseKey,
         holder: &str,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<bool, StoreError>;
     /// Gives the lease back if `holder` holds it.
-    async fn release_lease(&self, credential: &Credential, holder: &str) -> Result<(), StoreError>;
+    async fn release_lease(&self, key: &LeaseKey, holder: &str) -> Result<(), StoreError>;
     /// The committed changes of every credential's row (new tokens, status changes), whoever
     /// wrote them: PostgreSQL's LISTEN/NOTIFY on a connection of its own. `None` on SQLite (one
     /// process owns the file; there is no one else to hear from).

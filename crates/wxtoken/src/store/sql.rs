@@ -1582,6 +1582,22 @@ macro_rules! impl_store {
                     Ok(n == 1)
                 }
 
+                async fn event_unprocessed(
+                    &self,
+                    component: &ComponentAppid,
+                    dedupe_key: &str,
+                ) -> Result<bool, StoreError> {
+                    let row: Option<(i64,)> = sqlx::query_as(
+                        "SELECT CAST(1 AS BIGINT) FROM events WHERE component_appid = $1 AND dedupe_key = $2 \
+                         AND processed_at IS NULL",
+                    )
+                    .bind(component.as_str())
+                    .bind(dedupe_key)
+                    .fetch_optional(self.write_pool())
+                    .await?;
+                    Ok(row.is_some())
+                }
+
                 async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError> {
                     let rows: Vec<(String, String, String, i64, i64, Option<i64>)> =
                         sqlx::query_as(
@@ -1907,11 +1923,12 @@ macro_rules! impl_store {
 
                 async fn try_lease(
                     &self,
-                    credential: &Credential,
+                    key: &crate::store::LeaseKey,
                     holder: &str,
                     now: Timestamp,
                     until: Timestamp,
                 ) -> Result<bool, StoreError> {
+                    let (component, kind, name) = key.row();
                     // Insert, or take over a row whose lease ran out (or that we hold): the
                     // conditional upsert is atomic on both backends, so one caller wins.
                     let won: Option<(String,)> = sqlx::query_as(
@@ -1922,9 +1939,9 @@ macro_rules! impl_store {
                          WHERE refresh_leases.expires_at < $6 OR refresh_leases.holder = $4 \
                          RETURNING holder",
                     )
-                    .bind(credential.component.as_str())
-                    .bind(credential.kind.as_str())
-                    .bind(credential.appid.as_str())
+                    .bind(component)
+                    .bind(kind)
+                    .bind(name)
                     .bind(holder)
                     .bind(until.as_millis())
                     .bind(now.as_millis())
@@ -1935,16 +1952,17 @@ macro_rules! impl_store {
 
                 async fn release_lease(
                     &self,
-                    credential: &Credential,
+                    key: &crate::store::LeaseKey,
                     holder: &str,
                 ) -> Result<(), StoreError> {
+                    let (component, kind, name) = key.row();
                     sqlx::query(
                         "DELETE FROM refresh_leases WHERE component_appid = $1 AND kind = $2 \
                          AND appid = $3 AND holder = $4",
                     )
-                    .bind(credential.component.as_str())
-                    .bind(credential.kind.as_str())
-                    .bind(credential.appid.as_str())
+                    .bind(component)
+                    .bind(kind)
+                    .bind(name)
                     .bind(holder)
                     .execute(self.write_pool())
                     .await?;

@@ -179,10 +179,24 @@ impl Slot {
     /// the token another writer stored at the generation an unstored one hoped for); a token not
     /// stored yet needs a strictly newer generation, so it never replaces a stored token of its
     /// own generation.
-    pub fn publish(&self, token: CachedToken) -> bool {
-        let generation = token.generation;
+    ///
+    /// The same access token again at a newer generation (a write that changed only the refresh
+    /// token or the status bumps the stored generation) keeps the generation it was first served
+    /// at: it is not a new token, so it wakes no long-poll and a report of it is not answered with
+    /// it as if it were newer.
+    pub fn publish(&self, mut token: CachedToken) -> bool {
         {
             let mut state = self.state.write();
+            if let Some(held) = &state.token
+                && token.generation > held.generation
+                && held.is(token.access_token.expose_secret())
+            {
+                token.generation = held.generation;
+                token.stored |= held.stored;
+                state.token = Some(Arc::new(token));
+                return true;
+            }
+            let generation = token.generation;
             if state.token.as_ref().is_some_and(|t| {
                 t.generation > generation || (t.generation == generation && !token.stored)
             }) {
