@@ -27,6 +27,7 @@ use wechat_sim::{ComponentSpec, FaultSet, SimConfig, SimHandle};
 use wxtoken::app::{App, RunningApp};
 use wxtoken::config::{ComponentConfig, Config, Sources};
 use wxtoken::model::{Appid, ComponentAppid, Credential, SecretSlot};
+use wxtoken::store::LeaseKey;
 use wxtoken::vault::{MasterKey, Vault};
 
 const COMPONENT: &str = "wxchaoscomponent01";
@@ -958,7 +959,7 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
     assert!(
         h.store
             .try_lease(
-                c,
+                &LeaseKey::refresh(c),
                 "other-replica",
                 now.plus(Duration::from_secs(120)),
                 now.plus(Duration::from_secs(30))
@@ -1021,14 +1022,14 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
 
     // The holder dies: its lease runs out and this replica takes over within the wait.
     h.store
-        .release_lease(c, "other-replica")
+        .release_lease(&LeaseKey::refresh(c), "other-replica")
         .await
         .expect("release");
     let now = Timestamp::now();
     assert!(
         h.store
             .try_lease(
-                c,
+                &LeaseKey::refresh(c),
                 "dead-replica",
                 now,
                 now.plus(Duration::from_millis(1500))

@@ -1937,7 +1937,7 @@ async fn refresh_lease_goes_to_one_replica_until_released_or_expired(h: &Harness
     let s2 = h.reopen().await;
     let c = component("wxcomp0001");
     s1.ensure_component(&c, at(0)).await.unwrap();
-    let cred = Credential::authorizer(&c, &appid("wxauth0001"));
+    let cred = wxtoken::store::LeaseKey::refresh(&Credential::authorizer(&c, &appid("wxauth0001")));
     let (t0, t10, t20) = (at(0), at(10_000), at(20_000));
     // Many replicas racing for one free lease: exactly one wins.
     let mut racers = Vec::new();

@@ -51,7 +51,8 @@ pub struct Readiness {
     pub checks: std::collections::BTreeMap<String, String>,
 }
 
-/// Readiness: the store answers, and every configured component has a component_verify_ticket.
+/// Readiness: the store answers, and every configured component has a component_verify_ticket and
+/// a servable component token.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -81,6 +82,15 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
                 Ok(Err(_)) | Err(_) => "unknown (storage unreachable)".to_owned(),
             }
         };
+        // Servable means a component token in memory: a ticket stored by another replica is not
+        // enough until this one has (or has heard of) the token made from it.
+        if result == "ok" {
+            let token = match app.0.engine.component_token(&component) {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("no component token yet: {e}"),
+            };
+            checks.insert(format!("component_token:{component}"), token);
+        }
         checks.insert(format!("ticket:{component}"), result);
     }
     let ready = checks.values().all(|v| v == "ok");

@@ -791,6 +791,9 @@ impl Inner {
     fn component_gate_open(&self, component: &ComponentAppid) -> Result<(), RefreshError> {
         let gate = self.component_gate.lock();
         match gate.get(component) {
+            // "No ticket yet" costs no WeChat call to re-check, and another replica may have
+            // stored one since: let the refresh (single flight) look again.
+            Some((_, RefreshError::NoTicket)) => Ok(()),
             Some((until, error)) if Instant::now() < *until => Err(error.clone()),
             _ => Ok(()),
         }

@@ -229,16 +229,28 @@ impl Store for HookStore {
 
     async fn try_lease(
         &self,
-        credential: &Credential,
+        key: &wxtoken::store::LeaseKey,
         holder: &str,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<bool, StoreError> {
-        self.inner.try_lease(credential, holder, now, until).await
+        self.inner.try_lease(key, holder, now, until).await
     }
 
-    async fn release_lease(&self, credential: &Credential, holder: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(credential, holder).await
+    async fn release_lease(
+        &self,
+        key: &wxtoken::store::LeaseKey,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.release_lease(key, holder).await
+    }
+
+    async fn event_unprocessed(
+        &self,
+        component: &ComponentAppid,
+        dedupe_key: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.event_unprocessed(component, dedupe_key).await
     }
 
     async fn token_changes(&self) -> Result<Option<wxtoken::store::TokenChanges>, StoreError> {
