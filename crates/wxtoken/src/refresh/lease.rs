@@ -129,10 +129,7 @@ impl StoreLease {
                     () = tokio::time::sleep(ttl / 3) => {}
                 }
                 let now = Timestamp::now();
-                match store
-                    .try_lease(&key, &holder, now, now.plus(ttl))
-                    .await
-                {
+                match store.try_lease(&key, &holder, now, now.plus(ttl)).await {
                     Ok(true) => {}
                     // Taken over after it ran out: the fence still guards our write.
                     Ok(false) => {
@@ -206,7 +203,9 @@ mod tests {
     #[tokio::test]
     async fn local_lease_is_exclusive_until_released() {
         let lease = LocalLease::new();
-        let c = LeaseKey::refresh(&Credential::component(&ComponentAppid::parse("wxc").unwrap()));
+        let c = LeaseKey::refresh(&Credential::component(
+            &ComponentAppid::parse("wxc").unwrap(),
+        ));
         assert!(lease.acquire(&c).await.unwrap());
         assert!(!lease.acquire(&c).await.unwrap());
         lease.release(&c).await;
@@ -226,10 +225,7 @@ mod tests {
         let a = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
         let b = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
         assert!(a.acquire(&c).await.unwrap());
-        assert!(
-            a.acquire(&c).await.unwrap(),
-            "the holder may take it again"
-        );
+        assert!(a.acquire(&c).await.unwrap(), "the holder may take it again");
         assert!(!b.acquire(&c).await.unwrap());
         a.release(&c).await;
         assert!(!b.acquire(&c).await.unwrap(), "still held once");

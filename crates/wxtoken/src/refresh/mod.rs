@@ -550,8 +550,14 @@ impl Engine {
         };
         // A report that joined a flight already under way (a scheduled refresh waiting on another
         // replica's lease, say) may get that flight's answer: if it is the reported token, the
-        // report asks once more, this time in a flight of its own.
-        for _ in 0..2 {
+        // report asks once more, this time in a flight of its own. (A direct account's
+        // stable_token answers without force_refresh with the same token: no second call.)
+        let tries = if credential.kind == crate::model::CredentialKind::Direct {
+            1
+        } else {
+            2
+        };
+        for _ in 0..tries {
             let out = Arc::clone(&self.inner)
                 .refresh_owned(
                     credential.clone(),

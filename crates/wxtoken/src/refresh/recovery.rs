@@ -10,8 +10,9 @@
 //!    paging per component at a time is shared by every recovery that can use it.
 //! 3. **Never backwards.** A listed refresh token is written over the stored one only if it is not
 //!    one this authorizer already moved past: the refused token itself, or any refresh token the
-//!    history shows was stored and then replaced. A listing showing such a token is stale, and the
-//!    recovery is retried later (a transient failure), never treated as lost.
+//!    history shows WeChat replaced (by a rotation or a re-authorization). A listing showing such
+//!    a token is stale, and the recovery is retried later (a transient failure), never treated as
+//!    lost.
 //! 4. **Lost only on evidence.** The authorizer is marked `needs_reauth` only when a fresh listing
 //!    shows it absent, never exchanged, or holding exactly the refresh token just refused.
 //!
@@ -177,10 +178,13 @@ impl Inner {
             .ok_or(RefreshError::Unknown)
     }
 
-    /// Whether `candidate` is a refresh token this authorizer held and then replaced: any applied
-    /// history entry but the newest applied one. Going back to one would undo a rotation or a
-    /// re-authorization. (An entry of a write that lost its fence is not "moved past": WeChat may
-    /// have issued it after the stored one.)
+    /// Whether `candidate` is a refresh token WeChat itself replaced for this authorizer: an
+    /// applied history entry followed by an applied one WeChat issued in exchange (a rotation by
+    /// `api_authorizer_token`, a re-authorization by `api_query_auth`). WeChat never takes such a
+    /// token back once its overlap is over, so going back to it would undo the rotation. (A token
+    /// replaced by an import or a recovery is not: the operator or the list may have been wrong
+    /// then, and WeChat may still hold it. An entry of a write that lost its fence is not either:
+    /// WeChat may have issued it after the stored one.)
     pub(crate) async fn moved_past(
         &self,
         component: &ComponentAppid,
@@ -189,12 +193,17 @@ impl Inner {
     ) -> Result<bool, RefreshError> {
         let history = self.store.refresh_token_history(component, appid).await?;
         let applied: Vec<_> = history.iter().filter(|h| h.applied).collect();
-        let Some((_, superseded)) = applied.split_last() else {
-            return Ok(false);
-        };
         let slot = SecretSlot::RefreshToken { component, appid };
-        for entry in superseded {
-            let old = self.vault.open_string(slot, &entry.refresh_token)?;
+        for pair in applied.windows(2) {
+            let (old, next) = (pair[0], pair[1]);
+            let issued_in_exchange = matches!(
+                next.source,
+                RefreshTokenSource::Refresh | RefreshTokenSource::QueryAuth
+            );
+            if !issued_in_exchange {
+                continue;
+            }
+            let old = self.vault.open_string(slot, &old.refresh_token)?;
             if old.expose_secret() == candidate.expose_secret() {
                 return Ok(true);
             }

@@ -180,7 +180,7 @@ impl Slot {
     /// stored yet needs a strictly newer generation, so it never replaces a stored token of its
     /// own generation.
     ///
-    /// The same access token again at a newer generation (a write that changed only the refresh
+    /// A stored access token again at a newer generation (a write that changed only the refresh
     /// token or the status bumps the stored generation) keeps the generation it was first served
     /// at: it is not a new token, so it wakes no long-poll and a report of it is not answered with
     /// it as if it were newer.
@@ -188,6 +188,7 @@ impl Slot {
         {
             let mut state = self.state.write();
             if let Some(held) = &state.token
+                && held.stored
                 && token.generation > held.generation
                 && held.is(token.access_token.expose_secret())
             {

@@ -1030,10 +1030,12 @@ async fn many_authorizers_rejected_with_61023_together_page_the_authorizer_list_
         20,
         "each authorizer tried once"
     );
-    assert_eq!(
-        stats.calls(Api::GetAuthorizerList),
-        1,
-        "one shared paging of the list for all twenty recoveries"
+    // A recovery only uses a paging that started after its refusal: refusals that arrive while
+    // one paging runs share the next, never one each.
+    let pagings = stats.calls(Api::GetAuthorizerList);
+    assert!(
+        (1..=4).contains(&pagings),
+        "{pagings} pagings: a few shared pagings of the list for all twenty recoveries, not one each"
     );
     h.stop().await;
 }
