@@ -573,7 +573,7 @@ impl Engine {
         // Only WeChat answering with the same token again gets here (stable_token without a
         // force_refresh budget): it is all there is.
         tracing::warn!(appid = %credential.appid, "WeChat answered a report with the reported token");
-        Ok(slot.current().ok_or(RefreshError::Abandoned)?)
+        slot.current().ok_or(RefreshError::Abandoned)
     }
 
     /// When the credential is next due, if scheduled (for tests and admin views).

@@ -347,6 +347,23 @@ mod tests {
     }
 
     #[test]
+    fn the_same_stored_token_at_a_newer_generation_keeps_its_generation_and_wakes_no_long_poll() {
+        let cache = TokenCache::new();
+        let c = Credential::component(&ComponentAppid::parse("wxc").unwrap());
+        let slot = cache.slot(&c);
+        assert!(slot.publish(token("access-a", 3, 10_000)));
+        let rx = slot.subscribe();
+        // A write that changed only the refresh token bumped the stored generation to 4.
+        assert!(slot.publish(token("access-a", 4, 10_000)));
+        assert_eq!(slot.current().unwrap().generation, 3, "not a new token");
+        assert!(!rx.has_changed().unwrap(), "no long-poll woken");
+        // A new access token moves on as usual.
+        assert!(slot.publish(token("access-b", 5, 20_000)));
+        assert_eq!(slot.current().unwrap().generation, 5);
+        assert!(rx.has_changed().unwrap());
+    }
+
+    #[test]
     fn unstored_token_needs_a_newer_generation_and_its_stored_copy_replaces_it() {
         let cache = TokenCache::new();
         let slot = cache.slot(&cred("wxc", "wxa"));

@@ -1436,3 +1436,56 @@ async fn an_echoed_refresh_token_adds_no_history_row_and_a_rotated_one_does() {
         h.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_report_is_never_answered_with_the_reported_token_after_a_refresh_token_only_write() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(60), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(1).await;
+    let appid = bulk[0].authorizer_appid.clone();
+    let a = Appid::parse(&appid).unwrap();
+    let cred = h.credential(&appid);
+    let first = h.engine.refresh_now(&cred).await.expect("first token");
+    h.engine.wait_stored(&cred).await;
+    // Another replica's recovery stores only a refresh token (the same one here): the stored
+    // generation moves on, the access token does not.
+    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    h.store
+        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
+            component: h.comp.clone(),
+            appid: a.clone(),
+            expected: Expected::Generation(record.generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: record.refresh_token.clone(),
+            appsecret: None,
+            access_token: None,
+            source: wxtoken::model::RefreshTokenSource::Reconcile,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+    h.engine.load(None, &a).await.expect("load");
+    let held = h.engine.token(None, &appid).expect("held");
+    assert!(held.is(first.access_token.expose_secret()));
+    assert_eq!(
+        held.generation, first.generation,
+        "the same token does not look new"
+    );
+    h.sim.control().reset_stats();
+    let answer = h
+        .engine
+        .invalidate(&cred, first.access_token.expose_secret())
+        .await
+        .expect("answered");
+    assert!(
+        !answer.is(first.access_token.expose_secret()),
+        "a report is answered with another token"
+    );
+    assert!(h.valid(&answer.access_token));
+    assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), 1);
+    h.stop().await;
+}
