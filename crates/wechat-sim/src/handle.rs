@@ -287,6 +287,18 @@ impl SimControl {
         self.sim.stats.pushes_finished()
     }
 
+    /// Answers issued and being held back right now by a `hold_answer` fault: a caller that
+    /// dies now never learns what was issued (a rotated refresh token, a new access token).
+    pub fn answers_held(&self) -> u64 {
+        self.sim.stats.answers_held()
+    }
+
+    /// Wait until at least `n` answers are being held at once (no polling, no sleeps): the
+    /// moment to kill a caller for a test of the window after issue and before delivery.
+    pub async fn wait_answers_held(&self, n: u64) {
+        self.sim.stats.wait_answers_held(n).await;
+    }
+
     /// Wait until at least `n` pushes have finished since start (no polling, no sleeps).
     pub async fn wait_pushes_finished(&self, n: u64) {
         self.sim.stats.wait_pushes_finished(n).await;

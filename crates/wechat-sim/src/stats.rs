@@ -47,6 +47,18 @@ pub(crate) struct Stats {
     inner: Mutex<Inner>,
     /// Pushes finished (delivered, failed or skipped) since start; never reset.
     finished: watch::Sender<u64>,
+    /// Answers issued and being held back right now (the `hold_answer` fault).
+    held: watch::Sender<u64>,
+}
+
+/// One answer being held back; counted in [`Stats::answers_held`] until dropped (sent, or the
+/// connection went away and the handler with it).
+pub(crate) struct HeldAnswer<'a>(&'a Stats);
+
+impl Drop for HeldAnswer<'_> {
+    fn drop(&mut self) {
+        self.0.held.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// One push and its delivery attempts.
@@ -159,9 +171,11 @@ impl Inner {
 impl Stats {
     pub(crate) fn new(now: Millis) -> Self {
         let (finished, _) = watch::channel(0);
+        let (held, _) = watch::channel(0);
         Self {
             inner: Mutex::new(Inner::new(now)),
             finished,
+            held,
         }
     }
 
@@ -300,5 +314,21 @@ impl Stats {
 
     pub(crate) fn pushes_finished(&self) -> u64 {
         *self.finished.borrow()
+    }
+
+    /// Counts an answer as held until the guard is dropped.
+    pub(crate) fn hold_answer(&self) -> HeldAnswer<'_> {
+        self.held.send_modify(|n| *n += 1);
+        HeldAnswer(self)
+    }
+
+    pub(crate) fn answers_held(&self) -> u64 {
+        *self.held.borrow()
+    }
+
+    /// Resolves once at least `n` answers are being held at the same time.
+    pub(crate) async fn wait_answers_held(&self, n: u64) {
+        let mut rx = self.held.subscribe();
+        let _ = rx.wait_for(|held| *held >= n).await;
     }
 }

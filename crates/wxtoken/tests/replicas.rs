@@ -14,12 +14,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, Replica, generate_key};
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -75,29 +75,10 @@ fn component_spec(push_url: Option<String>) -> ComponentSpec {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// One `wxtoken serve` process and where it listens.
-struct Replica {
-    child: Child,
-    public: String,
-    internal: String,
-}
-
-struct Cluster {
-    bin: &'static str,
-    dir: tempfile::TempDir,
-    key: String,
-    db_url: String,
-    sim_url: String,
-}
-
-impl Cluster {
-    fn config_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("wxtoken.toml")
-    }
-
-    fn write_config(&self) {
-        let toml = format!(
-            r#"
+/// The replicas' config: the chaos component, `db_url`, the simulator at `sim_url`.
+fn chaos_config(db_url: &str, sim_url: &str) -> String {
+    format!(
+        r#"
 [server]
 public_listen = "127.0.0.1:0"
 internal_listen = "127.0.0.1:0"
@@ -109,7 +90,7 @@ token = "{PUSH_TOKEN}"
 encoding_aes_key = "{AES_KEY}"
 
 [storage]
-url = "{db}"
+url = "{db_url}"
 max_connections = 8
 connect_timeout = "2s"
 lease_ttl = "3s"
@@ -119,89 +100,14 @@ serve_margin = "3s"
 backoff_max = "2s"
 
 [upstream]
-base_url = "{sim}"
+base_url = "{sim_url}"
 timeout = "1s"
 connect_timeout = "1s"
 
 [log]
 level = "info"
-"#,
-            db = self.db_url,
-            sim = self.sim_url,
-        );
-        std::fs::write(self.config_path(), toml).expect("write config");
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(self.bin);
-        cmd.args(args)
-            .env_remove("WXTOKEN_MASTER_KEY_OLD")
-            .env_remove("RUST_LOG")
-            .env("WXTOKEN_CONFIG", self.config_path())
-            .env("WXTOKEN_MASTER_KEY", &self.key)
-            .current_dir(self.dir.path());
-        cmd
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let out = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run wxtoken");
-        assert!(
-            out.status.success(),
-            "wxtoken {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Starts `serve` and waits for its "wxtoken is serving" line. Its stderr is then drained
-    /// (and kept in `logs`) by a thread, so the process never blocks on a full pipe.
-    fn start(&self, logs: &Arc<Mutex<Vec<String>>>) -> Replica {
-        let mut child = self
-            .command(&["serve"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        let (public, internal) = loop {
-            line.clear();
-            let n = reader.read_line(&mut line).expect("read stderr");
-            assert!(n > 0, "serve exited before serving");
-            logs.lock().push(line.clone());
-            if line.contains("wxtoken is serving") {
-                break (field(&line, "public="), field(&line, "internal="));
-            }
-        };
-        let logs = Arc::clone(logs);
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                logs.lock().push(std::mem::take(&mut line));
-            }
-        });
-        Replica {
-            child,
-            public,
-            internal,
-        }
-    }
-}
-
-fn field(line: &str, name: &str) -> String {
-    let at = line
-        .find(name)
-        .unwrap_or_else(|| panic!("{name} in {line}"))
-        + name.len();
-    line[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect()
+"#
+    )
 }
 
 /// One import row (JSON lines) for an authorizer the simulator authorized in bulk.
@@ -212,16 +118,6 @@ fn import_line(a: &wechat_sim::BulkAuthorizer) -> String {
         "kind": "official_account",
     })
     .to_string()
-}
-
-/// A new master key, as `wxtoken keys generate` prints it.
-fn generate_key() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
-        .args(["keys", "generate"])
-        .output()
-        .expect("keys generate");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// `WXTOKEN_TEST_PG_URL` and a fresh database, or `None` (skip; a failure under `CI=true`).
@@ -258,14 +154,8 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         .await
         .expect("simulator");
     let key = generate_key();
-    let cluster = Cluster {
-        bin: env!("CARGO_BIN_EXE_wxtoken"),
-        dir: tempfile::tempdir().expect("tempdir"),
-        key: key.clone(),
-        db_url: h.url.clone(),
-        sim_url: sim.base_url().to_owned(),
-    };
-    cluster.write_config();
+    let cluster = Cluster::new(key.clone());
+    cluster.write_config(&chaos_config(&h.url, sim.base_url()));
 
     // 1,000 authorizers at the simulator, imported into the store, and a client key.
     sim.control()
@@ -492,8 +382,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
             "t+{:.1}s kill -9 replica {victim}",
             t0.elapsed().as_secs_f64()
         );
-        replicas[victim].child.kill().expect("kill -9");
-        let _ = replicas[victim].child.wait();
+        replicas[victim].kill();
         kills += 1;
         replicas[victim] = cluster.start(&logs);
         addrs.lock()[victim] = replicas[victim].internal.clone();
@@ -511,12 +400,10 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
     let calls = sim.control().stats();
     let generations_after = generations(pool.clone()).await;
     for r in &replicas {
-        let _ = Command::new("kill")
-            .args(["-TERM", &r.child.id().to_string()])
-            .status();
+        r.terminate();
     }
     for r in &mut replicas {
-        let _ = r.child.wait();
+        r.wait();
     }
 
     // Every refresh token the simulator accepts is the one in the store.

@@ -136,6 +136,7 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
     }
     // Issued, then held: a caller that gives up or dies meanwhile never learns what was issued.
     if let Some(hold) = decision.hold {
+        let _held = sim.stats.hold_answer();
         tokio::time::sleep(hold).await;
     }
     match handled.result {

@@ -44,6 +44,32 @@ async fn latency_faults_delay_the_answer_which_is_then_normal() {
 }
 
 #[tokio::test]
+async fn a_held_answer_is_issued_first_and_counted_as_held_until_it_is_sent() {
+    let t = TestSim::start().await;
+    let a = t.oa();
+    t.sim
+        .control()
+        .set_faults(only(
+            "token",
+            Fault::HoldAnswer {
+                latency: Latency::Fixed { ms: 300 },
+            },
+        ))
+        .unwrap();
+    assert_eq!(t.sim.control().answers_held(), 0);
+    let call = {
+        let (wx, appid, secret) = (t.wx.clone(), a.appid.clone(), a.appsecret.clone());
+        tokio::spawn(async move { wx.token(&appid, &secret).await })
+    };
+    t.sim.control().wait_answers_held(1).await;
+    // Issued while held: the call already counts as answered ok.
+    assert_eq!(t.sim.control().answers_held(), 1);
+    assert_eq!(t.sim.control().stats().endpoints["token"].ok, 1);
+    call.await.unwrap().unwrap();
+    assert_eq!(t.sim.control().answers_held(), 0);
+}
+
+#[tokio::test]
 async fn latency_distributions_are_accepted_over_the_control_api() {
     let t = TestSim::start().await;
     for latency in [

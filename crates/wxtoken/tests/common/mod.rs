@@ -11,6 +11,8 @@ use wxtoken::model::{
     TokenSource,
 };
 use wxtoken::store::{Store, open};
+
+pub mod cluster;
 use wxtoken::vault::Vault;
 
 pub const PG_ENV: &str = "WXTOKEN_TEST_PG_URL";
