@@ -666,6 +666,126 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Events between replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_exchanged_once() {
+    const MERCHANTS: usize = 30;
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    let (sim, key, _) = prepare(&h, 0).await;
+    let (a, b) = (
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+    );
+    let component = ComponentAppid::parse(COMPONENT).expect("component");
+    sim.control().reset_stats();
+    // Each push reaches replica A (which stores it and starts a pass); replica B runs its own
+    // passes over the stored events all the while, as its loop and its own pushes make it do.
+    let done = Arc::new(AtomicBool::new(false));
+    let b_passes = {
+        let (engine, done) = (b.engine.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut passes = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                engine.process_events().await.expect("replica B's pass");
+                passes += 1;
+                tokio::task::yield_now().await;
+            }
+            passes
+        })
+    };
+    let mut appids = Vec::new();
+    for i in 0..MERCHANTS {
+        let account = sim
+            .control()
+            .create_account(wechat_sim::AccountSpec {
+                kind: wechat_sim::AccountKind::OfficialAccount,
+                appid: None,
+                appsecret: None,
+            })
+            .expect("account");
+        let outcome = sim
+            .control()
+            .authorize(&account.appid, COMPONENT)
+            .expect("authorize");
+        let event = wechat::event::Event::Authorized(wechat::event::AuthorizationEvent {
+            app_id: COMPONENT.into(),
+            create_time: sim.control().now(),
+            authorizer_appid: outcome.authorizer_appid.clone(),
+            authorization_code: outcome.authorization_code.clone(),
+            authorization_code_expired_time: outcome.authorization_code_expired_time,
+            pre_auth_code: Some(outcome.pre_auth_code.clone()),
+        });
+        a.engine
+            .ingest_push(&component, &event, &format!("push-{i}"))
+            .await
+            .expect("stored");
+        appids.push(account.appid);
+    }
+    // Until every event is applied (a pass on A finishes what B left, and the other way round).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h
+        .store
+        .unprocessed_events(None, 100)
+        .await
+        .expect("events")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "events still unapplied after 30 s"
+        );
+        a.engine.process_events().await.expect("replica A's pass");
+    }
+    done.store(true, Ordering::Relaxed);
+    let passes = b_passes.await.expect("replica B");
+
+    let stats = sim.control().stats();
+    let query_auth = &stats.endpoints["api_query_auth"];
+    assert_eq!(
+        query_auth.calls, MERCHANTS as u64,
+        "one api_query_auth per code ({passes} passes on replica B)"
+    );
+    assert!(
+        query_auth.errors.is_empty(),
+        "no code spent twice: {:?}",
+        query_auth.errors
+    );
+    let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
+    for appid in &appids {
+        let a = Appid::parse(appid).expect("appid");
+        let record = h
+            .store
+            .get_authorizer(&component, &a)
+            .await
+            .expect("store")
+            .expect("authorizer stored");
+        let stored = vault
+            .open_string(
+                SecretSlot::RefreshToken {
+                    component: &component,
+                    appid: &a,
+                },
+                &record.refresh_token,
+            )
+            .expect("open");
+        assert_eq!(
+            stored.expose_secret(),
+            sim.control()
+                .authorizer(COMPONENT, appid)
+                .expect("sim")
+                .refresh_token
+        );
+    }
+    a.shutdown().await.expect("shutdown");
+    b.shutdown().await.expect("shutdown");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Losing the database
 
 /// A TCP proxy in front of PostgreSQL that can be cut (every session dropped, new ones refused)

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use helpers::{Harness, WebhookReceiver, refresh_config, sim_config};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use wechat_sim::{Api, Fault, FaultRule, FaultSet, Latency, SimControl};
+use wechat_sim::{
+    Api, Fault, FaultRule, FaultSet, Latency, RefreshTokenPolicy, SimConfig, SimControl,
+};
 use wxtoken::model::{
     Appid, AuthorizerStatus, Credential, EventInsert, Expected, NewEvent, SecretSlot, Timestamp,
     TokenSource,
@@ -1487,5 +1489,189 @@ async fn a_report_is_never_answered_with_the_reported_token_after_a_refresh_toke
     );
     assert!(h.valid(&answer.access_token));
     assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), 1);
+    h.stop().await;
+}
+
+/// Stores `refresh_token` for `appid` as if `source` wrote it (a history entry follows).
+async fn store_refresh_token(
+    h: &Harness,
+    appid: &str,
+    refresh_token: &str,
+    source: wxtoken::model::RefreshTokenSource,
+) {
+    let a = Appid::parse(appid).unwrap();
+    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let sealed = h
+        .vault()
+        .seal(
+            SecretSlot::RefreshToken {
+                component: &h.comp,
+                appid: &a,
+            },
+            refresh_token.as_bytes(),
+        )
+        .unwrap();
+    h.store
+        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
+            component: h.comp.clone(),
+            appid: a,
+            expected: Expected::Generation(record.generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: sealed,
+            appsecret: None,
+            access_token: None,
+            source,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+}
+
+fn one_fault(endpoint: &str, times: Option<u64>, fault: Fault) -> FaultSet {
+    FaultSet {
+        seed: None,
+        rules: vec![FaultRule {
+            endpoint: endpoint.into(),
+            probability: 1.0,
+            times,
+            fault,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_is_never_judged_by_a_listing_whose_paging_started_before_it() {
+    let overlap = Duration::from_secs(5);
+    let h = Harness::start(
+        SimConfig {
+            refresh_token_policy: RefreshTokenPolicy::Rotate,
+            ..sim_config(Duration::from_secs(600), overlap)
+        },
+        refresh_config(Duration::from_secs(5)),
+    )
+    .await;
+    let bulk = h.import_authorizers(2).await;
+    let (p, q) = (&bulk[0].authorizer_appid, &bulk[1].authorizer_appid);
+    h.engine
+        .refresh_now(&h.credential(p))
+        .await
+        .expect("a component token and a first refresh");
+    let p_stored = h.stored_refresh_token(p).await;
+    // Q's stored refresh token is wrong: its recovery pages the list, and the answer is held
+    // after WeChat read the list (it shows P's refresh token as it is now).
+    store_refresh_token(
+        &h,
+        q,
+        "refreshtoken@@@restored-from-an-old-backup",
+        wxtoken::model::RefreshTokenSource::Import,
+    )
+    .await;
+    h.sim
+        .control()
+        .set_faults(one_fault(
+            "api_get_authorizer_list",
+            Some(1),
+            Fault::HoldAnswer {
+                latency: Latency::Fixed { ms: 1500 },
+            },
+        ))
+        .unwrap();
+    h.sim.control().reset_stats();
+    let q_refresh = {
+        let (engine, credential) = (h.engine.clone(), h.credential(q));
+        tokio::spawn(async move { engine.refresh_now(&credential).await })
+    };
+    h.sim.control().wait_answers_held(1).await;
+    // Meanwhile another replica refreshed P, WeChat rotated P's refresh token, and that replica
+    // died before storing it; the overlap runs out. P's stored refresh token is now refused, and
+    // the held listing still shows it.
+    let wx = wechat::client::WechatClient::new(wechat::client::ClientConfig::with_base_url(
+        h.sim.base_url().parse().unwrap(),
+    ))
+    .unwrap();
+    let ct = h.engine.component_token(&h.comp).expect("component token");
+    wx.authorizer_token(
+        ct.access_token.expose_secret(),
+        &h.component.component_appid,
+        p,
+        &p_stored,
+    )
+    .await
+    .expect("the lost rotation");
+    h.sim
+        .control()
+        .advance_clock(overlap + Duration::from_secs(1));
+
+    let token = h
+        .engine
+        .refresh_now(&h.credential(p))
+        .await
+        .expect("recovered from a listing fetched after the refusal");
+    assert!(h.valid(&token.access_token));
+    h.engine.wait_stored(&h.credential(p)).await;
+    assert_eq!(h.status(p).await, AuthorizerStatus::Active);
+    assert_eq!(h.stored_refresh_token(p).await, h.sim_refresh_token(p));
+    q_refresh.await.unwrap().expect("Q recovered too");
+    h.engine.wait_stored(&h.credential(q)).await;
+    assert_eq!(h.stored_refresh_token(q).await, h.sim_refresh_token(q));
+    let stats = h.sim.control().stats();
+    assert_eq!(
+        stats.calls(Api::GetAuthorizerList),
+        2,
+        "P waited out the paging under way and used the next one"
+    );
+    assert_eq!(stats.errors(Api::AuthorizerToken, 61023), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_listing_showing_a_refresh_token_wechat_rotated_away_is_never_written_back() {
+    let webhook = WebhookReceiver::start().await;
+    let h = Harness::start_with(
+        sim_config(Duration::from_secs(600), Duration::from_secs(5)),
+        refresh_config(Duration::from_secs(5)),
+        Some(webhook.url.clone()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let bulk = h.import_authorizers(1).await;
+    let appid = &bulk[0].authorizer_appid;
+    let listed = h.sim_refresh_token(appid);
+    // The history says WeChat rotated the listed token away (a refresh answered with a new
+    // one), and WeChat now refuses that new one: a listing lagging behind the rotation.
+    let rotated = "refreshtoken@@@issued-by-a-rotation";
+    store_refresh_token(
+        &h,
+        appid,
+        rotated,
+        wxtoken::model::RefreshTokenSource::Refresh,
+    )
+    .await;
+    h.sim.control().reset_stats();
+    let err = h
+        .engine
+        .refresh_now(&h.credential(appid))
+        .await
+        .expect_err("no refresh token to use now");
+    assert!(
+        matches!(err, RefreshError::Upstream { .. }),
+        "a transient failure, retried later: {err:?}"
+    );
+    assert_eq!(
+        h.stored_refresh_token(appid).await,
+        rotated,
+        "the listed token WeChat replaced was not written back"
+    );
+    assert_ne!(rotated, listed);
+    assert_eq!(h.status(appid).await, AuthorizerStatus::Active);
+    assert_eq!(webhook.count_kind("needs_reauth"), 0);
+    let stats = h.sim.control().stats();
+    assert_eq!(stats.calls(Api::GetAuthorizerList), 1);
+    assert_eq!(
+        stats.calls_for(appid, Api::AuthorizerToken),
+        1,
+        "no retry with the listed token"
+    );
     h.stop().await;
 }
