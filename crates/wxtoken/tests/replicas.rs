@@ -669,7 +669,8 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
 // Events between replicas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_exchanged_once() {
+async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_exchanged_once_callbacks_included()
+ {
     const MERCHANTS: usize = 30;
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
@@ -698,7 +699,7 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
             passes
         })
     };
-    let mut appids = Vec::new();
+    let (mut appids, mut codes) = (Vec::new(), Vec::new());
     for i in 0..MERCHANTS {
         let account = sim
             .control()
@@ -724,6 +725,7 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
             .ingest_push(&component, &event, &format!("push-{i}"))
             .await
             .expect("stored");
+        codes.push(outcome.authorization_code.clone());
         appids.push(account.appid);
     }
     // Until every event is applied (a pass on A finishes what B left, and the other way round).
@@ -754,6 +756,23 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
         query_auth.errors.is_empty(),
         "no code spent twice: {:?}",
         query_auth.errors
+    );
+    // The merchant's browser then reaches the page callback, on either replica: it learns the
+    // account from the exchange already stored, without spending the code again.
+    for (code, appid) in codes.iter().zip(&appids).take(5) {
+        for replica in [&a, &b] {
+            let got = replica
+                .engine
+                .authorize_code(&component, code)
+                .await
+                .expect("the callback after the push");
+            assert_eq!(got.as_str(), appid);
+        }
+    }
+    assert_eq!(
+        sim.control().stats().endpoints["api_query_auth"].calls,
+        MERCHANTS as u64,
+        "no code exchanged again for its callback"
     );
     let vault = Vault::new(&MasterKey::parse(&key).expect("key"), &[]);
     for appid in &appids {

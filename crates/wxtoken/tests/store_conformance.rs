@@ -77,7 +77,42 @@ conformance!(
     force_refresh_budget_is_kept_across_reopen_and_replaced_in_place,
     refresh_lease_goes_to_one_replica_until_released_or_expired,
     every_replica_hears_each_committed_generation_and_a_resume_after_a_cut,
+    an_exchanged_code_is_known_to_another_replica_until_forgotten,
 );
+
+async fn an_exchanged_code_is_known_to_another_replica_until_forgotten(h: &Harness) {
+    let c = component("wxcodes00000000001");
+    let other = component("wxcodes00000000002");
+    let (a, b) = (appid("wxcodesappid000001"), appid("wxcodesappid000002"));
+    let digest = "5f".repeat(32);
+    let replica = h.reopen().await;
+    assert_eq!(h.store.exchanged_code(&c, &digest).await.unwrap(), None);
+    h.store
+        .record_exchanged_code(&c, &digest, &a, at(1_000), at(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        replica.exchanged_code(&c, &digest).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(
+        replica.exchanged_code(&other, &digest).await.unwrap(),
+        None,
+        "per component"
+    );
+    // Recording again is idempotent; an older row is forgotten when a newer one lands.
+    h.store
+        .record_exchanged_code(&c, &digest, &a, at(1_000), at(0))
+        .await
+        .unwrap();
+    let later = "a0".repeat(32);
+    replica
+        .record_exchanged_code(&c, &later, &b, at(90_000), at(50_000))
+        .await
+        .unwrap();
+    assert_eq!(h.store.exchanged_code(&c, &digest).await.unwrap(), None);
+    assert_eq!(h.store.exchanged_code(&c, &later).await.unwrap(), Some(b));
+}
 
 fn new_vault() -> Vault {
     Vault::new(&MasterKey::generate(), &[])

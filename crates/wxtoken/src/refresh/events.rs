@@ -642,7 +642,8 @@ impl Inner {
     ///
     /// `appid` is the authorizer the code is expected for (from a push); `None` when it is not
     /// known beforehand (the authorization page's callback): then a spent code is answered from
-    /// the codes this process exchanged recently, and is `Gone` otherwise. Returns the appid.
+    /// the codes exchanged recently (by this process or, through the store, another replica),
+    /// and is `Gone` otherwise. Returns the appid.
     pub(crate) async fn exchange_code(
         self: &Arc<Self>,
         component: &ComponentAppid,
@@ -662,8 +663,11 @@ impl Inner {
             match call.await {
                 Ok(resp) => break (resp.authorization_info, sent_at),
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
-                    let Some(appid) = expected.cloned().or_else(|| self.recent_codes.get(code))
-                    else {
+                    let appid = match expected {
+                        Some(appid) => Some(appid.clone()),
+                        None => self.code_exchanged_for(component, code).await?,
+                    };
+                    let Some(appid) = appid else {
                         return Err(RefreshError::Gone {
                             reason: format!("api_query_auth: {e}"),
                         });
@@ -762,7 +766,7 @@ impl Inner {
                         if self.adopt_stored(&credential).await.is_err() {
                             self.schedule_in(&credential, Duration::ZERO);
                         }
-                        self.recent_codes.insert(code, appid);
+                        self.remember_code(component, code, appid).await;
                         return Ok(appid.clone());
                     }
                     Expected::Generation(r.generation)
@@ -811,7 +815,7 @@ impl Inner {
                         }
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }
-                    self.recent_codes.insert(code, appid);
+                    self.remember_code(component, code, appid).await;
                     return Ok(appid.clone());
                 }
                 // A refresh (or a commit we saw fail) landed between our read and our write.

@@ -41,6 +41,8 @@ const CODE_LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// How long an exchanged authorization code is remembered (WeChat's codes live 10 minutes).
 const RECENT_CODE_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long the store remembers one (for every replica); older rows are deleted as new ones land.
+const STORED_CODE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Bound on remembered codes, whatever arrives.
 const RECENT_CODE_MAX: usize = 10_000;
 
@@ -73,7 +75,7 @@ impl RecentCodes {
     }
 }
 
-fn digest(code: &str) -> [u8; 32] {
+pub(crate) fn digest(code: &str) -> [u8; 32] {
     Sha256::digest(code.as_bytes()).into()
 }
 
@@ -350,7 +352,8 @@ impl Inner {
     /// [`Inner::exchange_code`] in a single flight per code: the page callback and the push carry
     /// the same single-use code, and whichever comes second joins the first's exchange (and its
     /// store write) instead of spending the code again. One that comes after the first finished
-    /// gets 61009 and is answered from [`RecentCodes`], which only holds stored exchanges.
+    /// gets 61009 and is answered from [`RecentCodes`] or the store's record of exchanged codes,
+    /// which only hold stored exchanges.
     pub(crate) async fn exchange_code_once(
         self: &Arc<Self>,
         component: &ComponentAppid,
@@ -379,10 +382,55 @@ impl Inner {
         }
     }
 
+    /// Remembers that `code` was exchanged for `appid` (its answer stored): in memory, and in the
+    /// store for the other replicas, whose page callback or push with the same code gets 61009.
+    /// A store failure is only logged: a push knows its appid without it, and a callback on this
+    /// replica finds it in memory.
+    pub(crate) async fn remember_code(
+        &self,
+        component: &ComponentAppid,
+        code: &str,
+        appid: &Appid,
+    ) {
+        self.recent_codes.insert(code, appid);
+        let now = self.clock.now();
+        let forget_before = Timestamp::from_millis(
+            now.as_millis() - i64::try_from(STORED_CODE_TTL.as_millis()).unwrap_or(i64::MAX),
+        );
+        if let Err(e) = self
+            .store
+            .record_exchanged_code(
+                component,
+                &hex::encode(digest(code)),
+                appid,
+                now,
+                forget_before,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "exchanged authorization code not recorded for other replicas");
+        }
+    }
+
+    /// Which authorizer `code` was exchanged for, by this process or another replica.
+    pub(crate) async fn code_exchanged_for(
+        &self,
+        component: &ComponentAppid,
+        code: &str,
+    ) -> Result<Option<Appid>, RefreshError> {
+        if let Some(appid) = self.recent_codes.get(code) {
+            return Ok(Some(appid));
+        }
+        Ok(self
+            .store
+            .exchanged_code(component, &hex::encode(digest(code)))
+            .await?)
+    }
+
     /// [`Inner::exchange_code`] under the code's lease, so a push and a page callback carrying the
     /// same code on two replicas make one `api_query_auth`: the second waits for the first's
-    /// exchange and write, then finds the stored answer (for a push, whose appid is known) instead
-    /// of spending the code again.
+    /// exchange and write, then finds the stored answer (a push by its appid's history, a callback
+    /// by the exchanged code's record) instead of spending the code again.
     async fn exchange_code_leased(
         self: &Arc<Self>,
         component: &ComponentAppid,
@@ -412,6 +460,11 @@ impl Inner {
             Some(appid) if waited && self.exchanged_since(component, appid, since).await? => {
                 Ok(appid.clone())
             }
+            // A callback: the push may have been exchanged already, here or on another replica.
+            None => match self.code_exchanged_for(component, code).await? {
+                Some(appid) => Ok(appid),
+                None => self.exchange_code(component, None, code, since).await,
+            },
             _ => self.exchange_code(component, expected, code, since).await,
         };
         self.lease.release(&key).await;

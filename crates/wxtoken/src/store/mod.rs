@@ -547,6 +547,23 @@ pub trait Store: Send + Sync {
         dedupe_key: &str,
     ) -> Result<bool, StoreError>;
 
+    /// Remembers that the authorization code whose SHA-256 is `code_digest` (hex) was exchanged
+    /// for `appid` at `at`, and forgets codes exchanged before `forget_before`. Idempotent.
+    async fn record_exchanged_code(
+        &self,
+        component: &ComponentAppid,
+        code_digest: &str,
+        appid: &Appid,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The authorizer a remembered code was exchanged for.
+    async fn exchanged_code(
+        &self,
+        component: &ComponentAppid,
+        code_digest: &str,
+    ) -> Result<Option<Appid>, StoreError>;
+
     // --- several replicas ---------------------------------------------------------------------
     /// Takes (or renews) the lease on `key` for `holder` until `until`: granted if nobody holds
     /// it, if its holder's lease ran out before `now`, or if `holder` already holds it. One

@@ -1598,6 +1598,48 @@ macro_rules! impl_store {
                     Ok(row.is_some())
                 }
 
+                async fn record_exchanged_code(
+                    &self,
+                    component: &ComponentAppid,
+                    code_digest: &str,
+                    appid: &Appid,
+                    at: Timestamp,
+                    forget_before: Timestamp,
+                ) -> Result<(), StoreError> {
+                    sqlx::query("DELETE FROM exchanged_codes WHERE exchanged_at < $1")
+                        .bind(forget_before.as_millis())
+                        .execute(self.write_pool())
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO exchanged_codes (component_appid, code_digest, appid, exchanged_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (component_appid, code_digest) DO UPDATE SET \
+                         appid = excluded.appid, exchanged_at = excluded.exchanged_at",
+                    )
+                    .bind(component.as_str())
+                    .bind(code_digest)
+                    .bind(appid.as_str())
+                    .bind(at.as_millis())
+                    .execute(self.write_pool())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn exchanged_code(
+                    &self,
+                    component: &ComponentAppid,
+                    code_digest: &str,
+                ) -> Result<Option<Appid>, StoreError> {
+                    let row: Option<(String,)> = sqlx::query_as(
+                        "SELECT appid FROM exchanged_codes WHERE component_appid = $1 AND code_digest = $2",
+                    )
+                    .bind(component.as_str())
+                    .bind(code_digest)
+                    .fetch_optional(self.write_pool())
+                    .await?;
+                    row.map(|(a,)| crate::store::sql::appid(a)).transpose()
+                }
+
                 async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError> {
                     let rows: Vec<(String, String, String, i64, i64, Option<i64>)> =
                         sqlx::query_as(

@@ -253,6 +253,27 @@ impl Store for HookStore {
         self.inner.event_unprocessed(component, dedupe_key).await
     }
 
+    async fn record_exchanged_code(
+        &self,
+        component: &ComponentAppid,
+        code_digest: &str,
+        appid: &Appid,
+        at: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_exchanged_code(component, code_digest, appid, at, forget_before)
+            .await
+    }
+
+    async fn exchanged_code(
+        &self,
+        component: &ComponentAppid,
+        code_digest: &str,
+    ) -> Result<Option<Appid>, StoreError> {
+        self.inner.exchanged_code(component, code_digest).await
+    }
+
     async fn token_changes(&self) -> Result<Option<wxtoken::store::TokenChanges>, StoreError> {
         self.inner.token_changes().await
     }
