@@ -804,6 +804,53 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
     b.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_only_once_it_holds_a_component_token_not_when_a_ticket_is_stored() {
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        return;
+    };
+    // Another replica stored the ticket; WeChat refuses this one every component token for now.
+    let (sim, key, _) = prepare(&h, 0).await;
+    sim.control()
+        .set_faults(
+            serde_json::from_value(serde_json::json!({
+                "rules": [{"endpoint": "api_component_token",
+                           "fault": {"kind": "errcode", "errcode": -1}}]
+            }))
+            .expect("faults"),
+        )
+        .expect("faults");
+    let app = start_app(&h, &sim, &key).await;
+    let http = reqwest::Client::new();
+    let readiness = |app: &RunningApp| {
+        let url = format!("http://{}/readyz", app.internal_addr);
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.expect("readyz");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let component = ComponentAppid::parse(COMPONENT).expect("component");
+    let credential = Credential::component(&component);
+    assert!(app.engine.refresh_now(&credential).await.is_err());
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"][format!("ticket:{COMPONENT}")], "ok");
+    assert_ne!(body["checks"][format!("component_token:{COMPONENT}")], "ok");
+
+    sim.control().clear_faults();
+    app.engine
+        .refresh_now(&credential)
+        .await
+        .expect("component token");
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body}");
+    app.shutdown().await.expect("shutdown");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Losing the database
 
