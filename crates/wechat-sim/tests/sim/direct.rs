@@ -86,6 +86,12 @@ async fn stable_token_returns_the_same_token_until_its_last_five_minutes_then_bo
 #[tokio::test]
 async fn stable_token_force_refresh_is_limited_to_20_a_day_at_least_30_seconds_apart() {
     let t = TestSim::start().await;
+    // An hour into a Beijing day, so the ten simulated minutes below never cross the midnight
+    // at which the budget resets (run at 15:55 UTC, they did).
+    let into_day = (t.sim.control().now() + 8 * 3600).rem_euclid(86_400);
+    t.sim
+        .control()
+        .advance_clock(Duration::from_secs((86_400 - into_day + 3600) as u64));
     let a = t.oa();
     let mut current =
         t.wx.stable_token(&a.appid, &a.appsecret, false)
