@@ -1724,7 +1724,11 @@ async fn writes_for_an_unregistered_component_are_refused(h: &Harness) {
         .save_authorization(&authorization(&v, &c, &a, "rt", None, Expected::Absent, 0))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(matches!(err, StoreError::Constraint { .. }), "{err:?}");
+    assert!(
+        !err.is_transient(),
+        "a constraint does not pass by retrying"
+    );
     assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
 }
 

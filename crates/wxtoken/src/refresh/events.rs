@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use wechat::errcode::ErrorClass;
 use wechat::event::Event;
 
+use super::retry::StoreRetry;
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::alerts::{Alert, AlertKind};
 use crate::model::{
@@ -21,7 +22,7 @@ use crate::model::{
     NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent,
     TicketOutcome, Timestamp, TokenSource,
 };
-use crate::store::{LeaseKey, StoreError};
+use crate::store::LeaseKey;
 use crate::telemetry;
 
 /// `api_query_auth` on a code already exchanged.
@@ -31,11 +32,9 @@ const CODE_ALREADY_USED: i64 = 61009;
 const UNAUTHORIZE_ATTEMPTS: u32 = 5;
 /// Unprocessed events read per pass.
 const EVENT_BATCH: u32 = 1000;
-/// First and longest wait between attempts to store an `api_query_auth` answer.
-const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(50);
-const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
-/// After this many failed attempts each further failure is logged at error level.
-const WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
+/// Tries of an `api_query_auth` answer's write that fails for a reason that cannot pass (a
+/// constraint, a corrupt row); a transient failure is retried until the write lands.
+const WRITE_TRIES_THAT_CANNOT_PASS: u32 = 4;
 /// Longest wait before a stored event that keeps failing transiently is tried again.
 const EVENT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Pause between pages of `api_get_authorizer_list` (rate limit).
@@ -739,17 +738,16 @@ impl Inner {
             _ => None,
         };
         // WeChat will not give this refresh token again (the code is spent): the write is retried
-        // until it lands (SPEC.md rule 2), and re-fenced on whatever landed meanwhile.
-        let mut retry = WriteRetry::default();
+        // while the store can pass (SPEC.md rule 2), and re-fenced on whatever landed meanwhile.
+        let mut retry = StoreRetry::new("api_query_auth answer", WRITE_TRIES_THAT_CANNOT_PASS);
         let mut lost_race = false;
         loop {
             let current = match self.store.get_authorizer(component, appid).await {
                 Ok(current) => current,
-                Err(e) if retryable(&e) => {
-                    retry.wait(&e).await;
+                Err(e) => {
+                    retry.after(e).await?;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
             };
             let expected = match &current {
                 Some(r) => {
@@ -821,12 +819,11 @@ impl Inner {
                 // A refresh (or a commit we saw fail) landed between our read and our write.
                 Ok(SaveOutcome::Stale { .. }) => lost_race = true,
                 Ok(SaveOutcome::Missing) => return Err(RefreshError::Unknown),
-                Err(e) if retryable(&e) => {
+                Err(e) => {
                     // The commit itself may have landed: compare before writing again.
                     lost_race = true;
-                    retry.wait(&e).await;
+                    retry.after(e).await?;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -869,41 +866,5 @@ fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
         }
         Event::Unauthorized(u) => Some((u.authorizer_appid.as_str(), u.create_time)),
         _ => None,
-    }
-}
-
-/// Store errors that can pass (unavailable, busy, conflict, a backend hiccup).
-fn retryable(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::Unavailable(_) | StoreError::Conflict { .. } | StoreError::Backend(_)
-    )
-}
-
-/// Capped exponential backoff between attempts to write something WeChat will not give again.
-struct WriteRetry {
-    wait: Duration,
-    failures: u32,
-}
-
-impl Default for WriteRetry {
-    fn default() -> Self {
-        Self {
-            wait: WRITE_RETRY_INITIAL,
-            failures: 0,
-        }
-    }
-}
-
-impl WriteRetry {
-    async fn wait(&mut self, e: &StoreError) {
-        self.failures = self.failures.saturating_add(1);
-        if self.failures > WRITE_ATTEMPTS_BEFORE_ERROR {
-            tracing::error!(failures = self.failures, error = %e, "api_query_auth result is not stored yet; retrying until it is");
-        } else {
-            tracing::warn!(failures = self.failures, error = %e, "api_query_auth result not stored; retrying");
-        }
-        tokio::time::sleep(self.wait).await;
-        self.wait = (self.wait * 2).min(WRITE_RETRY_MAX);
     }
 }

@@ -28,6 +28,7 @@
 mod events;
 pub mod lease;
 mod recovery;
+mod retry;
 mod schedule;
 mod sync;
 mod worker;

@@ -15,6 +15,7 @@ use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
 
 use super::recovery::Recovered;
+use super::retry::StoreRetry;
 use super::{
     FORCE_MIN_GAP, FORCE_PER_DAY, ForceBudget, Inner, Mode, Outcome, RefreshError,
     START_PUSH_THROTTLE,
@@ -26,7 +27,7 @@ use crate::model::{
     CredentialKind, Expected, ForceBudgetRecord, NewAccessToken, RefreshResult, RefreshTokenSource,
     SaveOutcome, Sealed, SecretSlot, StatusChange, Timestamp, TokenSource,
 };
-use crate::store::{LeaseKey, StoreError};
+use crate::store::LeaseKey;
 use crate::telemetry;
 use crate::tokens::cache::CachedToken;
 use crate::tokens::plan;
@@ -40,11 +41,6 @@ const LEASE_POLL: Duration = Duration::from_millis(250);
 /// jitter): its holder's token usually arrives first, and moves the schedule.
 const LEASE_RETRY: Duration = Duration::from_millis(250);
 
-/// Longest wait between two attempts to write a refresh result the store refused for a reason
-/// that can pass (unavailable, busy, conflict).
-const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
-/// After this many failed attempts each further failure is logged at error level.
-const SAVE_ATTEMPTS_BEFORE_ALERT: u32 = 3;
 /// Credentials loaded overdue at cold start start in waves of `refresh.concurrency`, one wave per
 /// this (about one refresh's time), within [`MAX_COLD_SPREAD`] (`plan::cold_start_offset`).
 const COLD_START_PER_CALL: Duration = Duration::from_millis(200);
@@ -1392,26 +1388,6 @@ pub(crate) fn write_batch<'a>(
     })
 }
 
-/// Store errors that are the database being away or busy, or a concurrent transaction: they pass,
-/// so a result failing with one is retried until it lands. Anything else (a constraint, a backend
-/// error, a corrupt row) probably fails the same way again.
-fn transient_store_error(e: &StoreError) -> bool {
-    match e {
-        StoreError::Unavailable(_) => true,
-        StoreError::Conflict { source, .. } => match source {
-            sqlx::Error::Database(db) => !matches!(
-                db.kind(),
-                sqlx::error::ErrorKind::UniqueViolation
-                    | sqlx::error::ErrorKind::ForeignKeyViolation
-                    | sqlx::error::ErrorKind::NotNullViolation
-                    | sqlx::error::ErrorKind::CheckViolation
-            ),
-            _ => true,
-        },
-        _ => false,
-    }
-}
-
 /// Writes refresh results until they land. A result may carry a refresh token WeChat will not
 /// give again (rotation), so a store that is unavailable, busy or in a concurrent-transaction
 /// conflict is retried with capped backoff for as long as it takes — never given up on (SPEC.md
@@ -1424,31 +1400,13 @@ async fn write_with_retry(
     attempts: u32,
     on_retry: &(dyn Fn(u32) + Send + Sync),
 ) -> Result<Vec<SaveOutcome>, RefreshError> {
-    let mut wait = Duration::from_millis(50);
-    let mut failures = 0u32;
-    let mut permanent = 0u32;
+    let mut retry = StoreRetry::new("refresh results", attempts);
     loop {
         match store.save_refresh_results(results).await {
             Ok(v) => return Ok(v),
             Err(e) => {
-                if !transient_store_error(&e) {
-                    permanent += 1;
-                    if permanent >= attempts {
-                        return Err(e.into());
-                    }
-                }
-                failures = failures.saturating_add(1);
-                if failures > SAVE_ATTEMPTS_BEFORE_ALERT {
-                    tracing::error!(
-                        results = results.len(),
-                        failures,
-                        error = %e,
-                        "refresh results are not stored yet; retrying"
-                    );
-                }
-                on_retry(failures);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(SAVE_RETRY_MAX);
+                retry.after(e).await?;
+                on_retry(retry.failures());
             }
         }
     }
@@ -1665,7 +1623,7 @@ mod tests {
             })
         };
         while let Some(n) = failures.recv().await {
-            if n > SAVE_ATTEMPTS_BEFORE_ALERT + 2 {
+            if n > 5 {
                 break;
             }
         }

@@ -106,10 +106,18 @@ pub enum StoreError {
     /// keeps serving from memory and reports not ready.
     #[error("storage unavailable")]
     Unavailable(#[source] sqlx::Error),
-    /// A constraint or a concurrent transaction got in the way (unique or foreign key violation,
-    /// serialization failure). Retrying may succeed.
-    #[error("storage conflict: {what}")]
-    Conflict {
+    /// A concurrent transaction got in the way (PostgreSQL serialization failure or deadlock):
+    /// nothing was written, and the same statement retried passes.
+    #[error("storage contention: {what}")]
+    Contention {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A constraint refused the write (unique, foreign key, not null, check): the input or a
+    /// bug. Nothing was written, and retrying fails the same way.
+    #[error("storage constraint: {what}")]
+    Constraint {
         what: &'static str,
         #[source]
         source: sqlx::Error,
@@ -140,6 +148,16 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether the same call can pass later: the database away or busy, or a concurrent
+    /// transaction in the way. The one answer to "can this store error pass?"; nothing outside
+    /// `store/` looks at sqlx errors.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Contention { .. }
+        )
     }
 }
 
@@ -175,23 +193,22 @@ fn classify(e: sqlx::Error) -> StoreError {
                     return StoreError::Unavailable(e);
                 }
                 if code == "40001" || code == "40P01" {
-                    return StoreError::Conflict {
+                    return StoreError::Contention {
                         what: "concurrent transaction",
                         source: e,
                     };
                 }
             }
-            match db.kind() {
-                ErrorKind::UniqueViolation => StoreError::Conflict {
-                    what: "already exists",
-                    source: e,
-                },
-                ErrorKind::ForeignKeyViolation => StoreError::Conflict {
-                    what: "refers to an unknown component or client (ensure_component first)",
-                    source: e,
-                },
-                _ => StoreError::Backend(e),
-            }
+            let what = match db.kind() {
+                ErrorKind::UniqueViolation => "already exists",
+                ErrorKind::ForeignKeyViolation => {
+                    "refers to an unknown component or client (ensure_component first)"
+                }
+                ErrorKind::NotNullViolation => "a required value is missing",
+                ErrorKind::CheckViolation => "a value is out of range",
+                _ => return StoreError::Backend(e),
+            };
+            StoreError::Constraint { what, source: e }
         }
         _ => StoreError::Backend(e),
     }
@@ -385,9 +402,10 @@ pub trait Store: Send + Sync {
     ///
     /// Rows are written (and locked) in (component, kind, appid) order whatever the slice's order,
     /// so concurrent batches never deadlock; the outcomes are still in the slice's order.
-    /// `Err(Conflict | Unavailable)`: the transaction rolled back and nothing was written; retry
-    /// with the same sealed values (never re-seal or recompute a token that WeChat issued). If the
-    /// connection broke during the commit itself, the retry reports `Stale` for writes that landed.
+    /// A transient `Err` ([`StoreError::is_transient`]): the transaction rolled back and nothing
+    /// was written; retry with the same sealed values (never re-seal or recompute a token that
+    /// WeChat issued). If the connection broke during the commit itself, the retry reports
+    /// `Stale` for writes that landed.
     async fn save_refresh_results(
         &self,
         results: &[RefreshResult],
@@ -398,7 +416,7 @@ pub trait Store: Send + Sync {
     /// reconciliation), each fenced, with history rows; one transaction for the slice.
     ///
     /// Written in (component, appid) order, outcomes in the slice's order, and
-    /// `Err(Conflict | Unavailable)` handled as for [`Store::save_refresh_results`]: nothing was
+    /// a transient `Err` handled as for [`Store::save_refresh_results`]: nothing was
     /// written; retry with the same sealed values.
     async fn save_authorizations(
         &self,
@@ -513,7 +531,7 @@ pub trait Store: Send + Sync {
     /// Revokes a client by name. False if unknown or already revoked.
     async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
     /// Adds batched token-read counts (one transaction, written in (client, component, appid)
-    /// order). `Err(Conflict | Unavailable)`: nothing was added; retry with the same counts.
+    /// order). A transient `Err`: nothing was added; retry with the same counts.
     async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
     /// Read counters, all clients or one.
     async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
@@ -534,7 +552,7 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<SealedCell>, StoreError>;
     /// Conditional replacements (see [`Reseal`]), one transaction, written in table and row-key
-    /// order. Returns how many landed. `Err(Conflict | Unavailable)`: nothing was written; retry.
+    /// order. Returns how many landed. A transient `Err`: nothing was written; retry.
     async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
     /// How many sealed values each key id holds, over every column.
     async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
