@@ -78,7 +78,106 @@ conformance!(
     refresh_lease_goes_to_one_replica_until_released_or_expired,
     every_replica_hears_each_committed_generation_and_a_resume_after_a_cut,
     an_exchanged_code_is_known_to_another_replica_until_forgotten,
+    store_errors_are_transient_exactly_when_the_same_call_can_pass,
 );
+
+/// The one answer to "can this store error pass?" (`StoreError::is_transient`), against the
+/// real databases: a writer holding the database is transient and the same call passes once it
+/// is gone; a constraint is not.
+async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harness) {
+    let c = component("wxerrclass00000001");
+    let v = verified_vault(h.store.as_ref()).await;
+    h.store.ensure_component(&c, at(0)).await.unwrap();
+    let ticket = v.seal(SecretSlot::Ticket { component: &c }, b"t").unwrap();
+    let short = wxtoken::store::open_with(
+        &h.url,
+        &wxtoken::store::StoreOptions {
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap();
+    match h.kind {
+        Kind::Sqlite => {
+            // Another process holds SQLite's write lock.
+            use sqlx::Connection;
+            let mut other = sqlx::SqliteConnection::connect(&h.url).await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut other)
+                .await
+                .unwrap();
+            let err = short.record_ticket(&c, &ticket, at(1)).await.unwrap_err();
+            assert!(err.is_transient(), "{err:?}");
+            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        }
+        Kind::Postgres => {
+            // Two serializable transactions that read what the other writes: one is refused
+            // with a serialization failure (40001), which passes when tried again.
+            let pool = sqlx::PgPool::connect(&h.url).await.unwrap();
+            sqlx::query("CREATE TABLE contention (k INT PRIMARY KEY, v INT NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO contention VALUES (1, 0), (2, 0)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let (mut a, mut b) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
+            for t in [&mut a, &mut b] {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                    .execute(&mut **t)
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT SUM(v) FROM contention")
+                    .execute(&mut **t)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("UPDATE contention SET v = 1 WHERE k = 1")
+                .execute(&mut *a)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE contention SET v = 1 WHERE k = 2")
+                .execute(&mut *b)
+                .await
+                .unwrap();
+            a.commit().await.unwrap();
+            let err = StoreError::from(b.commit().await.unwrap_err());
+            assert!(
+                matches!(err, StoreError::Contention { .. }) && err.is_transient(),
+                "{err:?}"
+            );
+            pool.close().await;
+        }
+    }
+    short
+        .record_ticket(&c, &ticket, at(1))
+        .await
+        .expect("passes now");
+    // A constraint: the same write fails the same way however often it is tried.
+    let unknown = component("wxerrclass00000002");
+    let a = appid("wxerrclassappid001");
+    for _ in 0..2 {
+        let err = h
+            .store
+            .save_authorization(&authorization(
+                &v,
+                &unknown,
+                &a,
+                "rt",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Constraint { .. }) && !err.is_transient(),
+            "{err:?}"
+        );
+    }
+}
 
 async fn an_exchanged_code_is_known_to_another_replica_until_forgotten(h: &Harness) {
     let c = component("wxcodes00000000001");
