@@ -152,12 +152,8 @@ impl Default for StorageConfig {
 impl StorageConfig {
     /// The backend named by the URL's scheme, for logs and errors (the URL itself may hold a password).
     pub fn backend(&self) -> &'static str {
-        let url = self.url.expose_secret();
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            "postgres"
-        } else {
-            "sqlite"
-        }
+        crate::store::Backend::from_url(self.url.expose_secret())
+            .map_or("unsupported", crate::store::Backend::as_str)
     }
 }
 
@@ -382,17 +378,9 @@ impl Config {
         let mut seen = BTreeSet::new();
         for (i, c) in self.components.iter().enumerate() {
             let key = |field: &str| format!("components[{i}].{field}");
-            if c.appid.is_empty()
-                || c.appid.len() > 64
-                || !c
-                    .appid
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(ConfigError::invalid(
-                    key("appid"),
-                    "must be a non-empty appid of letters, digits and _",
-                ));
+            // The one appid rule (model.rs), as the CLI and the HTTP API apply it.
+            if let Err(e) = crate::model::ComponentAppid::parse(&c.appid) {
+                return Err(ConfigError::invalid(key("appid"), e.reason));
             }
             if !seen.insert(c.appid.as_str()) {
                 return Err(ConfigError::invalid(
@@ -414,10 +402,7 @@ impl Config {
             }
         }
         let url = self.storage.url.expose_secret();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if crate::store::Backend::from_url(url).is_none() {
             return Err(ConfigError::invalid(
                 "storage.url",
                 "must start with sqlite: or postgres:// (the URL itself is not shown: it may hold a password)",
@@ -849,6 +834,43 @@ mod tests {
         );
         let err = from_toml(&text, &[]).unwrap_err();
         assert_eq!(invalid_key(err), "components[0].encoding_aes_key");
+    }
+
+    #[test]
+    fn a_component_appid_follows_the_one_appid_rule_of_the_cli_and_the_api() {
+        let with = |appid: &str| {
+            format!(
+                "{EXAMPLE}\n[[components]]\nappid = \"{appid}\"\nappsecret = \"a\"\ntoken = \"b\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n"
+            )
+        };
+        for good in ["wx-component_0001", "wx2"] {
+            from_toml(&with(good), &[]).unwrap_or_else(|e| panic!("{good}: {e}"));
+            crate::model::ComponentAppid::parse(good).expect("the model agrees");
+        }
+        for bad in ["", "wx component", "wx/component", &"w".repeat(65)] {
+            let err = from_toml(&with(bad), &[]).unwrap_err();
+            assert_eq!(invalid_key(err), "components[1].appid", "{bad:?}");
+            assert!(
+                crate::model::ComponentAppid::parse(bad).is_err(),
+                "the model agrees"
+            );
+        }
+    }
+
+    #[test]
+    fn a_storage_url_names_its_backend_in_one_place() {
+        use crate::store::Backend;
+        for (url, backend) in [
+            ("sqlite://wxtoken.db", Some(Backend::Sqlite)),
+            ("sqlite::memory:", Some(Backend::Sqlite)),
+            ("postgres://u@h/db", Some(Backend::Postgres)),
+            ("postgresql://u@h/db", Some(Backend::Postgres)),
+            ("mysql://u@h/db", None),
+        ] {
+            assert_eq!(Backend::from_url(url), backend, "{url}");
+        }
+        let err = from_toml("[storage]\nurl = \"mysql://u:pw@h/db\"\n", &[]).unwrap_err();
+        assert_eq!(invalid_key(err), "storage.url");
     }
 
     #[test]

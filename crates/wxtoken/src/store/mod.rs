@@ -222,6 +222,18 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend a storage URL names by its scheme: `sqlite:` (`sqlite://PATH`, `sqlite:PATH`,
+    /// `sqlite::memory:`), `postgres://` or `postgresql://`. The one place this is decided.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -652,14 +664,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// or `postgres://…` / `postgresql://…`. Refuses a database whose schema is newer than this binary.
 /// Call `vault::Vault::verify` next, before anything reads or writes a secret.
 pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, options).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::open(url, options).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl {
+    match Backend::from_url(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url, options).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(PgStore::open(url, options).await?)),
+        None => Err(StoreError::UnsupportedUrl {
             scheme: shown_scheme(url),
-        })
+        }),
     }
 }
 
