@@ -25,13 +25,19 @@
 //!   to the appsecret if one is on file. A marked authorizer is never retried (its circuit is open)
 //!   until re-authorized or recovered.
 
+mod authorizer;
+mod cold_start;
+mod commit;
+mod component;
+mod direct;
 mod events;
+mod flight;
 pub mod lease;
 mod recovery;
 mod retry;
 mod schedule;
 mod sync;
-mod worker;
+mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -283,7 +289,7 @@ pub(crate) struct Inner {
     /// is stored or given up. The credential's next refresh waits for it.
     pub(crate) pending_writes: Mutex<HashMap<Credential, tokio::sync::watch::Receiver<bool>>>,
     /// Refresh results waiting for the group-commit writer.
-    pub(crate) writes: Arc<Mutex<worker::WriteQueue>>,
+    pub(crate) writes: Arc<Mutex<commit::WriteQueue>>,
     pub(crate) refreshed: AtomicU64,
     /// Landed flights by kind (component, authorizer, direct).
     pub(crate) refreshed_by_kind: [AtomicU64; 3],

@@ -1,0 +1,117 @@
+//! Cold start: every stored credential loaded into memory and scheduled, overdue ones in waves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ForceBudget, Inner};
+use crate::model::{AuthorizerStatus, Credential, CredentialKind, NewAccessToken};
+use crate::tokens::plan;
+
+/// Credentials loaded overdue at cold start start in waves of `refresh.concurrency`, one wave per
+/// this (about one refresh's time), within [`MAX_COLD_SPREAD`] (`plan::cold_start_offset`).
+const COLD_START_PER_CALL: Duration = Duration::from_millis(200);
+const MAX_COLD_SPREAD: Duration = Duration::from_secs(300);
+
+impl Inner {
+    pub(crate) async fn cold_start(self: &Arc<Self>) -> Result<(), super::EngineError> {
+        let now = self.clock.now();
+        for component in self.components.keys() {
+            self.store.ensure_component(component, now).await?;
+        }
+        let mut records = self
+            .store
+            .load_tokens(None, Some(CredentialKind::Component))
+            .await?;
+        records.extend(
+            self.store
+                .load_tokens(None, Some(CredentialKind::Direct))
+                .await?,
+        );
+        let authorizers = self.store.load_authorizers(None).await?;
+        let stored_budgets = self.store.load_force_budgets().await?;
+        {
+            let mut budgets = self.force_budget.lock();
+            for b in stored_budgets {
+                budgets.insert(
+                    b.credential,
+                    ForceBudget {
+                        day_start: b.day_start,
+                        used: b.used,
+                        last: b.last,
+                    },
+                );
+            }
+        }
+        // Overdue (or token-less) credentials, most urgent first once sorted: no servable token,
+        // then by expiry. Valid tokens are served meanwhile; ones not yet due keep their time.
+        let mut overdue: Vec<(i64, Credential)> = Vec::new();
+        let mut due =
+            |inner: &Self, credential: &Credential, token: Option<&NewAccessToken>| match token
+                .and_then(|t| t.refresh_at)
+            {
+                Some(at) if at > now => inner.schedule_at(credential, at),
+                _ => {
+                    let urgency = token
+                        .filter(|t| {
+                            plan::servable(
+                                now.as_millis(),
+                                t.expires_at.as_millis(),
+                                inner.config.serve_margin,
+                            )
+                        })
+                        .map_or(i64::MIN, |t| t.expires_at.as_millis());
+                    overdue.push((urgency, credential.clone()));
+                }
+            };
+        for record in records {
+            let credential = record.credential;
+            if !self.components.contains_key(&credential.component) {
+                continue;
+            }
+            self.cache.slot(&credential);
+            if let Some(stored) = &record.token {
+                self.publish_stored(&credential, record.generation, stored)?;
+            }
+            due(self, &credential, record.token.as_ref());
+        }
+        for record in authorizers {
+            let credential = Credential::authorizer(&record.component, &record.appid);
+            let slot = self.cache.slot(&credential);
+            slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
+            if let Some(stored) = &record.token {
+                self.publish_stored(&credential, record.generation, stored)?;
+            }
+            let refreshable =
+                record.status == AuthorizerStatus::Active || record.appsecret.is_some();
+            if self.components.contains_key(&record.component) && refreshable {
+                due(self, &credential, record.token.as_ref());
+            } else {
+                self.schedule.lock().remove(&credential);
+            }
+        }
+        overdue.sort_by_key(|(urgency, _)| *urgency);
+        let n = overdue.len();
+        let concurrency = self.config.concurrency.max(1);
+        for (i, (_, credential)) in overdue.iter().enumerate() {
+            let offset =
+                plan::cold_start_offset(i, n, concurrency, COLD_START_PER_CALL, MAX_COLD_SPREAD);
+            self.schedule_in(credential, offset);
+        }
+        if n > 0 {
+            tracing::info!(
+                overdue = n,
+                spread_ms = plan::cold_start_offset(
+                    n - 1,
+                    n,
+                    concurrency,
+                    COLD_START_PER_CALL,
+                    MAX_COLD_SPREAD
+                )
+                .as_millis() as u64,
+                "cold start: overdue credentials spread out"
+            );
+        }
+        tracing::info!(credentials = self.cache.len(), "cold start loaded");
+        Ok(())
+    }
+}

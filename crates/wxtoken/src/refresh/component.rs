@@ -1,0 +1,177 @@
+//! The component access token: its refresh from the newest stored ticket, the gate that keeps
+//! authorizers from each asking for it while it backs off, `api_start_push_ticket`, and the
+//! ticket-silence alert.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+use wechat::errcode::ErrorClass;
+
+use super::{Inner, Mode, Outcome, RefreshError, START_PUSH_THROTTLE};
+use crate::alerts::{Alert, AlertKind};
+use crate::model::{ComponentAppid, Credential, SecretSlot, TokenSource};
+use crate::tokens::cache::CachedToken;
+
+impl Inner {
+    pub(super) async fn refresh_component(self: &Arc<Self>, credential: &Credential) -> Outcome {
+        let component = &credential.component;
+        let secret = self
+            .components
+            .get(component)
+            .ok_or_else(|| RefreshError::NotConfigured(component.to_string()))?;
+        let Some(ticket) = self.store.latest_ticket(component).await? else {
+            self.kick_ticket(component).await;
+            return Err(RefreshError::NoTicket);
+        };
+        let ticket = self
+            .vault
+            .open_string(SecretSlot::Ticket { component }, &ticket.sealed)?;
+        let generation = self
+            .store
+            .get_token(credential)
+            .await?
+            .map_or(0, |r| r.generation);
+        let (resp, sent_at) = match self
+            .upstream_timed(self.client.component_token(
+                component.as_str(),
+                secret.expose_secret(),
+                ticket.expose_secret(),
+            ))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if e.class() == ErrorClass::Ticket {
+                    // Keep the newest stored ticket; ask WeChat to push again.
+                    self.kick_ticket(component).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.save_token(
+            credential,
+            generation,
+            resp.component_access_token,
+            resp.expires_in,
+            TokenSource::ComponentToken,
+            None,
+            sent_at,
+        )
+        .await
+    }
+
+    /// `api_start_push_ticket`, at most once per [`START_PUSH_THROTTLE`] per component.
+    pub(crate) async fn kick_ticket(&self, component: &ComponentAppid) {
+        {
+            let mut at = self.push_ticket_at.lock();
+            if at
+                .get(component)
+                .is_some_and(|t| t.elapsed() < START_PUSH_THROTTLE)
+            {
+                return;
+            }
+            at.insert(component.clone(), Instant::now());
+        }
+        let Some(secret) = self.components.get(component) else {
+            return;
+        };
+        match self
+            .upstream(
+                self.client
+                    .start_push_ticket(component.as_str(), secret.expose_secret()),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(component = %component, "asked WeChat to push a ticket"),
+            Err(e) => {
+                tracing::warn!(component = %component, error = %e, "api_start_push_ticket failed")
+            }
+        }
+    }
+
+    /// A servable component token, refreshing it (single flight) if there is none.
+    pub(crate) async fn ensure_component_token(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+    ) -> Result<Arc<CachedToken>, RefreshError> {
+        if let Some(slot) = self.cache.component(component)
+            && let Ok(token) = slot.read(self.clock.now(), self.config.serve_margin)
+        {
+            return Ok(token);
+        }
+        self.component_gate_open(component)?;
+        self.refresh(Credential::component(component), Mode::Normal)
+            .await
+    }
+
+    /// `Err` with the component token's last failure while that refresh is backing off: the
+    /// component credential retries on its own schedule, and authorizers must not each start
+    /// another api_component_token call (a daily-quota storm when thousands wait on it).
+    pub(super) fn component_gate_open(
+        &self,
+        component: &ComponentAppid,
+    ) -> Result<(), RefreshError> {
+        let gate = self.component_gate.lock();
+        match gate.get(component) {
+            // "No ticket yet" costs no WeChat call to re-check, and another replica may have
+            // stored one since: let the refresh (single flight) look again.
+            Some((_, RefreshError::NoTicket)) => Ok(()),
+            Some((until, error)) if Instant::now() < *until => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// WeChat rejected `rejected` (a component token): refresh it if it is still the current one.
+    pub(crate) async fn replace_component_token(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        rejected: &CachedToken,
+    ) -> Result<Arc<CachedToken>, RefreshError> {
+        if let Some(slot) = self.cache.component(component)
+            && let Some(current) = slot.current()
+            && current.generation > rejected.generation
+        {
+            return Ok(current);
+        }
+        self.component_gate_open(component)?;
+        self.refresh(Credential::component(component), Mode::Normal)
+            .await
+    }
+
+    /// Alerts (once per silence) when a component has had no ticket push for
+    /// `ticket_silence_alert`, and asks WeChat to push again.
+    pub(crate) async fn check_ticket_silence(&self) {
+        let now = self.clock.now();
+        for component in self.components.keys() {
+            let latest = match self.store.latest_ticket(component).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ticket check failed");
+                    continue;
+                }
+            };
+            let silent = latest.is_none_or(|t| {
+                now.as_millis() - t.received_at.as_millis()
+                    > self.config.ticket_silence_alert.as_millis() as i64
+            });
+            if !silent {
+                self.silent_tickets.lock().remove(component);
+                continue;
+            }
+            if self.silent_tickets.lock().insert(component.clone()) {
+                self.alerts.raise(Alert::new(
+                    AlertKind::TicketSilence,
+                    component.as_str(),
+                    None,
+                    format!(
+                        "no component_verify_ticket push for {}",
+                        humantime::format_duration(self.config.ticket_silence_alert)
+                    ),
+                    now,
+                ));
+                self.kick_ticket(component).await;
+            }
+        }
+    }
+}
