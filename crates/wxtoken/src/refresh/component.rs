@@ -108,10 +108,7 @@ impl Inner {
     /// `Err` with the component token's last failure while that refresh is backing off: the
     /// component credential retries on its own schedule, and authorizers must not each start
     /// another api_component_token call (a daily-quota storm when thousands wait on it).
-    pub(super) fn component_gate_open(
-        &self,
-        component: &ComponentAppid,
-    ) -> Result<(), RefreshError> {
+    fn component_gate_open(&self, component: &ComponentAppid) -> Result<(), RefreshError> {
         let gate = self.component_gate.lock();
         match gate.get(component) {
             // "No ticket yet" costs no WeChat call to re-check, and another replica may have

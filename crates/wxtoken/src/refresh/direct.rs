@@ -51,7 +51,7 @@ impl Inner {
     /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart). The budget is
     /// stored before WeChat is asked, so a restart does not reset it; if the store cannot take it,
     /// the in-memory budget still counts (logged).
-    pub(super) async fn take_force_budget(&self, credential: &Credential) -> bool {
+    async fn take_force_budget(&self, credential: &Credential) -> bool {
         let now = self.clock.now();
         let day = Duration::from_secs(86_400);
         let taken = {

@@ -10,45 +10,62 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use wechat::errcode::ErrorClass;
 use wechat::event::Event;
 
-use super::retry::StoreRetry;
 use super::{Engine, EngineError, Inner, RefreshError};
 use crate::alerts::{Alert, AlertKind};
 use crate::model::{
-    Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected,
-    NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, StoredEvent,
-    TicketOutcome, Timestamp, TokenSource,
+    Appid, AuthorizerStatus, ComponentAppid, Credential, EventInsert, NewEvent, SaveOutcome,
+    SecretSlot, StatusChange, StoredEvent, TicketOutcome, Timestamp,
 };
 use crate::store::LeaseKey;
 use crate::telemetry;
 
-/// `api_query_auth` on a code already exchanged.
-const CODE_ALREADY_USED: i64 = 61009;
 /// Fenced revocation attempts per `unauthorized` event and pass (a refresh can land between the
 /// read and the write).
 const UNAUTHORIZE_ATTEMPTS: u32 = 5;
+
 /// Unprocessed events read per pass.
 const EVENT_BATCH: u32 = 1000;
-/// Tries of an `api_query_auth` answer's write that fails for a reason that cannot pass (a
-/// constraint, a corrupt row); a transient failure is retried until the write lands.
-const WRITE_TRIES_THAT_CANNOT_PASS: u32 = 4;
+
 /// Longest wait before a stored event that keeps failing transiently is tried again.
 const EVENT_BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Pause between pages of `api_get_authorizer_list` (rate limit).
-const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
 
-/// What one reconciliation did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReconcileReport {
-    /// Authorizers WeChat listed.
-    pub listed: usize,
-    /// Refresh tokens recovered (missing from the store or different).
-    pub recovered: usize,
-    /// Authorizers marked revoked because WeChat no longer lists them.
-    pub revoked: usize,
+/// Whether this replica may apply a stored event now.
+enum Claim {
+    /// Its lease is ours and it is still unprocessed.
+    Mine,
+    /// Applied meanwhile (by another replica).
+    Done,
+    /// Another replica holds it (or the lease could not be checked): retried on a later pass.
+    Elsewhere,
+}
+
+/// Why a stored event was not applied.
+enum EventFailure {
+    /// Retrying later may succeed: keep it.
+    Transient(RefreshError),
+    /// It never will: mark it processed, log at error.
+    Permanent(String),
+}
+
+/// Failures of an event handler that retrying cannot cure: the authorization code is refused or
+/// spent (`Gone`), the authorizer does not exist (`Unknown`). Everything else (network, WeChat
+/// 5xx, quota, the component token, the store) may pass.
+fn permanent(e: &RefreshError) -> bool {
+    matches!(e, RefreshError::Gone { .. } | RefreshError::Unknown)
+}
+
+/// The authorizer appid and CreateTime of an authorization event (`authorized`,
+/// `updateauthorized`, `unauthorized`), the events that must apply in order per appid.
+fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
+    match event {
+        Event::Authorized(a) | Event::UpdateAuthorized(a) => {
+            Some((a.authorizer_appid.as_str(), a.create_time))
+        }
+        Event::Unauthorized(u) => Some((u.authorizer_appid.as_str(), u.create_time)),
+        _ => None,
+    }
 }
 
 impl Engine {
@@ -268,152 +285,6 @@ impl Engine {
             .get(&(component.clone(), dedupe_key.to_owned()))
             .map(|(_, at)| *at)
     }
-
-    /// Pages through `api_get_authorizer_list` and compares it with the store: recovers refresh
-    /// tokens missing or different, and marks authorizers no longer listed as revoked.
-    ///
-    /// The store is read once, *before* paging, and every write is fenced on that snapshot's
-    /// generation (the revocation included): whatever an event, a refresh or an import stored
-    /// while the list was being paged is newer than the list, so a write that finds it (`Stale`)
-    /// leaves it.
-    pub async fn reconcile_once(
-        &self,
-        component: &ComponentAppid,
-    ) -> Result<ReconcileReport, RefreshError> {
-        self.reconcile_once_with(component, std::future::ready(()))
-            .await
-    }
-
-    /// [`Engine::reconcile_once`] that awaits `after_listing` between paging the list and comparing
-    /// it with the snapshot: the seam tests use to change the store while the list is in hand.
-    #[doc(hidden)]
-    pub async fn reconcile_once_with(
-        &self,
-        component: &ComponentAppid,
-        after_listing: impl std::future::Future<Output = ()>,
-    ) -> Result<ReconcileReport, RefreshError> {
-        let inner = self.inner();
-        let ct = inner.ensure_component_token(component).await?;
-        // The snapshot precedes the list: anything stored later carries a newer generation.
-        let stored = inner.store.load_authorizers(Some(component)).await?;
-        let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
-        let mut offset = 0u32;
-        let total = loop {
-            let page = inner
-                .client
-                .get_authorizer_list(
-                    ct.access_token.expose_secret(),
-                    component.as_str(),
-                    offset,
-                    wechat::wire::AUTHORIZER_LIST_MAX_COUNT,
-                )
-                .await?;
-            let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
-            for item in page.list {
-                let rt = item
-                    .non_empty_refresh_token()
-                    .map(|s| SecretString::from(s.to_owned()));
-                listed.insert(item.authorizer_appid, rt);
-            }
-            offset = offset.saturating_add(n);
-            if n == 0 || u64::from(offset) >= page.total_count {
-                break page.total_count;
-            }
-            tokio::time::sleep(LIST_PAGE_PAUSE).await;
-        };
-        after_listing.await;
-        let mut report = ReconcileReport {
-            listed: listed.len(),
-            ..ReconcileReport::default()
-        };
-        // A list that shrank while we paged is incomplete: never revoke from it.
-        let complete = listed.len() as u64 >= total;
-        let mut known = std::collections::HashSet::new();
-        for record in stored {
-            known.insert(record.appid.as_str().to_owned());
-            let credential = Credential::authorizer(component, &record.appid);
-            match listed.get(record.appid.as_str()) {
-                None if complete && record.status != AuthorizerStatus::Revoked => {
-                    let revoked = inner
-                        .revoke_fenced(
-                            &credential,
-                            record.generation,
-                            "not listed by api_get_authorizer_list",
-                        )
-                        .await?;
-                    report.revoked += usize::from(revoked);
-                }
-                Some(Some(rt)) => {
-                    let slot = SecretSlot::RefreshToken {
-                        component,
-                        appid: &record.appid,
-                    };
-                    let ours = inner.vault.open_string(slot, &record.refresh_token)?;
-                    if ours.expose_secret() != rt.expose_secret() {
-                        let sealed = inner.vault.seal(slot, rt.expose_secret().as_bytes())?;
-                        let outcome = inner
-                            .save_authorization(
-                                component,
-                                &record.appid,
-                                Expected::Generation(record.generation),
-                                sealed,
-                                None,
-                                RefreshTokenSource::Reconcile,
-                            )
-                            .await?;
-                        // Stale: changed since the snapshot (newer than the list); leave it.
-                        if let SaveOutcome::Saved { .. } = outcome {
-                            report.recovered += 1;
-                            inner.schedule_in(&credential, Duration::ZERO);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        for (appid, rt) in &listed {
-            let Some(rt) = rt else { continue };
-            if known.contains(appid) {
-                continue;
-            }
-            let Ok(appid) = Appid::parse(appid) else {
-                continue;
-            };
-            let sealed = inner.vault.seal(
-                SecretSlot::RefreshToken {
-                    component,
-                    appid: &appid,
-                },
-                rt.expose_secret().as_bytes(),
-            )?;
-            let outcome = inner
-                .save_authorization(
-                    component,
-                    &appid,
-                    Expected::Absent,
-                    sealed,
-                    None,
-                    RefreshTokenSource::Reconcile,
-                )
-                .await?;
-            if let SaveOutcome::Saved { .. } = outcome {
-                report.recovered += 1;
-                inner.schedule_in(&Credential::authorizer(component, &appid), Duration::ZERO);
-            }
-        }
-        tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, "reconciled");
-        Ok(report)
-    }
-}
-
-/// Whether this replica may apply a stored event now.
-enum Claim {
-    /// Its lease is ours and it is still unprocessed.
-    Mine,
-    /// Applied meanwhile (by another replica).
-    Done,
-    /// Another replica holds it (or the lease could not be checked): retried on a later pass.
-    Elsewhere,
 }
 
 impl Inner {
@@ -443,7 +314,7 @@ impl Inner {
     /// True if it is revoked now by this call; false if it changed meanwhile (re-authorized,
     /// recovered, refreshed) or is gone. Alert, cache and appsecret fallback follow as for any lost
     /// authorization.
-    async fn revoke_fenced(
+    pub(super) async fn revoke_fenced(
         self: &Arc<Self>,
         credential: &Credential,
         generation: u64,
@@ -631,240 +502,5 @@ impl Inner {
             }
             Event::Other(_) => Ok(()),
         }
-    }
-
-    /// `authorized` / `updateauthorized`: exchanges the code and stores the new refresh token and
-    /// access token (re-authorization retires the old refresh token). Idempotent: a code already
-    /// exchanged (61009) is fine only if an `api_query_auth` answer was stored since `since` (the
-    /// event's CreateTime or receive time, whichever is earlier); otherwise the refresh token it
-    /// carried is lost to us and 61009 is returned as the error it is.
-    ///
-    /// `appid` is the authorizer the code is expected for (from a push); `None` when it is not
-    /// known beforehand (the authorization page's callback): then a spent code is answered from
-    /// the codes exchanged recently (by this process or, through the store, another replica),
-    /// and is `Gone` otherwise. Returns the appid.
-    pub(crate) async fn exchange_code(
-        self: &Arc<Self>,
-        component: &ComponentAppid,
-        expected: Option<&Appid>,
-        code: &str,
-        since: Timestamp,
-    ) -> Result<Appid, RefreshError> {
-        let mut replaced_component = false;
-        let (info, sent_at) = loop {
-            let ct = self.ensure_component_token(component).await?;
-            let call =
-                self.client
-                    .query_auth(ct.access_token.expose_secret(), component.as_str(), code);
-            let _permit = self.permits.acquire().await.ok();
-            // The answer's access token counts its lifetime from here (see `upstream_timed`).
-            let sent_at = self.clock.now();
-            match call.await {
-                Ok(resp) => break (resp.authorization_info, sent_at),
-                Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
-                    let appid = match expected {
-                        Some(appid) => Some(appid.clone()),
-                        None => self.code_exchanged_for(component, code).await?,
-                    };
-                    let Some(appid) = appid else {
-                        return Err(RefreshError::Gone {
-                            reason: format!("api_query_auth: {e}"),
-                        });
-                    };
-                    return if self.exchanged_since(component, &appid, since).await? {
-                        Ok(appid)
-                    } else {
-                        // Spent, and its answer never stored: retrying cannot bring it back.
-                        Err(RefreshError::Gone {
-                            reason: format!(
-                                "api_query_auth: {e}; its refresh token was not stored"
-                            ),
-                        })
-                    };
-                }
-                Err(e) if e.class() == ErrorClass::StaleToken && !replaced_component => {
-                    replaced_component = true;
-                    drop(_permit);
-                    self.replace_component_token(component, &ct).await?;
-                }
-                // The code itself is refused (expired 61010, invalid, not permitted): final.
-                Err(e)
-                    if matches!(
-                        e.class(),
-                        ErrorClass::Reauthorize
-                            | ErrorClass::Configuration
-                            | ErrorClass::Permission
-                    ) =>
-                {
-                    return Err(RefreshError::Gone {
-                        reason: format!("api_query_auth: {e}"),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let appid = match expected {
-            Some(appid) if info.authorizer_appid != appid.as_str() => {
-                return Err(RefreshError::Gone {
-                    reason: "api_query_auth returned another appid".into(),
-                });
-            }
-            Some(appid) => appid.clone(),
-            None => Appid::parse(&info.authorizer_appid).map_err(|e| RefreshError::Gone {
-                reason: format!("api_query_auth: {e}"),
-            })?,
-        };
-        let appid = &appid;
-        let rt = info
-            .non_empty_refresh_token()
-            .ok_or_else(|| RefreshError::Upstream {
-                class: ErrorClass::Transient,
-                detail: "api_query_auth: no authorizer_refresh_token".into(),
-            })?;
-        let credential = Credential::authorizer(component, appid);
-        let slot = SecretSlot::RefreshToken { component, appid };
-        let sealed_rt = self.vault.seal(slot, rt.as_bytes())?;
-        let access = match (&info.authorizer_access_token, info.expires_in) {
-            (Some(t), Some(secs)) if !t.is_empty() => Some((
-                t.clone(),
-                self.new_access_token(
-                    &credential,
-                    t,
-                    Duration::from_secs(secs),
-                    TokenSource::QueryAuth,
-                    sent_at,
-                )?,
-            )),
-            _ => None,
-        };
-        // WeChat will not give this refresh token again (the code is spent): the write is retried
-        // while the store can pass (SPEC.md rule 2), and re-fenced on whatever landed meanwhile.
-        let mut retry = StoreRetry::new("api_query_auth answer", WRITE_TRIES_THAT_CANNOT_PASS);
-        let mut lost_race = false;
-        loop {
-            let current = match self.store.get_authorizer(component, appid).await {
-                Ok(current) => current,
-                Err(e) => {
-                    retry.after(e).await?;
-                    continue;
-                }
-            };
-            let expected = match &current {
-                Some(r) => {
-                    // A write that reported failure but landed (or another pass storing the
-                    // same answer): nothing left to write.
-                    if lost_race
-                        && self
-                            .vault
-                            .open_string(slot, &r.refresh_token)?
-                            .expose_secret()
-                            == rt
-                    {
-                        self.failures.lock().remove(&credential);
-                        if self.adopt_stored(&credential).await.is_err() {
-                            self.schedule_in(&credential, Duration::ZERO);
-                        }
-                        self.remember_code(component, code, appid).await;
-                        return Ok(appid.clone());
-                    }
-                    Expected::Generation(r.generation)
-                }
-                None => Expected::Absent,
-            };
-            // A token requested after ours (a refresh that landed meanwhile) stays: only the
-            // refresh token is written then.
-            let stored_newer = current
-                .as_ref()
-                .and_then(|r| r.token.as_ref())
-                .zip(access.as_ref())
-                .is_some_and(|(stored, (_, ours))| stored.issued_at > ours.issued_at);
-            let access_write = access.as_ref().filter(|_| !stored_newer);
-            let write = AuthorizationWrite {
-                component: component.clone(),
-                appid: appid.clone(),
-                expected,
-                kind: None,
-                status: AuthorizerStatus::Active,
-                refresh_token: sealed_rt.clone(),
-                appsecret: None,
-                access_token: access_write.map(|(_, a)| a.clone()),
-                source: RefreshTokenSource::QueryAuth,
-                at: self.clock.now(),
-            };
-            match self.store.save_authorization(&write).await {
-                Ok(SaveOutcome::Saved { generation }) => {
-                    self.cache
-                        .slot(&credential)
-                        .set_status(AuthorizerStatus::Active, "");
-                    self.failures.lock().remove(&credential);
-                    match access_write {
-                        Some((token, stored)) => {
-                            self.publish(
-                                &credential,
-                                generation,
-                                SecretString::from(token.clone()),
-                                stored,
-                            );
-                        }
-                        None if stored_newer => {
-                            if self.adopt_stored(&credential).await.is_err() {
-                                self.schedule_in(&credential, Duration::ZERO);
-                            }
-                        }
-                        None => self.schedule_in(&credential, Duration::ZERO),
-                    }
-                    self.remember_code(component, code, appid).await;
-                    return Ok(appid.clone());
-                }
-                // A refresh (or a commit we saw fail) landed between our read and our write.
-                Ok(SaveOutcome::Stale { .. }) => lost_race = true,
-                Ok(SaveOutcome::Missing) => return Err(RefreshError::Unknown),
-                Err(e) => {
-                    // The commit itself may have landed: compare before writing again.
-                    lost_race = true;
-                    retry.after(e).await?;
-                }
-            }
-        }
-    }
-
-    /// Whether an `api_query_auth` answer for `appid` was stored at or after `since`.
-    pub(crate) async fn exchanged_since(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-        since: Timestamp,
-    ) -> Result<bool, RefreshError> {
-        let history = self.store.refresh_token_history(component, appid).await?;
-        Ok(history.iter().any(|h| {
-            h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
-        }))
-    }
-}
-
-/// Why a stored event was not applied.
-enum EventFailure {
-    /// Retrying later may succeed: keep it.
-    Transient(RefreshError),
-    /// It never will: mark it processed, log at error.
-    Permanent(String),
-}
-
-/// Failures of an event handler that retrying cannot cure: the authorization code is refused or
-/// spent (`Gone`), the authorizer does not exist (`Unknown`). Everything else (network, WeChat
-/// 5xx, quota, the component token, the store) may pass.
-fn permanent(e: &RefreshError) -> bool {
-    matches!(e, RefreshError::Gone { .. } | RefreshError::Unknown)
-}
-
-/// The authorizer appid and CreateTime of an authorization event (`authorized`,
-/// `updateauthorized`, `unauthorized`), the events that must apply in order per appid.
-fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
-    match event {
-        Event::Authorized(a) | Event::UpdateAuthorized(a) => {
-            Some((a.authorizer_appid.as_str(), a.create_time))
-        }
-        Event::Unauthorized(u) => Some((u.authorizer_appid.as_str(), u.create_time)),
-        _ => None,
     }
 }

@@ -51,11 +51,7 @@ impl Inner {
     }
 
     #[tracing::instrument(skip_all, fields(kind = credential.kind.as_str(), appid = %credential.appid))]
-    pub(super) async fn refresh_flight(
-        self: Arc<Self>,
-        credential: Credential,
-        mode: Mode,
-    ) -> Outcome {
+    async fn refresh_flight(self: Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
         // An invalidation report that lost a race with a refresh: the token it reported is already
         // replaced, so the answer is the current token and WeChat is not asked again.
         let replaced = |inner: &Self| {
@@ -252,7 +248,7 @@ impl Inner {
     /// With a shared lease just granted: if the store holds a newer generation than memory,
     /// loads it; then, if memory holds a token newer than `held_at_start` that is not yet due
     /// (another replica refreshed while this flight waited), returns it.
-    pub(super) async fn adopt_newer(
+    async fn adopt_newer(
         &self,
         credential: &Credential,
         held_at_start: u64,

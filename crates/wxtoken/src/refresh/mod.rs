@@ -26,17 +26,20 @@
 //!   until re-authorized or recovered.
 
 mod authorizer;
+mod codes;
 mod cold_start;
 mod commit;
 mod component;
 mod direct;
 mod events;
 mod flight;
+mod follow;
 pub mod lease;
+mod read;
+mod reconcile;
 mod recovery;
 mod retry;
 mod schedule;
-mod sync;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -61,10 +64,10 @@ use crate::tokens::cache::{CachedToken, ReadError, TokenCache};
 use crate::tokens::flight::SingleFlight;
 use crate::vault::{Vault, VaultError};
 
-pub use events::ReconcileReport;
 use lease::Lease;
+pub use read::CredentialCounts;
+pub use reconcile::ReconcileReport;
 use schedule::Schedule;
-pub use sync::CredentialCounts;
 
 /// Wall-clock time for stored timestamps, injectable where tests need it. Scheduling itself uses
 /// tokio time.
@@ -271,7 +274,7 @@ pub(crate) struct Inner {
     pub(crate) component_gate: Mutex<HashMap<ComponentAppid, (Instant, RefreshError)>>,
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
     /// Authorization codes exchanged recently (the page callback and the push share one code).
-    pub(crate) recent_codes: sync::RecentCodes,
+    pub(crate) recent_codes: codes::RecentCodes,
     /// One `api_query_auth` per authorization code at a time (keyed by its SHA-256).
     pub(crate) code_flights: SingleFlight<[u8; 32], Result<Appid, RefreshError>>,
     pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
@@ -341,7 +344,7 @@ impl Engine {
             failures: Mutex::default(),
             component_gate: Mutex::default(),
             push_ticket_at: Mutex::default(),
-            recent_codes: sync::RecentCodes::default(),
+            recent_codes: codes::RecentCodes::default(),
             force_budget: Mutex::default(),
             silent_tickets: Mutex::default(),
             events_lock: tokio::sync::Mutex::new(()),

@@ -185,7 +185,7 @@ impl Inner {
     /// no longer takes ours), it is adopted; if ours was, the write is fenced again on the current
     /// generation (at most [`STALE_REWRITES`] times). Both refresh tokens stay in the history
     /// either way.
-    pub(super) async fn store_token(
+    async fn store_token(
         &self,
         credential: &Credential,
         expected_generation: u64,
