@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Replica, generate_key};
+use common::cluster::{Cluster, Replica, ServeConfig, generate_key};
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -77,37 +77,17 @@ fn component_spec(push_url: Option<String>) -> ComponentSpec {
 
 /// The replicas' config: the chaos component, `db_url`, the simulator at `sim_url`.
 fn chaos_config(db_url: &str, sim_url: &str) -> String {
-    format!(
-        r#"
-[server]
-public_listen = "127.0.0.1:0"
-internal_listen = "127.0.0.1:0"
-
-[[components]]
-appid = "{COMPONENT}"
-appsecret = "{COMPONENT_SECRET}"
-token = "{PUSH_TOKEN}"
-encoding_aes_key = "{AES_KEY}"
-
-[storage]
-url = "{db_url}"
-max_connections = 8
-connect_timeout = "2s"
-lease_ttl = "3s"
-
-[refresh]
-serve_margin = "3s"
-backoff_max = "2s"
-
-[upstream]
-base_url = "{sim_url}"
-timeout = "1s"
-connect_timeout = "1s"
-
-[log]
-level = "info"
-"#
-    )
+    ServeConfig {
+        component: COMPONENT,
+        component_secret: COMPONENT_SECRET,
+        push_token: PUSH_TOKEN,
+        aes_key: AES_KEY,
+        db_url,
+        sim_url,
+        lease_ttl: "3s",
+        upstream_timeout: "1s",
+    }
+    .toml()
 }
 
 /// One import row (JSON lines) for an authorizer the simulator authorized in bulk.

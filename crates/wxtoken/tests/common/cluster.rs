@@ -130,6 +130,63 @@ fn field(line: &str, name: &str) -> String {
         .collect()
 }
 
+/// The `serve` config the multi-process tests run with: one component, the database, the
+/// simulator, short refresh settings, and what each test varies.
+pub struct ServeConfig<'a> {
+    pub component: &'a str,
+    pub component_secret: &'a str,
+    pub push_token: &'a str,
+    pub aes_key: &'a str,
+    pub db_url: &'a str,
+    pub sim_url: &'a str,
+    pub lease_ttl: &'a str,
+    pub upstream_timeout: &'a str,
+}
+
+impl ServeConfig<'_> {
+    pub fn toml(&self) -> String {
+        format!(
+            r#"
+[server]
+public_listen = "127.0.0.1:0"
+internal_listen = "127.0.0.1:0"
+
+[[components]]
+appid = "{component}"
+appsecret = "{secret}"
+token = "{push_token}"
+encoding_aes_key = "{aes_key}"
+
+[storage]
+url = "{db_url}"
+max_connections = 8
+connect_timeout = "2s"
+lease_ttl = "{lease_ttl}"
+
+[refresh]
+serve_margin = "3s"
+backoff_max = "2s"
+
+[upstream]
+base_url = "{sim_url}"
+timeout = "{timeout}"
+connect_timeout = "1s"
+
+[log]
+level = "info"
+"#,
+            component = self.component,
+            secret = self.component_secret,
+            push_token = self.push_token,
+            aes_key = self.aes_key,
+            db_url = self.db_url,
+            lease_ttl = self.lease_ttl,
+            sim_url = self.sim_url,
+            timeout = self.upstream_timeout,
+        )
+    }
+}
+
 /// A new master key, as `wxtoken keys generate` prints it.
 pub fn generate_key() -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_wxtoken"))

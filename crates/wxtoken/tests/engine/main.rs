@@ -327,34 +327,14 @@ async fn refresh_token_rejected_with_61023_is_recovered_from_the_authorizer_list
     .await;
     let bulk = h.import_authorizers(1).await;
     let appid = bulk[0].authorizer_appid.clone();
-    let a = Appid::parse(&appid).unwrap();
     // The store holds a wrong refresh token (an old backup restored, say).
-    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
-    let bogus = h
-        .vault()
-        .seal(
-            SecretSlot::RefreshToken {
-                component: &h.comp,
-                appid: &a,
-            },
-            b"refreshtoken@@@bogus",
-        )
-        .unwrap();
-    h.store
-        .save_authorizations(&[wxtoken::model::AuthorizationWrite {
-            component: h.comp.clone(),
-            appid: a.clone(),
-            expected: Expected::Generation(record.generation),
-            kind: None,
-            status: AuthorizerStatus::Active,
-            refresh_token: bogus,
-            appsecret: None,
-            access_token: None,
-            source: wxtoken::model::RefreshTokenSource::Import,
-            at: Timestamp::now(),
-        }])
-        .await
-        .unwrap();
+    store_refresh_token(
+        &h,
+        &appid,
+        "refreshtoken@@@bogus",
+        wxtoken::model::RefreshTokenSource::Import,
+    )
+    .await;
     h.sim.control().reset_stats();
     let token = h
         .engine
