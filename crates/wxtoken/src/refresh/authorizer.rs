@@ -23,6 +23,7 @@ impl Inner {
     pub(super) async fn refresh_authorizer(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
         let record = self
+            .io
             .store
             .get_authorizer(component, appid)
             .await?
@@ -37,13 +38,14 @@ impl Inner {
         let mut generation = record.generation;
         let mut sealed_rt = record.refresh_token.clone();
         let mut refresh_token = self
+            .io
             .vault
             .open_string(SecretSlot::RefreshToken { component, appid }, &sealed_rt)?;
         let mut replaced_component = false;
         let mut recoveries = 0;
         loop {
             let ct = self.ensure_component_token(component).await?;
-            let call = self.client.authorizer_token(
+            let call = self.io.client.authorizer_token(
                 ct.access_token.expose_secret(),
                 component.as_str(),
                 appid.as_str(),
@@ -57,7 +59,7 @@ impl Inner {
                     // Never store an empty refresh token: keep the one we sent.
                     let rt = match resp.non_empty_refresh_token() {
                         Some(new) if new != refresh_token.expose_secret() => CarriedRefreshToken {
-                            sealed: self.vault.seal(
+                            sealed: self.io.vault.seal(
                                 SecretSlot::RefreshToken { component, appid },
                                 new.as_bytes(),
                             )?,
@@ -149,9 +151,10 @@ impl Inner {
             appsecret: None,
             access_token,
             source,
-            at: self.clock.now(),
+            at: self.io.clock.now(),
         };
         let outcome = self
+            .io
             .store
             .save_authorizations(std::slice::from_ref(&write))
             .await?
@@ -178,6 +181,7 @@ impl Inner {
         let slot = self.cache.slot(credential);
         let was = slot.status();
         let outcome = self
+            .io
             .store
             .set_authorizer_status(&StatusChange {
                 component: component.clone(),
@@ -185,7 +189,7 @@ impl Inner {
                 status,
                 reason: Some(reason.to_owned()),
                 expected_generation: generation,
-                at: self.clock.now(),
+                at: self.io.clock.now(),
             })
             .await?;
         match outcome {
@@ -201,15 +205,16 @@ impl Inner {
             } else {
                 AlertKind::NeedsReauth
             };
-            self.alerts.raise(Alert::new(
+            self.io.alerts.raise(Alert::new(
                 kind,
                 component.as_str(),
                 Some(appid.as_str()),
                 reason,
-                self.clock.now(),
+                self.io.clock.now(),
             ));
         }
         let record = self
+            .io
             .store
             .get_authorizer(component, appid)
             .await?
@@ -235,6 +240,7 @@ impl Inner {
             });
         };
         let secret = self
+            .io
             .vault
             .open_string(SecretSlot::AuthorizerAppsecret { component, appid }, sealed)?;
         let (resp, source, sent_at) = self.own_token(appid, &secret, false).await?;
@@ -262,7 +268,7 @@ impl Inner {
         Ok(match self.config.direct_token_api {
             DirectTokenApi::StableToken => {
                 let (resp, sent_at) = self
-                    .upstream_timed(self.client.stable_token(
+                    .upstream_timed(self.io.client.stable_token(
                         appid.as_str(),
                         secret.expose_secret(),
                         force,
@@ -272,7 +278,7 @@ impl Inner {
             }
             DirectTokenApi::Token => {
                 let (resp, sent_at) = self
-                    .upstream_timed(self.client.token(appid.as_str(), secret.expose_secret()))
+                    .upstream_timed(self.io.client.token(appid.as_str(), secret.expose_secret()))
                     .await?;
                 (resp, TokenSource::Token, sent_at)
             }

@@ -18,6 +18,7 @@ use crate::model::{
     RefreshTokenSource, SaveOutcome, SecretSlot, Timestamp, TokenSource,
 };
 use crate::store::LeaseKey;
+use crate::tokens::flight::SingleFlight;
 
 /// How long an exchange waits for another replica exchanging the same code, asking every
 /// [`CODE_LEASE_POLL`].
@@ -40,6 +41,22 @@ const RECENT_CODE_MAX: usize = 10_000;
 #[derive(Default)]
 pub(crate) struct RecentCodes {
     codes: Mutex<HashMap<[u8; 32], (Appid, Instant)>>,
+}
+
+/// This process's codes: the recently exchanged, and one `api_query_auth` per code at a time
+/// (keyed by its SHA-256).
+pub(crate) struct Codes {
+    pub(crate) recent: RecentCodes,
+    pub(crate) flights: SingleFlight<[u8; 32], Result<Appid, RefreshError>>,
+}
+
+impl Codes {
+    pub(crate) fn new(tracker: tokio_util::task::TaskTracker) -> Self {
+        Self {
+            recent: RecentCodes::default(),
+            flights: SingleFlight::new(tracker),
+        }
+    }
 }
 
 pub(crate) fn digest(code: &str) -> [u8; 32] {
@@ -83,10 +100,10 @@ impl Engine {
         component: &ComponentAppid,
         code: &str,
     ) -> Result<Appid, RefreshError> {
-        if !self.inner().components.contains_key(component) {
+        if !self.inner().component.secrets.contains_key(component) {
             return Err(RefreshError::NotConfigured(component.to_string()));
         }
-        let since = self.inner().clock.now().minus(Duration::from_secs(60));
+        let since = self.inner().io.clock.now().minus(Duration::from_secs(60));
         self.inner()
             .exchange_code_once(component, None, code, since)
             .await
@@ -110,7 +127,8 @@ impl Inner {
         let (component, expected_owned, owned_code) =
             (component.clone(), expected.cloned(), code.to_owned());
         let appid = self
-            .code_flights
+            .codes
+            .flights
             .run(digest(code), move || async move {
                 inner
                     .exchange_code_leased(&component, expected_owned.as_ref(), &owned_code, since)
@@ -137,12 +155,13 @@ impl Inner {
         code: &str,
         appid: &Appid,
     ) {
-        self.recent_codes.insert(code, appid);
-        let now = self.clock.now();
+        self.codes.recent.insert(code, appid);
+        let now = self.io.clock.now();
         let forget_before = Timestamp::from_millis(
             now.as_millis() - i64::try_from(STORED_CODE_TTL.as_millis()).unwrap_or(i64::MAX),
         );
         if let Err(e) = self
+            .io
             .store
             .record_exchanged_code(
                 component,
@@ -163,10 +182,11 @@ impl Inner {
         component: &ComponentAppid,
         code: &str,
     ) -> Result<Option<Appid>, RefreshError> {
-        if let Some(appid) = self.recent_codes.get(code) {
+        if let Some(appid) = self.codes.recent.get(code) {
             return Ok(Some(appid));
         }
         Ok(self
+            .io
             .store
             .exchanged_code(component, &hex::encode(digest(code)))
             .await?)
@@ -190,7 +210,7 @@ impl Inner {
         let give_up = tokio::time::Instant::now() + CODE_LEASE_WAIT;
         let mut waited = false;
         loop {
-            match self.lease.acquire(&key).await {
+            match self.io.lease.acquire(&key).await {
                 Ok(true) => break,
                 // The database is away: the exchange's own write would wait for it anyway.
                 Err(_) => break,
@@ -212,7 +232,7 @@ impl Inner {
             },
             _ => self.exchange_code(component, expected, code, since).await,
         };
-        self.lease.release(&key).await;
+        self.io.lease.release(&key).await;
         result
     }
 
@@ -236,12 +256,14 @@ impl Inner {
         let mut replaced_component = false;
         let (info, sent_at) = loop {
             let ct = self.ensure_component_token(component).await?;
-            let call =
-                self.client
-                    .query_auth(ct.access_token.expose_secret(), component.as_str(), code);
-            let _permit = self.permits.acquire().await.ok();
+            let call = self.io.client.query_auth(
+                ct.access_token.expose_secret(),
+                component.as_str(),
+                code,
+            );
+            let _permit = self.flights.permits.acquire().await.ok();
             // The answer's access token counts its lifetime from here (see `upstream_timed`).
-            let sent_at = self.clock.now();
+            let sent_at = self.io.clock.now();
             match call.await {
                 Ok(resp) => break (resp.authorization_info, sent_at),
                 Err(e) if e.errcode() == Some(CODE_ALREADY_USED) => {
@@ -306,7 +328,7 @@ impl Inner {
             })?;
         let credential = Credential::authorizer(component, appid);
         let slot = SecretSlot::RefreshToken { component, appid };
-        let sealed_rt = self.vault.seal(slot, rt.as_bytes())?;
+        let sealed_rt = self.io.vault.seal(slot, rt.as_bytes())?;
         let access = match (&info.authorizer_access_token, info.expires_in) {
             (Some(t), Some(secs)) if !t.is_empty() => Some((
                 t.clone(),
@@ -325,7 +347,7 @@ impl Inner {
         let mut retry = StoreRetry::new("api_query_auth answer", WRITE_TRIES_THAT_CANNOT_PASS);
         let mut lost_race = false;
         loop {
-            let current = match self.store.get_authorizer(component, appid).await {
+            let current = match self.io.store.get_authorizer(component, appid).await {
                 Ok(current) => current,
                 Err(e) => {
                     retry.after(e).await?;
@@ -338,12 +360,13 @@ impl Inner {
                     // same answer): nothing left to write.
                     if lost_race
                         && self
+                            .io
                             .vault
                             .open_string(slot, &r.refresh_token)?
                             .expose_secret()
                             == rt
                     {
-                        self.failures.lock().remove(&credential);
+                        self.schedule.failures.lock().remove(&credential);
                         if self.adopt_stored(&credential).await.is_err() {
                             self.schedule_in(&credential, Duration::ZERO);
                         }
@@ -372,14 +395,14 @@ impl Inner {
                 appsecret: None,
                 access_token: access_write.map(|(_, a)| a.clone()),
                 source: RefreshTokenSource::QueryAuth,
-                at: self.clock.now(),
+                at: self.io.clock.now(),
             };
-            match self.store.save_authorization(&write).await {
+            match self.io.store.save_authorization(&write).await {
                 Ok(SaveOutcome::Saved { generation }) => {
                     self.cache
                         .slot(&credential)
                         .set_status(AuthorizerStatus::Active, "");
-                    self.failures.lock().remove(&credential);
+                    self.schedule.failures.lock().remove(&credential);
                     match access_write {
                         Some((token, stored)) => {
                             self.publish(
@@ -418,7 +441,11 @@ impl Inner {
         appid: &Appid,
         since: Timestamp,
     ) -> Result<bool, RefreshError> {
-        let history = self.store.refresh_token_history(component, appid).await?;
+        let history = self
+            .io
+            .store
+            .refresh_token_history(component, appid)
+            .await?;
         Ok(history.iter().any(|h| {
             h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
         }))

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ForceBudget, Inner};
+use super::Inner;
+use super::direct::ForceBudget;
 use crate::model::{AuthorizerStatus, Credential, CredentialKind, NewAccessToken};
 use crate::tokens::plan;
 
@@ -14,21 +15,23 @@ const MAX_COLD_SPREAD: Duration = Duration::from_secs(300);
 
 impl Inner {
     pub(crate) async fn cold_start(self: &Arc<Self>) -> Result<(), super::EngineError> {
-        let now = self.clock.now();
-        for component in self.components.keys() {
-            self.store.ensure_component(component, now).await?;
+        let now = self.io.clock.now();
+        for component in self.component.secrets.keys() {
+            self.io.store.ensure_component(component, now).await?;
         }
         let mut records = self
+            .io
             .store
             .load_tokens(None, Some(CredentialKind::Component))
             .await?;
         records.extend(
-            self.store
+            self.io
+                .store
                 .load_tokens(None, Some(CredentialKind::Direct))
                 .await?,
         );
-        let authorizers = self.store.load_authorizers(None).await?;
-        let stored_budgets = self.store.load_force_budgets().await?;
+        let authorizers = self.io.store.load_authorizers(None).await?;
+        let stored_budgets = self.io.store.load_force_budgets().await?;
         {
             let mut budgets = self.force_budget.lock();
             for b in stored_budgets {
@@ -65,7 +68,7 @@ impl Inner {
             };
         for record in records {
             let credential = record.credential;
-            if !self.components.contains_key(&credential.component) {
+            if !self.component.secrets.contains_key(&credential.component) {
                 continue;
             }
             self.cache.slot(&credential);
@@ -83,10 +86,10 @@ impl Inner {
             }
             let refreshable =
                 record.status == AuthorizerStatus::Active || record.appsecret.is_some();
-            if self.components.contains_key(&record.component) && refreshable {
+            if self.component.secrets.contains_key(&record.component) && refreshable {
                 due(self, &credential, record.token.as_ref());
             } else {
-                self.schedule.lock().remove(&credential);
+                self.schedule.heap.lock().remove(&credential);
             }
         }
         overdue.sort_by_key(|(urgency, _)| *urgency);

@@ -25,12 +25,12 @@ impl Inner {
     ) -> Result<SaveOutcome, RefreshError> {
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut q = self.writes.lock();
+            let mut q = self.writes.queue.lock();
             q.pending.push((result.clone(), tx));
             !std::mem::replace(&mut q.draining, true)
         };
         if start {
-            let (alerts, clock) = (self.alerts.clone(), Arc::clone(&self.clock));
+            let (alerts, clock) = (self.io.alerts.clone(), Arc::clone(&self.io.clock));
             let give_up: Arc<GiveUp> = Arc::new(move |result: &RefreshResult, e: &RefreshError| {
                 let c = &result.credential;
                 tracing::error!(
@@ -47,9 +47,9 @@ impl Inner {
                     clock.now(),
                 ));
             });
-            self.tracker.spawn(drain_writes(
-                Arc::clone(&self.store),
-                Arc::clone(&self.writes),
+            self.io.tracker.spawn(drain_writes(
+                Arc::clone(&self.io.store),
+                Arc::clone(&self.writes.queue),
                 give_up,
             ));
         }
@@ -295,10 +295,12 @@ mod tests {
     async fn refresh_result_is_retried_past_a_locked_database_until_it_lands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("wx.db").display());
+        // Short enough that a locked database fails attempts quickly, long enough that opening
+        // (and migrating) on a machine busy with the other tests does not time out.
         let store = store::open_with(
             &url,
             &StoreOptions {
-                acquire_timeout: Duration::from_millis(20),
+                acquire_timeout: Duration::from_millis(250),
                 ..StoreOptions::default()
             },
         )

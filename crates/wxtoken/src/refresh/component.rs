@@ -8,32 +8,69 @@ use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use wechat::errcode::ErrorClass;
 
-use super::{Inner, Mode, Outcome, RefreshError, START_PUSH_THROTTLE};
+use std::collections::{HashMap, HashSet};
+
+use parking_lot::Mutex;
+use secrecy::SecretString;
+
+use super::{ComponentSecret, Inner, Mode, Outcome, RefreshError};
 use crate::alerts::{Alert, AlertKind};
 use crate::model::{ComponentAppid, Credential, SecretSlot, TokenSource};
 use crate::tokens::cache::CachedToken;
+
+/// At most one api_start_push_ticket per component per this interval.
+pub(crate) const START_PUSH_THROTTLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The configured components and what the engine remembers about each.
+pub(crate) struct ComponentState {
+    /// Appsecrets from the configuration.
+    pub(crate) secrets: HashMap<ComponentAppid, SecretString>,
+    /// A component whose token refresh failed: until the instant, authorizers needing its token
+    /// get the error without a new api_component_token call (no storm while it backs off).
+    pub(crate) gate: Mutex<HashMap<ComponentAppid, (Instant, RefreshError)>>,
+    pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
+    /// Components whose ticket-silence alert is raised.
+    pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
+}
+
+impl ComponentState {
+    pub(crate) fn new(components: Vec<ComponentSecret>) -> Self {
+        Self {
+            secrets: components
+                .into_iter()
+                .map(|c| (c.appid, c.appsecret))
+                .collect(),
+            gate: Mutex::default(),
+            push_ticket_at: Mutex::default(),
+            silent_tickets: Mutex::default(),
+        }
+    }
+}
 
 impl Inner {
     pub(super) async fn refresh_component(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let component = &credential.component;
         let secret = self
-            .components
+            .component
+            .secrets
             .get(component)
             .ok_or_else(|| RefreshError::NotConfigured(component.to_string()))?;
-        let Some(ticket) = self.store.latest_ticket(component).await? else {
+        let Some(ticket) = self.io.store.latest_ticket(component).await? else {
             self.kick_ticket(component).await;
             return Err(RefreshError::NoTicket);
         };
         let ticket = self
+            .io
             .vault
             .open_string(SecretSlot::Ticket { component }, &ticket.sealed)?;
         let generation = self
+            .io
             .store
             .get_token(credential)
             .await?
             .map_or(0, |r| r.generation);
         let (resp, sent_at) = match self
-            .upstream_timed(self.client.component_token(
+            .upstream_timed(self.io.client.component_token(
                 component.as_str(),
                 secret.expose_secret(),
                 ticket.expose_secret(),
@@ -64,7 +101,7 @@ impl Inner {
     /// `api_start_push_ticket`, at most once per [`START_PUSH_THROTTLE`] per component.
     pub(crate) async fn kick_ticket(&self, component: &ComponentAppid) {
         {
-            let mut at = self.push_ticket_at.lock();
+            let mut at = self.component.push_ticket_at.lock();
             if at
                 .get(component)
                 .is_some_and(|t| t.elapsed() < START_PUSH_THROTTLE)
@@ -73,12 +110,13 @@ impl Inner {
             }
             at.insert(component.clone(), Instant::now());
         }
-        let Some(secret) = self.components.get(component) else {
+        let Some(secret) = self.component.secrets.get(component) else {
             return;
         };
         match self
             .upstream(
-                self.client
+                self.io
+                    .client
                     .start_push_ticket(component.as_str(), secret.expose_secret()),
             )
             .await
@@ -96,7 +134,7 @@ impl Inner {
         component: &ComponentAppid,
     ) -> Result<Arc<CachedToken>, RefreshError> {
         if let Some(slot) = self.cache.component(component)
-            && let Ok(token) = slot.read(self.clock.now(), self.config.serve_margin)
+            && let Ok(token) = slot.read(self.io.clock.now(), self.config.serve_margin)
         {
             return Ok(token);
         }
@@ -109,7 +147,7 @@ impl Inner {
     /// component credential retries on its own schedule, and authorizers must not each start
     /// another api_component_token call (a daily-quota storm when thousands wait on it).
     fn component_gate_open(&self, component: &ComponentAppid) -> Result<(), RefreshError> {
-        let gate = self.component_gate.lock();
+        let gate = self.component.gate.lock();
         match gate.get(component) {
             // "No ticket yet" costs no WeChat call to re-check, and another replica may have
             // stored one since: let the refresh (single flight) look again.
@@ -139,9 +177,9 @@ impl Inner {
     /// Alerts (once per silence) when a component has had no ticket push for
     /// `ticket_silence_alert`, and asks WeChat to push again.
     pub(crate) async fn check_ticket_silence(&self) {
-        let now = self.clock.now();
-        for component in self.components.keys() {
-            let latest = match self.store.latest_ticket(component).await {
+        let now = self.io.clock.now();
+        for component in self.component.secrets.keys() {
+            let latest = match self.io.store.latest_ticket(component).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "ticket check failed");
@@ -153,11 +191,16 @@ impl Inner {
                     > self.config.ticket_silence_alert.as_millis() as i64
             });
             if !silent {
-                self.silent_tickets.lock().remove(component);
+                self.component.silent_tickets.lock().remove(component);
                 continue;
             }
-            if self.silent_tickets.lock().insert(component.clone()) {
-                self.alerts.raise(Alert::new(
+            if self
+                .component
+                .silent_tickets
+                .lock()
+                .insert(component.clone())
+            {
+                self.io.alerts.raise(Alert::new(
                     AlertKind::TicketSilence,
                     component.as_str(),
                     None,

@@ -4,9 +4,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{FORCE_MIN_GAP, FORCE_PER_DAY, ForceBudget, Inner, Mode, Outcome, RefreshError};
+use super::{Inner, Mode, Outcome, RefreshError};
 use crate::config::DirectTokenApi;
-use crate::model::{Credential, ForceBudgetRecord, SecretSlot};
+use crate::model::{Credential, ForceBudgetRecord, SecretSlot, Timestamp};
+
+/// stable_token `force_refresh` budget of one account (wechat-protocol.md §6.2): 20 a day, 30 s
+/// apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForceBudget {
+    pub(crate) day_start: Timestamp,
+    pub(crate) used: u32,
+    pub(crate) last: Option<Timestamp>,
+}
+
+/// Every direct account's budget, by credential.
+pub(crate) type ForceBudgets =
+    parking_lot::Mutex<std::collections::HashMap<Credential, ForceBudget>>;
+
+pub(crate) const FORCE_PER_DAY: u32 = 20;
+pub(crate) const FORCE_MIN_GAP: Duration = Duration::from_secs(30);
 
 impl Inner {
     pub(super) async fn refresh_direct(
@@ -16,17 +32,19 @@ impl Inner {
     ) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
         let account = self
+            .io
             .store
             .get_direct_account(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)?;
-        let secret = self.vault.open_string(
+        let secret = self.io.vault.open_string(
             SecretSlot::DirectAppsecret { component, appid },
             &account.appsecret,
         )?;
         // The generation this refresh is computed from, read before WeChat is asked: a write that
         // lands meanwhile (another replica, an operator) makes ours stale instead of being overwritten.
         let generation = self
+            .io
             .store
             .get_token(credential)
             .await?
@@ -52,7 +70,7 @@ impl Inner {
     /// stored before WeChat is asked, so a restart does not reset it; if the store cannot take it,
     /// the in-memory budget still counts (logged).
     async fn take_force_budget(&self, credential: &Credential) -> bool {
-        let now = self.clock.now();
+        let now = self.io.clock.now();
         let day = Duration::from_secs(86_400);
         let taken = {
             let mut budgets = self.force_budget.lock();
@@ -91,7 +109,7 @@ impl Inner {
             used: b.used,
             last: b.last,
         };
-        if let Err(e) = self.store.save_force_budget(&record).await {
+        if let Err(e) = self.io.store.save_force_budget(&record).await {
             tracing::warn!(error = %e, "force_refresh budget not stored; counted in memory only");
         }
         true

@@ -68,6 +68,21 @@ fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
     }
 }
 
+/// Event processing's state.
+#[derive(Default)]
+pub(crate) struct EventState {
+    /// Serialises event processing (ingest spawns it; replay and tests call it).
+    pub(crate) lock: tokio::sync::Mutex<()>,
+    /// Stored events that failed transiently: (failures, not retried before) per (component,
+    /// dedupe key).
+    pub(crate) retries:
+        parking_lot::Mutex<HashMap<(ComponentAppid, String), (u32, tokio::time::Instant)>>,
+    /// The last push's receive time (epoch ms): each push is stored strictly after the previous.
+    pub(crate) last_received: parking_lot::Mutex<i64>,
+    /// Some stored event failed to apply; the loop retries every `backoff_max`.
+    pub(crate) pending: std::sync::atomic::AtomicBool,
+}
+
 impl Engine {
     /// Stores a verified, decrypted push (payload sealed) and starts processing it. The HTTP layer
     /// answers `success` once this returns `Ok` (`Duplicate` included: WeChat repeats pushes).
@@ -78,7 +93,7 @@ impl Engine {
         dedupe_key: &str,
     ) -> Result<EventInsert, EngineError> {
         let inner = self.inner();
-        let payload = inner.vault.seal(
+        let payload = inner.io.vault.seal(
             SecretSlot::EventPayload {
                 component,
                 dedupe_key,
@@ -94,6 +109,7 @@ impl Engine {
         .transpose()
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let outcome = inner
+            .io
             .store
             .record_event(&NewEvent {
                 component: component.clone(),
@@ -108,7 +124,7 @@ impl Engine {
             metrics::counter!(telemetry::EVENTS_TOTAL, "info_type" => event.info_type().to_owned())
                 .increment(1);
             let engine = self.clone();
-            inner.tracker.spawn(async move {
+            inner.io.tracker.spawn(async move {
                 if let Err(e) = engine.process_events().await {
                     tracing::warn!(error = %e, "event processing failed; it stays stored");
                 }
@@ -131,8 +147,8 @@ impl Engine {
     ///   the pass is obsolete and only marked processed.
     pub async fn process_events(&self) -> Result<usize, EngineError> {
         let inner = self.inner();
-        let _serial = inner.events_lock.lock().await;
-        let events = inner.store.unprocessed_events(None, EVENT_BATCH).await?;
+        let _serial = inner.events.lock.lock().await;
+        let events = inner.io.store.unprocessed_events(None, EVENT_BATCH).await?;
         let (tickets, others): (Vec<_>, Vec<_>) = events
             .into_iter()
             .partition(|e| e.info_type == wechat::event::xml::INFO_TYPE_COMPONENT_VERIFY_TICKET);
@@ -155,12 +171,12 @@ impl Engine {
                 }
                 Err(EventFailure::Permanent(reason)) => {
                     tracing::error!(info_type = %stored.info_type, reason = %reason, "event can never be applied; dropped");
-                    inner.alerts.raise(Alert::new(
+                    inner.io.alerts.raise(Alert::new(
                         AlertKind::EventFailed,
                         stored.component.as_str(),
                         stored.appid.as_ref().map(|a| a.as_str()),
                         format!("{} event not applied: {reason}", stored.info_type),
-                        inner.clock.now(),
+                        inner.io.clock.now(),
                     ));
                     inner.mark_processed(stored).await?;
                     inner.event_done(stored);
@@ -220,7 +236,7 @@ impl Engine {
                 Err(_) => Ok(()),
             };
             if let Some(key) = &claim {
-                inner.lease.release(key).await;
+                inner.io.lease.release(key).await;
             }
             marked?;
             match outcome {
@@ -241,12 +257,12 @@ impl Engine {
                         "event can never be applied; dropped"
                     );
                     if !matches!(event, Event::Unauthorized(_)) {
-                        inner.alerts.raise(Alert::new(
+                        inner.io.alerts.raise(Alert::new(
                             AlertKind::EventFailed,
                             stored.component.as_str(),
                             appid,
                             format!("{} event not applied: {e}", stored.info_type),
-                            inner.clock.now(),
+                            inner.io.clock.now(),
                         ));
                     }
                     inner.event_done(stored);
@@ -267,7 +283,8 @@ impl Engine {
             }
         }
         inner
-            .events_pending
+            .events
+            .pending
             .store(pending, std::sync::atomic::Ordering::Relaxed);
         Ok(applied)
     }
@@ -280,7 +297,8 @@ impl Engine {
         dedupe_key: &str,
     ) -> Option<tokio::time::Instant> {
         self.inner()
-            .event_retries
+            .events
+            .retries
             .lock()
             .get(&(component.clone(), dedupe_key.to_owned()))
             .map(|(_, at)| *at)
@@ -289,22 +307,23 @@ impl Engine {
 
 impl Inner {
     async fn claim_event(&self, key: &LeaseKey, stored: &StoredEvent) -> Claim {
-        match self.lease.acquire(key).await {
+        match self.io.lease.acquire(key).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Claim::Elsewhere,
         }
         match self
+            .io
             .store
             .event_unprocessed(&stored.component, &stored.dedupe_key)
             .await
         {
             Ok(true) => Claim::Mine,
             Ok(false) => {
-                self.lease.release(key).await;
+                self.io.lease.release(key).await;
                 Claim::Done
             }
             Err(_) => {
-                self.lease.release(key).await;
+                self.io.lease.release(key).await;
                 Claim::Elsewhere
             }
         }
@@ -321,6 +340,7 @@ impl Inner {
         reason: &str,
     ) -> Result<bool, RefreshError> {
         let outcome = self
+            .io
             .store
             .set_authorizer_status(&StatusChange {
                 component: credential.component.clone(),
@@ -328,13 +348,13 @@ impl Inner {
                 status: AuthorizerStatus::Revoked,
                 reason: Some(reason.to_owned()),
                 expected_generation: Some(generation),
-                at: self.clock.now(),
+                at: self.io.clock.now(),
             })
             .await?;
         let SaveOutcome::Saved { generation } = outcome else {
             return Ok(false);
         };
-        self.schedule.lock().remove(credential);
+        self.schedule.heap.lock().remove(credential);
         // Already revoked at `generation`: this only updates the cache, alerts and falls back.
         match self
             .lose_authorization(
@@ -356,15 +376,16 @@ impl Inner {
     /// `received_at` order; a tie would fall back to the dedupe key, and an `authorized` could
     /// then be applied before the `unauthorized` that came before it).
     fn receive_time(&self) -> Timestamp {
-        let mut last = self.last_received.lock();
-        let at = self.clock.now().as_millis().max(last.saturating_add(1));
+        let mut last = self.events.last_received.lock();
+        let at = self.io.clock.now().as_millis().max(last.saturating_add(1));
         *last = at;
         Timestamp::from_millis(at)
     }
 
     /// Whether a stored event failed before and its backoff has not run out.
     fn event_backing_off(&self, stored: &StoredEvent) -> bool {
-        self.event_retries
+        self.events
+            .retries
             .lock()
             .get(&(stored.component.clone(), stored.dedupe_key.clone()))
             .is_some_and(|(_, at)| tokio::time::Instant::now() < *at)
@@ -378,7 +399,7 @@ impl Inner {
             initial: self.config.backoff_initial,
             max: EVENT_BACKOFF_MAX,
         };
-        let mut retries = self.event_retries.lock();
+        let mut retries = self.events.retries.lock();
         let entry = retries
             .entry((stored.component.clone(), stored.dedupe_key.clone()))
             .or_insert((0, tokio::time::Instant::now()));
@@ -390,14 +411,16 @@ impl Inner {
 
     /// Forgets a stored event's failures (applied or dropped).
     fn event_done(&self, stored: &StoredEvent) {
-        self.event_retries
+        self.events
+            .retries
             .lock()
             .remove(&(stored.component.clone(), stored.dedupe_key.clone()));
     }
 
     async fn mark_processed(&self, stored: &StoredEvent) -> Result<(), EngineError> {
-        self.store
-            .mark_event_processed(&stored.component, &stored.dedupe_key, self.clock.now())
+        self.io
+            .store
+            .mark_event_processed(&stored.component, &stored.dedupe_key, self.io.clock.now())
             .await?;
         Ok(())
     }
@@ -406,6 +429,7 @@ impl Inner {
     /// that opens but does not parse never will.
     fn decode(&self, stored: &StoredEvent) -> Result<Event, EventFailure> {
         let xml = self
+            .io
             .vault
             .open(
                 SecretSlot::EventPayload {
@@ -428,25 +452,26 @@ impl Inner {
         let component = &stored.component;
         match event {
             Event::ComponentVerifyTicket(t) => {
-                let sealed = self.vault.seal(
+                let sealed = self.io.vault.seal(
                     SecretSlot::Ticket { component },
                     t.component_verify_ticket.as_bytes(),
                 )?;
                 let outcome = self
+                    .io
                     .store
                     .record_ticket(component, &sealed, stored.received_at)
                     .await?;
-                self.silent_tickets.lock().remove(component);
+                self.component.silent_tickets.lock().remove(component);
                 let credential = Credential::component(component);
-                let healthy = self
-                    .cache
-                    .component(component)
-                    .is_some_and(|s| s.read(self.clock.now(), self.config.serve_margin).is_ok());
+                let healthy = self.cache.component(component).is_some_and(|s| {
+                    s.read(self.io.clock.now(), self.config.serve_margin)
+                        .is_ok()
+                });
                 if outcome == TicketOutcome::Stored && !healthy {
                     // The component token was waiting for a ticket (or failing): try now, and
                     // let authorizers waiting on it through the gate at once.
-                    self.failures.lock().remove(&credential);
-                    self.component_gate.lock().remove(component);
+                    self.schedule.failures.lock().remove(&credential);
+                    self.component.gate.lock().remove(component);
                     // Its last failure's cause is gone: readers now join the refresh instead of
                     // being told to wait for a ticket.
                     if let Some(slot) = self.cache.component(component) {
@@ -482,7 +507,8 @@ impl Inner {
                 // Fenced on the generation read here; a refresh landing in between only costs a
                 // re-read, a re-authorization since the event wins.
                 for _ in 0..UNAUTHORIZE_ATTEMPTS {
-                    let Some(record) = self.store.get_authorizer(component, &appid).await? else {
+                    let Some(record) = self.io.store.get_authorizer(component, &appid).await?
+                    else {
                         return Ok(());
                     };
                     if self.exchanged_since(component, &appid, since).await? {

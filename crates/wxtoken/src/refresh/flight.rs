@@ -2,6 +2,12 @@
 //! the holder's token), what follows the refresh (failures and backoff, the component gate, the
 //! next due time), and the upstream call wrappers. Each kind's refresh is in its own file.
 
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::tokens::flight::SingleFlight;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +37,32 @@ const LEASE_RETRY: Duration = Duration::from_millis(250);
 
 type BoxOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// Single flight per credential, the permits bounding upstream calls, and what flights ended in.
+pub(crate) struct Flights {
+    pub(crate) single: SingleFlight<Credential, Outcome>,
+    pub(crate) permits: Semaphore,
+    pub(crate) stats: FlightStats,
+}
+
+/// Counters since start (read by [`super::Engine::stats`]).
+#[derive(Default)]
+pub(crate) struct FlightStats {
+    pub(crate) refreshed: AtomicU64,
+    /// Landed flights by kind (component, authorizer, direct).
+    pub(crate) by_kind: [AtomicU64; 3],
+    pub(crate) failed: AtomicU64,
+}
+
+impl Flights {
+    pub(crate) fn new(tracker: TaskTracker, concurrency: usize) -> Self {
+        Self {
+            single: SingleFlight::new(tracker),
+            permits: Semaphore::new(concurrency),
+            stats: FlightStats::default(),
+        }
+    }
+}
+
 impl Inner {
     /// Refreshes `credential` through its single flight.
     pub(crate) async fn refresh(self: &Arc<Self>, credential: Credential, mode: Mode) -> Outcome {
@@ -44,6 +76,7 @@ impl Inner {
             let inner = Arc::clone(&self);
             let key = credential.clone();
             self.flights
+                .single
                 .run(key, move || inner.refresh_flight(credential, mode))
                 .await
                 .unwrap_or(Err(RefreshError::Abandoned))
@@ -80,7 +113,7 @@ impl Inner {
         // Refused: another replica refreshes, and its token reaches memory through the change
         // stream. Wait for it rather than fail the readers joined to this flight, asking again
         // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
-        let mut granted = self.lease.acquire(&lease_key).await;
+        let mut granted = self.io.lease.acquire(&lease_key).await;
         if matches!(granted, Ok(false)) {
             let give_up = Instant::now() + LEASE_WAIT;
             loop {
@@ -96,7 +129,7 @@ impl Inner {
                 if Instant::now() >= give_up {
                     break;
                 }
-                granted = self.lease.acquire(&lease_key).await;
+                granted = self.io.lease.acquire(&lease_key).await;
                 if !matches!(granted, Ok(false)) {
                     break;
                 }
@@ -104,16 +137,16 @@ impl Inner {
         }
         let result = match granted {
             Ok(true) => {
-                if self.lease.shared() {
+                if self.io.lease.shared() {
                     match self.adopt_newer(&credential, held_at_start, &mode).await {
                         Ok(Some(token)) => {
-                            self.lease.release(&lease_key).await;
+                            self.io.lease.release(&lease_key).await;
                             self.forget_failures(&credential);
                             return Ok(token);
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            self.lease.release(&lease_key).await;
+                            self.io.lease.release(&lease_key).await;
                             let result = Err(e);
                             self.after_refresh(&credential, &result);
                             return result;
@@ -136,17 +169,17 @@ impl Inner {
                         tracing::error!("refresh panicked; it will be retried with backoff");
                         Err(RefreshError::Abandoned)
                     });
-                if self.lease.shared() {
+                if self.io.lease.shared() {
                     // Other replicas must not take the lease before our token is in the store,
                     // or they would read the old generation and ask WeChat again.
                     let inner = Arc::clone(&self);
                     let credential = credential.clone();
-                    self.tracker.spawn(async move {
+                    self.io.tracker.spawn(async move {
                         inner.settle_pending_write(&credential).await;
-                        inner.lease.release(&lease_key).await;
+                        inner.io.lease.release(&lease_key).await;
                     });
                 } else {
-                    self.lease.release(&lease_key).await;
+                    self.io.lease.release(&lease_key).await;
                 }
                 r
             }
@@ -162,13 +195,13 @@ impl Inner {
         let slot = self.cache.slot(credential);
         match result {
             Ok(_) => {
-                self.refreshed.fetch_add(1, Ordering::Relaxed);
+                self.flights.stats.refreshed.fetch_add(1, Ordering::Relaxed);
                 let kind_index = match credential.kind {
                     CredentialKind::Component => 0,
                     CredentialKind::Authorizer => 1,
                     CredentialKind::Direct => 2,
                 };
-                self.refreshed_by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
+                self.flights.stats.by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
                 self.forget_failures(credential);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
@@ -182,17 +215,17 @@ impl Inner {
                 self.schedule_in(credential, LEASE_RETRY + jitter);
             }
             Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.flights.stats.failed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => e.class())
                     .increment(1);
                 tracing::warn!(error = %e, "refresh failed");
                 slot.set_failing(Some(e.to_string()));
                 if !e.retryable() {
-                    self.schedule.lock().remove(credential);
+                    self.schedule.heap.lock().remove(credential);
                     return;
                 }
                 let attempt = {
-                    let mut failures = self.failures.lock();
+                    let mut failures = self.schedule.failures.lock();
                     let n = failures.entry(credential.clone()).or_insert(0);
                     let attempt = *n;
                     *n = n.saturating_add(1);
@@ -212,12 +245,12 @@ impl Inner {
                 if attempt == 0
                     && let Some((kind, detail)) = alert
                 {
-                    self.alerts.raise(Alert::new(
+                    self.io.alerts.raise(Alert::new(
                         kind,
                         credential.component.as_str(),
                         Some(credential.appid.as_str()),
                         detail.clone(),
-                        self.clock.now(),
+                        self.io.clock.now(),
                     ));
                 }
                 let backoff = plan::Backoff {
@@ -226,7 +259,7 @@ impl Inner {
                 };
                 let delay = backoff.delay(attempt, rand::random::<f64>());
                 if credential.kind == CredentialKind::Component {
-                    self.component_gate.lock().insert(
+                    self.component.gate.lock().insert(
                         credential.component.clone(),
                         (Instant::now() + delay, e.clone()),
                     );
@@ -239,9 +272,9 @@ impl Inner {
     /// The credential has a good token again (its own, or another replica's): its backoff starts
     /// over, and authorizers stop getting a component's failure.
     pub(crate) fn forget_failures(&self, credential: &Credential) {
-        self.failures.lock().remove(credential);
+        self.schedule.failures.lock().remove(credential);
         if credential.kind == CredentialKind::Component {
-            self.component_gate.lock().remove(&credential.component);
+            self.component.gate.lock().remove(&credential.component);
         }
     }
 
@@ -255,6 +288,7 @@ impl Inner {
         mode: &Mode,
     ) -> Result<Option<Arc<CachedToken>>, RefreshError> {
         let stored = self
+            .io
             .store
             .get_token(credential)
             .await?
@@ -270,7 +304,7 @@ impl Inner {
                 .await
                 .map_err(|e| RefreshError::Storage(e.to_string()))?;
         }
-        let now = self.clock.now();
+        let now = self.io.clock.now();
         Ok(self
             .cache
             .get(credential)
@@ -282,14 +316,17 @@ impl Inner {
 
     pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {
         self.schedule
+            .heap
             .lock()
             .set(credential.clone(), Instant::now() + delay);
-        self.wake.notify_one();
+        self.schedule.wake.notify_one();
     }
 
     /// Schedules at a stored wall-clock time (past → now).
     pub(crate) fn schedule_at(&self, credential: &Credential, at: Timestamp) {
-        let wait = at.as_millis().saturating_sub(self.clock.now().as_millis());
+        let wait = at
+            .as_millis()
+            .saturating_sub(self.io.clock.now().as_millis());
         self.schedule_in(
             credential,
             Duration::from_millis(u64::try_from(wait).unwrap_or(0)),
@@ -312,8 +349,8 @@ impl Inner {
         call: impl Future<Output = Result<T, WechatError>>,
     ) -> Result<(T, Timestamp), WechatError> {
         // The semaphore is never closed.
-        let _permit = self.permits.acquire().await.ok();
-        let sent_at = self.clock.now();
+        let _permit = self.flights.permits.acquire().await.ok();
+        let sent_at = self.io.clock.now();
         call.await.map(|v| (v, sent_at))
     }
 

@@ -35,24 +35,25 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let inner = self.inner();
         let components = match component {
-            Some(c) if inner.components.contains_key(c) => vec![c.clone()],
+            Some(c) if inner.component.secrets.contains_key(c) => vec![c.clone()],
             Some(_) => return Ok(false),
             None => self.components(),
         };
         let mut found = false;
         for component in &components {
-            if let Some(record) = inner.store.get_authorizer(component, appid).await? {
+            if let Some(record) = inner.io.store.get_authorizer(component, appid).await? {
                 inner.install_authorizer(&record)?;
                 found = true;
             }
             if inner
+                .io
                 .store
                 .get_direct_account(component, appid)
                 .await?
                 .is_some()
             {
                 let credential = Credential::direct(component, appid);
-                let record = inner.store.get_token(&credential).await?;
+                let record = inner.io.store.get_token(&credential).await?;
                 inner.install_direct(&credential, record.as_ref())?;
                 found = true;
             }
@@ -64,11 +65,11 @@ impl Engine {
     /// at an older generation) into the cache: after an import. Returns how many were installed.
     pub async fn load_all(&self, component: &ComponentAppid) -> Result<usize, EngineError> {
         let inner = self.inner();
-        if !inner.components.contains_key(component) {
+        if !inner.component.secrets.contains_key(component) {
             return Ok(0);
         }
         let mut installed = 0;
-        for record in inner.store.load_authorizers(Some(component)).await? {
+        for record in inner.io.store.load_authorizers(Some(component)).await? {
             if inner.install_authorizer(&record)? {
                 installed += 1;
             }
@@ -80,7 +81,7 @@ impl Engine {
     /// removed through the admin API).
     pub fn unload(&self, credential: &Credential) {
         let inner = self.inner();
-        inner.schedule.lock().remove(credential);
+        inner.schedule.heap.lock().remove(credential);
         inner.cache.remove(credential);
     }
 
@@ -116,7 +117,7 @@ impl Engine {
                     let cancel = cancel.clone();
                     // Off the loop: a slow store must not hold up the changes behind this one. A
                     // load that fails is tried again (the change is not announced twice).
-                    self.inner().tracker.spawn(async move {
+                    self.inner().io.tracker.spawn(async move {
                         let _permit = permit;
                         for attempt in 0..FOLLOW_LOAD_ATTEMPTS {
                             match inner.apply_change(&credential, generation).await {
@@ -176,6 +177,7 @@ impl Engine {
     pub fn spawn_follow(&self, changes: TokenChanges, cancel: CancellationToken) {
         let engine = self.clone();
         self.inner()
+            .io
             .tracker
             .spawn(async move { engine.follow(changes, cancel).await });
     }
@@ -186,16 +188,19 @@ impl Engine {
         let inner = self.inner();
         let mut changed = 0;
         for kind in [CredentialKind::Component, CredentialKind::Direct] {
-            for record in inner.store.load_tokens(None, Some(kind)).await? {
-                if inner.components.contains_key(&record.credential.component)
+            for record in inner.io.store.load_tokens(None, Some(kind)).await? {
+                if inner
+                    .component
+                    .secrets
+                    .contains_key(&record.credential.component)
                     && inner.install_direct(&record.credential.clone(), Some(&record))?
                 {
                     changed += 1;
                 }
             }
         }
-        for record in inner.store.load_authorizers(None).await? {
-            if inner.components.contains_key(&record.component)
+        for record in inner.io.store.load_authorizers(None).await? {
+            if inner.component.secrets.contains_key(&record.component)
                 && inner.install_authorizer(&record)?
             {
                 changed += 1;
@@ -213,7 +218,7 @@ impl Inner {
         credential: &Credential,
         generation: u64,
     ) -> Result<(), EngineError> {
-        if !self.components.contains_key(&credential.component) {
+        if !self.component.secrets.contains_key(&credential.component) {
             return Ok(());
         }
         let held = self.cache.get(credential).and_then(|s| s.current());
@@ -237,6 +242,7 @@ impl Inner {
         match credential.kind {
             CredentialKind::Authorizer => {
                 match self
+                    .io
                     .store
                     .get_authorizer(&credential.component, &credential.appid)
                     .await?
@@ -246,7 +252,7 @@ impl Inner {
                 }
             }
             CredentialKind::Component | CredentialKind::Direct => {
-                match self.store.get_token(credential).await? {
+                match self.io.store.get_token(credential).await? {
                     Some(record) => self.install_direct(credential, Some(&record)),
                     None => Ok(false),
                 }
@@ -271,7 +277,7 @@ impl Inner {
             Some(stored) => {
                 self.publish_stored(&credential, record.generation, stored)?;
                 if !refreshable {
-                    self.schedule.lock().remove(&credential);
+                    self.schedule.heap.lock().remove(&credential);
                 }
             }
             None if refreshable => self.schedule_in(&credential, Duration::ZERO),

@@ -42,14 +42,11 @@ mod retry;
 mod schedule;
 mod write;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,16 +55,14 @@ use wechat::errcode::ErrorClass;
 
 use crate::alerts::Alerts;
 use crate::config::RefreshConfig;
-use crate::model::{Appid, ComponentAppid, Credential, Timestamp};
+use crate::model::{ComponentAppid, Credential, Timestamp};
 use crate::store::{Store, StoreError};
 use crate::tokens::cache::{CachedToken, ReadError, TokenCache};
-use crate::tokens::flight::SingleFlight;
 use crate::vault::{Vault, VaultError};
 
 use lease::Lease;
 pub use read::CredentialCounts;
 pub use reconcile::ReconcileReport;
-use schedule::Schedule;
 
 /// Wall-clock time for stored timestamps, injectable where tests need it. Scheduling itself uses
 /// tokio time.
@@ -236,67 +231,41 @@ impl Mode {
     }
 }
 
-/// stable_token `force_refresh` budget of one account (wechat-protocol.md §6.2): 20 a day, 30 s
-/// apart.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ForceBudget {
-    day_start: Timestamp,
-    used: u32,
-    last: Option<Timestamp>,
-}
-
-pub(crate) const FORCE_PER_DAY: u32 = 20;
-pub(crate) const FORCE_MIN_GAP: Duration = Duration::from_secs(30);
-/// At most one api_start_push_ticket per component per this interval.
-pub(crate) const START_PUSH_THROTTLE: Duration = Duration::from_secs(600);
-
-pub(crate) struct Inner {
+/// What the engine talks to: the store, the vault, WeChat, the lease seam, the clock, the task
+/// tracker its flights run on, and the alert sink.
+pub(crate) struct Io {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) vault: Arc<Vault>,
     pub(crate) client: WechatClient,
-    pub(crate) config: RefreshConfig,
-    pub(crate) components: HashMap<ComponentAppid, SecretString>,
-    pub(crate) alerts: Alerts,
     pub(crate) lease: Arc<dyn Lease>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) tracker: TaskTracker,
+    pub(crate) alerts: Alerts,
+}
+
+/// The engine's state, one field per concern; each concern's state is defined (and locked) in the
+/// file that owns it.
+pub(crate) struct Inner {
+    pub(crate) io: Io,
+    pub(crate) config: RefreshConfig,
+    /// What readers see (`tokens::cache`).
     pub(crate) cache: TokenCache,
-    pub(crate) flights: SingleFlight<Credential, Outcome>,
-    /// api_get_authorizer_list pagings for refresh-token recovery (fresh ones only).
+    /// Single flight per credential, the upstream permits, and flight counters (`flight.rs`).
+    pub(crate) flights: flight::Flights,
+    /// Due times, wake-ups and backoff attempts (`schedule.rs`).
+    pub(crate) schedule: schedule::Scheduling,
+    /// Component secrets, the token gate, ticket nudges and silence (`component.rs`).
+    pub(crate) component: component::ComponentState,
+    /// api_get_authorizer_list pagings for refresh-token recovery (`recovery.rs`).
     pub(crate) listings: recovery::Listings,
-    pub(crate) schedule: Mutex<Schedule>,
-    pub(crate) wake: Notify,
-    pub(crate) permits: Semaphore,
-    /// Consecutive failures per credential (the backoff attempt number).
-    pub(crate) failures: Mutex<HashMap<Credential, u32>>,
-    /// A component whose token refresh failed: until the instant, authorizers needing its token
-    /// get the error without a new api_component_token call (no storm while it backs off).
-    pub(crate) component_gate: Mutex<HashMap<ComponentAppid, (Instant, RefreshError)>>,
-    pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
-    /// Authorization codes exchanged recently (the page callback and the push share one code).
-    pub(crate) recent_codes: codes::RecentCodes,
-    /// One `api_query_auth` per authorization code at a time (keyed by its SHA-256).
-    pub(crate) code_flights: SingleFlight<[u8; 32], Result<Appid, RefreshError>>,
-    pub(crate) force_budget: Mutex<HashMap<Credential, ForceBudget>>,
-    pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
-    /// Serialises event processing (ingest spawns it; replay and tests call it).
-    pub(crate) events_lock: tokio::sync::Mutex<()>,
-    /// Stored events that failed transiently: (failures, not retried before) per (component,
-    /// dedupe key).
-    pub(crate) event_retries: Mutex<HashMap<(ComponentAppid, String), (u32, Instant)>>,
-    /// The last push's receive time (epoch ms): each push is stored strictly after the previous.
-    pub(crate) last_received: Mutex<i64>,
-    /// Some stored event failed to apply; the loop retries every `backoff_max`.
-    pub(crate) events_pending: std::sync::atomic::AtomicBool,
-    /// Per credential, the background write of a token already served: settled (true) once it
-    /// is stored or given up. The credential's next refresh waits for it.
-    pub(crate) pending_writes: Mutex<HashMap<Credential, tokio::sync::watch::Receiver<bool>>>,
-    /// Refresh results waiting for the group-commit writer.
-    pub(crate) writes: Arc<Mutex<commit::WriteQueue>>,
-    pub(crate) refreshed: AtomicU64,
-    /// Landed flights by kind (component, authorizer, direct).
-    pub(crate) refreshed_by_kind: [AtomicU64; 3],
-    pub(crate) failed: AtomicU64,
+    /// stable_token force_refresh budgets (`direct.rs`).
+    pub(crate) force_budget: direct::ForceBudgets,
+    /// Authorization codes exchanged and being exchanged (`codes.rs`).
+    pub(crate) codes: codes::Codes,
+    /// Event processing and its retries (`events.rs`).
+    pub(crate) events: events::EventState,
+    /// Served-but-unstored writes and the group commit (`write.rs`, `commit.rs`).
+    pub(crate) writes: write::Writes,
 }
 
 /// The refresh engine. Cheap to clone (one `Arc`).
@@ -321,41 +290,25 @@ impl Engine {
     pub async fn open(deps: EngineDeps) -> Result<Self, EngineError> {
         let concurrency = deps.config.concurrency.max(1);
         let inner = Arc::new(Inner {
-            store: deps.store,
-            vault: deps.vault,
-            client: deps.client,
-            components: deps
-                .components
-                .into_iter()
-                .map(|c| (c.appid, c.appsecret))
-                .collect(),
+            io: Io {
+                store: deps.store,
+                vault: deps.vault,
+                client: deps.client,
+                lease: deps.lease,
+                clock: deps.clock,
+                tracker: deps.tracker.clone(),
+                alerts: deps.alerts,
+            },
             config: deps.config,
-            alerts: deps.alerts,
-            lease: deps.lease,
-            clock: deps.clock,
-            flights: SingleFlight::new(deps.tracker.clone()),
-            code_flights: SingleFlight::new(deps.tracker.clone()),
-            listings: recovery::Listings::new(deps.tracker.clone()),
-            tracker: deps.tracker,
             cache: TokenCache::new(),
-            schedule: Mutex::new(Schedule::default()),
-            wake: Notify::new(),
-            permits: Semaphore::new(concurrency),
-            failures: Mutex::default(),
-            component_gate: Mutex::default(),
-            push_ticket_at: Mutex::default(),
-            recent_codes: codes::RecentCodes::default(),
-            force_budget: Mutex::default(),
-            silent_tickets: Mutex::default(),
-            events_lock: tokio::sync::Mutex::new(()),
-            event_retries: Mutex::default(),
-            last_received: Mutex::default(),
-            events_pending: std::sync::atomic::AtomicBool::new(false),
-            pending_writes: Mutex::default(),
-            writes: Arc::default(),
-            refreshed: AtomicU64::new(0),
-            refreshed_by_kind: Default::default(),
-            failed: AtomicU64::new(0),
+            flights: flight::Flights::new(deps.tracker.clone(), concurrency),
+            schedule: schedule::Scheduling::default(),
+            component: component::ComponentState::new(deps.components),
+            listings: recovery::Listings::new(deps.tracker.clone()),
+            force_budget: direct::ForceBudgets::default(),
+            codes: codes::Codes::new(deps.tracker),
+            events: events::EventState::default(),
+            writes: write::Writes::default(),
         });
         inner.cold_start().await?;
         Ok(Self { inner })
@@ -365,14 +318,15 @@ impl Engine {
     /// unprocessed events (a slow WeChat during the replay never delays scheduling).
     pub fn spawn(&self, cancel: CancellationToken) {
         let engine = self.clone();
-        self.inner.tracker.spawn(async move {
+        self.inner.io.tracker.spawn(async move {
             if let Err(e) = engine.process_events().await {
                 tracing::warn!(error = %e, "event replay failed; the loop retries it");
-                engine.inner.events_pending.store(true, Ordering::Relaxed);
+                engine.inner.events.pending.store(true, Ordering::Relaxed);
             }
         });
         let engine = self.clone();
         self.inner
+            .io
             .tracker
             .spawn(async move { engine.run(cancel).await });
     }
@@ -396,12 +350,12 @@ impl Engine {
         let reconciling = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             self.start_due();
-            let next = self.inner.schedule.lock().next_deadline();
+            let next = self.inner.schedule.heap.lock().next_deadline();
             let deadline = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = self.inner.wake.notified() => {}
+                () = self.inner.schedule.wake.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
                 _ = reconcile.tick() => {
                     if reconciling.swap(true, Ordering::AcqRel) {
@@ -410,8 +364,8 @@ impl Engine {
                     }
                     let engine = self.clone();
                     let reconciling = Arc::clone(&reconciling);
-                    let components: Vec<_> = self.inner.components.keys().cloned().collect();
-                    self.inner.tracker.spawn(async move {
+                    let components: Vec<_> = self.inner.component.secrets.keys().cloned().collect();
+                    self.inner.io.tracker.spawn(async move {
                         for component in components {
                             if let Err(e) = engine.reconcile_once(&component).await {
                                 tracing::warn!(component = %component, error = %e, "reconciliation failed");
@@ -424,12 +378,12 @@ impl Engine {
                 // never wait on either.
                 _ = silence.tick() => {
                     let inner = Arc::clone(&self.inner);
-                    self.inner.tracker.spawn(async move { inner.check_ticket_silence().await });
+                    self.inner.io.tracker.spawn(async move { inner.check_ticket_silence().await });
                 }
                 _ = events.tick() => {
-                    if self.inner.events_pending.load(Ordering::Relaxed) {
+                    if self.inner.events.pending.load(Ordering::Relaxed) {
                         let engine = self.clone();
-                        self.inner.tracker.spawn(async move {
+                        self.inner.io.tracker.spawn(async move {
                             if let Err(e) = engine.process_events().await {
                                 tracing::warn!(error = %e, "event retry failed");
                             }
@@ -445,12 +399,13 @@ impl Engine {
         let due = self
             .inner
             .schedule
+            .heap
             .lock()
             .pop_due(Instant::now(), usize::MAX);
         let n = due.len();
         for credential in due {
             let inner = Arc::clone(&self.inner);
-            self.inner.tracker.spawn(async move {
+            self.inner.io.tracker.spawn(async move {
                 let _ = inner.refresh(credential, Mode::Normal).await;
             });
         }
@@ -462,6 +417,7 @@ impl Engine {
         let due = self
             .inner
             .schedule
+            .heap
             .lock()
             .pop_due(Instant::now(), usize::MAX);
         let results = futures::future::join_all(
@@ -484,7 +440,7 @@ impl Engine {
         appid: &str,
     ) -> Result<Arc<CachedToken>, ReadError> {
         let slot = self.inner.cache.find(component, appid)?;
-        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
     }
 
     /// The component access token.
@@ -497,7 +453,7 @@ impl Engine {
             .cache
             .component(component)
             .ok_or(ReadError::Unknown)?;
-        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
     }
 
     /// Long-poll: waits until the credential holds a servable token newer than `after` (the caller
@@ -512,7 +468,7 @@ impl Engine {
         let mut rx = slot.subscribe();
         // The receiver closes only with the slot, which the cache never drops.
         let _ = rx.wait_for(|g| *g > after).await;
-        slot.read(self.inner.clock.now(), self.inner.config.serve_margin)
+        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
     }
 
     /// The credential an appid reads through (for invalidation and admin refreshes).
@@ -588,14 +544,14 @@ impl Engine {
 
     /// When the credential is next due, if scheduled (for tests and admin views).
     pub fn next_refresh(&self, credential: &Credential) -> Option<Instant> {
-        self.inner.schedule.lock().deadline(credential)
+        self.inner.schedule.heap.lock().deadline(credential)
     }
 
     pub fn stats(&self) -> EngineStats {
-        let by_kind = |i: usize| self.inner.refreshed_by_kind[i].load(Ordering::Relaxed);
+        let by_kind = |i: usize| self.inner.flights.stats.by_kind[i].load(Ordering::Relaxed);
         EngineStats {
-            refreshed: self.inner.refreshed.load(Ordering::Relaxed),
-            failed: self.inner.failed.load(Ordering::Relaxed),
+            refreshed: self.inner.flights.stats.refreshed.load(Ordering::Relaxed),
+            failed: self.inner.flights.stats.failed.load(Ordering::Relaxed),
             component_refreshed: by_kind(0),
             authorizer_refreshed: by_kind(1),
             direct_refreshed: by_kind(2),

@@ -26,7 +26,7 @@ impl Engine {
     /// The token to hand out from `slot` now, or why there is none. No await, no database.
     pub fn read(&self, slot: &Slot) -> Result<Arc<CachedToken>, ReadError> {
         let inner = self.inner();
-        slot.read(inner.clock.now(), inner.config.serve_margin)
+        slot.read(inner.io.clock.now(), inner.config.serve_margin)
     }
 
     /// Like [`Engine::read`], but a credential that has never had a token (just authorized, just
@@ -52,7 +52,7 @@ impl Engine {
 
     /// The configured components.
     pub fn components(&self) -> Vec<ComponentAppid> {
-        let mut list: Vec<_> = self.inner().components.keys().cloned().collect();
+        let mut list: Vec<_> = self.inner().component.secrets.keys().cloned().collect();
         list.sort();
         list
     }
@@ -76,6 +76,6 @@ impl Engine {
 
     /// The wall-clock now of the engine's clock (token ages and expiries are measured against it).
     pub fn now(&self) -> Timestamp {
-        self.inner().clock.now()
+        self.inner().io.clock.now()
     }
 }

@@ -54,11 +54,12 @@ impl Engine {
         let inner = self.inner();
         let ct = inner.ensure_component_token(component).await?;
         // The snapshot precedes the list: anything stored later carries a newer generation.
-        let stored = inner.store.load_authorizers(Some(component)).await?;
+        let stored = inner.io.store.load_authorizers(Some(component)).await?;
         let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
         let mut offset = 0u32;
         let total = loop {
             let page = inner
+                .io
                 .client
                 .get_authorizer_list(
                     ct.access_token.expose_secret(),
@@ -107,9 +108,9 @@ impl Engine {
                         component,
                         appid: &record.appid,
                     };
-                    let ours = inner.vault.open_string(slot, &record.refresh_token)?;
+                    let ours = inner.io.vault.open_string(slot, &record.refresh_token)?;
                     if ours.expose_secret() != rt.expose_secret() {
-                        let sealed = inner.vault.seal(slot, rt.expose_secret().as_bytes())?;
+                        let sealed = inner.io.vault.seal(slot, rt.expose_secret().as_bytes())?;
                         let outcome = inner
                             .save_authorization(
                                 component,
@@ -138,7 +139,7 @@ impl Engine {
             let Ok(appid) = Appid::parse(appid) else {
                 continue;
             };
-            let sealed = inner.vault.seal(
+            let sealed = inner.io.vault.seal(
                 SecretSlot::RefreshToken {
                     component,
                     appid: &appid,

@@ -110,7 +110,7 @@ impl Inner {
                 return Ok(Recovered::Inactive(Box::new(record)));
             }
             // Rule 1: the store moved on since the refused read.
-            let stored = self.vault.open_string(slot, &record.refresh_token)?;
+            let stored = self.io.vault.open_string(slot, &record.refresh_token)?;
             if stored.expose_secret() != refused.expose_secret() {
                 return Ok(Recovered::Use(Found {
                     generation: record.generation,
@@ -135,7 +135,10 @@ impl Inner {
                         .into(),
                 });
             }
-            let sealed = self.vault.seal(slot, listed.expose_secret().as_bytes())?;
+            let sealed = self
+                .io
+                .vault
+                .seal(slot, listed.expose_secret().as_bytes())?;
             match self
                 .save_authorization(
                     component,
@@ -172,7 +175,8 @@ impl Inner {
         component: &ComponentAppid,
         appid: &Appid,
     ) -> Result<AuthorizerRecord, RefreshError> {
-        self.store
+        self.io
+            .store
             .get_authorizer(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)
@@ -191,7 +195,11 @@ impl Inner {
         appid: &Appid,
         candidate: &SecretString,
     ) -> Result<bool, RefreshError> {
-        let history = self.store.refresh_token_history(component, appid).await?;
+        let history = self
+            .io
+            .store
+            .refresh_token_history(component, appid)
+            .await?;
         let applied: Vec<_> = history.iter().filter(|h| h.applied).collect();
         let slot = SecretSlot::RefreshToken { component, appid };
         for pair in applied.windows(2) {
@@ -203,7 +211,7 @@ impl Inner {
             if !issued_in_exchange {
                 continue;
             }
-            let old = self.vault.open_string(slot, &old.refresh_token)?;
+            let old = self.io.vault.open_string(slot, &old.refresh_token)?;
             if old.expose_secret() == candidate.expose_secret() {
                 return Ok(true);
             }
@@ -260,7 +268,7 @@ impl Inner {
         let mut offset = 0u32;
         loop {
             let page = self
-                .upstream(self.client.get_authorizer_list(
+                .upstream(self.io.client.get_authorizer_list(
                     ct.access_token.expose_secret(),
                     component.as_str(),
                     offset,

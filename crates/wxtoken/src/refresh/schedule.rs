@@ -138,3 +138,12 @@ mod tests {
         assert!(s.pop_due(now, 10).is_empty());
     }
 }
+
+/// The scheduler's state: due times, the loop's wake-up, and consecutive failures per credential
+/// (the backoff attempt number).
+#[derive(Default)]
+pub(crate) struct Scheduling {
+    pub(crate) heap: parking_lot::Mutex<Schedule>,
+    pub(crate) wake: tokio::sync::Notify,
+    pub(crate) failures: parking_lot::Mutex<std::collections::HashMap<Credential, u32>>,
+}

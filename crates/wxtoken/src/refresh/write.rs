@@ -25,6 +25,18 @@ pub(crate) struct CarriedRefreshToken {
     pub(crate) rotated: bool,
 }
 
+/// Writes of tokens already served.
+#[derive(Default)]
+pub(crate) struct Writes {
+    /// Per credential, the background write of a token already served: settled (true) once it
+    /// is stored or given up. The credential's next refresh waits for it.
+    pub(crate) pending: parking_lot::Mutex<
+        std::collections::HashMap<Credential, tokio::sync::watch::Receiver<bool>>,
+    >,
+    /// Refresh results waiting for the group-commit writer.
+    pub(crate) queue: Arc<parking_lot::Mutex<super::commit::WriteQueue>>,
+}
+
 /// What a result that lost the fence does next.
 enum StaleVerdict {
     /// The stored token stands.
@@ -50,6 +62,7 @@ impl Inner {
     ) -> Result<NewAccessToken, VaultError> {
         Ok(NewAccessToken {
             sealed: self
+                .io
                 .vault
                 .seal(SecretSlot::AccessToken { credential }, token.as_bytes())?,
             issued_at: sent_at,
@@ -67,6 +80,7 @@ impl Inner {
         stored: &NewAccessToken,
     ) -> Result<(), VaultError> {
         let token = self
+            .io
             .vault
             .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
         self.publish(credential, generation, token, stored);
@@ -121,7 +135,8 @@ impl Inner {
         // Pending before it is published: whoever sees the token and then calls `wait_stored`
         // waits for its write.
         let (done, settled) = tokio::sync::watch::channel(false);
-        self.pending_writes
+        self.writes
+            .pending
             .lock()
             .insert(credential.clone(), settled);
         let served = slot.publish(CachedToken {
@@ -144,14 +159,14 @@ impl Inner {
                     refresh_token,
                 )
                 .await;
-            self.pending_writes.lock().remove(credential);
+            self.writes.pending.lock().remove(credential);
             let _ = done.send(true);
             return stored;
         };
         self.schedule_at(credential, refresh_at);
         let inner = Arc::clone(self);
         let credential = credential.clone();
-        self.tracker.spawn(async move {
+        self.io.tracker.spawn(async move {
             let stored = inner
                 .store_token(
                     &credential,
@@ -166,7 +181,7 @@ impl Inner {
                 tracing::warn!(error = %e, "a served token could not be stored");
                 inner.after_refresh(&credential, &stored);
             }
-            inner.pending_writes.lock().remove(&credential);
+            inner.writes.pending.lock().remove(&credential);
             let _ = done.send(true);
         });
         Ok(current)
@@ -174,7 +189,7 @@ impl Inner {
 
     /// Waits until the credential's served-but-unstored token (if any) is written or given up.
     pub(crate) async fn settle_pending_write(&self, credential: &Credential) {
-        let pending = self.pending_writes.lock().get(credential).cloned();
+        let pending = self.writes.pending.lock().get(credential).cloned();
         if let Some(mut settled) = pending {
             let _ = settled.wait_for(|done| *done).await;
         }
@@ -206,7 +221,7 @@ impl Inner {
                 expected_generation: expected,
                 access_token: access.clone(),
                 refresh_token: rt.clone(),
-                at: self.clock.now(),
+                at: self.io.clock.now(),
             };
             match self.save_with_retry(&result).await? {
                 SaveOutcome::Saved { generation } => {
@@ -265,6 +280,7 @@ impl Inner {
             |stored: Option<&NewAccessToken>| stored.is_none_or(|t| t.issued_at < ours.issued_at);
         if credential.kind == CredentialKind::Authorizer {
             let Some(record) = self
+                .io
                 .store
                 .get_authorizer(&credential.component, &credential.appid)
                 .await?
@@ -289,7 +305,7 @@ impl Inner {
                 refresh_token,
             });
         }
-        match self.store.get_token(credential).await? {
+        match self.io.store.get_token(credential).await? {
             Some(record) if older(record.token.as_ref()) => Ok(StaleVerdict::Rewrite {
                 generation: record.generation,
                 refresh_token: None,
@@ -301,6 +317,7 @@ impl Inner {
     /// Reads the credential's stored token into the cache (after losing a fenced write).
     pub(crate) async fn adopt_stored(&self, credential: &Credential) -> Outcome {
         let record = self
+            .io
             .store
             .get_token(credential)
             .await?
@@ -309,6 +326,7 @@ impl Inner {
             "stale write but no stored token".into(),
         ))?;
         let token = self
+            .io
             .vault
             .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
         Ok(self.publish(credential, record.generation, token, &stored))
