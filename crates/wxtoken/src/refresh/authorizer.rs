@@ -36,7 +36,11 @@ impl Inner {
             return self.fallback(credential, &record, &reason).await;
         }
         let mut generation = record.generation;
-        let mut sealed_rt = record.refresh_token.clone();
+        // A rotated refresh token the store refused is newer than the stored one, which WeChat
+        // may have retired: send it, and write it with the result even if WeChat echoes it.
+        let kept = self.kept_refresh_token(credential);
+        let mut unstored = kept.is_some();
+        let mut sealed_rt = kept.unwrap_or_else(|| record.refresh_token.clone());
         let mut refresh_token = self
             .io
             .vault
@@ -67,7 +71,7 @@ impl Inner {
                         },
                         _ => CarriedRefreshToken {
                             sealed: sealed_rt,
-                            rotated: false,
+                            rotated: unstored,
                         },
                     };
                     return self
@@ -105,6 +109,7 @@ impl Inner {
                             );
                             generation = found.generation;
                             sealed_rt = found.sealed;
+                            unstored = false;
                             refresh_token = found.refresh_token;
                         }
                         Recovered::Inactive(record) => {

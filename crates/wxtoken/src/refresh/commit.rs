@@ -37,7 +37,7 @@ impl Inner {
                     kind = c.kind.as_str(),
                     appid = %c.appid,
                     error = %e,
-                    "refresh result cannot be stored; given up (the credential refreshes again)"
+                    "refresh result cannot be stored; given up (a rotated refresh token in it is written alone or kept for the next refresh)"
                 );
                 alerts.raise(Alert::new(
                     AlertKind::WriteFailed,

@@ -7,16 +7,21 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::retry::StoreRetry;
 use super::{Inner, Outcome, RefreshError};
 use crate::model::{
-    AuthorizerStatus, Credential, CredentialKind, NewAccessToken, RefreshResult, SaveOutcome,
-    Sealed, SecretSlot, Timestamp, TokenSource,
+    AuthorizationWrite, AuthorizerStatus, Credential, CredentialKind, Expected, NewAccessToken,
+    RefreshResult, RefreshTokenSource, SaveOutcome, Sealed, SecretSlot, Timestamp, TokenSource,
 };
 use crate::tokens::cache::CachedToken;
 use crate::vault::VaultError;
 
 /// How many times a refresh result that lost the fence to an older token is fenced again.
 const STALE_REWRITES: u32 = 3;
+
+/// Tries of a refused result's rotated refresh token, written alone, that fails for a reason that
+/// cannot pass (transient failures are retried until it lands).
+const KEPT_WRITE_TRIES: u32 = 4;
 
 /// The refresh token a refresh result carries: the one WeChat answered with, and whether it
 /// differs from the one sent (`rotated`) or only echoes it.
@@ -35,6 +40,12 @@ pub(crate) struct Writes {
     >,
     /// Refresh results waiting for the group-commit writer.
     pub(crate) queue: Arc<parking_lot::Mutex<super::commit::WriteQueue>>,
+    /// Rotated refresh tokens the store refused to take with their refresh result (a reason that
+    /// cannot pass), by credential, with the generation they were fenced on: the credential's next
+    /// refresh sends this one, not the stored one WeChat may have retired, and its result writes
+    /// it again. Dropped once a write carrying it (or a newer one) lands.
+    pub(crate) kept_refresh_tokens:
+        parking_lot::Mutex<std::collections::HashMap<Credential, Sealed>>,
 }
 
 /// What a result that lost the fence does next.
@@ -223,7 +234,19 @@ impl Inner {
                 refresh_token: rt.clone(),
                 at: self.io.clock.now(),
             };
-            match self.save_with_retry(&result).await? {
+            let saved = match self.save_with_retry(&result).await {
+                Ok(saved) => saved,
+                Err(e) => {
+                    if let Some(rotated) = rt {
+                        self.keep_refresh_token(credential, expected, rotated).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if rt.is_some() || matches!(saved, SaveOutcome::Missing) {
+                self.writes.kept_refresh_tokens.lock().remove(credential);
+            }
+            match saved {
                 SaveOutcome::Saved { generation } => {
                     return Ok(self.publish(
                         credential,
@@ -264,6 +287,74 @@ impl Inner {
         }
         tracing::warn!("kept losing the fenced write; adopting the stored token");
         self.adopt_stored(credential).await
+    }
+
+    /// A rotated refresh token whose refresh result the store refused for a reason that cannot
+    /// pass (a constraint, a corrupt row, a backend bug; transient failures never get here: they
+    /// are retried until they land). WeChat will not give it again (SPEC.md rule 2), so it is
+    /// kept in memory, where the credential's next refresh takes it from, and written alone: the
+    /// refresh token and its history row, fenced on `generation`, without the access token the
+    /// store refused. If that lands, the store holds it (`Saved`) or at least its history does
+    /// (`Stale`: a newer state landed meanwhile, and recovery finds ours in the history).
+    async fn keep_refresh_token(&self, credential: &Credential, generation: u64, sealed: Sealed) {
+        self.writes
+            .kept_refresh_tokens
+            .lock()
+            .insert(credential.clone(), sealed.clone());
+        let write = AuthorizationWrite {
+            component: credential.component.clone(),
+            appid: credential.appid.clone(),
+            expected: Expected::Generation(generation),
+            kind: None,
+            status: AuthorizerStatus::Active,
+            refresh_token: sealed,
+            appsecret: None,
+            access_token: None,
+            source: RefreshTokenSource::Refresh,
+            at: self.io.clock.now(),
+        };
+        let mut retry = StoreRetry::new("rotated refresh token alone", KEPT_WRITE_TRIES);
+        let outcome = loop {
+            match self
+                .io
+                .store
+                .save_authorizations(std::slice::from_ref(&write))
+                .await
+            {
+                Ok(outcomes) => break Ok(outcomes.into_iter().next()),
+                Err(e) => {
+                    if let Err(e) = retry.after(e).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(Some(SaveOutcome::Saved { .. } | SaveOutcome::Stale { .. })) => {
+                tracing::warn!(
+                    appid = %credential.appid,
+                    "the refresh result was refused, but its rotated refresh token is stored"
+                );
+                self.writes.kept_refresh_tokens.lock().remove(credential);
+            }
+            Ok(_) => {
+                self.writes.kept_refresh_tokens.lock().remove(credential);
+            }
+            Err(e) => tracing::error!(
+                appid = %credential.appid,
+                error = %e,
+                "a rotated refresh token cannot be stored; kept in memory for the next refresh"
+            ),
+        }
+    }
+
+    /// The rotated refresh token the store refused, if any (see [`Inner::keep_refresh_token`]).
+    pub(crate) fn kept_refresh_token(&self, credential: &Credential) -> Option<Sealed> {
+        self.writes
+            .kept_refresh_tokens
+            .lock()
+            .get(credential)
+            .cloned()
     }
 
     /// What a refresh result that lost the fence should do, from the stored state: rewrite only if

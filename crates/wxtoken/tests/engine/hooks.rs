@@ -1,6 +1,7 @@
 //! A store that delegates to the real one, with hooks for tests: a one-shot action run just
 //! before the next `save_refresh_results` (e.g. another writer landing between a refresh's
-//! generation read and its write), so races are staged deterministically instead of by timing.
+//! generation read and its write), so races are staged deterministically instead of by timing;
+//! and failures of the next writes, each with the error the store would give.
 
 use std::sync::Arc;
 
@@ -22,6 +23,27 @@ type Hook = Box<dyn FnOnce(Arc<dyn Store>) -> BoxFuture<'static, ()> + Send>;
 #[derive(Default)]
 pub struct StoreHooks {
     before_save: Mutex<Option<Hook>>,
+    fail_refresh_results: Mutex<Option<Failures>>,
+    fail_authorizations: Mutex<Option<Failures>>,
+}
+
+/// The next `remaining` calls fail with `error()`.
+struct Failures {
+    remaining: u32,
+    error: fn() -> StoreError,
+}
+
+impl Failures {
+    fn take(slot: &Mutex<Option<Failures>>) -> Option<StoreError> {
+        let mut slot = slot.lock();
+        let failures = slot.as_mut()?;
+        failures.remaining -= 1;
+        let e = (failures.error)();
+        if failures.remaining == 0 {
+            *slot = None;
+        }
+        Some(e)
+    }
 }
 
 impl StoreHooks {
@@ -31,6 +53,23 @@ impl StoreHooks {
         hook: impl FnOnce(Arc<dyn Store>) -> BoxFuture<'static, ()> + Send + 'static,
     ) {
         *self.before_save.lock() = Some(Box::new(hook));
+    }
+
+    /// The next `times` calls of `save_refresh_results` fail with `error()` (and write nothing).
+    /// (`times` 0 ends failures set before.)
+    pub fn fail_refresh_results(&self, times: u32, error: fn() -> StoreError) {
+        *self.fail_refresh_results.lock() = (times > 0).then_some(Failures {
+            remaining: times,
+            error,
+        });
+    }
+
+    /// The next `times` calls of `save_authorizations` fail with `error()` (and write nothing).
+    pub fn fail_authorizations(&self, times: u32, error: fn() -> StoreError) {
+        *self.fail_authorizations.lock() = (times > 0).then_some(Failures {
+            remaining: times,
+            error,
+        });
     }
 }
 
@@ -114,6 +153,9 @@ impl Store for HookStore {
         results: &[RefreshResult],
     ) -> Result<Vec<SaveOutcome>, StoreError> {
         self.before_save().await;
+        if let Some(e) = Failures::take(&self.hooks.fail_refresh_results) {
+            return Err(e);
+        }
         self.inner.save_refresh_results(results).await
     }
 
@@ -121,6 +163,9 @@ impl Store for HookStore {
         &self,
         writes: &[AuthorizationWrite],
     ) -> Result<Vec<SaveOutcome>, StoreError> {
+        if let Some(e) = Failures::take(&self.hooks.fail_authorizations) {
+            return Err(e);
+        }
         self.inner.save_authorizations(writes).await
     }
 

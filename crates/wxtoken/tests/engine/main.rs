@@ -5,6 +5,7 @@
 mod helpers;
 mod hooks;
 mod review;
+mod write_failures;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
