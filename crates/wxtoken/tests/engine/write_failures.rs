@@ -13,8 +13,11 @@ use crate::helpers::{Harness, refresh_config, sim_config};
 /// WeChat keeps a replaced refresh token working this long (then refuses it).
 const OVERLAP: Duration = Duration::from_secs(5);
 
-/// Each error a store write can end in, as the store gives it, and whether it can pass.
-const FAILURES: [(&str, fn() -> StoreError, bool); 6] = [
+/// A failure case: its name, the error as the store gives it, and whether it can pass.
+type Failure = (&'static str, fn() -> StoreError, bool);
+
+/// Each error a store write can end in.
+const FAILURES: [Failure; 6] = [
     (
         "unavailable",
         || StoreError::Unavailable(sqlx::Error::PoolTimedOut),
