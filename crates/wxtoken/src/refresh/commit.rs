@@ -295,17 +295,29 @@ mod tests {
     async fn refresh_result_is_retried_past_a_locked_database_until_it_lands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("wx.db").display());
-        // Short enough that a locked database fails attempts quickly, long enough that opening
-        // (and migrating) on a machine busy with the other tests does not time out.
-        let store = store::open_with(
-            &url,
-            &StoreOptions {
-                acquire_timeout: Duration::from_millis(250),
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .expect("store");
+        // Created and migrated with the default pool; then reopened with a short acquire timeout,
+        // so a locked database fails attempts quickly (opening with it can time out on a machine
+        // busy with the other tests, which is not what this test is about).
+        store::open(&url).await.expect("store").close().await;
+        let mut opened = None;
+        for _ in 0..50 {
+            match store::open_with(
+                &url,
+                &StoreOptions {
+                    acquire_timeout: Duration::from_millis(250),
+                    ..StoreOptions::default()
+                },
+            )
+            .await
+            {
+                Ok(store) => {
+                    opened = Some(store);
+                    break;
+                }
+                Err(e) => assert!(e.is_transient(), "{e}"),
+            }
+        }
+        let store = opened.expect("the store opens within 50 tries");
         let vault = Vault::new(&MasterKey::generate(), &[]);
         let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
         let appid = Appid::parse("wxauthorizer00001").expect("appid");
