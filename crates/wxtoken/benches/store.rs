@@ -154,6 +154,7 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     let t = Instant::now();
     let now = Timestamp::now();
     let appids: Vec<Appid> = store
+        .authorizers()
         .load_authorizers(Some(&c))
         .await
         .expect("load")
@@ -165,7 +166,11 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
             .iter()
             .map(|a| refresh_result(&vault, &c, a, 1, now))
             .collect();
-        store.save_refresh_results(&results).await.expect("save");
+        store
+            .tokens()
+            .save_refresh_results(&results)
+            .await
+            .expect("save");
     }
     println!(
         "[{backend}] write {n} refresh results (batches of 1000): {}",
@@ -176,7 +181,11 @@ async fn run(backend: &str, url: &str, csv: &std::path::Path, key: &MasterKey, n
     let t = Instant::now();
     for a in &appids[..single] {
         let r = refresh_result(&vault, &c, a, 2, now);
-        store.save_refresh_result(&r).await.expect("save one");
+        store
+            .tokens()
+            .save_refresh_result(&r)
+            .await
+            .expect("save one");
     }
     let per = t.elapsed() / u32::try_from(single.max(1)).unwrap_or(1);
     println!(
@@ -203,7 +212,11 @@ async fn cold_start(backend: &str, url: &str, vault: &Vault, n: usize) {
     vault.verify(store.as_ref()).await.expect("verify");
     let opened = t0.elapsed();
     let t = Instant::now();
-    let authorizers = store.load_authorizers(None).await.expect("load");
+    let authorizers = store
+        .authorizers()
+        .load_authorizers(None)
+        .await
+        .expect("load");
     let load_a = t.elapsed();
     let t = Instant::now();
     let mut bytes = 0usize;
@@ -247,11 +260,13 @@ async fn cold_start(backend: &str, url: &str, vault: &Vault, n: usize) {
     let t = Instant::now();
     // Authorizers' tokens came with them; the rest (component, direct accounts) are few.
     let mut tokens = store
+        .tokens()
         .load_tokens(None, Some(CredentialKind::Component))
         .await
         .expect("load tokens");
     tokens.extend(
         store
+            .tokens()
             .load_tokens(None, Some(CredentialKind::Direct))
             .await
             .expect("load tokens"),

@@ -136,6 +136,7 @@ impl App {
                     tracker.clone(),
                 )),
                 store
+                    .tokens()
                     .token_changes()
                     .await
                     .context("listening for token changes")?,
@@ -266,7 +267,7 @@ fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationTok
                 }
                 _ = prune.tick() => {
                     let before = Timestamp::now().minus(EVENT_RETENTION);
-                    match state.0.store.prune_events(before).await {
+                    match state.0.store.events().prune_events(before).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(pruned = n, "old processed events deleted"),
                         Err(e) => tracing::warn!(error = %e, "pruning events failed"),

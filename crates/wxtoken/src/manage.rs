@@ -42,12 +42,13 @@ pub async fn add_direct_account(
         ));
     }
     let now = Timestamp::now();
-    store.ensure_component(component, now).await?;
+    store.components().ensure_component(component, now).await?;
     let sealed = vault.seal(
         SecretSlot::DirectAppsecret { component, appid },
         secret.as_bytes(),
     )?;
     Ok(store
+        .direct()
         .upsert_direct_account(&DirectAccountWrite {
             component: component.clone(),
             appid: appid.clone(),
@@ -90,6 +91,7 @@ pub async fn create_client(
     }
     let key = generate_api_key();
     match store
+        .clients()
         .create_client(&NewClient {
             name: name.to_owned(),
             key_hash: key.hash,

@@ -354,7 +354,11 @@ async fn in_history(
     appid: &Appid,
     token_digest: &[u8; 32],
 ) -> Result<bool, TransferError> {
-    for entry in store.refresh_token_history(component, appid).await? {
+    for entry in store
+        .authorizers()
+        .refresh_token_history(component, appid)
+        .await?
+    {
         let rt = vault.open_string(
             SecretSlot::RefreshToken { component, appid },
             &entry.refresh_token,
@@ -384,6 +388,7 @@ async fn apply_unchanged_token(
     let mut changed = false;
     if let Some(status) = row.status.filter(|s| *s != stored.status) {
         let outcome = store
+            .authorizers()
             .set_authorizer_status(&StatusChange {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -419,6 +424,7 @@ async fn apply_unchanged_token(
                 secret.as_bytes(),
             )?;
             if store
+                .authorizers()
                 .set_authorizer_appsecret(component, appid, Some(&sealed), now)
                 .await?
             {
@@ -470,12 +476,16 @@ pub async fn import(
     progress: &mut (dyn FnMut(&ImportProgress) + Send),
 ) -> Result<ImportReport, TransferError> {
     let now = Timestamp::now();
-    store.ensure_component(component, now).await?;
+    store.components().ensure_component(component, now).await?;
 
     // What is there already: generation, status, kind and digests of the secrets (not the
     // secrets).
     let mut existing: HashMap<Appid, Existing> = HashMap::new();
-    for rec in store.load_authorizers(Some(component)).await? {
+    for rec in store
+        .authorizers()
+        .load_authorizers(Some(component))
+        .await?
+    {
         let rt = vault.open_string(
             SecretSlot::RefreshToken {
                 component,
@@ -694,7 +704,7 @@ async fn flush(
         return Ok(());
     }
     let writes: Vec<AuthorizationWrite> = pending.iter().map(|p| p.write.clone()).collect();
-    let outcomes = store.save_authorizations(&writes).await?;
+    let outcomes = store.authorizers().save_authorizations(&writes).await?;
     for (p, outcome) in pending.drain(..).zip(outcomes) {
         match outcome {
             SaveOutcome::Saved { .. } if p.created => report.progress.created += 1,
@@ -881,6 +891,7 @@ pub async fn export(
     let mut line = Zeroizing::new(String::new());
     loop {
         let page = store
+            .authorizers()
             .list_authorizers(component, after.as_ref(), 1000)
             .await?;
         let Some(last) = page.last() else { break };

@@ -353,7 +353,7 @@ impl Vault {
     /// retired (it would seal values under a key the operator has been told may be removed); and a
     /// database key that still seals values (not retired) but is missing from the keyring.
     pub async fn verify(&self, store: &dyn Store) -> Result<(), VaultError> {
-        let checks = store.key_checks().await?;
+        let checks = store.keys().key_checks().await?;
         for check in &checks {
             if let Some(entry) = self.entry(&check.key_id) {
                 let slot = SecretSlot::KeyCheck {
@@ -402,6 +402,7 @@ impl Vault {
                     KEY_CHECK_PLAINTEXT,
                 )?;
                 store
+                    .keys()
                     .add_key_check(&KeyCheck {
                         key_id: entry.id.clone(),
                         sealed,
@@ -548,7 +549,10 @@ pub async fn rotate(
     for column in SealedColumn::ALL {
         let mut stalls = 0;
         loop {
-            let cells = store.sealed_cells(column, &primary, batch_size).await?;
+            let cells = store
+                .keys()
+                .sealed_cells(column, &primary, batch_size)
+                .await?;
             if cells.is_empty() {
                 break;
             }
@@ -561,7 +565,7 @@ pub async fn rotate(
                     new,
                 });
             }
-            let n = store.reseal(&updates).await?;
+            let n = store.keys().reseal(&updates).await?;
             if n == 0 {
                 // Every value changed between read and write; someone keeps sealing them under an
                 // old key. A few retries cover a burst; more means a misconfigured server.
@@ -582,15 +586,15 @@ pub async fn rotate(
     // at that moment, so a value written under the key since the last batch keeps it unretired.
     let mut retired = Vec::new();
     let now = Timestamp::now();
-    for check in store.key_checks().await? {
+    for check in store.keys().key_checks().await? {
         if check.key_id != primary
             && check.retired_at.is_none()
-            && store.retire_key(&check.key_id, now).await?
+            && store.keys().retire_key(&check.key_id, now).await?
         {
             retired.push(check.key_id);
         }
     }
-    let remaining = store.count_sealed_by_key().await?;
+    let remaining = store.keys().count_sealed_by_key().await?;
     Ok(RotationReport {
         resealed,
         retired,

@@ -399,6 +399,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
             .refresh_token;
         let a = Appid::parse(appid).expect("appid");
         let record = store
+            .authorizers()
             .get_authorizer(&component, &a)
             .await
             .expect("store")
@@ -531,11 +532,13 @@ async fn prepare(h: &common::Harness, n: usize) -> (SimHandle, String, Vec<Crede
     vault.verify(&*h.store).await.expect("vault");
     let component = ComponentAppid::parse(COMPONENT).expect("component");
     h.store
+        .components()
         .ensure_component(&component, wxtoken::model::Timestamp::now())
         .await
         .expect("component");
     let ticket = sim.control().latest_ticket(COMPONENT).expect("ticket");
     h.store
+        .components()
         .record_ticket(
             &component,
             &vault
@@ -712,6 +715,7 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
     let deadline = Instant::now() + Duration::from_secs(30);
     while !h
         .store
+        .events()
         .unprocessed_events(None, 100)
         .await
         .expect("events")
@@ -759,6 +763,7 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
         let a = Appid::parse(appid).expect("appid");
         let record = h
             .store
+            .authorizers()
             .get_authorizer(&component, &a)
             .await
             .expect("store")
@@ -1019,6 +1024,7 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
     let now = Timestamp::now();
     assert!(
         h.store
+            .leases()
             .try_lease(
                 &LeaseKey::refresh(c),
                 "other-replica",
@@ -1042,6 +1048,7 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
         .refresh_token;
     let saved = h
         .store
+        .tokens()
         .save_refresh_result(&RefreshResult {
             credential: c.clone(),
             expected_generation: first.generation,
@@ -1083,12 +1090,14 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
 
     // The holder dies: its lease runs out and this replica takes over within the wait.
     h.store
+        .leases()
         .release_lease(&LeaseKey::refresh(c), "other-replica")
         .await
         .expect("release");
     let now = Timestamp::now();
     assert!(
         h.store
+            .leases()
             .try_lease(
                 &LeaseKey::refresh(c),
                 "dead-replica",

@@ -250,7 +250,12 @@ async fn stored_tokens_match(
             .expect("sim authorizer")
             .refresh_token;
         let a = Appid::parse(appid).expect("appid");
-        let Some(record) = store.get_authorizer(&component, &a).await.expect("store") else {
+        let Some(record) = store
+            .authorizers()
+            .get_authorizer(&component, &a)
+            .await
+            .expect("store")
+        else {
             mismatched.push(format!("{appid} (not stored)"));
             continue;
         };
@@ -339,7 +344,12 @@ async fn run(h: common::Harness, scenario: Scenario) {
         let mut with_token = 0;
         for appid in &appids {
             let a = Appid::parse(appid).expect("appid");
-            if let Some(r) = h.store.get_authorizer(&component, &a).await.expect("store")
+            if let Some(r) = h
+                .store
+                .authorizers()
+                .get_authorizer(&component, &a)
+                .await
+                .expect("store")
                 && r.token.is_some()
             {
                 with_token += 1;
@@ -464,6 +474,7 @@ async fn run(h: common::Harness, scenario: Scenario) {
         let a = Appid::parse(appid).expect("appid");
         let r = h
             .store
+            .authorizers()
             .get_authorizer(&component, &a)
             .await
             .expect("store")

@@ -87,7 +87,11 @@ conformance!(
 async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harness) {
     let c = component("wxerrclass00000001");
     let v = verified_vault(h.store.as_ref()).await;
-    h.store.ensure_component(&c, at(0)).await.unwrap();
+    h.store
+        .components()
+        .ensure_component(&c, at(0))
+        .await
+        .unwrap();
     let ticket = v.seal(SecretSlot::Ticket { component: &c }, b"t").unwrap();
     let short = wxtoken::store::open_with(
         &h.url,
@@ -107,7 +111,11 @@ async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harn
                 .execute(&mut other)
                 .await
                 .unwrap();
-            let err = short.record_ticket(&c, &ticket, at(1)).await.unwrap_err();
+            let err = short
+                .components()
+                .record_ticket(&c, &ticket, at(1))
+                .await
+                .unwrap_err();
             assert!(err.is_transient(), "{err:?}");
             sqlx::query("COMMIT").execute(&mut other).await.unwrap();
         }
@@ -152,6 +160,7 @@ async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harn
         }
     }
     short
+        .components()
         .record_ticket(&c, &ticket, at(1))
         .await
         .expect("passes now");
@@ -161,6 +170,7 @@ async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harn
     for _ in 0..2 {
         let err = h
             .store
+            .authorizers()
             .save_authorization(&authorization(
                 &v,
                 &unknown,
@@ -185,32 +195,64 @@ async fn an_exchanged_code_is_known_to_another_replica_until_forgotten(h: &Harne
     let (a, b) = (appid("wxcodesappid000001"), appid("wxcodesappid000002"));
     let digest = "5f".repeat(32);
     let replica = h.reopen().await;
-    assert_eq!(h.store.exchanged_code(&c, &digest).await.unwrap(), None);
+    assert_eq!(
+        h.store
+            .authorizers()
+            .exchanged_code(&c, &digest)
+            .await
+            .unwrap(),
+        None
+    );
     h.store
+        .authorizers()
         .record_exchanged_code(&c, &digest, &a, at(1_000), at(0))
         .await
         .unwrap();
     assert_eq!(
-        replica.exchanged_code(&c, &digest).await.unwrap(),
+        replica
+            .authorizers()
+            .exchanged_code(&c, &digest)
+            .await
+            .unwrap(),
         Some(a.clone())
     );
     assert_eq!(
-        replica.exchanged_code(&other, &digest).await.unwrap(),
+        replica
+            .authorizers()
+            .exchanged_code(&other, &digest)
+            .await
+            .unwrap(),
         None,
         "per component"
     );
     // Recording again is idempotent; an older row is forgotten when a newer one lands.
     h.store
+        .authorizers()
         .record_exchanged_code(&c, &digest, &a, at(1_000), at(0))
         .await
         .unwrap();
     let later = "a0".repeat(32);
     replica
+        .authorizers()
         .record_exchanged_code(&c, &later, &b, at(90_000), at(50_000))
         .await
         .unwrap();
-    assert_eq!(h.store.exchanged_code(&c, &digest).await.unwrap(), None);
-    assert_eq!(h.store.exchanged_code(&c, &later).await.unwrap(), Some(b));
+    assert_eq!(
+        h.store
+            .authorizers()
+            .exchanged_code(&c, &digest)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store
+            .authorizers()
+            .exchanged_code(&c, &later)
+            .await
+            .unwrap(),
+        Some(b)
+    );
 }
 
 fn new_vault() -> Vault {
@@ -229,25 +271,39 @@ async fn ticket_is_kept_across_reopen_and_an_older_push_does_not_replace_it(h: &
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
-    s.ensure_component(&c, at(1)).await.unwrap(); // idempotent
-    assert_eq!(s.list_components().await.unwrap(), vec![c.clone()]);
-    assert!(s.latest_ticket(&c).await.unwrap().is_none());
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(1)).await.unwrap(); // idempotent
+    assert_eq!(
+        s.components().list_components().await.unwrap(),
+        vec![c.clone()]
+    );
+    assert!(s.components().latest_ticket(&c).await.unwrap().is_none());
 
     let slot = SecretSlot::Ticket { component: &c };
     let t2 = v.seal(slot, b"ticket@@@second").unwrap();
     let t1 = v.seal(slot, b"ticket@@@first").unwrap();
     assert_eq!(
-        s.record_ticket(&c, &t2, at(2000)).await.unwrap(),
+        s.components()
+            .record_ticket(&c, &t2, at(2000))
+            .await
+            .unwrap(),
         TicketOutcome::Stored
     );
     assert_eq!(
-        s.record_ticket(&c, &t1, at(1000)).await.unwrap(),
+        s.components()
+            .record_ticket(&c, &t1, at(1000))
+            .await
+            .unwrap(),
         TicketOutcome::Older
     );
 
     let reopened = h.reopen().await;
-    let latest = reopened.latest_ticket(&c).await.unwrap().unwrap();
+    let latest = reopened
+        .components()
+        .latest_ticket(&c)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(latest.received_at, at(2000));
     assert_eq!(
         v.open(slot, &latest.sealed).unwrap().as_slice(),
@@ -261,8 +317,14 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
-    assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    assert!(
+        s.authorizers()
+            .get_authorizer(&c, &a)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let w = authorization(
         &v,
@@ -274,18 +336,23 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
         10,
     );
     assert_eq!(
-        s.save_authorization(&w).await.unwrap(),
+        s.authorizers().save_authorization(&w).await.unwrap(),
         SaveOutcome::Saved { generation: 1 }
     );
     // Doing it again expecting absence is stale: the authorizer exists now.
     assert_eq!(
-        s.save_authorization(&w).await.unwrap(),
+        s.authorizers().save_authorization(&w).await.unwrap(),
         SaveOutcome::Stale {
             current_generation: 1
         }
     );
 
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::Active);
     assert_eq!(rec.kind, Some(AppKind::OfficialAccount));
     assert_eq!(rec.generation, 1);
@@ -295,7 +362,7 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
     );
 
     let cred = Credential::authorizer(&c, &a);
-    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(tok.generation, 1);
     let t = tok.token.unwrap();
     assert_eq!(open_token(&v, &cred, &t.sealed), "at-one");
@@ -303,12 +370,12 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
     assert_eq!(t.expires_at, at(10 + 7_200_000));
     assert_eq!(t.refresh_at, Some(at(10 + 3_600_000)));
 
-    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    let hist = s.authorizers().refresh_token_history(&c, &a).await.unwrap();
     assert_eq!(hist.len(), 2, "the losing duplicate is kept too");
     assert!(hist[0].applied && !hist[1].applied);
     assert_eq!(hist[0].source, RefreshTokenSource::QueryAuth);
     assert_eq!(
-        s.count_authorizers(&c).await.unwrap(),
+        s.authorizers().count_authorizers(&c).await.unwrap(),
         AuthorizerCounts {
             active: 1,
             needs_reauth: 0,
@@ -322,42 +389,48 @@ async fn stale_refresh_result_is_refused_and_its_refresh_token_still_kept(h: &Ha
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let g = saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            Some("at-0"),
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                Some("at-0"),
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
 
     // Two refreshers both read generation g; the first lands, the second is stale.
     let first = refresh(&v, &c, &a, g, "at-A", "rt-A", 100);
     let second = refresh(&v, &c, &a, g, "at-B", "rt-B", 200);
     assert_eq!(
-        s.save_refresh_result(&first).await.unwrap(),
+        s.tokens().save_refresh_result(&first).await.unwrap(),
         SaveOutcome::Saved { generation: g + 1 }
     );
     assert_eq!(
-        s.save_refresh_result(&second).await.unwrap(),
+        s.tokens().save_refresh_result(&second).await.unwrap(),
         SaveOutcome::Stale {
             current_generation: g + 1
         }
     );
 
     let cred = Credential::authorizer(&c, &a);
-    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(open_token(&v, &cred, &tok.token.unwrap().sealed), "at-A");
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-A");
 
-    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    let hist = s.authorizers().refresh_token_history(&c, &a).await.unwrap();
     let texts: Vec<(String, bool)> = hist
         .iter()
         .map(|e| (open_rt(&v, &c, &a, &e.refresh_token), e.applied))
@@ -378,19 +451,20 @@ async fn two_replicas_writing_from_one_generation_land_exactly_once(h: &Harness)
     let v = Arc::new(verified_vault(s1.as_ref()).await);
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s1.ensure_component(&c, at(0)).await.unwrap();
+    s1.components().ensure_component(&c, at(0)).await.unwrap();
     let g = saved(
-        s1.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s1.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     for round in 0..20u64 {
         let g = g + round;
@@ -415,11 +489,11 @@ async fn two_replicas_writing_from_one_generation_land_exactly_once(h: &Harness)
         let (o1, o2) = tokio::join!(
             {
                 let s1 = s1.clone();
-                async move { s1.save_refresh_result(&r1).await }
+                async move { s1.tokens().save_refresh_result(&r1).await }
             },
             {
                 let s2 = s2.clone();
-                async move { s2.save_refresh_result(&r2).await }
+                async move { s2.tokens().save_refresh_result(&r2).await }
             }
         );
         let outcomes = [o1.unwrap(), o2.unwrap()];
@@ -433,11 +507,23 @@ async fn two_replicas_writing_from_one_generation_land_exactly_once(h: &Harness)
         }));
     }
     assert_eq!(
-        s1.get_authorizer(&c, &a).await.unwrap().unwrap().generation,
+        s1.authorizers()
+            .get_authorizer(&c, &a)
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
         g + 20
     );
     // 1 authorization + 2 per round, every one kept.
-    assert_eq!(s2.refresh_token_history(&c, &a).await.unwrap().len(), 41);
+    assert_eq!(
+        s2.authorizers()
+            .refresh_token_history(&c, &a)
+            .await
+            .unwrap()
+            .len(),
+        41
+    );
     s2.close().await;
 }
 
@@ -446,26 +532,27 @@ async fn many_concurrent_writers_from_one_generation_land_exactly_once(h: &Harne
     let v = Arc::new(verified_vault(s.as_ref()).await);
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let g = saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     let mut tasks = Vec::new();
     for i in 0..16 {
         let (s, v, c, a) = (s.clone(), v.clone(), c.clone(), a.clone());
         tasks.push(tokio::spawn(async move {
             let r = refresh(&v, &c, &a, g, &format!("at-{i}"), &format!("rt-{i}"), i);
-            s.save_refresh_result(&r).await.unwrap()
+            s.tokens().save_refresh_result(&r).await.unwrap()
         }));
     }
     let mut wins = 0;
@@ -480,7 +567,14 @@ async fn many_concurrent_writers_from_one_generation_land_exactly_once(h: &Harne
         }
     }
     assert_eq!(wins, 1);
-    assert_eq!(s.refresh_token_history(&c, &a).await.unwrap().len(), 17);
+    assert_eq!(
+        s.authorizers()
+            .refresh_token_history(&c, &a)
+            .await
+            .unwrap()
+            .len(),
+        17
+    );
 }
 
 async fn refresh_token_history_never_shrinks_and_refuses_deletes(h: &Harness) {
@@ -488,64 +582,80 @@ async fn refresh_token_history_never_shrinks_and_refuses_deletes(h: &Harness) {
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let mut g = saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     let mut expected = vec!["rt-0".to_owned()];
     let mut last = 1;
     for i in 1..=10 {
         let rt = format!("rt-{i}");
         g = saved(
-            s.save_refresh_result(&refresh(&v, &c, &a, g, &format!("at-{i}"), &rt, i))
+            s.tokens()
+                .save_refresh_result(&refresh(&v, &c, &a, g, &format!("at-{i}"), &rt, i))
                 .await
                 .unwrap(),
         );
         expected.push(rt);
         if i % 3 == 0 {
             // A revocation and a re-authorization in between.
-            s.set_authorizer_status(&StatusChange {
-                component: c.clone(),
-                appid: a.clone(),
-                status: AuthorizerStatus::Revoked,
-                reason: Some("unauthorized event".into()),
-                expected_generation: None,
-                at: at(i),
-            })
-            .await
-            .unwrap();
-            let cur = s.get_authorizer(&c, &a).await.unwrap().unwrap().generation;
+            s.authorizers()
+                .set_authorizer_status(&StatusChange {
+                    component: c.clone(),
+                    appid: a.clone(),
+                    status: AuthorizerStatus::Revoked,
+                    reason: Some("unauthorized event".into()),
+                    expected_generation: None,
+                    at: at(i),
+                })
+                .await
+                .unwrap();
+            let cur = s
+                .authorizers()
+                .get_authorizer(&c, &a)
+                .await
+                .unwrap()
+                .unwrap()
+                .generation;
             let rt = format!("rt-reauth-{i}");
             g = saved(
-                s.save_authorization(&authorization(
-                    &v,
-                    &c,
-                    &a,
-                    &rt,
-                    None,
-                    Expected::Generation(cur),
-                    i,
-                ))
-                .await
-                .unwrap(),
+                s.authorizers()
+                    .save_authorization(&authorization(
+                        &v,
+                        &c,
+                        &a,
+                        &rt,
+                        None,
+                        Expected::Generation(cur),
+                        i,
+                    ))
+                    .await
+                    .unwrap(),
             );
             expected.push(rt);
         }
-        let n = s.refresh_token_history(&c, &a).await.unwrap().len();
+        let n = s
+            .authorizers()
+            .refresh_token_history(&c, &a)
+            .await
+            .unwrap()
+            .len();
         assert!(n > last, "history shrank or stood still: {last} -> {n}");
         last = n;
     }
     let hist: Vec<String> = s
+        .authorizers()
         .refresh_token_history(&c, &a)
         .await
         .unwrap()
@@ -564,7 +674,10 @@ async fn refresh_token_history_never_shrinks_and_refuses_deletes(h: &Harness) {
         assert!(h.exec("TRUNCATE refresh_token_history").await.is_err());
     }
     assert_eq!(
-        s.count_refresh_token_history(Some(&c)).await.unwrap(),
+        s.authorizers()
+            .count_refresh_token_history(Some(&c))
+            .await
+            .unwrap(),
         expected.len() as u64
     );
 }
@@ -574,34 +687,41 @@ async fn reauthorization_replaces_the_refresh_token_and_reactivates(h: &Harness)
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-old",
-            Some("at-old"),
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-old",
+                Some("at-old"),
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     let g = saved(
-        s.set_authorizer_status(&StatusChange {
-            component: c.clone(),
-            appid: a.clone(),
-            status: AuthorizerStatus::NeedsReauth,
-            reason: Some("61023 refresh token invalid".into()),
-            expected_generation: Some(1),
-            at: at(5),
-        })
-        .await
-        .unwrap(),
+        s.authorizers()
+            .set_authorizer_status(&StatusChange {
+                component: c.clone(),
+                appid: a.clone(),
+                status: AuthorizerStatus::NeedsReauth,
+                reason: Some("61023 refresh token invalid".into()),
+                expected_generation: Some(1),
+                at: at(5),
+            })
+            .await
+            .unwrap(),
     );
     assert_eq!(g, 2);
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::NeedsReauth);
     assert_eq!(
         rec.status_reason.as_deref(),
@@ -619,18 +739,23 @@ async fn reauthorization_replaces_the_refresh_token_and_reactivates(h: &Harness)
         10,
     );
     assert_eq!(
-        s.save_authorization(&w).await.unwrap(),
+        s.authorizers().save_authorization(&w).await.unwrap(),
         SaveOutcome::Saved { generation: 3 }
     );
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::Active);
     assert_eq!(rec.status_reason, None);
     assert_eq!(rec.status_changed_at, at(10));
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-new");
     let cred = Credential::authorizer(&c, &a);
-    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(open_token(&v, &cred, &tok.token.unwrap().sealed), "at-new");
-    let hist = s.refresh_token_history(&c, &a).await.unwrap();
+    let hist = s.authorizers().refresh_token_history(&c, &a).await.unwrap();
     assert_eq!(hist.len(), 2);
     assert_eq!(hist[1].generation, 3);
 }
@@ -640,31 +765,37 @@ async fn empty_refresh_token_is_refused(h: &Harness) {
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let w = authorization(&v, &c, &a, "", None, Expected::Absent, 0);
     assert!(matches!(
-        s.save_authorization(&w).await,
+        s.authorizers().save_authorization(&w).await,
         Err(StoreError::InvalidInput(_))
     ));
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     let r = refresh(&v, &c, &a, 1, "at-1", "", 1);
     assert!(matches!(
-        s.save_refresh_result(&r).await,
+        s.tokens().save_refresh_result(&r).await,
         Err(StoreError::InvalidInput(_))
     ));
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-0");
     assert_eq!(rec.generation, 1);
 }
@@ -673,7 +804,7 @@ async fn repeated_push_is_recorded_once_and_processed_from_the_store(h: &Harness
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let key = "authorized:1700000000:wxauth0001";
     let payload = b"<xml><AuthorizationCode>queryauthcode@@@secret</AuthorizationCode></xml>";
     let event = |t: i64| NewEvent {
@@ -693,17 +824,21 @@ async fn repeated_push_is_recorded_once_and_processed_from_the_store(h: &Harness
         received_at: at(t),
     };
     assert_eq!(
-        s.record_event(&event(1)).await.unwrap(),
+        s.events().record_event(&event(1)).await.unwrap(),
         EventInsert::Inserted
     );
     assert_eq!(
-        s.record_event(&event(2)).await.unwrap(),
+        s.events().record_event(&event(2)).await.unwrap(),
         EventInsert::Duplicate
     );
 
     // After a "crash", processing resumes from the stored event.
     let reopened = h.reopen().await;
-    let pending = reopened.unprocessed_events(Some(&c), 10).await.unwrap();
+    let pending = reopened
+        .events()
+        .unprocessed_events(Some(&c), 10)
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 1);
     let e = &pending[0];
     assert_eq!(e.info_type, "authorized");
@@ -718,10 +853,23 @@ async fn repeated_push_is_recorded_once_and_processed_from_the_store(h: &Harness
         )
         .unwrap();
     assert_eq!(opened.as_slice(), payload);
-    assert!(reopened.mark_event_processed(&c, key, at(3)).await.unwrap());
-    assert!(!reopened.mark_event_processed(&c, key, at(4)).await.unwrap());
     assert!(
         reopened
+            .events()
+            .mark_event_processed(&c, key, at(3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !reopened
+            .events()
+            .mark_event_processed(&c, key, at(4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        reopened
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -729,10 +877,10 @@ async fn repeated_push_is_recorded_once_and_processed_from_the_store(h: &Harness
     );
     // Still a duplicate after processing.
     assert_eq!(
-        s.record_event(&event(5)).await.unwrap(),
+        s.events().record_event(&event(5)).await.unwrap(),
         EventInsert::Duplicate
     );
-    assert_eq!(reopened.prune_events(at(2)).await.unwrap(), 1);
+    assert_eq!(reopened.events().prune_events(at(2)).await.unwrap(), 1);
     reopened.close().await;
 }
 
@@ -743,28 +891,29 @@ async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness
     let staging = component("wxstaging");
     let a = appid("wxshared");
     for c in [&prod, &staging] {
-        s.ensure_component(c, at(0)).await.unwrap();
+        s.components().ensure_component(c, at(0)).await.unwrap();
         let t = v
             .seal(
                 SecretSlot::Ticket { component: c },
                 format!("ticket-{c}").as_bytes(),
             )
             .unwrap();
-        s.record_ticket(c, &t, at(1)).await.unwrap();
+        s.components().record_ticket(c, &t, at(1)).await.unwrap();
         let rt = format!("rt-{c}");
         let tok = format!("at-{c}");
         saved(
-            s.save_authorization(&authorization(
-                &v,
-                c,
-                &a,
-                &rt,
-                Some(&tok),
-                Expected::Absent,
-                0,
-            ))
-            .await
-            .unwrap(),
+            s.authorizers()
+                .save_authorization(&authorization(
+                    &v,
+                    c,
+                    &a,
+                    &rt,
+                    Some(&tok),
+                    Expected::Absent,
+                    0,
+                ))
+                .await
+                .unwrap(),
         );
         let key = "same-dedupe-key";
         let ev = NewEvent {
@@ -783,7 +932,10 @@ async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness
                 .unwrap(),
             received_at: at(1),
         };
-        assert_eq!(s.record_event(&ev).await.unwrap(), EventInsert::Inserted);
+        assert_eq!(
+            s.events().record_event(&ev).await.unwrap(),
+            EventInsert::Inserted
+        );
         let secret = v
             .seal(
                 SecretSlot::DirectAppsecret {
@@ -801,13 +953,14 @@ async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness
             at: at(0),
         };
         assert_eq!(
-            s.upsert_direct_account(&direct).await.unwrap(),
+            s.direct().upsert_direct_account(&direct).await.unwrap(),
             UpsertOutcome::Created
         );
     }
     // Refreshing one leaves the other alone.
     saved(
-        s.save_refresh_result(&refresh(&v, &prod, &a, 1, "at-prod-2", "rt-prod-2", 5))
+        s.tokens()
+            .save_refresh_result(&refresh(&v, &prod, &a, 1, "at-prod-2", "rt-prod-2", 5))
             .await
             .unwrap(),
     );
@@ -815,28 +968,52 @@ async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness
         (&prod, "rt-prod-2", "at-prod-2", 2),
         (&staging, "rt-wxstaging", "at-wxstaging", 1),
     ] {
-        let rec = s.get_authorizer(c, &a).await.unwrap().unwrap();
+        let rec = s
+            .authorizers()
+            .get_authorizer(c, &a)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(open_rt(&v, c, &a, &rec.refresh_token), rt);
         assert_eq!(rec.generation, g);
         let cred = Credential::authorizer(c, &a);
-        let t = s.get_token(&cred).await.unwrap().unwrap();
+        let t = s.tokens().get_token(&cred).await.unwrap().unwrap();
         assert_eq!(open_token(&v, &cred, &t.token.unwrap().sealed), tok);
-        let ticket = s.latest_ticket(c).await.unwrap().unwrap();
+        let ticket = s.components().latest_ticket(c).await.unwrap().unwrap();
         assert_eq!(
             v.open(SecretSlot::Ticket { component: c }, &ticket.sealed)
                 .unwrap()
                 .as_slice(),
             format!("ticket-{c}").as_bytes()
         );
-        assert_eq!(s.unprocessed_events(Some(c), 10).await.unwrap().len(), 1);
-        assert_eq!(s.load_authorizers(Some(c)).await.unwrap().len(), 1);
         assert_eq!(
-            s.refresh_token_history(c, &a).await.unwrap().len(),
+            s.events()
+                .unprocessed_events(Some(c), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            s.authorizers()
+                .load_authorizers(Some(c))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            s.authorizers()
+                .refresh_token_history(c, &a)
+                .await
+                .unwrap()
+                .len(),
             g as usize
         );
     }
     // A sealed value moved to the other component's row does not open.
     let prod_rt = s
+        .authorizers()
         .get_authorizer(&prod, &a)
         .await
         .unwrap()
@@ -854,6 +1031,7 @@ async fn same_authorizer_appid_under_two_components_does_not_collide(h: &Harness
     ));
     // The direct account and the authorizer with the same appid are separate credentials.
     let direct = s
+        .tokens()
         .get_token(&Credential::direct(&prod, &a))
         .await
         .unwrap()
@@ -867,7 +1045,7 @@ async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxdirect01");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let write = |secret: &[u8], kind| DirectAccountWrite {
         component: c.clone(),
         appid: a.clone(),
@@ -884,18 +1062,25 @@ async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
         at: at(0),
     };
     assert_eq!(
-        s.upsert_direct_account(&write(b"secret-1", AppKind::OfficialAccount))
+        s.direct()
+            .upsert_direct_account(&write(b"secret-1", AppKind::OfficialAccount))
             .await
             .unwrap(),
         UpsertOutcome::Created
     );
     assert_eq!(
-        s.upsert_direct_account(&write(b"secret-2", AppKind::MiniProgram))
+        s.direct()
+            .upsert_direct_account(&write(b"secret-2", AppKind::MiniProgram))
             .await
             .unwrap(),
         UpsertOutcome::Updated
     );
-    let rec = s.get_direct_account(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .direct()
+        .get_direct_account(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.kind, AppKind::MiniProgram);
     let slot = SecretSlot::DirectAppsecret {
         component: &c,
@@ -920,20 +1105,22 @@ async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
         }
     };
     assert_eq!(
-        s.save_refresh_result(&result(0, "direct-at-1"))
+        s.tokens()
+            .save_refresh_result(&result(0, "direct-at-1"))
             .await
             .unwrap(),
         SaveOutcome::Saved { generation: 1 }
     );
     assert_eq!(
-        s.save_refresh_result(&result(0, "direct-at-x"))
+        s.tokens()
+            .save_refresh_result(&result(0, "direct-at-x"))
             .await
             .unwrap(),
         SaveOutcome::Stale {
             current_generation: 1
         }
     );
-    let tok = s.get_token(&cred).await.unwrap().unwrap();
+    let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
     let t = tok.token.unwrap();
     assert_eq!(t.refresh_at, None);
     assert_eq!(t.source, TokenSource::StableToken);
@@ -951,16 +1138,26 @@ async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
         .unwrap(),
     );
     assert!(matches!(
-        s.save_refresh_result(&bad).await,
+        s.tokens().save_refresh_result(&bad).await,
         Err(StoreError::InvalidInput(_))
     ));
 
-    assert_eq!(s.list_direct_accounts(Some(&c)).await.unwrap().len(), 1);
-    assert!(s.remove_direct_account(&c, &a).await.unwrap());
-    assert!(!s.remove_direct_account(&c, &a).await.unwrap());
-    assert!(s.get_token(&cred).await.unwrap().is_none());
     assert_eq!(
-        s.save_refresh_result(&result(1, "late")).await.unwrap(),
+        s.direct()
+            .list_direct_accounts(Some(&c))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s.direct().remove_direct_account(&c, &a).await.unwrap());
+    assert!(!s.direct().remove_direct_account(&c, &a).await.unwrap());
+    assert!(s.tokens().get_token(&cred).await.unwrap().is_none());
+    assert_eq!(
+        s.tokens()
+            .save_refresh_result(&result(1, "late"))
+            .await
+            .unwrap(),
         SaveOutcome::Missing
     );
 }
@@ -969,9 +1166,9 @@ async fn component_token_is_fenced_like_any_credential(h: &Harness) {
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let cred = Credential::component(&c);
-    let rec = s.get_token(&cred).await.unwrap().unwrap();
+    let rec = s.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(rec.generation, 0);
     assert!(rec.token.is_none());
     let mk = |g, tok: &str| {
@@ -986,6 +1183,7 @@ async fn component_token_is_fenced_like_any_credential(h: &Harness) {
         }
     };
     let outcomes = s
+        .tokens()
         .save_refresh_results(&[mk(0, "cat-1"), mk(0, "cat-2"), mk(1, "cat-3")])
         .await
         .unwrap();
@@ -999,7 +1197,14 @@ async fn component_token_is_fenced_like_any_credential(h: &Harness) {
             SaveOutcome::Saved { generation: 2 },
         ]
     );
-    let t = s.get_token(&cred).await.unwrap().unwrap().token.unwrap();
+    let t = s
+        .tokens()
+        .get_token(&cred)
+        .await
+        .unwrap()
+        .unwrap()
+        .token
+        .unwrap();
     assert_eq!(open_token(&v, &cred, &t.sealed), "cat-3");
     assert_eq!(cred.kind, CredentialKind::Component);
 }
@@ -1015,12 +1220,12 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
         admin: false,
         created_at: at(0),
     };
-    let created = match s.create_client(&new).await.unwrap() {
+    let created = match s.clients().create_client(&new).await.unwrap() {
         ClientCreate::Created(c) => c,
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        s.create_client(&new).await.unwrap(),
+        s.clients().create_client(&new).await.unwrap(),
         ClientCreate::NameTaken
     );
     let admin_key = vault::generate_api_key();
@@ -1033,12 +1238,13 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
         created_at: at(1),
     };
     assert!(matches!(
-        s.create_client(&admin).await.unwrap(),
+        s.clients().create_client(&admin).await.unwrap(),
         ClientCreate::Created(_)
     ));
 
     use secrecy::ExposeSecret;
     let found = s
+        .clients()
         .find_client_by_key(&vault::hash_api_key(key.key.expose_secret()))
         .await
         .unwrap()
@@ -1046,19 +1252,21 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
     assert_eq!(found, created);
     assert!(found.grant.allows(&appid("wxa")) && !found.grant.allows(&appid("wxc")));
     assert!(
-        s.find_client_by_key(&vault::hash_api_key("wxt_wrong"))
+        s.clients()
+            .find_client_by_key(&vault::hash_api_key("wxt_wrong"))
             .await
             .unwrap()
             .is_none()
     );
-    let list = s.list_clients().await.unwrap();
+    let list = s.clients().list_clients().await.unwrap();
     assert_eq!(list.len(), 2);
     assert!(list[1].admin && list[1].grant == AppidGrant::All);
 
-    assert!(s.revoke_client("billing", at(9)).await.unwrap());
-    assert!(!s.revoke_client("billing", at(10)).await.unwrap());
+    assert!(s.clients().revoke_client("billing", at(9)).await.unwrap());
+    assert!(!s.clients().revoke_client("billing", at(10)).await.unwrap());
     assert_eq!(
-        s.find_client_by_key(&key.hash)
+        s.clients()
+            .find_client_by_key(&key.hash)
             .await
             .unwrap()
             .unwrap()
@@ -1085,10 +1293,10 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
             },
         ]
     };
-    s.add_read_counts(&batch(5, 100)).await.unwrap();
-    s.add_read_counts(&batch(7, 50)).await.unwrap();
-    s.add_read_counts(&[]).await.unwrap();
-    let counts = s.read_counts(Some(created.id)).await.unwrap();
+    s.clients().add_read_counts(&batch(5, 100)).await.unwrap();
+    s.clients().add_read_counts(&batch(7, 50)).await.unwrap();
+    s.clients().add_read_counts(&[]).await.unwrap();
+    let counts = s.clients().read_counts(Some(created.id)).await.unwrap();
     assert_eq!(counts.len(), 2);
     assert_eq!(counts[0].appid, appid("wxa"));
     assert_eq!(counts[0].count, 12);
@@ -1101,33 +1309,35 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     // A refresh failure computed from generation 1 arrives after a re-authorization (gen 2).
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-1",
-            None,
-            Expected::Generation(1),
-            1,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-1",
+                None,
+                Expected::Generation(1),
+                1,
+            ))
+            .await
+            .unwrap(),
     );
     let mark = StatusChange {
         component: c.clone(),
@@ -1138,13 +1348,18 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
         at: at(2),
     };
     assert_eq!(
-        s.set_authorizer_status(&mark).await.unwrap(),
+        s.authorizers().set_authorizer_status(&mark).await.unwrap(),
         SaveOutcome::Stale {
             current_generation: 2
         }
     );
     assert_eq!(
-        s.get_authorizer(&c, &a).await.unwrap().unwrap().status,
+        s.authorizers()
+            .get_authorizer(&c, &a)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         AuthorizerStatus::Active
     );
 
@@ -1159,21 +1374,32 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
         at: at(3),
     };
     assert_eq!(
-        s.set_authorizer_status(&revoke).await.unwrap(),
+        s.authorizers()
+            .set_authorizer_status(&revoke)
+            .await
+            .unwrap(),
         SaveOutcome::Saved { generation: 3 }
     );
     // Revoking again changes nothing.
     assert_eq!(
-        s.set_authorizer_status(&revoke).await.unwrap(),
+        s.authorizers()
+            .set_authorizer_status(&revoke)
+            .await
+            .unwrap(),
         SaveOutcome::Saved { generation: 3 }
     );
     assert_eq!(
-        s.save_refresh_result(&inflight).await.unwrap(),
+        s.tokens().save_refresh_result(&inflight).await.unwrap(),
         SaveOutcome::Stale {
             current_generation: 3
         }
     );
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::Revoked);
     assert_eq!(
         open_rt(&v, &c, &a, &rec.refresh_token),
@@ -1181,7 +1407,7 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
         "data is kept"
     );
     assert_eq!(
-        s.count_authorizers(&c).await.unwrap(),
+        s.authorizers().count_authorizers(&c).await.unwrap(),
         AuthorizerCounts {
             active: 0,
             needs_reauth: 0,
@@ -1193,7 +1419,10 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
         ..revoke.clone()
     };
     assert_eq!(
-        s.set_authorizer_status(&unknown).await.unwrap(),
+        s.authorizers()
+            .set_authorizer_status(&unknown)
+            .await
+            .unwrap(),
         SaveOutcome::Missing
     );
 }
@@ -1204,7 +1433,7 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
     let c1 = component("wxcomp0001");
     let c2 = component("wxcomp0002");
     for (c, n) in [(&c1, 30), (&c2, 20)] {
-        s.ensure_component(c, at(0)).await.unwrap();
+        s.components().ensure_component(c, at(0)).await.unwrap();
         let writes: Vec<_> = (0..n)
             .map(|i| {
                 let a = appid(&format!("wxauth{i:04}"));
@@ -1219,14 +1448,14 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
                 )
             })
             .collect();
-        let outcomes = s.save_authorizations(&writes).await.unwrap();
+        let outcomes = s.authorizers().save_authorizations(&writes).await.unwrap();
         assert!(
             outcomes
                 .iter()
                 .all(|o| *o == SaveOutcome::Saved { generation: 1 })
         );
     }
-    let all = s.load_authorizers(None).await.unwrap();
+    let all = s.authorizers().load_authorizers(None).await.unwrap();
     assert_eq!(all.len(), 50);
     for rec in &all {
         let i: usize = rec.appid.as_str()[6..].parse().unwrap();
@@ -1235,25 +1464,39 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
             format!("rt-{}-{i}", rec.component)
         );
     }
-    assert_eq!(s.load_authorizers(Some(&c2)).await.unwrap().len(), 20);
+    assert_eq!(
+        s.authorizers()
+            .load_authorizers(Some(&c2))
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
     // Authorizers come with their tokens: half of them have one.
-    let c1_auth = s.load_authorizers(Some(&c1)).await.unwrap();
+    let c1_auth = s.authorizers().load_authorizers(Some(&c1)).await.unwrap();
     assert_eq!(c1_auth.iter().filter(|a| a.token.is_some()).count(), 15);
     for a in c1_auth.iter().filter(|a| a.token.is_some()) {
         let cred = Credential::authorizer(&c1, &a.appid);
         let t = a.token.as_ref().unwrap();
         assert_eq!(open_token(&v, &cred, &t.sealed), "tok");
         assert_eq!(
-            s.get_token(&cred).await.unwrap().unwrap().token.as_ref(),
+            s.tokens()
+                .get_token(&cred)
+                .await
+                .unwrap()
+                .unwrap()
+                .token
+                .as_ref(),
             Some(t)
         );
     }
-    let tokens = s.load_tokens(Some(&c1), None).await.unwrap();
+    let tokens = s.tokens().load_tokens(Some(&c1), None).await.unwrap();
     // 30 authorizers + the component credential; half the authorizers have a token.
     assert_eq!(tokens.len(), 31);
     assert_eq!(tokens.iter().filter(|t| t.token.is_some()).count(), 15);
-    assert_eq!(s.load_tokens(None, None).await.unwrap().len(), 52);
+    assert_eq!(s.tokens().load_tokens(None, None).await.unwrap().len(), 52);
     let components = s
+        .tokens()
         .load_tokens(None, Some(CredentialKind::Component))
         .await
         .unwrap();
@@ -1269,7 +1512,7 @@ async fn authorizer_pages_cover_every_authorizer_once(h: &Harness) {
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let writes: Vec<_> = (0..25)
         .map(|i| {
             authorization(
@@ -1283,11 +1526,15 @@ async fn authorizer_pages_cover_every_authorizer_once(h: &Harness) {
             )
         })
         .collect();
-    s.save_authorizations(&writes).await.unwrap();
+    s.authorizers().save_authorizations(&writes).await.unwrap();
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = s.list_authorizers(&c, after.as_ref(), 10).await.unwrap();
+        let page = s
+            .authorizers()
+            .list_authorizers(&c, after.as_ref(), 10)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -1302,20 +1549,21 @@ async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harne
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let (a, b, x, y) = (appid("wxa"), appid("wxb"), appid("wxx"), appid("wxy"));
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &b,
-            "rt-b0",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &b,
+                "rt-b0",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
     let w = |appid, rt: &str, expected| authorization(&v, &c, appid, rt, Some("tok"), expected, 1);
     let batch = vec![
@@ -1327,7 +1575,7 @@ async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harne
         w(&y, "rt-y1", Expected::Generation(0)), // never existed: missing
         w(&y, "rt-y2", Expected::Absent),        // created
     ];
-    let outcomes = s.save_authorizations(&batch).await.unwrap();
+    let outcomes = s.authorizers().save_authorizations(&batch).await.unwrap();
     assert_eq!(
         outcomes,
         vec![
@@ -1350,7 +1598,12 @@ async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harne
         (&x, "rt-x1", 1),
         (&y, "rt-y2", 1),
     ] {
-        let rec = s.get_authorizer(&c, appid).await.unwrap().unwrap();
+        let rec = s
+            .authorizers()
+            .get_authorizer(&c, appid)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 open_rt(&v, &c, appid, &rec.refresh_token).as_str(),
@@ -1359,7 +1612,7 @@ async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harne
             (rt, g)
         );
         let cred = Credential::authorizer(&c, appid);
-        let tok = s.get_token(&cred).await.unwrap().unwrap();
+        let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
         assert_eq!(tok.generation, g);
         assert_eq!(
             tok.token.is_some(),
@@ -1373,7 +1626,8 @@ async fn batched_authorizations_have_the_outcomes_of_one_by_one_writes(h: &Harne
         let v = &v;
         let c = c.clone();
         async move {
-            s.refresh_token_history(&c, appid)
+            s.authorizers()
+                .refresh_token_history(&c, appid)
                 .await
                 .unwrap()
                 .iter()
@@ -1404,29 +1658,35 @@ async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let slot = SecretSlot::AuthorizerAppsecret {
         component: &c,
         appid: &a,
     };
     let mut w = authorization(&v, &c, &a, "rt-0", None, Expected::Absent, 0);
     w.appsecret = Some(v.seal(slot, b"appsecret-1").unwrap());
-    saved(s.save_authorization(&w).await.unwrap());
+    saved(s.authorizers().save_authorization(&w).await.unwrap());
     // A re-authorization without an appsecret keeps the stored one.
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-1",
-            None,
-            Expected::Generation(1),
-            1,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-1",
+                None,
+                Expected::Generation(1),
+                1,
+            ))
+            .await
+            .unwrap(),
     );
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         v.open(slot, rec.appsecret.as_ref().unwrap())
             .unwrap()
@@ -1446,18 +1706,27 @@ async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
         at: at(2),
     };
     assert_eq!(
-        s.save_refresh_result(&r).await.unwrap(),
+        s.tokens().save_refresh_result(&r).await.unwrap(),
         SaveOutcome::Saved { generation: 3 }
     );
-    assert_eq!(s.refresh_token_history(&c, &a).await.unwrap().len(), 2);
+    assert_eq!(
+        s.authorizers()
+            .refresh_token_history(&c, &a)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     assert!(
-        s.set_authorizer_appsecret(&c, &a, None, at(3))
+        s.authorizers()
+            .set_authorizer_appsecret(&c, &a, None, at(3))
             .await
             .unwrap()
     );
     assert!(
-        s.get_authorizer(&c, &a)
+        s.authorizers()
+            .get_authorizer(&c, &a)
             .await
             .unwrap()
             .unwrap()
@@ -1465,7 +1734,8 @@ async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
             .is_none()
     );
     assert!(
-        !s.set_authorizer_appsecret(&c, &appid("wxnobody"), None, at(3))
+        !s.authorizers()
+            .set_authorizer_appsecret(&c, &appid("wxnobody"), None, at(3))
             .await
             .unwrap()
     );
@@ -1474,24 +1744,25 @@ async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
 /// Puts one value in every sealed column, under `v`.
 async fn fill_every_column(s: &dyn Store, v: &Vault, n: usize) {
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let t = v
         .seal(SecretSlot::Ticket { component: &c }, b"ticket@@@x")
         .unwrap();
-    s.record_ticket(&c, &t, at(1)).await.unwrap();
+    s.components().record_ticket(&c, &t, at(1)).await.unwrap();
     let cred = Credential::component(&c);
     let mut tok = common::access_token(v, &cred, "component-at", 0);
     tok.source = TokenSource::ComponentToken;
     saved(
-        s.save_refresh_result(&RefreshResult {
-            credential: cred,
-            expected_generation: 0,
-            access_token: tok,
-            refresh_token: None,
-            at: at(0),
-        })
-        .await
-        .unwrap(),
+        s.tokens()
+            .save_refresh_result(&RefreshResult {
+                credential: cred,
+                expected_generation: 0,
+                access_token: tok,
+                refresh_token: None,
+                at: at(0),
+            })
+            .await
+            .unwrap(),
     );
     for i in 0..n {
         let a = appid(&format!("wxauth{i:04}"));
@@ -1514,58 +1785,61 @@ async fn fill_every_column(s: &dyn Store, v: &Vault, n: usize) {
             )
             .unwrap(),
         );
-        saved(s.save_authorization(&w).await.unwrap());
+        saved(s.authorizers().save_authorization(&w).await.unwrap());
         saved(
-            s.save_refresh_result(&refresh(
-                v,
-                &c,
-                &a,
-                1,
-                &format!("at2-{i}"),
-                &format!("rt2-{i}"),
-                1,
-            ))
-            .await
-            .unwrap(),
+            s.tokens()
+                .save_refresh_result(&refresh(
+                    v,
+                    &c,
+                    &a,
+                    1,
+                    &format!("at2-{i}"),
+                    &format!("rt2-{i}"),
+                    1,
+                ))
+                .await
+                .unwrap(),
         );
     }
     let d = appid("wxdirect01");
-    s.upsert_direct_account(&DirectAccountWrite {
-        component: c.clone(),
-        appid: d.clone(),
-        kind: AppKind::OfficialAccount,
-        appsecret: v
-            .seal(
-                SecretSlot::DirectAppsecret {
-                    component: &c,
-                    appid: &d,
-                },
-                b"direct-secret",
-            )
-            .unwrap(),
-        at: at(0),
-    })
-    .await
-    .unwrap();
+    s.direct()
+        .upsert_direct_account(&DirectAccountWrite {
+            component: c.clone(),
+            appid: d.clone(),
+            kind: AppKind::OfficialAccount,
+            appsecret: v
+                .seal(
+                    SecretSlot::DirectAppsecret {
+                        component: &c,
+                        appid: &d,
+                    },
+                    b"direct-secret",
+                )
+                .unwrap(),
+            at: at(0),
+        })
+        .await
+        .unwrap();
     let key = "ev-1";
-    s.record_event(&NewEvent {
-        component: c.clone(),
-        dedupe_key: key.into(),
-        info_type: "authorized".into(),
-        appid: None,
-        payload: v
-            .seal(
-                SecretSlot::EventPayload {
-                    component: &c,
-                    dedupe_key: key,
-                },
-                b"payload",
-            )
-            .unwrap(),
-        received_at: at(0),
-    })
-    .await
-    .unwrap();
+    s.events()
+        .record_event(&NewEvent {
+            component: c.clone(),
+            dedupe_key: key.into(),
+            info_type: "authorized".into(),
+            appid: None,
+            payload: v
+                .seal(
+                    SecretSlot::EventPayload {
+                        component: &c,
+                        dedupe_key: key,
+                    },
+                    b"payload",
+                )
+                .unwrap(),
+            received_at: at(0),
+        })
+        .await
+        .unwrap();
 }
 
 /// Opens every sealed value in the store with `v` (fails if any does not open).
@@ -1573,7 +1847,12 @@ async fn open_everything(s: &dyn Store, v: &Vault) -> usize {
     let mut n = 0;
     let never = wxtoken::model::KeyId::parse("none").unwrap();
     for column in SealedColumn::ALL {
-        for cell in s.sealed_cells(column, &never, 1_000_000).await.unwrap() {
+        for cell in s
+            .keys()
+            .sealed_cells(column, &never, 1_000_000)
+            .await
+            .unwrap()
+        {
             v.open(cell.key.slot(), &cell.sealed)
                 .unwrap_or_else(|e| panic!("{column:?} {:?}: {e}", cell.key));
             n += 1;
@@ -1614,7 +1893,12 @@ async fn rotation_reseals_every_secret_and_retires_the_old_key(h: &Harness) {
     assert_eq!(open_everything(s.as_ref(), &v_new).await, before);
     let c = component("wxcomp0001");
     let a = appid("wxauth0003");
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v_new, &c, &a, &rec.refresh_token), "rt2-3");
     // Running it again is a no-op.
     let again = vault::rotate(s.as_ref(), &v_new, 5, &mut |_| {})
@@ -1643,7 +1927,13 @@ async fn rotation_while_another_task_keeps_writing_loses_nothing(h: &Harness) {
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) || writes < 20 {
                 let a = appid(&format!("wxauth{:04}", i % 40));
-                let g = s.get_authorizer(&c, &a).await.unwrap().unwrap().generation;
+                let g = s
+                    .authorizers()
+                    .get_authorizer(&c, &a)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .generation;
                 let r = refresh(
                     &v,
                     &c,
@@ -1653,7 +1943,7 @@ async fn rotation_while_another_task_keeps_writing_loses_nothing(h: &Harness) {
                     &format!("rt-w{writes}"),
                     10,
                 );
-                saved(s.save_refresh_result(&r).await.unwrap());
+                saved(s.tokens().save_refresh_result(&r).await.unwrap());
                 writes += 1;
                 i += 7;
             }
@@ -1672,16 +1962,23 @@ async fn rotation_while_another_task_keeps_writing_loses_nothing(h: &Harness) {
     v_new.verify(s.as_ref()).await.unwrap();
     let total = open_everything(s.as_ref(), &v_new).await;
     // Every value is under the new key; nothing was lost (each write added one history row).
-    let counts = s.count_sealed_by_key().await.unwrap();
+    let counts = s.keys().count_sealed_by_key().await.unwrap();
     assert_eq!(counts, vec![(new.id().clone(), total as u64)]);
     assert_eq!(
-        s.count_refresh_token_history(None).await.unwrap(),
+        s.authorizers()
+            .count_refresh_token_history(None)
+            .await
+            .unwrap(),
         40 * 2 + writes
     );
     // The last write to each authorizer is its current refresh token.
     let c = component("wxcomp0001");
-    for rec in s.load_authorizers(Some(&c)).await.unwrap() {
-        let hist = s.refresh_token_history(&c, &rec.appid).await.unwrap();
+    for rec in s.authorizers().load_authorizers(Some(&c)).await.unwrap() {
+        let hist = s
+            .authorizers()
+            .refresh_token_history(&c, &rec.appid)
+            .await
+            .unwrap();
         let last = hist.last().unwrap();
         assert_eq!(
             open_rt(&v_new, &c, &rec.appid, &rec.refresh_token),
@@ -1716,7 +2013,7 @@ async fn wrong_master_key_is_refused_at_open(h: &Harness) {
         .verify(reopened.as_ref())
         .await
         .unwrap();
-    assert_eq!(reopened.key_checks().await.unwrap().len(), 1);
+    assert_eq!(reopened.keys().key_checks().await.unwrap().len(), 1);
     reopened.close().await;
 }
 
@@ -1746,9 +2043,10 @@ async fn retired_key_is_refused_as_primary_and_is_retired_only_when_unused(h: &H
     v_old.verify(s.as_ref()).await.unwrap();
     fill_every_column(s.as_ref(), &v_old, 2).await;
     // Values are still sealed under the old key: the store refuses to retire it.
-    assert!(!s.retire_key(old.id(), at(0)).await.unwrap());
+    assert!(!s.keys().retire_key(old.id(), at(0)).await.unwrap());
     assert!(
-        s.key_checks()
+        s.keys()
+            .key_checks()
             .await
             .unwrap()
             .iter()
@@ -1816,10 +2114,11 @@ async fn writes_for_an_unregistered_component_are_refused(h: &Harness) {
     let a = appid("wxauth0001");
     let t = v.seal(SecretSlot::Ticket { component: &c }, b"t").unwrap();
     assert!(matches!(
-        s.record_ticket(&c, &t, at(0)).await,
+        s.components().record_ticket(&c, &t, at(0)).await,
         Err(StoreError::InvalidInput(_))
     ));
     let err = s
+        .authorizers()
         .save_authorization(&authorization(&v, &c, &a, "rt", None, Expected::Absent, 0))
         .await
         .unwrap_err();
@@ -1828,7 +2127,13 @@ async fn writes_for_an_unregistered_component_are_refused(h: &Harness) {
         !err.is_transient(),
         "a constraint does not pass by retrying"
     );
-    assert!(s.get_authorizer(&c, &a).await.unwrap().is_none());
+    assert!(
+        s.authorizers()
+            .get_authorizer(&c, &a)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -1837,21 +2142,27 @@ async fn in_memory_sqlite_keeps_its_data_across_pooled_calls() {
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     saved(
-        s.save_authorization(&authorization(
-            &v,
-            &c,
-            &a,
-            "rt-1",
-            None,
-            Expected::Absent,
-            0,
-        ))
-        .await
-        .unwrap(),
+        s.authorizers()
+            .save_authorization(&authorization(
+                &v,
+                &c,
+                &a,
+                "rt-1",
+                None,
+                Expected::Absent,
+                0,
+            ))
+            .await
+            .unwrap(),
     );
-    let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-1");
     assert_eq!(s.backend(), wxtoken::store::Backend::Sqlite);
     s.ping().await.unwrap();
@@ -1886,14 +2197,14 @@ async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness)
     let s2 = h.reopen().await;
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let n = 16;
     let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:04}"))).collect();
     let creates: Vec<_> = appids
         .iter()
         .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
         .collect();
-    for o in s.save_authorizations(&creates).await.unwrap() {
+    for o in s.authorizers().save_authorizations(&creates).await.unwrap() {
         assert_eq!(o, SaveOutcome::Saved { generation: 1 });
     }
     let mut generation = 1u64;
@@ -1919,11 +2230,11 @@ async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness)
         backward.reverse();
         let t1 = {
             let s = s.clone();
-            tokio::spawn(async move { s.save_refresh_results(&forward).await })
+            tokio::spawn(async move { s.tokens().save_refresh_results(&forward).await })
         };
         let t2 = {
             let s = s2.clone();
-            tokio::spawn(async move { s.save_refresh_results(&backward).await })
+            tokio::spawn(async move { s.tokens().save_refresh_results(&backward).await })
         };
         let o1 = t1.await.unwrap().expect("forward batch");
         let o2 = t2.await.unwrap().expect("backward batch");
@@ -1943,7 +2254,12 @@ async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness)
                 ) if g == next && current_generation == next => "b",
                 other => panic!("round {round}, {a}: {other:?}"),
             };
-            let rec = s.get_authorizer(&c, a).await.unwrap().unwrap();
+            let rec = s
+                .authorizers()
+                .get_authorizer(&c, a)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(rec.generation, next);
             let cred = Credential::authorizer(&c, a);
             assert_eq!(
@@ -1961,7 +2277,7 @@ async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot
     let v = verified_vault(s.as_ref()).await;
     let c = component("wxcomp0001");
     let a = appid("wxdirect01");
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
     let account = DirectAccountWrite {
         component: c.clone(),
         appid: a.clone(),
@@ -1990,27 +2306,42 @@ async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot
         }
     };
     assert_eq!(
-        s.upsert_direct_account(&account).await.unwrap(),
+        s.direct().upsert_direct_account(&account).await.unwrap(),
         UpsertOutcome::Created
     );
     assert_eq!(
-        saved(s.save_refresh_result(&result(0, "at-1")).await.unwrap()),
+        saved(
+            s.tokens()
+                .save_refresh_result(&result(0, "at-1"))
+                .await
+                .unwrap()
+        ),
         1
     );
     assert_eq!(
-        saved(s.save_refresh_result(&result(1, "at-2")).await.unwrap()),
+        saved(
+            s.tokens()
+                .save_refresh_result(&result(1, "at-2"))
+                .await
+                .unwrap()
+        ),
         2
     );
     // A refresh computed from generation 2 is still in flight when the account is removed and
     // added again.
     for _ in 0..2 {
-        assert!(s.remove_direct_account(&c, &a).await.unwrap());
+        assert!(s.direct().remove_direct_account(&c, &a).await.unwrap());
         assert_eq!(
-            s.upsert_direct_account(&account).await.unwrap(),
+            s.direct().upsert_direct_account(&account).await.unwrap(),
             UpsertOutcome::Created
         );
     }
-    let rec = s.get_direct_account(&c, &a).await.unwrap().unwrap();
+    let rec = s
+        .direct()
+        .get_direct_account(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         rec.generation > 2,
         "generation restarted: {}",
@@ -2018,16 +2349,28 @@ async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot
     );
     for stale in [0, 1, 2] {
         assert_eq!(
-            s.save_refresh_result(&result(stale, "late")).await.unwrap(),
+            s.tokens()
+                .save_refresh_result(&result(stale, "late"))
+                .await
+                .unwrap(),
             SaveOutcome::Stale {
                 current_generation: rec.generation
             }
         );
     }
-    assert!(s.get_token(&cred).await.unwrap().unwrap().token.is_none());
+    assert!(
+        s.tokens()
+            .get_token(&cred)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .is_none()
+    );
     assert_eq!(
         saved(
-            s.save_refresh_result(&result(rec.generation, "fresh"))
+            s.tokens()
+                .save_refresh_result(&result(rec.generation, "fresh"))
                 .await
                 .unwrap()
         ),
@@ -2039,8 +2382,8 @@ async fn force_refresh_budget_is_kept_across_reopen_and_replaced_in_place(h: &Ha
     use wxtoken::model::ForceBudgetRecord;
     let s = &h.store;
     let c = component("wxcomp0001");
-    s.ensure_component(&c, at(0)).await.unwrap();
-    assert!(s.load_force_budgets().await.unwrap().is_empty());
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    assert!(s.direct().load_force_budgets().await.unwrap().is_empty());
     let direct = Credential::direct(&c, &appid("wxdirect0001"));
     let other = Credential::direct(&c, &appid("wxdirect0002"));
     let first = ForceBudgetRecord {
@@ -2049,23 +2392,23 @@ async fn force_refresh_budget_is_kept_across_reopen_and_replaced_in_place(h: &Ha
         used: 1,
         last: Some(at(1000)),
     };
-    s.save_force_budget(&first).await.unwrap();
+    s.direct().save_force_budget(&first).await.unwrap();
     let fresh = ForceBudgetRecord {
         credential: other.clone(),
         day_start: at(500),
         used: 0,
         last: None,
     };
-    s.save_force_budget(&fresh).await.unwrap();
+    s.direct().save_force_budget(&fresh).await.unwrap();
     let second = ForceBudgetRecord {
         used: 2,
         last: Some(at(40_000)),
         ..first.clone()
     };
-    s.save_force_budget(&second).await.unwrap();
+    s.direct().save_force_budget(&second).await.unwrap();
 
     let reopened = h.reopen().await;
-    let budgets = reopened.load_force_budgets().await.unwrap();
+    let budgets = reopened.direct().load_force_budgets().await.unwrap();
     assert_eq!(budgets, vec![second, fresh]);
     reopened.close().await;
 }
@@ -2074,7 +2417,7 @@ async fn refresh_lease_goes_to_one_replica_until_released_or_expired(h: &Harness
     let s1 = h.store.clone();
     let s2 = h.reopen().await;
     let c = component("wxcomp0001");
-    s1.ensure_component(&c, at(0)).await.unwrap();
+    s1.components().ensure_component(&c, at(0)).await.unwrap();
     let cred = wxtoken::store::LeaseKey::refresh(&Credential::authorizer(&c, &appid("wxauth0001")));
     let (t0, t10, t20) = (at(0), at(10_000), at(20_000));
     // Many replicas racing for one free lease: exactly one wins.
@@ -2084,6 +2427,7 @@ async fn refresh_lease_goes_to_one_replica_until_released_or_expired(h: &Harness
         let cred = cred.clone();
         racers.push(tokio::spawn(async move {
             store
+                .leases()
                 .try_lease(&cred, &format!("r{i}"), t0, t10)
                 .await
                 .unwrap()
@@ -2096,39 +2440,50 @@ async fn refresh_lease_goes_to_one_replica_until_released_or_expired(h: &Harness
     assert_eq!(won, 1, "exactly one replica gets a free lease");
     // Renewal by its holder; refused to others while live; taken over once it ran out.
     for i in 0..8 {
-        s1.release_lease(&cred, &format!("r{i}")).await.unwrap();
+        s1.leases()
+            .release_lease(&cred, &format!("r{i}"))
+            .await
+            .unwrap();
     }
-    assert!(s1.try_lease(&cred, "a", t0, t10).await.unwrap());
-    assert!(s1.try_lease(&cred, "a", t0, t10).await.unwrap(), "renewal");
-    assert!(!s2.try_lease(&cred, "b", t0, t10).await.unwrap());
-    s2.release_lease(&cred, "b").await.unwrap();
+    assert!(s1.leases().try_lease(&cred, "a", t0, t10).await.unwrap());
     assert!(
-        !s2.try_lease(&cred, "b", t0, t10).await.unwrap(),
+        s1.leases().try_lease(&cred, "a", t0, t10).await.unwrap(),
+        "renewal"
+    );
+    assert!(!s2.leases().try_lease(&cred, "b", t0, t10).await.unwrap());
+    s2.leases().release_lease(&cred, "b").await.unwrap();
+    assert!(
+        !s2.leases().try_lease(&cred, "b", t0, t10).await.unwrap(),
         "others cannot release it"
     );
     assert!(
-        s2.try_lease(&cred, "b", t20, t20).await.unwrap(),
+        s2.leases().try_lease(&cred, "b", t20, t20).await.unwrap(),
         "expired: taken over"
     );
-    s2.release_lease(&cred, "b").await.unwrap();
+    s2.leases().release_lease(&cred, "b").await.unwrap();
     assert!(
-        s1.try_lease(&cred, "a", t0, t10).await.unwrap(),
+        s1.leases().try_lease(&cred, "a", t0, t10).await.unwrap(),
         "released: free again"
     );
 }
 
 async fn every_replica_hears_each_committed_generation_and_a_resume_after_a_cut(h: &Harness) {
     use wxtoken::store::TokenChange;
-    let Some(mut changes) = h.reopen().await.token_changes().await.unwrap() else {
+    let Some(mut changes) = h.reopen().await.tokens().token_changes().await.unwrap() else {
         assert_eq!(h.kind, Kind::Sqlite, "PostgreSQL streams changes");
         return;
     };
     let v = Arc::new(verified_vault(h.store.as_ref()).await);
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    h.store.ensure_component(&c, at(0)).await.unwrap();
+    h.store
+        .components()
+        .ensure_component(&c, at(0))
+        .await
+        .unwrap();
     let g = saved(
         h.store
+            .authorizers()
             .save_authorization(&authorization(
                 &v,
                 &c,
@@ -2143,6 +2498,7 @@ async fn every_replica_hears_each_committed_generation_and_a_resume_after_a_cut(
     );
     let g2 = saved(
         h.store
+            .tokens()
             .save_refresh_result(&refresh(&v, &c, &a, g, "at-1", "rt-1", 1))
             .await
             .unwrap(),
@@ -2187,6 +2543,7 @@ async fn every_replica_hears_each_committed_generation_and_a_resume_after_a_cut(
     assert!(resumed.is_ok(), "the stream resumes after the cut");
     let g3 = saved(
         h.store
+            .tokens()
             .save_refresh_result(&refresh(&v, &c, &a, g2, "at-2", "rt-2", 2))
             .await
             .unwrap(),

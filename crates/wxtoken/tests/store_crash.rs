@@ -120,9 +120,13 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
         let a = appid("wxauth0001");
         rt.block_on(async {
             v.verify(h.store.as_ref()).await.unwrap();
-            h.store.ensure_component(&c, common::at(0)).await.unwrap();
+            h.store
+                .components()
+                .ensure_component(&c, common::at(0))
+                .await
+                .unwrap();
             let w = authorization(&v, &c, &a, "rt-1", Some("at-1"), Expected::Absent, 0);
-            h.store.save_authorization(&w).await.unwrap();
+            h.store.authorizers().save_authorization(&w).await.unwrap();
             h.store.close().await;
         });
 
@@ -132,7 +136,12 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
             integrity_check(h).await;
             let s = open(&h.url).await.unwrap();
             v.verify(s.as_ref()).await.unwrap();
-            let rec = s.get_authorizer(&c, &a).await.unwrap().unwrap();
+            let rec = s
+                .authorizers()
+                .get_authorizer(&c, &a)
+                .await
+                .unwrap()
+                .unwrap();
             let g = rec.generation;
             assert!(
                 g >= last,
@@ -141,7 +150,7 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
             // The access token and refresh token of the last write landed together.
             assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), format!("rt-{g}"));
             let cred = Credential::authorizer(&c, &a);
-            let tok = s.get_token(&cred).await.unwrap().unwrap();
+            let tok = s.tokens().get_token(&cred).await.unwrap().unwrap();
             assert_eq!(tok.generation, g);
             assert_eq!(
                 open_token(&v, &cred, &tok.token.unwrap().sealed),
@@ -149,6 +158,7 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
             );
             // Every refresh token ever written is in the history, in order, and opens.
             let hist: Vec<String> = s
+                .authorizers()
                 .refresh_token_history(&c, &a)
                 .await
                 .unwrap()
@@ -163,7 +173,7 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
             // And the store is writable again from where it stopped.
             let next = refresh(&v, &c, &a, g, "at-next", "rt-next", 1);
             assert_eq!(
-                s.save_refresh_result(&next).await.unwrap(),
+                s.tokens().save_refresh_result(&next).await.unwrap(),
                 SaveOutcome::Saved { generation: g + 1 }
             );
             s.close().await;
@@ -177,7 +187,13 @@ async fn child_refresh_loop() {
     let s = open(&url).await.expect("child open");
     let c = component("wxcomp0001");
     let a = appid("wxauth0001");
-    let mut g = s.get_authorizer(&c, &a).await.unwrap().unwrap().generation;
+    let mut g = s
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
     loop {
         let r = refresh(
             &v,
@@ -188,7 +204,7 @@ async fn child_refresh_loop() {
             &format!("rt-{}", g + 1),
             0,
         );
-        match s.save_refresh_result(&r).await.unwrap() {
+        match s.tokens().save_refresh_result(&r).await.unwrap() {
             SaveOutcome::Saved { generation } => g = generation,
             other => panic!("{other:?}"),
         }
@@ -241,7 +257,7 @@ fn import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it() {
             integrity_check(h).await;
             let s = open(&h.url).await.unwrap();
             v.verify(s.as_ref()).await.unwrap();
-            let recs = s.load_authorizers(Some(&c)).await.unwrap();
+            let recs = s.authorizers().load_authorizers(Some(&c)).await.unwrap();
             let n = recs.len();
             assert!(
                 (2 * IMPORT_BATCH..IMPORT_ROWS).contains(&n),
@@ -256,7 +272,10 @@ fn import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it() {
                 );
             }
             assert_eq!(
-                s.count_refresh_token_history(Some(&c)).await.unwrap(),
+                s.authorizers()
+                    .count_refresh_token_history(Some(&c))
+                    .await
+                    .unwrap(),
                 n as u64
             );
 
@@ -275,11 +294,18 @@ fn import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it() {
             assert_eq!(report.progress.created as usize, IMPORT_ROWS - n);
             assert_eq!(report.progress.unchanged as usize, n);
             assert_eq!(
-                s.load_authorizers(Some(&c)).await.unwrap().len(),
+                s.authorizers()
+                    .load_authorizers(Some(&c))
+                    .await
+                    .unwrap()
+                    .len(),
                 IMPORT_ROWS
             );
             assert_eq!(
-                s.count_refresh_token_history(Some(&c)).await.unwrap(),
+                s.authorizers()
+                    .count_refresh_token_history(Some(&c))
+                    .await
+                    .unwrap(),
                 IMPORT_ROWS as u64
             );
             let again = transfer::import_file(

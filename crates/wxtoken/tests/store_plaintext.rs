@@ -43,26 +43,27 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
         secrets.push(m.clone());
         m
     };
-    s.ensure_component(&c, at(0)).await.unwrap();
+    s.components().ensure_component(&c, at(0)).await.unwrap();
 
     let ticket = mark("ticket");
     let t = v
         .seal(SecretSlot::Ticket { component: &c }, ticket.as_bytes())
         .unwrap();
-    s.record_ticket(&c, &t, at(1)).await.unwrap();
+    s.components().record_ticket(&c, &t, at(1)).await.unwrap();
 
     let ccred = Credential::component(&c);
     let mut ctok = common::access_token(v, &ccred, &mark("component-token"), 0);
     ctok.source = TokenSource::ComponentToken;
-    s.save_refresh_result(&RefreshResult {
-        credential: ccred,
-        expected_generation: 0,
-        access_token: ctok,
-        refresh_token: None,
-        at: at(0),
-    })
-    .await
-    .unwrap();
+    s.tokens()
+        .save_refresh_result(&RefreshResult {
+            credential: ccred,
+            expected_generation: 0,
+            access_token: ctok,
+            refresh_token: None,
+            at: at(0),
+        })
+        .await
+        .unwrap();
 
     for i in 0..5 {
         let a = appid(&format!("wxauth{i:04}"));
@@ -85,7 +86,7 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
             )
             .unwrap(),
         );
-        s.save_authorization(&w).await.unwrap();
+        s.authorizers().save_authorization(&w).await.unwrap();
         let r = refresh(
             v,
             &c,
@@ -95,7 +96,7 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
             &mark("refresh-token"),
             1,
         );
-        s.save_refresh_result(&r).await.unwrap();
+        s.tokens().save_refresh_result(&r).await.unwrap();
         // A stale one too: its refresh token goes to the history.
         let r = refresh(
             v,
@@ -106,62 +107,65 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
             &mark("refresh-token"),
             2,
         );
-        s.save_refresh_result(&r).await.unwrap();
+        s.tokens().save_refresh_result(&r).await.unwrap();
     }
 
     let d = appid("wxdirect01");
-    s.upsert_direct_account(&DirectAccountWrite {
-        component: c.clone(),
-        appid: d.clone(),
-        kind: AppKind::OfficialAccount,
-        appsecret: v
-            .seal(
-                SecretSlot::DirectAppsecret {
-                    component: &c,
-                    appid: &d,
-                },
-                mark("direct-appsecret").as_bytes(),
-            )
-            .unwrap(),
-        at: at(0),
-    })
-    .await
-    .unwrap();
+    s.direct()
+        .upsert_direct_account(&DirectAccountWrite {
+            component: c.clone(),
+            appid: d.clone(),
+            kind: AppKind::OfficialAccount,
+            appsecret: v
+                .seal(
+                    SecretSlot::DirectAppsecret {
+                        component: &c,
+                        appid: &d,
+                    },
+                    mark("direct-appsecret").as_bytes(),
+                )
+                .unwrap(),
+            at: at(0),
+        })
+        .await
+        .unwrap();
 
     let code = mark("authorization-code");
     let payload =
         format!("<xml><AuthorizationCode>queryauthcode@@@{code}</AuthorizationCode></xml>");
-    s.record_event(&NewEvent {
-        component: c.clone(),
-        dedupe_key: "authorized:1:wxauth0000".into(),
-        info_type: "authorized".into(),
-        appid: Some(appid("wxauth0000")),
-        payload: v
-            .seal(
-                SecretSlot::EventPayload {
-                    component: &c,
-                    dedupe_key: "authorized:1:wxauth0000",
-                },
-                payload.as_bytes(),
-            )
-            .unwrap(),
-        received_at: at(0),
-    })
-    .await
-    .unwrap();
+    s.events()
+        .record_event(&NewEvent {
+            component: c.clone(),
+            dedupe_key: "authorized:1:wxauth0000".into(),
+            info_type: "authorized".into(),
+            appid: Some(appid("wxauth0000")),
+            payload: v
+                .seal(
+                    SecretSlot::EventPayload {
+                        component: &c,
+                        dedupe_key: "authorized:1:wxauth0000",
+                    },
+                    payload.as_bytes(),
+                )
+                .unwrap(),
+            received_at: at(0),
+        })
+        .await
+        .unwrap();
 
     let api_key = vault::generate_api_key();
     let api_plain = api_key.key.expose_secret().to_owned();
-    s.create_client(&NewClient {
-        name: "svc".into(),
-        key_hash: api_key.hash,
-        key_hint: api_key.hint.clone(),
-        grant: AppidGrant::All,
-        admin: false,
-        created_at: at(0),
-    })
-    .await
-    .unwrap();
+    s.clients()
+        .create_client(&NewClient {
+            name: "svc".into(),
+            key_hash: api_key.hash,
+            key_hint: api_key.hint.clone(),
+            grant: AppidGrant::All,
+            admin: false,
+            created_at: at(0),
+        })
+        .await
+        .unwrap();
 
     let mut csv = String::new();
     for i in 0..5 {

@@ -97,12 +97,17 @@ async fn import_creates_authorizers_and_a_rerun_adds_nothing(h: &Harness) {
         );
     }
     assert_eq!(
-        h.store.count_refresh_token_history(Some(&c)).await.unwrap(),
+        h.store
+            .authorizers()
+            .count_refresh_token_history(Some(&c))
+            .await
+            .unwrap(),
         4
     );
 
     let s = &h.store;
     let a1 = s
+        .authorizers()
         .get_authorizer(&c, &appid("wxa001"))
         .await
         .unwrap()
@@ -123,6 +128,7 @@ async fn import_creates_authorizers_and_a_rerun_adds_nothing(h: &Harness) {
         .unwrap();
     assert_eq!(secret.as_slice(), b"secret-one");
     let a2 = s
+        .authorizers()
         .get_authorizer(&c, &appid("wxa002"))
         .await
         .unwrap()
@@ -130,6 +136,7 @@ async fn import_creates_authorizers_and_a_rerun_adds_nothing(h: &Harness) {
     assert_eq!(a2.kind, Some(AppKind::MiniProgram));
     assert!(a2.appsecret.is_none());
     let a4 = s
+        .authorizers()
         .get_authorizer(&c, &appid("wxa004"))
         .await
         .unwrap()
@@ -177,6 +184,7 @@ async fn import_reports_bad_rows_by_line_and_keeps_the_good_ones(h: &Harness) {
     assert!(matches!(err, TransferError::BadHeader(_)), "{err}");
     assert!(
         h.store
+            .authorizers()
             .get_authorizer(&c, &appid("wxnew"))
             .await
             .unwrap()
@@ -189,14 +197,27 @@ async fn import_of_a_different_refresh_token_goes_through_the_fence_and_history(
     let c = component("wxcomp0001");
     let a = appid("wxa001");
     run_import(h, &v, "wxa001,rt-first\n").await;
-    let before = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let before = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     let r = run_import(h, &v, "wxa001,rt-second\n").await;
     assert_eq!((r.progress.created, r.progress.updated), (0, 1));
-    let after = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let after = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after.generation, before.generation + 1);
     assert_eq!(open_rt(&v, &c, &a, &after.refresh_token), "rt-second");
     let hist: Vec<String> = h
         .store
+        .authorizers()
         .refresh_token_history(&c, &a)
         .await
         .unwrap()
@@ -208,7 +229,13 @@ async fn import_of_a_different_refresh_token_goes_through_the_fence_and_history(
     // The same appid twice in one file: applied in order, each fenced on the previous.
     let r = run_import(h, &v, "wxa001,rt-third\nwxa001,rt-fourth\n").await;
     assert_eq!(r.progress.updated, 2);
-    let last = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let last = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &last.refresh_token), "rt-fourth");
     assert_eq!(last.generation, before.generation + 3);
 }
@@ -219,7 +246,13 @@ async fn reimporting_an_old_export_never_replaces_a_newer_refresh_token(h: &Harn
     let a = appid("wxa001");
     run_import(h, &v, "wxa001,rt-first\n").await;
     run_import(h, &v, "wxa001,rt-second\n").await;
-    let before = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let before = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
 
     // The old export still holds rt-first: it is skipped and reported, the good row still lands.
     let r = run_import(h, &v, "wxa001,rt-first\nwxa002,rt-other\n").await;
@@ -242,14 +275,26 @@ async fn reimporting_an_old_export_never_replaces_a_newer_refresh_token(h: &Harn
         r.errors[0]
     );
     assert!(!r.errors[0].reason.contains("rt-first"));
-    let after = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let after = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &after.refresh_token), "rt-second");
     assert_eq!(after.generation, before.generation);
 
     // A token the authorizer never had (one WeChat re-issued) still replaces it, fenced.
     let r = run_import(h, &v, "wxa001,rt-reissued\n").await;
     assert_eq!((r.progress.updated, r.progress.failed), (1, 0));
-    let last = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let last = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(open_rt(&v, &c, &a, &last.refresh_token), "rt-reissued");
     assert_eq!(last.generation, before.generation + 1);
 }
@@ -264,7 +309,13 @@ async fn import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecre
     let history = |h: &Harness| {
         let store = h.store.clone();
         let c = c.clone();
-        async move { store.count_refresh_token_history(Some(&c)).await.unwrap() }
+        async move {
+            store
+                .authorizers()
+                .count_refresh_token_history(Some(&c))
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(history(h).await, 1);
 
@@ -276,7 +327,13 @@ async fn import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecre
     .await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!((r.progress.updated, r.progress.unchanged), (1, 0));
-    let rec = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::NeedsReauth);
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-one");
     let secret = v
@@ -310,7 +367,13 @@ async fn import_with_an_unchanged_refresh_token_still_applies_a_changed_appsecre
     let r = run_import(h, &v, "wxa001,rt-two\nwxa001,rt-two,,,revoked\n").await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.progress.updated, 2);
-    let rec = h.store.get_authorizer(&c, &a).await.unwrap().unwrap();
+    let rec = h
+        .store
+        .authorizers()
+        .get_authorizer(&c, &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.status, AuthorizerStatus::Revoked);
     assert_eq!(open_rt(&v, &c, &a, &rec.refresh_token), "rt-two");
 }
@@ -384,8 +447,18 @@ async fn export_then_import_into_a_fresh_store_round_trips(h: &Harness) {
         .unwrap();
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.progress.created, 3);
-        let src = h.store.load_authorizers(Some(&c)).await.unwrap();
-        let dst = target.store.load_authorizers(Some(&c)).await.unwrap();
+        let src = h
+            .store
+            .authorizers()
+            .load_authorizers(Some(&c))
+            .await
+            .unwrap();
+        let dst = target
+            .store
+            .authorizers()
+            .load_authorizers(Some(&c))
+            .await
+            .unwrap();
         assert_eq!(src.len(), dst.len());
         for (a, b) in src.iter().zip(&dst) {
             assert_eq!((&a.appid, a.kind, a.status), (&b.appid, b.kind, b.status));

@@ -86,7 +86,12 @@ async fn remove(args: StoreArgs, appid: String) -> anyhow::Result<()> {
     let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
-    if !ctx.store.remove_direct_account(&component, &appid).await? {
+    if !ctx
+        .store
+        .direct()
+        .remove_direct_account(&component, &appid)
+        .await?
+    {
         bail!("no direct account {appid} under component {component}");
     }
     println!("removed direct account {appid} from {component}");
@@ -96,7 +101,11 @@ async fn remove(args: StoreArgs, appid: String) -> anyhow::Result<()> {
 async fn list(args: StoreArgs) -> anyhow::Result<()> {
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
-    let accounts = ctx.store.list_direct_accounts(Some(&component)).await?;
+    let accounts = ctx
+        .store
+        .direct()
+        .list_direct_accounts(Some(&component))
+        .await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

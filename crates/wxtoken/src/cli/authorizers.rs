@@ -166,6 +166,7 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
     loop {
         let page = ctx
             .store
+            .authorizers()
             .list_authorizers(&component, after.as_ref(), PAGE)
             .await?;
         for a in page.iter().filter(|a| status.is_none_or(|s| a.status == s)) {
@@ -186,7 +187,11 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
             _ => break,
         }
     }
-    let counts = ctx.store.count_authorizers(&component).await?;
+    let counts = ctx
+        .store
+        .authorizers()
+        .count_authorizers(&component)
+        .await?;
     writeln!(
         out,
         "component {component}: {} active, {} needs_reauth, {} revoked",
@@ -199,10 +204,19 @@ async fn show(args: StoreArgs, appid: String) -> anyhow::Result<()> {
     let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
-    let Some(a) = ctx.store.get_authorizer(&component, &appid).await? else {
+    let Some(a) = ctx
+        .store
+        .authorizers()
+        .get_authorizer(&component, &appid)
+        .await?
+    else {
         bail!("no authorizer {appid} under component {component}");
     };
-    let history = ctx.store.refresh_token_history(&component, &appid).await?;
+    let history = ctx
+        .store
+        .authorizers()
+        .refresh_token_history(&component, &appid)
+        .await?;
     print_authorizer(&a, history.len());
     for h in &history {
         println!(
@@ -263,6 +277,7 @@ async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyho
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
     ctx.store
+        .components()
         .ensure_component(&component, Timestamp::now())
         .await?;
     let len = std::fs::metadata(&file)

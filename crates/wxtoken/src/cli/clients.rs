@@ -71,7 +71,7 @@ async fn add(
 
 async fn list(args: StoreArgs) -> anyhow::Result<()> {
     let ctx = args.open().await?;
-    let clients = ctx.store.list_clients().await?;
+    let clients = ctx.store.clients().list_clients().await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -97,7 +97,12 @@ async fn list(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn revoke(args: StoreArgs, name: String) -> anyhow::Result<()> {
     let ctx = args.open().await?;
-    if !ctx.store.revoke_client(&name, Timestamp::now()).await? {
+    if !ctx
+        .store
+        .clients()
+        .revoke_client(&name, Timestamp::now())
+        .await?
+    {
         bail!("no active client named {name}");
     }
     println!("revoked client {name}");

@@ -69,7 +69,7 @@ impl StoreContext {
         if let [only] = self.config.components.as_slice() {
             return ComponentAppid::parse(&only.appid).context("components[0].appid");
         }
-        let stored = self.store.list_components().await?;
+        let stored = self.store.components().list_components().await?;
         match stored.as_slice() {
             [only] if self.config.components.is_empty() => Ok(only.clone()),
             [] if self.config.components.is_empty() => {

@@ -287,7 +287,12 @@ fn random_aes_key() -> String {
 async fn wait_for_ticket(store: &dyn crate::store::Store, component: &str) -> anyhow::Result<()> {
     let component = crate::model::ComponentAppid::parse(component)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while store.latest_ticket(&component).await?.is_none() {
+    while store
+        .components()
+        .latest_ticket(&component)
+        .await?
+        .is_none()
+    {
         if tokio::time::Instant::now() > deadline {
             bail!("the simulator's ticket push did not arrive; run with RUST_LOG=info to see why");
         }

@@ -28,7 +28,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         Credential::authorizer(&component, &appid),
         Credential::direct(&component, &appid),
     ] {
-        if let Some(record) = ctx.store.get_token(&credential).await?
+        if let Some(record) = ctx.store.tokens().get_token(&credential).await?
             && let Some(token) = record.token
         {
             found = Some((credential, token));

@@ -164,6 +164,7 @@ pub async fn list_authorizers(
     let records = app
         .0
         .store
+        .authorizers()
         .list_authorizers(&component, after.as_ref(), limit)
         .await?;
     let next = (records.len() == limit as usize)
@@ -185,6 +186,7 @@ async fn authorizer(
 ) -> Result<AuthorizerRecord, ApiError> {
     app.0
         .store
+        .authorizers()
         .get_authorizer(component, appid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no authorizer {appid} under {component}")))
@@ -208,6 +210,7 @@ pub async fn show_authorizer(
     let history = app
         .0
         .store
+        .authorizers()
         .refresh_token_history(&component, &appid)
         .await?;
     let mut view = AuthorizerView::new(&app, &record);
@@ -352,7 +355,12 @@ pub async fn list_accounts(
 ) -> Result<Json<Vec<AccountView>>, ApiError> {
     caller.require_admin()?;
     let component = app.0.component(q.component.as_deref())?;
-    let accounts = app.0.store.list_direct_accounts(Some(&component)).await?;
+    let accounts = app
+        .0
+        .store
+        .direct()
+        .list_direct_accounts(Some(&component))
+        .await?;
     Ok(Json(accounts.iter().map(AccountView::from).collect()))
 }
 
@@ -400,6 +408,7 @@ pub async fn add_account(
     let record = app
         .0
         .store
+        .direct()
         .get_direct_account(&component, &appid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("direct account {appid} vanished")))?;
@@ -427,6 +436,7 @@ pub async fn remove_account(
     if !app
         .0
         .store
+        .direct()
         .remove_direct_account(&component, &appid)
         .await?
     {
@@ -477,7 +487,7 @@ pub async fn list_clients(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Vec<ClientView>>, ApiError> {
     caller.require_admin()?;
-    let clients = app.0.store.list_clients().await?;
+    let clients = app.0.store.clients().list_clients().await?;
     Ok(Json(clients.iter().map(ClientView::from).collect()))
 }
 
@@ -533,7 +543,13 @@ pub async fn revoke_client(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    if !app.0.store.revoke_client(&name, Timestamp::now()).await? {
+    if !app
+        .0
+        .store
+        .clients()
+        .revoke_client(&name, Timestamp::now())
+        .await?
+    {
         return Err(ApiError::NotFound(format!("no active client named {name}")));
     }
     app.0.keys.forget_all();

@@ -144,7 +144,7 @@ impl KeyIndex {
             Some(Entry::Known { caller, .. }) => Some(caller.clone()),
             _ => None,
         };
-        match self.store.find_client_by_key(&hash).await {
+        match self.store.clients().find_client_by_key(&hash).await {
             Ok(Some(record)) if record.revoked_at.is_none() => {
                 let caller = Arc::new(Caller {
                     id: record.id,
@@ -287,7 +287,7 @@ impl ReadCounter {
                 }
             })
             .collect();
-        match store.add_read_counts(&batch).await {
+        match store.clients().add_read_counts(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
                 for (key, count) in drained {
@@ -335,6 +335,7 @@ mod tests {
         let store = store::open("sqlite::memory:").await.expect("store");
         let key = generate_api_key();
         store
+            .clients()
             .create_client(&NewClient {
                 name: "svc".into(),
                 key_hash: key.hash,
@@ -438,6 +439,7 @@ mod tests {
         index.authenticate(&key).await.expect("valid");
         assert!(
             store
+                .clients()
                 .revoke_client("svc", Timestamp::now())
                 .await
                 .expect("revoke")
@@ -461,6 +463,7 @@ mod tests {
         let component =
             crate::model::ComponentAppid::parse("wxcomponent0000001").expect("component");
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .expect("component");
@@ -480,7 +483,11 @@ mod tests {
         counter.record(caller.id, &two);
         assert_eq!(counter.flush(&*store).await.expect("flush"), 2);
         assert_eq!(counter.flush(&*store).await.expect("nothing left"), 0);
-        let counts = store.read_counts(Some(caller.id)).await.expect("counts");
+        let counts = store
+            .clients()
+            .read_counts(Some(caller.id))
+            .await
+            .expect("counts");
         let total: u64 = counts.iter().map(|c| c.count).sum();
         assert_eq!(total, 6);
 

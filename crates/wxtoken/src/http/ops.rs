@@ -74,8 +74,11 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
         let result = if !store_ok {
             "unknown (storage unreachable)".to_owned()
         } else {
-            match tokio::time::timeout(READY_CHECK_TIMEOUT, app.0.store.latest_ticket(&component))
-                .await
+            match tokio::time::timeout(
+                READY_CHECK_TIMEOUT,
+                app.0.store.components().latest_ticket(&component),
+            )
+            .await
             {
                 Ok(Ok(Some(_))) => "ok".to_owned(),
                 Ok(Ok(None)) => "no component_verify_ticket received yet".to_owned(),
@@ -117,8 +120,11 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
     let now = app.0.engine.now();
     for component in app.0.engine.components() {
-        if let Ok(Ok(Some(ticket))) =
-            tokio::time::timeout(READY_CHECK_TIMEOUT, app.0.store.latest_ticket(&component)).await
+        if let Ok(Ok(Some(ticket))) = tokio::time::timeout(
+            READY_CHECK_TIMEOUT,
+            app.0.store.components().latest_ticket(&component),
+        )
+        .await
         {
             let age = (now.as_millis() - ticket.received_at.as_millis()) as f64 / 1000.0;
             metrics::gauge!(telemetry::TICKET_AGE_SECONDS, "component" => component.to_string())

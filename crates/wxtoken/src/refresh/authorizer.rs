@@ -25,6 +25,7 @@ impl Inner {
         let record = self
             .io
             .store
+            .authorizers()
             .get_authorizer(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)?;
@@ -161,6 +162,7 @@ impl Inner {
         let outcome = self
             .io
             .store
+            .authorizers()
             .save_authorizations(std::slice::from_ref(&write))
             .await?
             .pop()
@@ -188,6 +190,7 @@ impl Inner {
         let outcome = self
             .io
             .store
+            .authorizers()
             .set_authorizer_status(&StatusChange {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -221,6 +224,7 @@ impl Inner {
         let record = self
             .io
             .store
+            .authorizers()
             .get_authorizer(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)?;

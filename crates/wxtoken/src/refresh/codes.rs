@@ -163,6 +163,7 @@ impl Inner {
         if let Err(e) = self
             .io
             .store
+            .authorizers()
             .record_exchanged_code(
                 component,
                 &hex::encode(digest(code)),
@@ -188,6 +189,7 @@ impl Inner {
         Ok(self
             .io
             .store
+            .authorizers()
             .exchanged_code(component, &hex::encode(digest(code)))
             .await?)
     }
@@ -211,11 +213,11 @@ impl Inner {
         let mut waited = false;
         loop {
             match self.io.lease.acquire(&key).await {
-                Ok(true) => break,
+                Ok(grant) if grant.granted() => break,
                 // The database is away: the exchange's own write would wait for it anyway.
                 Err(_) => break,
-                Ok(false) if tokio::time::Instant::now() >= give_up => break,
-                Ok(false) => {
+                Ok(_) if tokio::time::Instant::now() >= give_up => break,
+                Ok(_) => {
                     waited = true;
                     tokio::time::sleep(CODE_LEASE_POLL).await;
                 }
@@ -347,7 +349,13 @@ impl Inner {
         let mut retry = StoreRetry::new("api_query_auth answer", WRITE_TRIES_THAT_CANNOT_PASS);
         let mut lost_race = false;
         loop {
-            let current = match self.io.store.get_authorizer(component, appid).await {
+            let current = match self
+                .io
+                .store
+                .authorizers()
+                .get_authorizer(component, appid)
+                .await
+            {
                 Ok(current) => current,
                 Err(e) => {
                     retry.after(e).await?;
@@ -397,7 +405,7 @@ impl Inner {
                 source: RefreshTokenSource::QueryAuth,
                 at: self.io.clock.now(),
             };
-            match self.io.store.save_authorization(&write).await {
+            match self.io.store.authorizers().save_authorization(&write).await {
                 Ok(SaveOutcome::Saved { generation }) => {
                     self.cache
                         .slot(&credential)
@@ -444,6 +452,7 @@ impl Inner {
         let history = self
             .io
             .store
+            .authorizers()
             .refresh_token_history(component, appid)
             .await?;
         Ok(history.iter().any(|h| {

@@ -17,21 +17,27 @@ impl Inner {
     pub(crate) async fn cold_start(self: &Arc<Self>) -> Result<(), super::EngineError> {
         let now = self.io.clock.now();
         for component in self.component.secrets.keys() {
-            self.io.store.ensure_component(component, now).await?;
+            self.io
+                .store
+                .components()
+                .ensure_component(component, now)
+                .await?;
         }
         let mut records = self
             .io
             .store
+            .tokens()
             .load_tokens(None, Some(CredentialKind::Component))
             .await?;
         records.extend(
             self.io
                 .store
+                .tokens()
                 .load_tokens(None, Some(CredentialKind::Direct))
                 .await?,
         );
-        let authorizers = self.io.store.load_authorizers(None).await?;
-        let stored_budgets = self.io.store.load_force_budgets().await?;
+        let authorizers = self.io.store.authorizers().load_authorizers(None).await?;
+        let stored_budgets = self.io.store.direct().load_force_budgets().await?;
         {
             let mut budgets = self.force_budget.lock();
             for b in stored_budgets {

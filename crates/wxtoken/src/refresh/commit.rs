@@ -159,7 +159,7 @@ async fn write_with_retry(
 ) -> Result<Vec<SaveOutcome>, RefreshError> {
     let mut retry = StoreRetry::new("refresh results", attempts);
     loop {
-        match store.save_refresh_results(results).await {
+        match store.tokens().save_refresh_results(results).await {
             Ok(v) => return Ok(v),
             Err(e) => {
                 retry.after(e).await?;
@@ -196,6 +196,7 @@ mod tests {
             appid: &appid,
         };
         store
+            .authorizers()
             .save_authorization(&AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -212,6 +213,7 @@ mod tests {
             .expect("authorizer");
         let credential = Credential::authorizer(component, &appid);
         let generation = store
+            .tokens()
             .get_token(&credential)
             .await
             .expect("read")
@@ -248,6 +250,7 @@ mod tests {
         let vault = Vault::new(&MasterKey::generate(), &[]);
         let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .expect("component");
@@ -323,6 +326,7 @@ mod tests {
         let appid = Appid::parse("wxauthorizer00001").expect("appid");
         let now = Timestamp::now();
         store
+            .components()
             .ensure_component(&component, now)
             .await
             .expect("component");
@@ -332,6 +336,7 @@ mod tests {
         };
         let first = vault.seal(slot, b"refreshtoken@@@first").expect("seal");
         store
+            .authorizers()
             .save_authorization(&AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -348,6 +353,7 @@ mod tests {
             .expect("authorizer");
         let credential = Credential::authorizer(&component, &appid);
         let generation = store
+            .tokens()
             .get_token(&credential)
             .await
             .expect("read")
@@ -415,6 +421,7 @@ mod tests {
             "{outcome:?}"
         );
         let stored = store
+            .authorizers()
             .get_authorizer(&component, &appid)
             .await
             .expect("read")

@@ -3,6 +3,7 @@
 //! ticket-silence alert.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
@@ -31,6 +32,8 @@ pub(crate) struct ComponentState {
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
     /// Components whose ticket-silence alert is raised.
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
+    /// How many tickets this process has stored per component (see [`ComponentState::landed`]).
+    landings: Mutex<HashMap<ComponentAppid, u64>>,
 }
 
 impl ComponentState {
@@ -43,11 +46,19 @@ impl ComponentState {
             gate: Mutex::default(),
             push_ticket_at: Mutex::default(),
             silent_tickets: Mutex::default(),
+            landings: Mutex::default(),
         }
+    }
+
+    /// How many tickets of `component` this process has stored: a flight notes it when it
+    /// starts (see [`Inner::ticket_landed_during`]).
+    pub(crate) fn landings(&self, component: &ComponentAppid) -> u64 {
+        self.landings.lock().get(component).copied().unwrap_or(0)
     }
 }
 
 impl Inner {
+    /// The component token from the newest stored ticket.
     pub(super) async fn refresh_component(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let component = &credential.component;
         let secret = self
@@ -55,7 +66,7 @@ impl Inner {
             .secrets
             .get(component)
             .ok_or_else(|| RefreshError::NotConfigured(component.to_string()))?;
-        let Some(ticket) = self.io.store.latest_ticket(component).await? else {
+        let Some(ticket) = self.io.store.components().latest_ticket(component).await? else {
             self.kick_ticket(component).await;
             return Err(RefreshError::NoTicket);
         };
@@ -66,6 +77,7 @@ impl Inner {
         let generation = self
             .io
             .store
+            .tokens()
             .get_token(credential)
             .await?
             .map_or(0, |r| r.generation);
@@ -96,6 +108,56 @@ impl Inner {
             sent_at,
         )
         .await
+    }
+
+    /// A ticket of `component` is now in the store. If its token is not healthy (waiting for a
+    /// ticket, or failing), refresh it at once, and let authorizers waiting on it through the gate.
+    pub(crate) fn ticket_landed(&self, component: &ComponentAppid) {
+        *self
+            .component
+            .landings
+            .lock()
+            .entry(component.clone())
+            .or_default() += 1;
+        let healthy = self.cache.component(component).is_some_and(|s| {
+            s.read(self.io.clock.now(), self.config.serve_margin)
+                .is_ok()
+        });
+        if healthy {
+            return;
+        }
+        let credential = Credential::component(component);
+        self.schedule.failures.lock().remove(&credential);
+        self.component.gate.lock().remove(component);
+        // Its last failure's cause is gone: readers now join the refresh instead of being told
+        // to wait for a ticket.
+        if let Some(slot) = self.cache.component(component) {
+            slot.set_failing(None);
+        }
+        self.schedule_in(&credential, Duration::ZERO);
+    }
+
+    /// A component refresh that started when `component` had had `landings_at_start` tickets
+    /// and failed for want of one (none stored, or WeChat refused it) while a ticket landed: it
+    /// may have read the store just before the ticket, and the refresh the landing asked for may
+    /// have joined it. Refresh again at once, so a refresh that sees the ticket follows.
+    pub(crate) fn ticket_landed_during(
+        &self,
+        credential: &Credential,
+        landings_at_start: u64,
+        result: &Outcome,
+    ) {
+        let wanted_ticket = matches!(
+            result,
+            Err(RefreshError::NoTicket
+                | RefreshError::Upstream {
+                    class: ErrorClass::Ticket,
+                    ..
+                })
+        );
+        if wanted_ticket && self.component.landings(&credential.component) != landings_at_start {
+            self.ticket_landed(&credential.component);
+        }
     }
 
     /// `api_start_push_ticket`, at most once per [`START_PUSH_THROTTLE`] per component.
@@ -179,7 +241,7 @@ impl Inner {
     pub(crate) async fn check_ticket_silence(&self) {
         let now = self.io.clock.now();
         for component in self.component.secrets.keys() {
-            let latest = match self.io.store.latest_ticket(component).await {
+            let latest = match self.io.store.components().latest_ticket(component).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "ticket check failed");

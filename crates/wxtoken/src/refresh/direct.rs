@@ -34,6 +34,7 @@ impl Inner {
         let account = self
             .io
             .store
+            .direct()
             .get_direct_account(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)?;
@@ -46,6 +47,7 @@ impl Inner {
         let generation = self
             .io
             .store
+            .tokens()
             .get_token(credential)
             .await?
             .map_or(account.generation, |r| r.generation);
@@ -109,7 +111,7 @@ impl Inner {
             used: b.used,
             last: b.last,
         };
-        if let Err(e) = self.io.store.save_force_budget(&record).await {
+        if let Err(e) = self.io.store.direct().save_force_budget(&record).await {
             tracing::warn!(error = %e, "force_refresh budget not stored; counted in memory only");
         }
         true

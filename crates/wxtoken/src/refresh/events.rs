@@ -111,6 +111,7 @@ impl Engine {
         let outcome = inner
             .io
             .store
+            .events()
             .record_event(&NewEvent {
                 component: component.clone(),
                 dedupe_key: dedupe_key.to_owned(),
@@ -148,7 +149,12 @@ impl Engine {
     pub async fn process_events(&self) -> Result<usize, EngineError> {
         let inner = self.inner();
         let _serial = inner.events.lock.lock().await;
-        let events = inner.io.store.unprocessed_events(None, EVENT_BATCH).await?;
+        let events = inner
+            .io
+            .store
+            .events()
+            .unprocessed_events(None, EVENT_BATCH)
+            .await?;
         let (tickets, others): (Vec<_>, Vec<_>) = events
             .into_iter()
             .partition(|e| e.info_type == wechat::event::xml::INFO_TYPE_COMPONENT_VERIFY_TICKET);
@@ -308,12 +314,13 @@ impl Engine {
 impl Inner {
     async fn claim_event(&self, key: &LeaseKey, stored: &StoredEvent) -> Claim {
         match self.io.lease.acquire(key).await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Claim::Elsewhere,
+            Ok(grant) if grant.granted() => {}
+            Ok(_) | Err(_) => return Claim::Elsewhere,
         }
         match self
             .io
             .store
+            .events()
             .event_unprocessed(&stored.component, &stored.dedupe_key)
             .await
         {
@@ -342,6 +349,7 @@ impl Inner {
         let outcome = self
             .io
             .store
+            .authorizers()
             .set_authorizer_status(&StatusChange {
                 component: credential.component.clone(),
                 appid: credential.appid.clone(),
@@ -420,6 +428,7 @@ impl Inner {
     async fn mark_processed(&self, stored: &StoredEvent) -> Result<(), EngineError> {
         self.io
             .store
+            .events()
             .mark_event_processed(&stored.component, &stored.dedupe_key, self.io.clock.now())
             .await?;
         Ok(())
@@ -459,25 +468,12 @@ impl Inner {
                 let outcome = self
                     .io
                     .store
+                    .components()
                     .record_ticket(component, &sealed, stored.received_at)
                     .await?;
                 self.component.silent_tickets.lock().remove(component);
-                let credential = Credential::component(component);
-                let healthy = self.cache.component(component).is_some_and(|s| {
-                    s.read(self.io.clock.now(), self.config.serve_margin)
-                        .is_ok()
-                });
-                if outcome == TicketOutcome::Stored && !healthy {
-                    // The component token was waiting for a ticket (or failing): try now, and
-                    // let authorizers waiting on it through the gate at once.
-                    self.schedule.failures.lock().remove(&credential);
-                    self.component.gate.lock().remove(component);
-                    // Its last failure's cause is gone: readers now join the refresh instead of
-                    // being told to wait for a ticket.
-                    if let Some(slot) = self.cache.component(component) {
-                        slot.set_failing(None);
-                    }
-                    self.schedule_in(&credential, Duration::ZERO);
+                if outcome == TicketOutcome::Stored {
+                    self.ticket_landed(component);
                 }
                 Ok(())
             }
@@ -507,7 +503,12 @@ impl Inner {
                 // Fenced on the generation read here; a refresh landing in between only costs a
                 // re-read, a re-authorization since the event wins.
                 for _ in 0..UNAUTHORIZE_ATTEMPTS {
-                    let Some(record) = self.io.store.get_authorizer(component, &appid).await?
+                    let Some(record) = self
+                        .io
+                        .store
+                        .authorizers()
+                        .get_authorizer(component, &appid)
+                        .await?
                     else {
                         return Ok(());
                     };

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
 
+use super::lease::Grant;
 use super::{Inner, Mode, Outcome, RefreshError};
 use crate::alerts::{Alert, AlertKind};
 use crate::model::{Credential, CredentialKind, Timestamp, TokenSource};
@@ -113,8 +114,9 @@ impl Inner {
         // Refused: another replica refreshes, and its token reaches memory through the change
         // stream. Wait for it rather than fail the readers joined to this flight, asking again
         // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
+        let landings_at_start = self.component.landings(&credential.component);
         let mut granted = self.io.lease.acquire(&lease_key).await;
-        if matches!(granted, Ok(false)) {
+        if matches!(granted, Ok(Grant::Refused)) {
             let give_up = Instant::now() + LEASE_WAIT;
             loop {
                 let _ =
@@ -130,14 +132,14 @@ impl Inner {
                     break;
                 }
                 granted = self.io.lease.acquire(&lease_key).await;
-                if !matches!(granted, Ok(false)) {
+                if !matches!(granted, Ok(Grant::Refused)) {
                     break;
                 }
             }
         }
         let result = match granted {
-            Ok(true) => {
-                if self.io.lease.shared() {
+            Ok(grant @ (Grant::Held | Grant::Taken)) => {
+                if grant == Grant::Taken {
                     match self.adopt_newer(&credential, held_at_start, &mode).await {
                         Ok(Some(token)) => {
                             self.io.lease.release(&lease_key).await;
@@ -169,24 +171,19 @@ impl Inner {
                         tracing::error!("refresh panicked; it will be retried with backoff");
                         Err(RefreshError::Abandoned)
                     });
-                if self.io.lease.shared() {
-                    // Other replicas must not take the lease before our token is in the store,
-                    // or they would read the old generation and ask WeChat again.
-                    let inner = Arc::clone(&self);
-                    let credential = credential.clone();
-                    self.io.tracker.spawn(async move {
-                        inner.settle_pending_write(&credential).await;
-                        inner.io.lease.release(&lease_key).await;
-                    });
-                } else {
-                    self.io.lease.release(&lease_key).await;
-                }
+                let inner = Arc::clone(&self);
+                let written = credential.clone();
+                let landed = async move { inner.settle_pending_write(&written).await };
+                self.io.lease.release_after(lease_key, landed.boxed()).await;
                 r
             }
-            Ok(false) => Err(RefreshError::LeaseHeld),
+            Ok(Grant::Refused) => Err(RefreshError::LeaseHeld),
             Err(e) => Err(RefreshError::Storage(e.to_string())),
         };
         self.after_refresh(&credential, &result);
+        if credential.kind == CredentialKind::Component {
+            self.ticket_landed_during(&credential, landings_at_start, &result);
+        }
         result
     }
 
@@ -278,7 +275,7 @@ impl Inner {
         }
     }
 
-    /// With a shared lease just granted: if the store holds a newer generation than memory,
+    /// With a lease just taken from the shared table: if the store holds a newer generation than memory,
     /// loads it; then, if memory holds a token newer than `held_at_start` that is not yet due
     /// (another replica refreshed while this flight waited), returns it.
     async fn adopt_newer(
@@ -290,6 +287,7 @@ impl Inner {
         let stored = self
             .io
             .store
+            .tokens()
             .get_token(credential)
             .await?
             .map_or(0, |r| r.generation);

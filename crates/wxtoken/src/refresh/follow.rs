@@ -41,19 +41,26 @@ impl Engine {
         };
         let mut found = false;
         for component in &components {
-            if let Some(record) = inner.io.store.get_authorizer(component, appid).await? {
+            if let Some(record) = inner
+                .io
+                .store
+                .authorizers()
+                .get_authorizer(component, appid)
+                .await?
+            {
                 inner.install_authorizer(&record)?;
                 found = true;
             }
             if inner
                 .io
                 .store
+                .direct()
                 .get_direct_account(component, appid)
                 .await?
                 .is_some()
             {
                 let credential = Credential::direct(component, appid);
-                let record = inner.io.store.get_token(&credential).await?;
+                let record = inner.io.store.tokens().get_token(&credential).await?;
                 inner.install_direct(&credential, record.as_ref())?;
                 found = true;
             }
@@ -69,7 +76,13 @@ impl Engine {
             return Ok(0);
         }
         let mut installed = 0;
-        for record in inner.io.store.load_authorizers(Some(component)).await? {
+        for record in inner
+            .io
+            .store
+            .authorizers()
+            .load_authorizers(Some(component))
+            .await?
+        {
             if inner.install_authorizer(&record)? {
                 installed += 1;
             }
@@ -188,7 +201,13 @@ impl Engine {
         let inner = self.inner();
         let mut changed = 0;
         for kind in [CredentialKind::Component, CredentialKind::Direct] {
-            for record in inner.io.store.load_tokens(None, Some(kind)).await? {
+            for record in inner
+                .io
+                .store
+                .tokens()
+                .load_tokens(None, Some(kind))
+                .await?
+            {
                 if inner
                     .component
                     .secrets
@@ -199,7 +218,7 @@ impl Engine {
                 }
             }
         }
-        for record in inner.io.store.load_authorizers(None).await? {
+        for record in inner.io.store.authorizers().load_authorizers(None).await? {
             if inner.component.secrets.contains_key(&record.component)
                 && inner.install_authorizer(&record)?
             {
@@ -244,6 +263,7 @@ impl Inner {
                 match self
                     .io
                     .store
+                    .authorizers()
                     .get_authorizer(&credential.component, &credential.appid)
                     .await?
                 {
@@ -252,7 +272,7 @@ impl Inner {
                 }
             }
             CredentialKind::Component | CredentialKind::Direct => {
-                match self.io.store.get_token(credential).await? {
+                match self.io.store.tokens().get_token(credential).await? {
                     Some(record) => self.install_direct(credential, Some(&record)),
                     None => Ok(false),
                 }

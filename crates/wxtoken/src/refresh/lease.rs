@@ -2,7 +2,7 @@
 //! acquires its lease, and releases it after the store write. One process needs no more than its
 //! single flight, so [`LocalLease`] only guards against a second engine in the same process.
 //! [`StoreLease`] is the replicas' lease: a row in the shared PostgreSQL database
-//! (`Store::try_lease`) with an expiry, renewed while the refresh is in flight, so a dead
+//! (`LeaseStore::try_lease`) with an expiry, renewed while the refresh is in flight, so a dead
 //! replica's work is taken over once its lease runs out.
 //!
 //! The lease is an optimisation, not the safety net: the store's generation fencing is the final
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,22 +29,39 @@ use crate::store::{LeaseKey, Store};
 #[error("lease unavailable: {0}")]
 pub struct LeaseError(pub String);
 
+/// The answer to [`Lease::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Another holder has it: its result reaches this process through the store.
+    Refused,
+    /// Granted, and nobody else can have done the work since this process last looked: the
+    /// process-local lease, or a shared lease this process already held.
+    Held,
+    /// Granted from the shared table: another process may have done the work (refreshed, written)
+    /// since this one last read the store, so read it again before asking WeChat.
+    Taken,
+}
+
+impl Grant {
+    pub fn granted(self) -> bool {
+        !matches!(self, Grant::Refused)
+    }
+}
+
 #[async_trait]
 pub trait Lease: Send + Sync + 'static {
     /// Tries to take the lease on `key` (a credential's refresh, an event's application, a code's
-    /// exchange). `Ok(false)`: another holder has it (its result will reach this process through
-    /// the store).
-    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError>;
+    /// exchange).
+    async fn acquire(&self, key: &LeaseKey) -> Result<Grant, LeaseError>;
 
-    /// Gives the lease back early (after the store write).
+    /// Gives the lease back (after the store write).
     async fn release(&self, key: &LeaseKey);
 
-    /// Whether other processes take the same leases. The engine then re-reads the store once the
-    /// lease is granted (another replica may have refreshed meanwhile), keeps the lease until its
-    /// write has landed, and, refused, waits briefly for the holder's result.
-    fn shared(&self) -> bool {
-        false
-    }
+    /// Gives the lease back once `landed` (the holder's store write) has completed, without
+    /// making the caller wait. Others must not take a shared lease before the write is in the
+    /// store, or they would read the old generation and ask WeChat again; a process-local lease
+    /// has nobody else reading the store for it and is released at once.
+    async fn release_after(&self, key: LeaseKey, landed: BoxFuture<'static, ()>);
 }
 
 /// The single-process lease: an in-process set of held credentials.
@@ -60,12 +78,20 @@ impl LocalLease {
 
 #[async_trait]
 impl Lease for LocalLease {
-    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError> {
-        Ok(self.held.lock().insert(key.clone()))
+    async fn acquire(&self, key: &LeaseKey) -> Result<Grant, LeaseError> {
+        Ok(if self.held.lock().insert(key.clone()) {
+            Grant::Held
+        } else {
+            Grant::Refused
+        })
     }
 
     async fn release(&self, key: &LeaseKey) {
         self.held.lock().remove(key);
+    }
+
+    async fn release_after(&self, key: LeaseKey, _landed: BoxFuture<'static, ()>) {
+        self.release(&key).await;
     }
 }
 
@@ -84,18 +110,44 @@ struct Held {
 /// live is `storage.lease_ttl`: renewal, not a long lease, covers a slow refresh. Expiry compares wall clocks of different machines: keep them in
 /// sync (NTP) to well under the time to live.
 pub struct StoreLease {
+    rows: Arc<LeaseRows>,
+    ttl: Duration,
+    tracker: TaskTracker,
+}
+
+/// What a [`StoreLease`] shares with its renewal and delayed-release tasks.
+struct LeaseRows {
     store: Arc<dyn Store>,
     /// This process's identity in the lease rows (unique per start).
     holder: String,
-    ttl: Duration,
-    tracker: TaskTracker,
     held: Mutex<HashMap<LeaseKey, Held>>,
+}
+
+impl LeaseRows {
+    async fn release(&self, key: &LeaseKey) {
+        {
+            let mut held = self.held.lock();
+            let Some(h) = held.get_mut(key) else {
+                return;
+            };
+            h.count -= 1;
+            if h.count > 0 {
+                return;
+            }
+            h.renewal.cancel();
+            held.remove(key);
+        }
+        if let Err(e) = self.store.leases().release_lease(key, &self.holder).await {
+            // It runs out by itself.
+            tracing::debug!(lease = %key, error = %e, "releasing a lease failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreLease")
-            .field("holder", &self.holder)
+            .field("holder", &self.rows.holder)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -106,21 +158,23 @@ impl StoreLease {
     /// never mistakes its predecessor's rows for its own). `ttl`: `storage.lease_ttl`.
     pub fn new(store: Arc<dyn Store>, ttl: Duration, tracker: TaskTracker) -> Self {
         Self {
-            store,
-            holder: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            rows: Arc::new(LeaseRows {
+                store,
+                holder: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+                held: Mutex::default(),
+            }),
             ttl: ttl.max(Duration::from_secs(1)),
             tracker,
-            held: Mutex::default(),
         }
     }
 
     pub fn holder(&self) -> &str {
-        &self.holder
+        &self.rows.holder
     }
 
     fn spawn_renewal(&self, key: LeaseKey, stop: CancellationToken) {
-        let store = Arc::clone(&self.store);
-        let holder = self.holder.clone();
+        let store = Arc::clone(&self.rows.store);
+        let holder = self.rows.holder.clone();
         let ttl = self.ttl;
         self.tracker.spawn(async move {
             loop {
@@ -129,7 +183,11 @@ impl StoreLease {
                     () = tokio::time::sleep(ttl / 3) => {}
                 }
                 let now = Timestamp::now();
-                match store.try_lease(&key, &holder, now, now.plus(ttl)).await {
+                match store
+                    .leases()
+                    .try_lease(&key, &holder, now, now.plus(ttl))
+                    .await
+                {
                     Ok(true) => {}
                     // Taken over after it ran out: the fence still guards our write.
                     Ok(false) => {
@@ -147,51 +205,43 @@ impl StoreLease {
 
 #[async_trait]
 impl Lease for StoreLease {
-    async fn acquire(&self, key: &LeaseKey) -> Result<bool, LeaseError> {
-        if let Some(held) = self.held.lock().get_mut(key) {
+    async fn acquire(&self, key: &LeaseKey) -> Result<Grant, LeaseError> {
+        if let Some(held) = self.rows.held.lock().get_mut(key) {
             held.count += 1;
-            return Ok(true);
+            return Ok(Grant::Held);
         }
         let now = Timestamp::now();
         let granted = self
+            .rows
             .store
-            .try_lease(key, &self.holder, now, now.plus(self.ttl))
+            .leases()
+            .try_lease(key, &self.rows.holder, now, now.plus(self.ttl))
             .await
             .map_err(|e| LeaseError(e.to_string()))?;
-        if granted {
-            let mut held = self.held.lock();
-            if let Some(h) = held.get_mut(key) {
-                h.count += 1;
-            } else {
-                let renewal = CancellationToken::new();
-                self.spawn_renewal(key.clone(), renewal.clone());
-                held.insert(key.clone(), Held { count: 1, renewal });
-            }
+        if !granted {
+            return Ok(Grant::Refused);
         }
-        Ok(granted)
+        let mut held = self.rows.held.lock();
+        if let Some(h) = held.get_mut(key) {
+            h.count += 1;
+        } else {
+            let renewal = CancellationToken::new();
+            self.spawn_renewal(key.clone(), renewal.clone());
+            held.insert(key.clone(), Held { count: 1, renewal });
+        }
+        Ok(Grant::Taken)
     }
 
     async fn release(&self, key: &LeaseKey) {
-        {
-            let mut held = self.held.lock();
-            let Some(h) = held.get_mut(key) else {
-                return;
-            };
-            h.count -= 1;
-            if h.count > 0 {
-                return;
-            }
-            h.renewal.cancel();
-            held.remove(key);
-        }
-        if let Err(e) = self.store.release_lease(key, &self.holder).await {
-            // It runs out by itself.
-            tracing::debug!(lease = %key, error = %e, "releasing a lease failed");
-        }
+        self.rows.release(key).await;
     }
 
-    fn shared(&self) -> bool {
-        true
+    async fn release_after(&self, key: LeaseKey, landed: BoxFuture<'static, ()>) {
+        let rows = Arc::clone(&self.rows);
+        self.tracker.spawn(async move {
+            landed.await;
+            rows.release(&key).await;
+        });
     }
 }
 
@@ -206,10 +256,10 @@ mod tests {
         let c = LeaseKey::refresh(&Credential::component(
             &ComponentAppid::parse("wxc").unwrap(),
         ));
-        assert!(lease.acquire(&c).await.unwrap());
-        assert!(!lease.acquire(&c).await.unwrap());
+        assert!(lease.acquire(&c).await.unwrap().granted());
+        assert!(!lease.acquire(&c).await.unwrap().granted());
         lease.release(&c).await;
-        assert!(lease.acquire(&c).await.unwrap());
+        assert!(lease.acquire(&c).await.unwrap().granted());
     }
 
     #[tokio::test]
@@ -217,6 +267,7 @@ mod tests {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
         let component = ComponentAppid::parse("wxc").unwrap();
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
@@ -224,13 +275,16 @@ mod tests {
         let ttl = Duration::from_secs(30);
         let a = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
         let b = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
-        assert!(a.acquire(&c).await.unwrap());
-        assert!(a.acquire(&c).await.unwrap(), "the holder may take it again");
-        assert!(!b.acquire(&c).await.unwrap());
+        assert!(a.acquire(&c).await.unwrap().granted());
+        assert!(
+            a.acquire(&c).await.unwrap().granted(),
+            "the holder may take it again"
+        );
+        assert!(!b.acquire(&c).await.unwrap().granted());
         a.release(&c).await;
-        assert!(!b.acquire(&c).await.unwrap(), "still held once");
+        assert!(!b.acquire(&c).await.unwrap().granted(), "still held once");
         a.release(&c).await;
-        assert!(b.acquire(&c).await.unwrap());
+        assert!(b.acquire(&c).await.unwrap().granted());
     }
 
     #[tokio::test]
@@ -238,6 +292,7 @@ mod tests {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
         let component = ComponentAppid::parse("wxc").unwrap();
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
@@ -246,6 +301,7 @@ mod tests {
         // A holder that died: its row is there, its renewals stopped.
         assert!(
             store
+                .leases()
                 .try_lease(
                     &c,
                     "dead",
@@ -260,7 +316,7 @@ mod tests {
             Duration::from_secs(30),
             TaskTracker::new(),
         );
-        assert!(live.acquire(&c).await.unwrap());
+        assert!(live.acquire(&c).await.unwrap().granted());
     }
 
     /// Wall time is the scenario here: a lease of 1 s outlives 2 s because it is renewed.
@@ -269,6 +325,7 @@ mod tests {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
         let component = ComponentAppid::parse("wxc").unwrap();
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .unwrap();
@@ -276,11 +333,12 @@ mod tests {
         let ttl = Duration::from_secs(1);
         let tracker = TaskTracker::new();
         let holder = StoreLease::new(Arc::clone(&store), ttl, tracker.clone());
-        assert!(holder.acquire(&c).await.unwrap());
+        assert!(holder.acquire(&c).await.unwrap().granted());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = Timestamp::now();
         assert!(
             !store
+                .leases()
                 .try_lease(&c, "other", now, now.plus(ttl))
                 .await
                 .unwrap(),
@@ -291,6 +349,7 @@ mod tests {
         tracker.wait().await;
         assert!(
             store
+                .leases()
                 .try_lease(&c, "other", now, now.plus(ttl))
                 .await
                 .unwrap()

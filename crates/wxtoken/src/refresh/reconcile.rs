@@ -54,7 +54,12 @@ impl Engine {
         let inner = self.inner();
         let ct = inner.ensure_component_token(component).await?;
         // The snapshot precedes the list: anything stored later carries a newer generation.
-        let stored = inner.io.store.load_authorizers(Some(component)).await?;
+        let stored = inner
+            .io
+            .store
+            .authorizers()
+            .load_authorizers(Some(component))
+            .await?;
         let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
         let mut offset = 0u32;
         let total = loop {

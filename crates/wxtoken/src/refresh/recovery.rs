@@ -177,6 +177,7 @@ impl Inner {
     ) -> Result<AuthorizerRecord, RefreshError> {
         self.io
             .store
+            .authorizers()
             .get_authorizer(component, appid)
             .await?
             .ok_or(RefreshError::Unknown)
@@ -198,6 +199,7 @@ impl Inner {
         let history = self
             .io
             .store
+            .authorizers()
             .refresh_token_history(component, appid)
             .await?;
         let applied: Vec<_> = history.iter().filter(|h| h.applied).collect();

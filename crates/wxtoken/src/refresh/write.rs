@@ -318,6 +318,7 @@ impl Inner {
             match self
                 .io
                 .store
+                .authorizers()
                 .save_authorizations(std::slice::from_ref(&write))
                 .await
             {
@@ -373,6 +374,7 @@ impl Inner {
             let Some(record) = self
                 .io
                 .store
+                .authorizers()
                 .get_authorizer(&credential.component, &credential.appid)
                 .await?
             else {
@@ -396,7 +398,7 @@ impl Inner {
                 refresh_token,
             });
         }
-        match self.io.store.get_token(credential).await? {
+        match self.io.store.tokens().get_token(credential).await? {
             Some(record) if older(record.token.as_ref()) => Ok(StaleVerdict::Rewrite {
                 generation: record.generation,
                 refresh_token: None,
@@ -410,6 +412,7 @@ impl Inner {
         let record = self
             .io
             .store
+            .tokens()
             .get_token(credential)
             .await?
             .ok_or(RefreshError::Unknown)?;

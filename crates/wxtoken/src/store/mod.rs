@@ -19,26 +19,38 @@
 //! PostgreSQL (`$n` parameters, `ON CONFLICT`, `RETURNING`), times are `BIGINT` epoch milliseconds
 //! and secrets are `(kid, nonce, ct)` column triples, so one body of queries serves both. What
 //! differs (pools, `BEGIN IMMEDIATE`, PRAGMAs, schema inspection) lives in `sqlite.rs` and
-//! `postgres.rs`. Several replicas: refresh leases ([`Store::try_lease`]: one conditional upsert on
-//! `refresh_leases`, shared SQL) and the change stream ([`Store::token_changes`]: PostgreSQL
+//! `postgres.rs`. Several replicas: refresh leases ([`LeaseStore::try_lease`]: one conditional
+//! upsert on
+//! `refresh_leases`, shared SQL) and the change stream ([`TokenStore::token_changes`]: PostgreSQL
 //! LISTEN/NOTIFY fed by a trigger on `access_tokens`; `None` on SQLite).
 
+mod authorizers;
+mod clients;
+mod components;
+mod direct;
+mod events;
+mod keys;
+mod leases;
 mod postgres;
 mod sql;
 mod sqlite;
+mod tokens;
+
+pub use authorizers::AuthorizerStore;
+pub use clients::ClientStore;
+pub use components::ComponentStore;
+pub use direct::DirectStore;
+pub use events::EventStore;
+pub use keys::KeyStore;
+pub use leases::LeaseStore;
+pub use tokens::TokenStore;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{
-    ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ClientCreate,
-    ClientRecord, ComponentAppid, Credential, CredentialKind, DirectAccountRecord,
-    DirectAccountWrite, EventInsert, ForceBudgetRecord, KeyCheck, KeyId, NONCE_LEN, NewClient,
-    NewEvent, ReadCount, RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, SecretSlot,
-    StatusChange, StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
-};
+use crate::model::{Appid, ComponentAppid, Credential, NONCE_LEN, Sealed, SecretSlot};
 
 use postgres::PgStore;
 pub use postgres::{TokenChange, TokenChanges};
@@ -364,8 +376,10 @@ pub struct Reseal {
     pub new: Sealed,
 }
 
-/// The storage contract. Both backends pass the same conformance suite
-/// (`crates/wxtoken/tests/store_conformance.rs`).
+/// The storage contract, one role per concern, each with its contract and its SQL in the file
+/// named after it. Both backends pass the same conformance suite
+/// (`crates/wxtoken/tests/store_conformance.rs`). A test double that intercepts one role wraps
+/// that role only and hands out the real store's other roles.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Which backend this is (logs, readiness).
@@ -374,264 +388,25 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pools; later calls fail with `Unavailable`.
     async fn close(&self);
-
-    // --- components and tickets ---------------------------------------------------------------
-    /// Registers a component (idempotent) with its component-token credential.
-    async fn ensure_component(
-        &self,
-        component: &ComponentAppid,
-        at: Timestamp,
-    ) -> Result<(), StoreError>;
-    /// Every registered component.
-    async fn list_components(&self) -> Result<Vec<ComponentAppid>, StoreError>;
-    /// Stores a pushed ticket as the latest one unless a later-received one is already stored.
-    async fn record_ticket(
-        &self,
-        component: &ComponentAppid,
-        ticket: &Sealed,
-        received_at: Timestamp,
-    ) -> Result<TicketOutcome, StoreError>;
-    /// The latest ticket and when it arrived.
-    async fn latest_ticket(
-        &self,
-        component: &ComponentAppid,
-    ) -> Result<Option<StoredTicket>, StoreError>;
-
-    // --- access tokens -----------------------------------------------------------------------
-    /// One credential's generation and current token.
-    async fn get_token(&self, credential: &Credential) -> Result<Option<TokenRecord>, StoreError>;
-    /// Every credential of one component (or all), of one kind (or all), with or without a token
-    /// yet. At cold start, authorizers' tokens come with [`Store::load_authorizers`]; load the
-    /// component and direct-account credentials here.
-    async fn load_tokens(
-        &self,
-        component: Option<&ComponentAppid>,
-        kind: Option<CredentialKind>,
-    ) -> Result<Vec<TokenRecord>, StoreError>;
-    /// Writes refresh results, each fenced by its expected generation: access token, refresh token
-    /// (authorizers), history row and generation bump in one transaction for the whole slice, one
-    /// outcome per result in order. A stale result changes nothing but its refresh token's history.
-    ///
-    /// Rows are written (and locked) in (component, kind, appid) order whatever the slice's order,
-    /// so concurrent batches never deadlock; the outcomes are still in the slice's order.
-    /// A transient `Err` ([`StoreError::is_transient`]): the transaction rolled back and nothing
-    /// was written; retry with the same sealed values (never re-seal or recompute a token that
-    /// WeChat issued). If the connection broke during the commit itself, the retry reports
-    /// `Stale` for writes that landed.
-    async fn save_refresh_results(
-        &self,
-        results: &[RefreshResult],
-    ) -> Result<Vec<SaveOutcome>, StoreError>;
-
-    // --- authorizers -------------------------------------------------------------------------
-    /// Creates authorizers or replaces their refresh tokens (api_query_auth results, import rows,
-    /// reconciliation), each fenced, with history rows; one transaction for the slice.
-    ///
-    /// Written in (component, appid) order, outcomes in the slice's order, and
-    /// a transient `Err` handled as for [`Store::save_refresh_results`]: nothing was
-    /// written; retry with the same sealed values.
-    async fn save_authorizations(
-        &self,
-        writes: &[AuthorizationWrite],
-    ) -> Result<Vec<SaveOutcome>, StoreError>;
-    /// One authorizer.
-    async fn get_authorizer(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-    ) -> Result<Option<AuthorizerRecord>, StoreError>;
-    /// A page of a component's authorizers ordered by appid, after `after`.
-    async fn list_authorizers(
-        &self,
-        component: &ComponentAppid,
-        after: Option<&Appid>,
-        limit: u32,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError>;
-    /// Every authorizer of one component (or all) with its current token, in one query: the cold
-    /// start.
-    async fn load_authorizers(
-        &self,
-        component: Option<&ComponentAppid>,
-    ) -> Result<Vec<AuthorizerRecord>, StoreError>;
-    /// How many authorizers a component has, by status.
-    async fn count_authorizers(
-        &self,
-        component: &ComponentAppid,
-    ) -> Result<AuthorizerCounts, StoreError>;
-    /// Sets an authorizer's status (fenced when `expected_generation` is set). A change bumps the
-    /// generation, so a refresh computed before a revocation cannot land after it. Setting the
-    /// status it already has changes nothing.
-    async fn set_authorizer_status(&self, change: &StatusChange)
-    -> Result<SaveOutcome, StoreError>;
-    /// Sets or clears the appsecret kept for an authorizer's fallback. False if no such authorizer.
-    async fn set_authorizer_appsecret(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-        appsecret: Option<&Sealed>,
-        at: Timestamp,
-    ) -> Result<bool, StoreError>;
-    /// Every refresh token an authorizer ever had, oldest first.
-    async fn refresh_token_history(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-    ) -> Result<Vec<RefreshTokenHistoryEntry>, StoreError>;
-    /// How many history rows exist (one component or all).
-    async fn count_refresh_token_history(
-        &self,
-        component: Option<&ComponentAppid>,
-    ) -> Result<u64, StoreError>;
-
-    // --- direct accounts ---------------------------------------------------------------------
-    /// Adds a direct account (with its credential) or replaces its kind and appsecret.
-    async fn upsert_direct_account(
-        &self,
-        account: &DirectAccountWrite,
-    ) -> Result<UpsertOutcome, StoreError>;
-    async fn get_direct_account(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-    ) -> Result<Option<DirectAccountRecord>, StoreError>;
-    async fn list_direct_accounts(
-        &self,
-        component: Option<&ComponentAppid>,
-    ) -> Result<Vec<DirectAccountRecord>, StoreError>;
-    /// Removes a direct account and its token. False if there was none. Its generation is kept:
-    /// adding it again continues from there, so a write fenced on a pre-removal generation is
-    /// `Stale`, never applied to the new account.
-    async fn remove_direct_account(
-        &self,
-        component: &ComponentAppid,
-        appid: &Appid,
-    ) -> Result<bool, StoreError>;
-
-    // --- stable_token force_refresh budgets ---------------------------------------------------
-    /// Every stored budget (loaded at cold start).
-    async fn load_force_budgets(&self) -> Result<Vec<ForceBudgetRecord>, StoreError>;
-    /// Stores one credential's budget, replacing the previous one.
-    async fn save_force_budget(&self, budget: &ForceBudgetRecord) -> Result<(), StoreError>;
-
-    // --- push events -------------------------------------------------------------------------
-    /// Stores a verified push once: `Duplicate` if its dedupe key is already stored.
-    async fn record_event(&self, event: &NewEvent) -> Result<EventInsert, StoreError>;
-    /// Stored events not yet processed, oldest first (to resume after a crash).
-    async fn unprocessed_events(
-        &self,
-        component: Option<&ComponentAppid>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
-    /// Marks an event processed. False if unknown or already processed.
-    async fn mark_event_processed(
-        &self,
-        component: &ComponentAppid,
-        dedupe_key: &str,
-        at: Timestamp,
-    ) -> Result<bool, StoreError>;
-    /// Deletes processed events received before `before` (their dedupe window is long over).
-    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
-
-    // --- clients -----------------------------------------------------------------------------
-    async fn create_client(&self, client: &NewClient) -> Result<ClientCreate, StoreError>;
-    /// The client holding this API key hash (revoked ones too: the caller refuses them).
-    async fn find_client_by_key(
-        &self,
-        hash: &ApiKeyHash,
-    ) -> Result<Option<ClientRecord>, StoreError>;
-    async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
-    /// Revokes a client by name. False if unknown or already revoked.
-    async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
-    /// Adds batched token-read counts (one transaction, written in (client, component, appid)
-    /// order). A transient `Err`: nothing was added; retry with the same counts.
-    async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
-    /// Read counters, all clients or one.
-    async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
-
-    // --- master keys and rotation --------------------------------------------------------------
-    /// The stored key-check values.
-    async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
-    /// Stores a key-check value unless one exists for that key id. True if inserted.
-    async fn add_key_check(&self, check: &KeyCheck) -> Result<bool, StoreError>;
-    /// Marks a key retired, atomically and only if no sealed value (any column) uses it any more.
-    /// True if it changed; false if it is still in use, already retired, or unknown.
-    async fn retire_key(&self, key_id: &KeyId, at: Timestamp) -> Result<bool, StoreError>;
-    /// Up to `limit` values of one column not sealed under `not_under`.
-    async fn sealed_cells(
-        &self,
-        column: SealedColumn,
-        not_under: &KeyId,
-        limit: u32,
-    ) -> Result<Vec<SealedCell>, StoreError>;
-    /// Conditional replacements (see [`Reseal`]), one transaction, written in table and row-key
-    /// order. Returns how many landed. A transient `Err`: nothing was written; retry.
-    async fn reseal(&self, updates: &[Reseal]) -> Result<u64, StoreError>;
-    /// How many sealed values each key id holds, over every column.
-    async fn count_sealed_by_key(&self) -> Result<Vec<(KeyId, u64)>, StoreError>;
-
-    /// Whether the event is stored and not yet processed (checked again once an event's lease is
-    /// held: another replica may have applied it since it was listed).
-    async fn event_unprocessed(
-        &self,
-        component: &ComponentAppid,
-        dedupe_key: &str,
-    ) -> Result<bool, StoreError>;
-
-    /// Remembers that the authorization code whose SHA-256 is `code_digest` (hex) was exchanged
-    /// for `appid` at `at`, and forgets codes exchanged before `forget_before`. Idempotent.
-    async fn record_exchanged_code(
-        &self,
-        component: &ComponentAppid,
-        code_digest: &str,
-        appid: &Appid,
-        at: Timestamp,
-        forget_before: Timestamp,
-    ) -> Result<(), StoreError>;
-    /// The authorizer a remembered code was exchanged for.
-    async fn exchanged_code(
-        &self,
-        component: &ComponentAppid,
-        code_digest: &str,
-    ) -> Result<Option<Appid>, StoreError>;
-
-    // --- several replicas ---------------------------------------------------------------------
-    /// Takes (or renews) the lease on `key` for `holder` until `until`: granted if nobody holds
-    /// it, if its holder's lease ran out before `now`, or if `holder` already holds it. One
-    /// conditional statement, so two replicas never both get it. True if granted.
-    async fn try_lease(
-        &self,
-        key: &LeaseKey,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, StoreError>;
-    /// Gives the lease back if `holder` holds it.
-    async fn release_lease(&self, key: &LeaseKey, holder: &str) -> Result<(), StoreError>;
-    /// The committed changes of every credential's row (new tokens, status changes), whoever
-    /// wrote them: PostgreSQL's LISTEN/NOTIFY on a connection of its own. `None` on SQLite (one
-    /// process owns the file; there is no one else to hear from).
-    async fn token_changes(&self) -> Result<Option<TokenChanges>, StoreError>;
-
-    /// [`Store::save_refresh_results`] for one result.
-    async fn save_refresh_result(&self, result: &RefreshResult) -> Result<SaveOutcome, StoreError> {
-        let mut out = self
-            .save_refresh_results(std::slice::from_ref(result))
-            .await?;
-        out.pop()
-            .ok_or(StoreError::InvalidInput("no outcome for the write"))
-    }
-
-    /// [`Store::save_authorizations`] for one write.
-    async fn save_authorization(
-        &self,
-        write: &AuthorizationWrite,
-    ) -> Result<SaveOutcome, StoreError> {
-        let mut out = self
-            .save_authorizations(std::slice::from_ref(write))
-            .await?;
-        out.pop()
-            .ok_or(StoreError::InvalidInput("no outcome for the write"))
-    }
+    /// Components and their pushed `component_verify_ticket`s.
+    fn components(&self) -> &dyn ComponentStore;
+    /// Every credential's generation and access token, their fenced refresh writes, and the change
+    /// stream of those rows.
+    fn tokens(&self) -> &dyn TokenStore;
+    /// Authorizers: their refresh tokens (fenced, with the append-only history), status, fallback
+    /// appsecret, and the authorization codes already exchanged.
+    fn authorizers(&self) -> &dyn AuthorizerStore;
+    /// Direct accounts (an account's own appid + appsecret) and their `stable_token` force-refresh
+    /// budgets.
+    fn direct(&self) -> &dyn DirectStore;
+    /// Verified push events, stored once by dedupe key, until processed and pruned.
+    fn events(&self) -> &dyn EventStore;
+    /// API clients (by key hash) and their batched read counters.
+    fn clients(&self) -> &dyn ClientStore;
+    /// Master-key checks and re-sealing every sealed value under a new key.
+    fn keys(&self) -> &dyn KeyStore;
+    /// Leases on work that must happen once across replicas (`refresh_leases`).
+    fn leases(&self) -> &dyn LeaseStore;
 }
 
 /// Connection settings (`[storage]` in the configuration).

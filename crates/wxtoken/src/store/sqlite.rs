@@ -144,6 +144,7 @@ mod tests {
         .expect("store");
         let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
         store
+            .components()
             .ensure_component(&component, Timestamp::now())
             .await
             .expect("component");
@@ -166,12 +167,19 @@ mod tests {
                         let write = async {
                             match w % 3 {
                                 0 => store
+                                    .components()
                                     .record_ticket(&component, &sealed(n), Timestamp::now())
                                     .await
                                     .map(|_| ()),
-                                1 => store.ensure_component(&component, Timestamp::now()).await,
+                                1 => {
+                                    store
+                                        .components()
+                                        .ensure_component(&component, Timestamp::now())
+                                        .await
+                                }
                                 _ => {
                                     store
+                                        .direct()
                                         .save_force_budget(&crate::model::ForceBudgetRecord {
                                             credential: crate::model::Credential::component(
                                                 &component,
@@ -205,6 +213,7 @@ mod tests {
             let landed = tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
                     match store
+                        .components()
                         .record_ticket(&component, &sealed(250), Timestamp::now())
                         .await
                     {

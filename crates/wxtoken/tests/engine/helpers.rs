@@ -94,6 +94,18 @@ impl Harness {
         webhook: Option<Url>,
         upstream_timeout: Duration,
     ) -> Self {
+        let h = Self::start_without_ticket(sim, refresh, webhook, upstream_timeout).await;
+        h.feed_ticket().await;
+        h
+    }
+
+    /// [`Harness::start_with`] before WeChat's first ticket push: the engine has no ticket yet.
+    pub async fn start_without_ticket(
+        sim: SimConfig,
+        refresh: RefreshConfig,
+        webhook: Option<Url>,
+        upstream_timeout: Duration,
+    ) -> Self {
         init_logs();
         let sim = Simulator::start(sim).await.expect("simulator starts");
         let component = sim
@@ -123,7 +135,7 @@ impl Harness {
             &cancel,
         )
         .await;
-        let h = Self {
+        Self {
             sim,
             component,
             comp,
@@ -139,9 +151,7 @@ impl Harness {
             cancel,
             tickets: AtomicU64::new(0),
             _dir: dir,
-        };
-        h.feed_ticket().await;
-        h
+        }
     }
 
     /// The SQLite file's URL (tests open their own connection to it, e.g. to hold its write lock).
@@ -286,7 +296,12 @@ impl Harness {
             })
             .collect();
         for chunk in writes.chunks(500) {
-            let outcomes = self.store.save_authorizations(chunk).await.unwrap();
+            let outcomes = self
+                .store
+                .authorizers()
+                .save_authorizations(chunk)
+                .await
+                .unwrap();
             assert!(
                 outcomes
                     .iter()
@@ -327,6 +342,7 @@ impl Harness {
             wechat_sim::AccountKind::MiniProgram => wxtoken::model::AppKind::MiniProgram,
         };
         self.store
+            .direct()
             .upsert_direct_account(&wxtoken::model::DirectAccountWrite {
                 component: self.comp.clone(),
                 appid: appid.clone(),
@@ -354,6 +370,7 @@ impl Harness {
         let appid = Appid::parse(appid).unwrap();
         let record = self
             .store
+            .authorizers()
             .get_authorizer(&self.comp, &appid)
             .await
             .unwrap()
@@ -374,6 +391,7 @@ impl Harness {
     pub async fn status(&self, appid: &str) -> AuthorizerStatus {
         let appid = Appid::parse(appid).unwrap();
         self.store
+            .authorizers()
             .get_authorizer(&self.comp, &appid)
             .await
             .unwrap()

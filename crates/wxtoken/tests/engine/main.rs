@@ -381,6 +381,7 @@ async fn authorizer_that_lost_its_authorization_is_marked_alerted_and_served_by_
         .unwrap();
     assert!(
         h.store
+            .authorizers()
             .set_authorizer_appsecret(&h.comp, &a, Some(&sealed), Timestamp::now())
             .await
             .unwrap()
@@ -467,6 +468,7 @@ async fn record_at(h: &Harness, event: &wechat::event::Event, key: &str, receive
         .unwrap();
     let outcome = h
         .store
+        .events()
         .record_event(&NewEvent {
             component: h.comp.clone(),
             dedupe_key: key.to_owned(),
@@ -539,6 +541,7 @@ async fn authorization_events_applied_across_restarts_keep_every_refresh_token_e
     );
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -648,6 +651,54 @@ async fn expired_ticket_asks_wechat_to_push_and_the_next_ticket_restores_the_com
 }
 
 #[tokio::test]
+async fn a_ticket_landing_while_the_component_refresh_reads_the_store_is_followed_by_a_refresh_that_uses_it()
+ {
+    let h = Harness::start_without_ticket(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        refresh_config(Duration::from_secs(5)),
+        None,
+        Duration::from_secs(5),
+    )
+    .await;
+    let component = Credential::component(&h.comp);
+    // The push lands just after the refresh found no ticket in the store.
+    let engine = h.engine.clone();
+    let comp = h.comp.clone();
+    let event = wechat::event::Event::ComponentVerifyTicket(wechat::event::TicketEvent {
+        app_id: h.component.component_appid.clone(),
+        create_time: h.sim.control().now(),
+        component_verify_ticket: h
+            .sim
+            .control()
+            .latest_ticket(&h.component.component_appid)
+            .expect("ticket"),
+    });
+    h.hooks.after_next_latest_ticket(move |_| {
+        Box::pin(async move {
+            engine
+                .ingest_push(&comp, &event, "ticket:late")
+                .await
+                .expect("ticket stored");
+            engine.process_events().await.expect("ticket applied");
+        })
+    });
+    let err = h.engine.refresh_now(&component).await.unwrap_err();
+    assert!(matches!(err, RefreshError::NoTicket), "{err:?}");
+    // Not the failure's backoff: the next refresh is due now, and it finds the ticket.
+    let due = h.engine.next_refresh(&component).expect("scheduled");
+    assert!(
+        due <= tokio::time::Instant::now(),
+        "due in {:?}",
+        due - tokio::time::Instant::now()
+    );
+    h.engine.run_once().await;
+    let token = h.engine.component_token(&h.comp).expect("component token");
+    assert!(h.valid(&token.access_token));
+    assert_eq!(h.sim.control().stats().calls(Api::ComponentToken), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn reconciliation_recovers_missing_and_different_refresh_tokens_and_revokes_unlisted_authorizers()
  {
     let h = Harness::start(
@@ -675,7 +726,13 @@ async fn reconciliation_recovers_missing_and_different_refresh_tokens_and_revoke
         .authorizer_appid;
     // One whose stored refresh token is wrong.
     let a = Appid::parse(wrong).unwrap();
-    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let record = h
+        .store
+        .authorizers()
+        .get_authorizer(&h.comp, &a)
+        .await
+        .unwrap()
+        .unwrap();
     let bogus = h
         .vault()
         .seal(
@@ -687,6 +744,7 @@ async fn reconciliation_recovers_missing_and_different_refresh_tokens_and_revoke
         )
         .unwrap();
     h.store
+        .authorizers()
         .save_authorizations(&[wxtoken::model::AuthorizationWrite {
             component: h.comp.clone(),
             appid: a.clone(),
@@ -833,6 +891,7 @@ async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on
     h.engine.process_events().await.unwrap();
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -1071,7 +1130,13 @@ async fn whitelist_error_on_a_direct_account_alerts_an_operator_once() {
 /// Overwrites the stored refresh token of `appid` with one WeChat never issued.
 async fn store_bogus_refresh_token(h: &Harness, appid: &str) {
     let a = Appid::parse(appid).unwrap();
-    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let record = h
+        .store
+        .authorizers()
+        .get_authorizer(&h.comp, &a)
+        .await
+        .unwrap()
+        .unwrap();
     let bogus = h
         .vault()
         .seal(
@@ -1084,6 +1149,7 @@ async fn store_bogus_refresh_token(h: &Harness, appid: &str) {
         .unwrap();
     let outcome = h
         .store
+        .authorizers()
         .save_authorizations(&[wxtoken::model::AuthorizationWrite {
             component: h.comp.clone(),
             appid: a,
@@ -1118,6 +1184,7 @@ async fn authorize_and_apply(h: &Harness, appid: &str, key: &str) {
     h.engine.process_events().await.unwrap();
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -1254,6 +1321,7 @@ async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_r
     assert!(h.valid(&t.access_token));
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -1324,13 +1392,26 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
         component_verify_ticket: sim.latest_ticket(&comp).unwrap(),
     });
     record_only(&h, &ticket, "ticket:behind").await;
-    let before = h.store.latest_ticket(&h.comp).await.unwrap().unwrap();
+    let before = h
+        .store
+        .components()
+        .latest_ticket(&h.comp)
+        .await
+        .unwrap()
+        .unwrap();
 
     assert_eq!(h.engine.process_events().await.unwrap(), 1, "the ticket");
-    let after = h.store.latest_ticket(&h.comp).await.unwrap().unwrap();
+    let after = h
+        .store
+        .components()
+        .latest_ticket(&h.comp)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(after.received_at > before.received_at, "the ticket applied");
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -1341,7 +1422,14 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
     for appid in [&expired, &spent] {
         webhook.wait_for("event_failed", appid).await;
         let a = Appid::parse(appid).unwrap();
-        assert!(h.store.get_authorizer(&h.comp, &a).await.unwrap().is_none());
+        assert!(
+            h.store
+                .authorizers()
+                .get_authorizer(&h.comp, &a)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     // Later passes never ask WeChat about them again.
     assert_eq!(h.engine.process_events().await.unwrap(), 0);
@@ -1373,6 +1461,7 @@ async fn unauthorized_push_older_than_an_applied_authorization_is_ignored() {
     assert_eq!(h.engine.process_events().await.unwrap(), 1);
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -1408,6 +1497,7 @@ async fn an_echoed_refresh_token_adds_no_history_row_and_a_rotated_one_does() {
         }
         let history = h
             .store
+            .authorizers()
             .refresh_token_history(&h.comp, &cred.appid)
             .await
             .unwrap();
@@ -1435,8 +1525,15 @@ async fn a_report_is_never_answered_with_the_reported_token_after_a_refresh_toke
     h.engine.wait_stored(&cred).await;
     // Another replica's recovery stores only a refresh token (the same one here): the stored
     // generation moves on, the access token does not.
-    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let record = h
+        .store
+        .authorizers()
+        .get_authorizer(&h.comp, &a)
+        .await
+        .unwrap()
+        .unwrap();
     h.store
+        .authorizers()
         .save_authorizations(&[wxtoken::model::AuthorizationWrite {
             component: h.comp.clone(),
             appid: a.clone(),
@@ -1481,7 +1578,13 @@ async fn store_refresh_token(
     source: wxtoken::model::RefreshTokenSource,
 ) {
     let a = Appid::parse(appid).unwrap();
-    let record = h.store.get_authorizer(&h.comp, &a).await.unwrap().unwrap();
+    let record = h
+        .store
+        .authorizers()
+        .get_authorizer(&h.comp, &a)
+        .await
+        .unwrap()
+        .unwrap();
     let sealed = h
         .vault()
         .seal(
@@ -1493,6 +1596,7 @@ async fn store_refresh_token(
         )
         .unwrap();
     h.store
+        .authorizers()
         .save_authorizations(&[wxtoken::model::AuthorizationWrite {
             component: h.comp.clone(),
             appid: a,

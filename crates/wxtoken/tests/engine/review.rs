@@ -56,9 +56,16 @@ impl Interloper {
     /// (`None`: now, i.e. after the refresh in flight was sent).
     async fn land(self, store: Arc<dyn Store>, requested_at: Option<Timestamp>) {
         let c = &self.credential;
-        let generation = store.get_token(c).await.unwrap().unwrap().generation;
+        let generation = store
+            .tokens()
+            .get_token(c)
+            .await
+            .unwrap()
+            .unwrap()
+            .generation;
         let issued_at = requested_at.unwrap_or_else(Timestamp::now);
         let outcome = store
+            .authorizers()
             .save_authorization(&AuthorizationWrite {
                 component: c.component.clone(),
                 appid: c.appid.clone(),
@@ -141,7 +148,7 @@ async fn stale_write_rewrites_over_a_token_requested_earlier_and_adopts_one_requ
         first.generation + 2,
         "the interloper's write, then ours fenced again on it"
     );
-    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    let stored = h.store.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(stored.generation, ours.generation);
     let opened = h
         .vault()
@@ -160,6 +167,7 @@ async fn stale_write_rewrites_over_a_token_requested_earlier_and_adopts_one_requ
     let appid = Appid::parse(earlier).unwrap();
     let history = h
         .store
+        .authorizers()
         .refresh_token_history(&h.comp, &appid)
         .await
         .unwrap();
@@ -232,6 +240,7 @@ async fn expiry_counts_from_when_the_request_was_sent_not_when_the_answer_arrive
     );
     let stored = h
         .store
+        .tokens()
         .get_token(&cred)
         .await
         .unwrap()
@@ -278,7 +287,7 @@ async fn result_the_store_always_refuses_is_given_up_with_an_alert_and_the_other
         let token = outcome.as_ref().expect("served");
         assert!(h.valid(&token.access_token));
         h.engine.wait_stored(cred).await;
-        let stored = h.store.get_token(cred).await.unwrap().unwrap();
+        let stored = h.store.tokens().get_token(cred).await.unwrap().unwrap();
         if b.authorizer_appid == bad {
             assert_eq!(stored.generation + 1, token.generation, "never stored");
             let served = h.engine.token(None, &bad).expect("still served");
@@ -305,7 +314,7 @@ async fn result_the_store_always_refuses_is_given_up_with_an_alert_and_the_other
     let cred = h.credential(&bad);
     let token = h.engine.refresh_now(&cred).await.expect("served");
     h.engine.wait_stored(&cred).await;
-    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    let stored = h.store.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(stored.generation, token.generation, "lands now");
     assert!(h.valid(&token.access_token));
     h.stop().await;
@@ -392,7 +401,7 @@ async fn force_refresh_budget_survives_a_restart_over_the_same_database() {
         !forced.is(first.access_token.expose_secret()),
         "forced a new one"
     );
-    let budgets = h.store.load_force_budgets().await.unwrap();
+    let budgets = h.store.direct().load_force_budgets().await.unwrap();
     assert_eq!(budgets.len(), 1);
     assert_eq!(
         (budgets[0].credential.clone(), budgets[0].used),
@@ -411,7 +420,10 @@ async fn force_refresh_budget_survives_a_restart_over_the_same_database() {
     assert!(again.is(forced.access_token.expose_secret()));
     assert!(h.valid(&again.access_token));
     assert_eq!(h.sim.control().stats().calls(Api::StableToken), 1);
-    assert_eq!(h.store.load_force_budgets().await.unwrap()[0].used, 1);
+    assert_eq!(
+        h.store.direct().load_force_budgets().await.unwrap()[0].used,
+        1
+    );
     assert!(
         h.engine
             .token(None, &account.appid)
@@ -491,6 +503,7 @@ async fn event_that_keeps_failing_is_retried_with_growing_backoff_not_on_every_p
     assert!(h.engine.event_retry_at(&h.comp, key).is_none());
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -599,6 +612,7 @@ async fn pushes_received_in_one_millisecond_are_applied_in_arrival_order() {
     // Both applied (ingest's own passes may have applied them first).
     assert!(
         h.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -632,7 +646,7 @@ async fn new_token_is_served_and_reports_answered_while_its_store_write_is_block
     let cred = h.credential(&appid);
     let first = h.engine.refresh_now(&cred).await.expect("first token");
     h.engine.wait_stored(&cred).await;
-    let before = h.store.get_token(&cred).await.unwrap().unwrap();
+    let before = h.store.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(before.generation, first.generation);
 
     // Another process holds SQLite's write lock: no write can land.
@@ -677,7 +691,13 @@ async fn new_token_is_served_and_reports_answered_while_its_store_write_is_block
     assert_eq!(h.sim.control().stats().calls(Api::AuthorizerToken), calls);
     // The store still holds the old token (reads are not blocked).
     assert_eq!(
-        h.store.get_token(&cred).await.unwrap().unwrap().generation,
+        h.store
+            .tokens()
+            .get_token(&cred)
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
         before.generation
     );
 
@@ -686,7 +706,7 @@ async fn new_token_is_served_and_reports_answered_while_its_store_write_is_block
     tokio::time::timeout(Duration::from_secs(20), h.engine.wait_stored(&cred))
         .await
         .expect("stored within 20 s of the lock being released");
-    let stored = h.store.get_token(&cred).await.unwrap().unwrap();
+    let stored = h.store.tokens().get_token(&cred).await.unwrap().unwrap();
     assert_eq!(stored.generation, new.generation);
     let served = h.engine.token(None, &appid).unwrap();
     assert!(served.stored && served.is(new.access_token.expose_secret()));

@@ -111,7 +111,7 @@ async fn authorization_through_the_consent_page_yields_a_token_that_validates_an
 async fn forged_foreign_stale_malformed_and_oversized_pushes_are_refused_and_change_nothing() {
     let s = Server::start().await;
     let comp = ComponentAppid::parse(s.comp()).unwrap();
-    let before = s.store.latest_ticket(&comp).await.unwrap();
+    let before = s.store.components().latest_ticket(&comp).await.unwrap();
     assert!(before.is_some());
     let ticket = |value: &str| {
         Event::ComponentVerifyTicket(TicketEvent {
@@ -167,9 +167,13 @@ async fn forged_foreign_stale_malformed_and_oversized_pushes_are_refused_and_cha
     assert_eq!(s.push(&params, huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Nothing changed: the same ticket, no event waiting.
-    assert_eq!(s.store.latest_ticket(&comp).await.unwrap(), before);
+    assert_eq!(
+        s.store.components().latest_ticket(&comp).await.unwrap(),
+        before
+    );
     assert!(
         s.store
+            .events()
             .unprocessed_events(None, 10)
             .await
             .unwrap()
@@ -231,7 +235,7 @@ async fn keys_are_checked_and_a_key_for_appid_a_reading_appid_b_gets_403() {
     }
     // Every read is counted per client and appid (the refused ones below are not).
     s.app().state.0.reads.flush(&*s.store).await.unwrap();
-    let counts = s.store.read_counts(None).await.unwrap();
+    let counts = s.store.clients().read_counts(None).await.unwrap();
     let of_a: Vec<_> = counts.iter().filter(|c| c.appid.as_str() == a).collect();
     assert_eq!(of_a.len(), 1);
     assert_eq!(of_a[0].count, 2);

@@ -109,22 +109,20 @@ impl Server {
         sim.control().wait_pushes_finished(finished + 1).await;
         // Stored; now applied (the push's processing runs after the answer).
         app.engine.process_events().await.expect("ticket applied");
-        // The component token: a refresh started at cold start, before the ticket, may still end
-        // with "no ticket"; a flight started after it finished sees the ticket.
-        let component_credential = wxtoken::model::Credential::component(
-            &wxtoken::model::ComponentAppid::parse(&component.component_appid).unwrap(),
-        );
-        let mut fetched = false;
-        for _ in 0..3 {
-            if app.engine.refresh_now(&component_credential).await.is_ok() {
-                fetched = true;
-                break;
-            }
-        }
-        assert!(
-            fetched,
-            "the component token is fetched once the ticket is stored"
-        );
+        // The component token: the ticket's landing asks for a refresh that sees it, even when
+        // the cold start's refresh read the store just before the ticket arrived.
+        let component_appid =
+            wxtoken::model::ComponentAppid::parse(&component.component_appid).unwrap();
+        let slot = app
+            .engine
+            .cache()
+            .component(&component_appid)
+            .expect("configured");
+        let mut generation = slot.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), generation.wait_for(|g| *g > 0))
+            .await
+            .expect("the component token is fetched once the ticket is stored")
+            .expect("the slot lives as long as the engine");
         Server {
             sim,
             app: Some(app),

@@ -1,0 +1,146 @@
+//! The clients role of the store: aPI clients (by key hash) and their batched read counters.
+//!
+//! [`ClientStore`] is the contract; `clients_sql!` its SQL, shared by both backends (conventions in
+//! `sql.rs`) and expanded for each backend type by `sql::impl_store!`.
+
+use async_trait::async_trait;
+
+use crate::model::{ApiKeyHash, ClientCreate, ClientRecord, NewClient, ReadCount, Timestamp};
+use crate::store::StoreError;
+
+/// API clients (by key hash) and their batched read counters.
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    async fn create_client(&self, client: &NewClient) -> Result<ClientCreate, StoreError>;
+
+    /// The client holding this API key hash (revoked ones too: the caller refuses them).
+    async fn find_client_by_key(
+        &self,
+        hash: &ApiKeyHash,
+    ) -> Result<Option<ClientRecord>, StoreError>;
+
+    async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// Revokes a client by name. False if unknown or already revoked.
+    async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Adds batched token-read counts (one transaction, written in (client, component, appid)
+    /// order). A transient `Err`: nothing was added; retry with the same counts.
+    async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError>;
+
+    /// Read counters, all clients or one.
+    async fn read_counts(&self, client_id: Option<i64>) -> Result<Vec<ReadCount>, StoreError>;
+}
+
+/// `impl ClientStore` for a backend type (see `sql::impl_store!`).
+macro_rules! clients_sql {
+    ($store:ident, $db:ty) => {
+        #[async_trait::async_trait]
+        impl crate::store::ClientStore for $store {
+            async fn create_client(&self, client: &NewClient) -> Result<ClientCreate, StoreError> {
+                let id: Option<(i64,)> = sqlx::query_as(
+                    "INSERT INTO clients (name, key_hash, key_hint, grant_appids, admin, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (name) DO NOTHING RETURNING id",
+                )
+                .bind(client.name.as_str())
+                .bind(&client.key_hash.0[..])
+                .bind(client.key_hint.as_str())
+                .bind(client.grant.to_stored())
+                .bind(client.admin)
+                .bind(client.created_at.as_millis())
+                .fetch_optional(self.write_pool())
+                .await?;
+                Ok(match id {
+                    Some((id,)) => ClientCreate::Created(ClientRecord {
+                        id,
+                        name: client.name.clone(),
+                        key_hint: client.key_hint.clone(),
+                        grant: client.grant.clone(),
+                        admin: client.admin,
+                        created_at: client.created_at,
+                        revoked_at: None,
+                    }),
+                    None => ClientCreate::NameTaken,
+                })
+            }
+
+            async fn find_client_by_key(
+                &self,
+                hash: &ApiKeyHash,
+            ) -> Result<Option<ClientRecord>, StoreError> {
+                let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE key_hash = $1");
+                let row: Option<ClientRow> = sqlx::query_as(&sql)
+                    .bind(&hash.0[..])
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                row.map(ClientRow::into_record).transpose()
+            }
+
+            async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+                let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name");
+                let rows: Vec<ClientRow> = sqlx::query_as(&sql).fetch_all(self.read_pool()).await?;
+                rows.into_iter().map(ClientRow::into_record).collect()
+            }
+
+            async fn revoke_client(&self, name: &str, at: Timestamp) -> Result<bool, StoreError> {
+                let n = sqlx::query(
+                    "UPDATE clients SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+                )
+                .bind(name)
+                .bind(at.as_millis())
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn add_read_counts(&self, counts: &[ReadCount]) -> Result<(), StoreError> {
+                if counts.is_empty() {
+                    return Ok(());
+                }
+                let order = lock_order(counts, |c| {
+                    (c.client_id, c.component.as_str(), c.appid.as_str())
+                });
+                let mut tx = self.begin_write().await?;
+                for c in order.iter().map(|&i| &counts[i]) {
+                    sqlx::query(
+                        "INSERT INTO client_reads (client_id, component_appid, appid, reads, \
+                         last_read_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (client_id, component_appid, appid) DO UPDATE SET \
+                         reads = client_reads.reads + excluded.reads, \
+                         last_read_at = CASE WHEN excluded.last_read_at > \
+                         client_reads.last_read_at THEN excluded.last_read_at \
+                         ELSE client_reads.last_read_at END",
+                    )
+                    .bind(c.client_id)
+                    .bind(c.component.as_str())
+                    .bind(c.appid.as_str())
+                    .bind(db_count(c.count)?)
+                    .bind(c.last_read_at.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn read_counts(
+                &self,
+                client_id: Option<i64>,
+            ) -> Result<Vec<ReadCount>, StoreError> {
+                let rows: Vec<ReadRow> = sqlx::query_as(
+                    "SELECT client_id, component_appid, appid, reads, last_read_at \
+                     FROM client_reads WHERE ($1 IS NULL OR client_id = $1) \
+                     ORDER BY client_id, component_appid, appid",
+                )
+                .bind(client_id)
+                .fetch_all(self.read_pool())
+                .await?;
+                rows.into_iter().map(ReadRow::into_count).collect()
+            }
+        }
+    };
+}
+
+pub(super) use clients_sql;
