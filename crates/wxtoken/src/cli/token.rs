@@ -5,7 +5,7 @@
 use anyhow::{Context, bail};
 
 use super::context::StoreArgs;
-use crate::model::{Appid, Credential, SecretSlot, Timestamp};
+use crate::model::{Appid, Credential, CredentialKind, SecretSlot, Timestamp};
 use crate::tokens::plan;
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +38,19 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let Some((credential, stored)) = found else {
         bail!("no token stored for {appid} under {component}");
     };
+    // What the server would serve: a revoked authorizer only its appsecret fallback.
+    let status = match credential.kind {
+        CredentialKind::Authorizer => ctx
+            .store
+            .authorizers()
+            .get_authorizer(&component, &appid)
+            .await?
+            .map(|a| a.status),
+        _ => None,
+    };
+    if !plan::serves(status, stored.source) {
+        bail!("{appid} is revoked and has no appsecret fallback token");
+    }
     let now = Timestamp::now();
     if !plan::servable(
         now.as_millis(),

@@ -130,6 +130,8 @@ impl From<ReadError> for ApiError {
             ),
             e @ ReadError::NoToken { .. } => ApiError::NoValidToken(e.to_string()),
             e @ ReadError::Gone { .. } => ApiError::Gone(e.to_string()),
+            ReadError::Invalid(reason) => ApiError::BadRequest(reason),
+            e @ ReadError::Storage(_) => ApiError::internal(e),
         }
     }
 }

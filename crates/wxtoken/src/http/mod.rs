@@ -24,13 +24,12 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use dashmap::DashMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -39,20 +38,13 @@ use wechat::client::WechatClient;
 use wechat::event::MsgCrypt;
 
 use crate::config::ServerConfig;
-use crate::model::{Appid, ComponentAppid};
+use crate::model::ComponentAppid;
 use crate::refresh::Engine;
 use crate::store::Store;
 use crate::telemetry;
-use crate::tokens::cache::{ReadError, Slot};
 use crate::vault::Vault;
 use auth::{KeyIndex, ReadCounter};
 use error::ApiError;
-
-/// How long an appid that is in neither memory nor the store is remembered as unknown, so a flood
-/// of reads of unknown appids cannot become a flood of queries.
-const UNKNOWN_APPID_TTL: Duration = Duration::from_secs(5);
-/// Bound on remembered unknown appids.
-const UNKNOWN_APPID_MAX: usize = 10_000;
 
 /// Everything a handler may use. Cloned per request (one `Arc`).
 #[derive(Clone)]
@@ -72,7 +64,6 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
     pub shutdown: tokio_util::sync::CancellationToken,
-    unknown_appids: DashMap<String, Instant>,
 }
 
 impl Shared {
@@ -100,44 +91,7 @@ impl Shared {
             server,
             metrics,
             shutdown,
-            unknown_appids: DashMap::new(),
         }
-    }
-
-    /// The slot `appid` reads through. An appid memory does not hold is looked up in the store
-    /// once (an account added or an authorizer imported by another path while this process runs)
-    /// and, if absent there too, remembered as unknown for a few seconds.
-    pub async fn slot(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ApiError> {
-        match self.engine.slot(component, appid) {
-            Err(ReadError::Unknown) => {}
-            other => return other.map_err(ApiError::from),
-        }
-        if self
-            .unknown_appids
-            .get(appid)
-            .is_some_and(|at| at.elapsed() < UNKNOWN_APPID_TTL)
-        {
-            return Err(ApiError::from(ReadError::Unknown));
-        }
-        let parsed = Appid::parse(appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let component = component
-            .map(ComponentAppid::parse)
-            .transpose()
-            .map_err(|e| ApiError::BadRequest(format!("component: {e}")))?;
-        let found = self
-            .engine
-            .load(component.as_ref(), &parsed)
-            .await
-            .map_err(ApiError::internal)?;
-        if !found {
-            if self.unknown_appids.len() >= UNKNOWN_APPID_MAX {
-                self.unknown_appids.clear();
-            }
-            self.unknown_appids.insert(appid.to_owned(), Instant::now());
-        }
-        self.engine
-            .slot(component.as_ref().map(ComponentAppid::as_str), appid)
-            .map_err(ApiError::from)
     }
 
     /// The component a request is about: the one named, else the only one configured.

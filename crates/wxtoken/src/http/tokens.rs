@@ -86,7 +86,11 @@ pub async fn get_token(
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, ApiError> {
     caller.require_read(&appid)?;
-    let slot = app.0.slot(query.component.as_deref(), &appid).await?;
+    let slot = app
+        .0
+        .engine
+        .lookup(query.component.as_deref(), &appid)
+        .await?;
     let token = match query.after {
         // A read that must wait for a first refresh is bounded like any other request.
         None => {
@@ -98,14 +102,10 @@ pub async fn get_token(
         Some(after) => {
             let max = app.0.server.long_poll_max;
             let wait = query.wait.map_or(max, |s| Duration::from_secs(s).min(max));
-            let mut newer = slot.subscribe();
-            // Ends at once if a newer generation is already there; the wait is bounded, and on
-            // timeout the current token (or why there is none) is the answer.
-            tokio::select! {
-                _ = tokio::time::timeout(wait, newer.wait_for(|g| *g > after)) => {}
-                () = app.0.shutdown.cancelled() => {}
-            }
-            app.0.engine.read(&slot)?
+            app.0
+                .engine
+                .wait_newer(&slot, after, wait, &app.0.shutdown)
+                .await?
         }
     };
     app.0.reads.record(caller.id, &slot);
@@ -151,7 +151,11 @@ pub async fn invalidate(
             "access_token must be the token WeChat refused".into(),
         ));
     }
-    let slot = app.0.slot(query.component.as_deref(), &appid).await?;
+    let slot = app
+        .0
+        .engine
+        .lookup(query.component.as_deref(), &appid)
+        .await?;
     let token = app
         .0
         .engine

@@ -57,7 +57,7 @@ use crate::alerts::Alerts;
 use crate::config::RefreshConfig;
 use crate::model::{ComponentAppid, Credential, Timestamp};
 use crate::store::{Store, StoreError};
-use crate::tokens::cache::{CachedToken, ReadError, TokenCache};
+use crate::tokens::cache::{CachedToken, TokenCache};
 use crate::vault::{Vault, VaultError};
 
 use lease::Lease;
@@ -430,59 +430,6 @@ impl Engine {
             refreshed: results.len() - failed,
             failed,
         }
-    }
-
-    /// The token to hand out for an authorizer or direct account, under `component` or (when
-    /// `None`) whichever single component has `appid`. No await, no database call.
-    pub fn token(
-        &self,
-        component: Option<&str>,
-        appid: &str,
-    ) -> Result<Arc<CachedToken>, ReadError> {
-        let slot = self.inner.cache.find(component, appid)?;
-        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
-    }
-
-    /// The component access token.
-    pub fn component_token(
-        &self,
-        component: &ComponentAppid,
-    ) -> Result<Arc<CachedToken>, ReadError> {
-        let slot = self
-            .inner
-            .cache
-            .component(component)
-            .ok_or(ReadError::Unknown)?;
-        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
-    }
-
-    /// Long-poll: waits until the credential holds a servable token newer than `after` (the caller
-    /// bounds the wait with a timeout).
-    pub async fn token_after(
-        &self,
-        component: Option<&str>,
-        appid: &str,
-        after: u64,
-    ) -> Result<Arc<CachedToken>, ReadError> {
-        let slot = self.inner.cache.find(component, appid)?;
-        let mut rx = slot.subscribe();
-        // The receiver closes only with the slot, which the cache never drops.
-        let _ = rx.wait_for(|g| *g > after).await;
-        slot.read(self.inner.io.clock.now(), self.inner.config.serve_margin)
-    }
-
-    /// The credential an appid reads through (for invalidation and admin refreshes).
-    pub fn credential(
-        &self,
-        component: Option<&str>,
-        appid: &str,
-    ) -> Result<Credential, ReadError> {
-        Ok(self
-            .inner
-            .cache
-            .find(component, appid)?
-            .credential()
-            .clone())
     }
 
     /// Refreshes now (single flight), e.g. `wxtoken authorizers refresh` or a reader that found no

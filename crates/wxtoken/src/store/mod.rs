@@ -378,7 +378,7 @@ pub struct Reseal {
 
 /// The storage contract, one role per concern, each with its contract and its SQL in the file
 /// named after it. Both backends pass the same conformance suite
-/// (`crates/wxtoken/tests/store_conformance.rs`). A test double that intercepts one role wraps
+/// (`crates/wxtoken/tests/store/conformance.rs`). A test double that intercepts one role wraps
 /// that role only and hands out the real store's other roles.
 #[async_trait]
 pub trait Store: Send + Sync {

@@ -79,6 +79,12 @@ pub enum ReadError {
     /// The authorization is lost and no token is left (→ 410).
     #[error("authorization lost: {reason}")]
     Gone { reason: String },
+    /// The appid or component named is not a valid one (→ 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Looking an appid up in the store failed (→ 503).
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 #[derive(Default)]
@@ -132,10 +138,8 @@ impl Slot {
         serve_margin: Duration,
     ) -> Result<Arc<CachedToken>, ReadError> {
         let state = self.state.read();
-        let revoked = matches!(state.status, Some((AuthorizerStatus::Revoked, _)));
-        // A revoked authorizer's own tokens are retired; only its appsecret fallback is served.
         if let Some(token) = &state.token
-            && (!revoked || matches!(token.source, TokenSource::StableToken | TokenSource::Token))
+            && plan::serves(state.status.as_ref().map(|(s, _)| *s), token.source)
             && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
         {
             return Ok(Arc::clone(token));
@@ -246,6 +250,8 @@ impl Slot {
 pub struct TokenCache {
     // A handful of slots per appid at most (one per component and kind).
     by_appid: DashMap<Appid, Vec<Arc<Slot>>>,
+    /// Appids found in neither memory nor the store, and when (see `Engine::lookup`).
+    unknown: DashMap<String, std::time::Instant>,
 }
 
 impl TokenCache {
@@ -288,6 +294,20 @@ impl TokenCache {
             return Err(ReadError::Ambiguous);
         }
         Ok(Arc::clone(first))
+    }
+
+    /// Whether `appid` was found unknown (in neither memory nor the store) less than `ttl` ago.
+    pub fn recently_unknown(&self, appid: &str, ttl: Duration) -> bool {
+        self.unknown.get(appid).is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Remembers `appid` as unknown; forgets them all once `max` are remembered.
+    pub fn remember_unknown(&self, appid: &str, max: usize) {
+        if self.unknown.len() >= max {
+            self.unknown.clear();
+        }
+        self.unknown
+            .insert(appid.to_owned(), std::time::Instant::now());
     }
 
     /// The component token's slot.

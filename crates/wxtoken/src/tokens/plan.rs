@@ -3,6 +3,7 @@
 //! Lifetimes always come from the `expires_in` WeChat returned, never a constant: a simulator with
 //! 20-second tokens exercises exactly the code that runs against 2-hour tokens.
 
+use crate::model::{AuthorizerStatus, TokenSource};
 use std::time::Duration;
 
 /// stable_token in normal mode returns the same token until its last five minutes
@@ -49,6 +50,15 @@ pub fn cold_start_offset(
     let wave = (index / concurrency).min(waves - 1);
     let window = per_call.mul_f64(waves as f64).min(max);
     window.mul_f64(wave as f64 / waves as f64)
+}
+
+/// Whether a token from `source` may be handed out for a credential in `status` (`None`: a
+/// component or a direct account). A revoked authorizer's own tokens are retired; only its
+/// appsecret fallback (`stable_token` / `token`) is served. The one place this is decided: the
+/// cache's reads and `wxtoken token` both ask it.
+pub fn serves(status: Option<AuthorizerStatus>, source: TokenSource) -> bool {
+    status != Some(AuthorizerStatus::Revoked)
+        || matches!(source, TokenSource::StableToken | TokenSource::Token)
 }
 
 /// Whether a token may be handed out: until `serve_margin` before its expiry (SPEC.md rule 4).

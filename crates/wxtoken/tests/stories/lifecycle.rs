@@ -2,40 +2,36 @@
 //! Lifetimes are seconds; synchronisation is by awaiting results and watch channels, never sleeps
 //! (readers pace themselves, which is load, not synchronisation).
 
-mod helpers;
-mod hooks;
-mod review;
-mod write_failures;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use helpers::{Harness, WebhookReceiver, refresh_config, sim_config};
+use crate::harness::engine::{Harness, WebhookReceiver, refresh_config};
+use crate::harness::sim_config;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wechat_sim::{
     Api, Fault, FaultRule, FaultSet, Latency, RefreshTokenPolicy, SimConfig, SimControl,
 };
 use wxtoken::model::{
-    Appid, AuthorizerStatus, Credential, EventInsert, Expected, NewEvent, SecretSlot, Timestamp,
-    TokenSource,
+    Appid, AuthorizerStatus, Credential, EventInsert, Expected, SecretSlot, Timestamp, TokenSource,
 };
 use wxtoken::refresh::{Engine, RefreshError};
 use wxtoken::tokens::cache::ReadError;
 
 /// Waits (on each credential's watch channel) until every appid holds a token newer than `after`.
 async fn until_all_newer(engine: &Engine, appids: &[String], after: &[u64], within: Duration) {
-    tokio::time::timeout(within, async {
-        for (appid, after) in appids.iter().zip(after) {
-            engine
-                .token_after(None, appid, *after)
-                .await
-                .expect("token after");
-        }
-    })
-    .await
-    .expect("every authorizer got a newer token in time");
+    let deadline = tokio::time::Instant::now() + within;
+    let never = CancellationToken::new();
+    for (appid, after) in appids.iter().zip(after) {
+        let slot = engine.slot(None, appid).expect("known appid");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let token = engine.wait_newer(&slot, *after, left, &never).await;
+        assert!(
+            token.is_ok_and(|t| t.generation > *after),
+            "every authorizer got a newer token in time"
+        );
+    }
 }
 
 fn generations(engine: &Engine, appids: &[String]) -> Vec<u64> {
@@ -100,6 +96,7 @@ fn spawn_readers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_token_handed_out_is_valid_and_each_authorizer_refreshes_once_per_period() {
+    let _alone = crate::harness::alone().await;
     const N: usize = 1000;
     const LIFETIME: Duration = Duration::from_secs(6);
     const LIFETIMES: u32 = 10;
@@ -449,39 +446,6 @@ async fn authorizer_that_lost_its_authorization_is_marked_alerted_and_served_by_
     h.stop().await;
 }
 
-/// Stores a push as the HTTP layer would and "crashes" before processing it.
-async fn record_only(h: &Harness, event: &wechat::event::Event, key: &str) {
-    record_at(h, event, key, Timestamp::now()).await;
-}
-
-/// [`record_only`] with the receive time given (pushes received in order get increasing times).
-async fn record_at(h: &Harness, event: &wechat::event::Event, key: &str, received_at: Timestamp) {
-    let payload = h
-        .vault()
-        .seal(
-            SecretSlot::EventPayload {
-                component: &h.comp,
-                dedupe_key: key,
-            },
-            event.to_xml().as_bytes(),
-        )
-        .unwrap();
-    let outcome = h
-        .store
-        .events()
-        .record_event(&NewEvent {
-            component: h.comp.clone(),
-            dedupe_key: key.to_owned(),
-            info_type: event.info_type().to_owned(),
-            appid: None,
-            payload,
-            received_at,
-        })
-        .await
-        .unwrap();
-    assert_eq!(outcome, EventInsert::Inserted);
-}
-
 #[tokio::test]
 async fn authorization_events_applied_across_restarts_keep_every_refresh_token_equal_to_wechats() {
     let mut h = Harness::start(
@@ -553,10 +517,12 @@ async fn authorization_events_applied_across_restarts_keep_every_refresh_token_e
     // updateauthorized with a new refresh token: stored, then the process dies before applying it.
     let outcome = sim.authorize(&accounts[0], &comp).unwrap();
     assert_eq!(outcome.info_type, "updateauthorized");
-    record_only(&h, &h.authorization_event(&outcome), "update:0").await;
+    h.record_only(&h.authorization_event(&outcome), "update:0")
+        .await;
     // unauthorized: stored, then the process dies.
     sim.unauthorize(&accounts[1], &comp).unwrap();
-    record_only(&h, &h.unauthorized_event(&accounts[1]), "unauth:1").await;
+    h.record_only(&h.unauthorized_event(&accounts[1]), "unauth:1")
+        .await;
     h.restart().await;
     assert_eq!(h.engine.process_events().await.unwrap(), 2, "both replayed");
 
@@ -1279,7 +1245,8 @@ async fn authorization_code_answer_is_retried_past_a_locked_database_until_its_r
         .unwrap()
         .appid;
     let outcome = sim.authorize(&appid, &h.component.component_appid).unwrap();
-    record_only(&h, &h.authorization_event(&outcome), "auth:locked").await;
+    h.record_only(&h.authorization_event(&outcome), "auth:locked")
+        .await;
 
     // Another process holds SQLite's write lock.
     let mut blocker = sqlx::sqlite::SqliteConnection::connect(h.db_url())
@@ -1382,7 +1349,7 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
     .unwrap();
     for (appid, key) in [(&expired, "auth:expired"), (&spent, "auth:spent")] {
         let outcome = sim.authorize(appid, &comp).unwrap();
-        record_only(&h, &h.authorization_event(&outcome), key).await;
+        h.record_only(&h.authorization_event(&outcome), key).await;
     }
     // A ticket pushed behind them.
     sim.push_ticket(Some(&comp)).unwrap();
@@ -1391,7 +1358,7 @@ async fn authorization_events_whose_code_is_expired_or_spent_are_dropped_with_an
         create_time: sim.now(),
         component_verify_ticket: sim.latest_ticket(&comp).unwrap(),
     });
-    record_only(&h, &ticket, "ticket:behind").await;
+    h.record_only(&ticket, "ticket:behind").await;
     let before = h
         .store
         .components()
@@ -1455,8 +1422,9 @@ async fn unauthorized_push_older_than_an_applied_authorization_is_ignored() {
     });
     let outcome = sim.authorize(&appid, &comp).unwrap();
     // The authorization push arrives first; WeChat's retry of the older revocation after it.
-    record_only(&h, &h.authorization_event(&outcome), "auth").await;
-    record_only(&h, &unauthorized, "unauth:late").await;
+    h.record_only(&h.authorization_event(&outcome), "auth")
+        .await;
+    h.record_only(&unauthorized, "unauth:late").await;
 
     assert_eq!(h.engine.process_events().await.unwrap(), 1);
     assert!(

@@ -3,12 +3,10 @@
 //! `conformance!` generates one `#[tokio::test]` per story per backend: `sqlite::<story>` and
 //! `postgres::<story>`.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{
+use crate::harness::store::{
     Harness, Kind, appid, at, authorization, component, open_rt, open_token, refresh, saved,
 };
 use wxtoken::model::{
@@ -36,7 +34,7 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $story() {
                     let Some(h) = super::Harness::new(super::Kind::Postgres).await else {
-                        eprintln!("skipped: set {} to run the PostgreSQL suite", super::common::PG_ENV);
+                        eprintln!("skipped: set {} to run the PostgreSQL suite", crate::harness::store::PG_ENV);
                         return;
                     };
                     super::$story(&h).await;
@@ -1093,7 +1091,7 @@ async fn direct_account_lifecycle_with_fenced_token(h: &Harness) {
 
     let cred = Credential::direct(&c, &a);
     let result = |g, tok: &str| {
-        let mut t = common::access_token(&v, &cred, tok, 0);
+        let mut t = crate::harness::store::access_token(&v, &cred, tok, 0);
         t.source = TokenSource::StableToken;
         t.refresh_at = None;
         RefreshResult {
@@ -1172,7 +1170,7 @@ async fn component_token_is_fenced_like_any_credential(h: &Harness) {
     assert_eq!(rec.generation, 0);
     assert!(rec.token.is_none());
     let mk = |g, tok: &str| {
-        let mut t = common::access_token(&v, &cred, tok, 0);
+        let mut t = crate::harness::store::access_token(&v, &cred, tok, 0);
         t.source = TokenSource::ComponentToken;
         RefreshResult {
             credential: cred.clone(),
@@ -1696,7 +1694,7 @@ async fn appsecret_fallback_is_stored_sealed_and_can_be_cleared(h: &Harness) {
 
     // The fallback token (stable_token with the appsecret) carries no refresh token.
     let cred = Credential::authorizer(&c, &a);
-    let mut t = common::access_token(&v, &cred, "fallback-at", 2);
+    let mut t = crate::harness::store::access_token(&v, &cred, "fallback-at", 2);
     t.source = TokenSource::StableToken;
     let r = RefreshResult {
         credential: cred.clone(),
@@ -1750,7 +1748,7 @@ async fn fill_every_column(s: &dyn Store, v: &Vault, n: usize) {
         .unwrap();
     s.components().record_ticket(&c, &t, at(1)).await.unwrap();
     let cred = Credential::component(&c);
-    let mut tok = common::access_token(v, &cred, "component-at", 0);
+    let mut tok = crate::harness::store::access_token(v, &cred, "component-at", 0);
     tok.source = TokenSource::ComponentToken;
     saved(
         s.tokens()
@@ -2295,7 +2293,7 @@ async fn readded_direct_account_continues_its_generation_so_a_stale_write_cannot
     };
     let cred = Credential::direct(&c, &a);
     let result = |g: u64, tok: &str| {
-        let mut t = common::access_token(&v, &cred, tok, 0);
+        let mut t = crate::harness::store::access_token(&v, &cred, tok, 0);
         t.source = TokenSource::StableToken;
         RefreshResult {
             credential: cred.clone(),

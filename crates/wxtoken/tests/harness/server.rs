@@ -30,13 +30,11 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The simulator of the HTTP stories: two-minute tokens, 30 s overlap.
 pub fn sim_config() -> SimConfig {
     SimConfig {
-        token_lifetime: Duration::from_secs(120),
-        overlap: Duration::from_secs(30),
-        ticket_interval: Duration::ZERO,
         seed: Some(11),
-        ..SimConfig::default()
+        ..super::sim_config(Duration::from_secs(120), Duration::from_secs(30))
     }
 }
 
@@ -48,12 +46,7 @@ impl Server {
     /// Starts the simulator, then wxtoken configured for it (`adjust` may change the config), then
     /// registers the component at the simulator, whose first ticket push is awaited.
     pub async fn start_with(sim: SimConfig, adjust: impl FnOnce(&mut Config)) -> Server {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-                .with_test_writer()
-                .try_init();
-        }
+        super::init_logs();
         let sim = wechat_sim::Simulator::start(sim).await.expect("simulator");
         let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let internal = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -12,14 +12,12 @@
 //! Both need `WXTOKEN_TEST_PG_URL`; without it they are skipped, except under `CI=true`, where they
 //! fail. They run one at a time (they measure time).
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Replica, ServeConfig, generate_key};
+use crate::harness::cluster::{Cluster, Replica, ServeConfig, generate_key};
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -101,8 +99,8 @@ fn import_line(a: &wechat_sim::BulkAuthorizer) -> String {
 }
 
 /// `WXTOKEN_TEST_PG_URL` and a fresh database, or `None` (skip; a failure under `CI=true`).
-async fn database() -> Option<common::Harness> {
-    common::Harness::postgres().await
+async fn database() -> Option<crate::harness::store::Harness> {
+    crate::harness::store::Harness::postgres().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,9 +122,13 @@ struct ClientTally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_hand_out_a_stale_token()
  {
+    let _alone = crate::harness::alone().await;
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     let started = Instant::now();
@@ -477,17 +479,16 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
 // ---------------------------------------------------------------------------------------------
 // Propagation
 
-async fn start_app(h: &common::Harness, sim: &SimHandle, vault_key: &str) -> RunningApp {
+async fn start_app(
+    h: &crate::harness::store::Harness,
+    sim: &SimHandle,
+    vault_key: &str,
+) -> RunningApp {
     start_app_at(&h.url, sim, vault_key).await
 }
 
 async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> RunningApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_test_writer()
-            .try_init();
-    }
+    crate::harness::init_logs();
     let mut config = Config::from_sources(Sources::default()).expect("defaults");
     config.storage.url = SecretString::from(db_url.to_owned());
     config.storage.max_connections = 4;
@@ -513,7 +514,10 @@ async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> Running
 
 /// The simulator (2-hour tokens) with the component and `n` authorizers, a master key, and the
 /// store holding the component, its ticket and the authorizers (no tokens yet).
-async fn prepare(h: &common::Harness, n: usize) -> (SimHandle, String, Vec<Credential>) {
+async fn prepare(
+    h: &crate::harness::store::Harness,
+    n: usize,
+) -> (SimHandle, String, Vec<Credential>) {
     let sim = wechat_sim::Simulator::start(SimConfig {
         token_lifetime: Duration::from_secs(7200),
         ..sim_config()
@@ -581,9 +585,13 @@ async fn prepare(h: &common::Harness, n: usize) -> (SimHandle, String, Vec<Crede
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
+    let _alone = crate::harness::alone().await;
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     let (sim, key, credentials) = prepare(&h, 50).await;
@@ -657,7 +665,10 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
     const MERCHANTS: usize = 30;
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     let (sim, key, _) = prepare(&h, 0).await;
@@ -793,7 +804,10 @@ async fn each_stored_authorization_event_is_applied_by_one_replica_and_its_code_
 async fn a_replica_is_ready_only_once_it_holds_a_component_token_not_when_a_ticket_is_stored() {
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     // Another replica stored the ticket; WeChat refuses this one every component token for now.
@@ -893,7 +907,10 @@ async fn a_replica_that_loses_the_database_serves_what_it_holds_claims_nothing_a
  {
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     let (sim, key, credentials) = prepare(&h, 5).await;
@@ -1003,7 +1020,10 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
     use wxtoken::model::{NewAccessToken, RefreshResult, SaveOutcome, Timestamp, TokenSource};
     let _serial = SERIAL.lock().await;
     let Some(h) = database().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     let (sim, key, credentials) = prepare(&h, 2).await;

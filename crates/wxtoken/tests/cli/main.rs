@@ -2,9 +2,17 @@
 //! file, a master key in the environment. Secrets must never reach stdout or stderr except where a
 //! command exists to print one (a new API key, a new master key).
 
+#[path = "../harness/mod.rs"]
+mod harness;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use wxtoken::model::{
+    Appid, AuthorizerStatus, ComponentAppid, Credential, SaveOutcome, StatusChange, Timestamp,
+};
+use wxtoken::vault::{MasterKey, Vault};
 
 const COMPONENT: &str = "wxcomponent0000001";
 
@@ -237,6 +245,80 @@ fn wrong_master_key_is_refused_and_changes_nothing() {
     assert!(
         err.contains("master key"),
         "the error says what is wrong: {err}"
+    );
+}
+
+/// `wxtoken token` answers what the server would serve: the stored token, and for a revoked
+/// authorizer not its own retired token.
+#[test]
+fn token_command_prints_the_stored_token_and_refuses_a_revoked_authorizers_own_token() {
+    let env = Env::new();
+    let csv = env.path("one.csv");
+    write(
+        &csv,
+        "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
+    );
+    env.ok(&[
+        "authorizers",
+        "import",
+        "--component",
+        COMPONENT,
+        csv.to_str().expect("utf-8"),
+    ]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let store = runtime
+        .block_on(wxtoken::store::open(&env.db()))
+        .expect("store");
+    let vault = Vault::new(&MasterKey::parse(&env.key).expect("key"), &[]);
+    let component = ComponentAppid::parse(COMPONENT).unwrap();
+    let appid = Appid::parse("wxauthorizer00001").unwrap();
+    runtime.block_on(async {
+        let generation = store
+            .tokens()
+            .get_token(&Credential::authorizer(&component, &appid))
+            .await
+            .unwrap()
+            .expect("imported")
+            .generation;
+        let result = harness::store::refresh(
+            &vault,
+            &component,
+            &appid,
+            generation,
+            "access-TOKEN-ONE",
+            "refreshtoken@@@SECRET-ONE",
+            Timestamp::now().as_millis(),
+        );
+        let outcome = store.tokens().save_refresh_result(&result).await.unwrap();
+        assert!(matches!(outcome, SaveOutcome::Saved { .. }), "{outcome:?}");
+    });
+    let args = ["token", "--component", COMPONENT, "wxauthorizer00001"];
+    assert_eq!(env.ok(&args).trim(), "access-TOKEN-ONE");
+    runtime.block_on(async {
+        store
+            .authorizers()
+            .set_authorizer_status(&StatusChange {
+                component: component.clone(),
+                appid: appid.clone(),
+                status: AuthorizerStatus::Revoked,
+                reason: Some("unauthorized event".into()),
+                expected_generation: None,
+                at: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    });
+    let out = env.run(&args, None);
+    assert!(
+        !out.status.success(),
+        "a revoked authorizer's own token is retired"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("revoked"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

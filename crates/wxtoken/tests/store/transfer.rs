@@ -1,9 +1,7 @@
 //! Import and export of authorizers, against SQLite always and PostgreSQL when
 //! `WXTOKEN_TEST_PG_URL` is set.
 
-mod common;
-
-use common::{Harness, Kind, appid, component, open_rt};
+use crate::harness::store::{Harness, Kind, appid, component, open_rt};
 use wxtoken::model::{AppKind, AuthorizerStatus, SecretSlot};
 use wxtoken::transfer::{
     self, ExportOptions, Format, ImportOptions, ImportProgress, TransferError,

@@ -18,13 +18,11 @@
 //! was marked `needs_reauth`, no client call failed after the retry, `api_query_auth` ran once
 //! per authorization code, and no alert was raised.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Replica, ServeConfig, generate_key};
+use crate::harness::cluster::{Cluster, Replica, ServeConfig, generate_key};
 use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 use wechat_sim::{
@@ -275,7 +273,7 @@ async fn stored_tokens_match(
     mismatched
 }
 
-async fn run(h: common::Harness, scenario: Scenario) {
+async fn run(h: crate::harness::store::Harness, scenario: Scenario) {
     let started = Instant::now();
     let sim = wechat_sim::Simulator::start(sim_config())
         .await
@@ -565,8 +563,11 @@ async fn run(h: common::Harness, scenario: Scenario) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_refresh_tokens_survive_replica_kills_after_rotation_on_postgresql() {
     let _serial = SERIAL.lock().await;
-    let Some(h) = common::Harness::postgres().await else {
-        eprintln!("skipped: set {} to run the replica tests", common::PG_ENV);
+    let Some(h) = crate::harness::store::Harness::postgres().await else {
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
         return;
     };
     run(
@@ -586,7 +587,7 @@ async fn rotated_refresh_tokens_survive_replica_kills_after_rotation_on_postgres
 async fn rotated_refresh_tokens_survive_kills_mid_refresh_on_sqlite() {
     let _serial = SERIAL.lock().await;
     run(
-        common::Harness::sqlite().await,
+        crate::harness::store::Harness::sqlite().await,
         Scenario {
             replicas: 1,
             chaos: Duration::from_secs(50),

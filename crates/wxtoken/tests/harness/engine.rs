@@ -18,38 +18,17 @@ use wechat_sim::{
 use wxtoken::alerts::Alerts;
 use wxtoken::config::{RefreshConfig, UpstreamConfig};
 use wxtoken::model::{
-    Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, Expected,
-    RefreshTokenSource, SaveOutcome, SecretSlot, Timestamp,
+    Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, EventInsert, Expected,
+    NewEvent, RefreshTokenSource, SaveOutcome, SecretSlot, Timestamp,
 };
 use wxtoken::refresh::lease::LocalLease;
 use wxtoken::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
 use wxtoken::store::{self, Store};
 use wxtoken::vault::{MasterKey, Vault};
 
-use crate::hooks::{HookStore, StoreHooks};
+use super::hooks::{HookStore, StoreHooks};
 
-pub fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-/// Short lifetimes for tests: `lifetime` tokens, the simulator's overlap, no ticket timer.
-pub fn sim_config(lifetime: Duration, overlap: Duration) -> SimConfig {
-    SimConfig {
-        token_lifetime: lifetime,
-        overlap,
-        ticket_interval: Duration::ZERO,
-        seed: Some(7),
-        ..SimConfig::default()
-    }
-}
+pub use super::init_logs;
 
 pub fn refresh_config(serve_margin: Duration) -> RefreshConfig {
     RefreshConfig {
@@ -229,6 +208,39 @@ impl Harness {
             .await
             .expect("ticket stored");
         self.engine.process_events().await.expect("events applied");
+    }
+
+    /// Stores a push as the HTTP layer would and "crashes" before processing it.
+    pub async fn record_only(&self, event: &Event, key: &str) {
+        self.record_at(event, key, Timestamp::now()).await;
+    }
+
+    /// [`Harness::record_only`] with the receive time given (pushes received in order get increasing times).
+    pub async fn record_at(&self, event: &Event, key: &str, received_at: Timestamp) {
+        let payload = self
+            .vault()
+            .seal(
+                SecretSlot::EventPayload {
+                    component: &self.comp,
+                    dedupe_key: key,
+                },
+                event.to_xml().as_bytes(),
+            )
+            .unwrap();
+        let outcome = self
+            .store
+            .events()
+            .record_event(&NewEvent {
+                component: self.comp.clone(),
+                dedupe_key: key.to_owned(),
+                info_type: event.info_type().to_owned(),
+                appid: None,
+                payload,
+                received_at,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, EventInsert::Inserted);
     }
 
     /// `authorized` or `updateauthorized` as WeChat pushes it after `outcome`.

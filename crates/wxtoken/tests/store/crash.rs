@@ -6,12 +6,12 @@
 //! (no sleeps), kills it, reopens the database and checks that nothing was lost or half-written.
 //! SQLite always; PostgreSQL too when `WXTOKEN_TEST_PG_URL` is set.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{Harness, Kind, appid, authorization, component, open_rt, open_token, refresh};
+use crate::harness::store::{
+    Harness, Kind, appid, authorization, component, open_rt, open_token, refresh,
+};
 use secrecy::ExposeSecret;
 use wxtoken::model::{Credential, Expected, SaveOutcome};
 use wxtoken::store::open;
@@ -103,7 +103,7 @@ async fn harnesses() -> Vec<Harness> {
 
 // ---------------------------------------------------------------------------------------------
 
-const REFRESH_TEST: &str = "refresh_token_survives_sigkill_in_the_middle_of_refresh_writes";
+const REFRESH_TEST: &str = "crash::refresh_token_survives_sigkill_in_the_middle_of_refresh_writes";
 
 #[test]
 fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
@@ -122,7 +122,7 @@ fn refresh_token_survives_sigkill_in_the_middle_of_refresh_writes() {
             v.verify(h.store.as_ref()).await.unwrap();
             h.store
                 .components()
-                .ensure_component(&c, common::at(0))
+                .ensure_component(&c, crate::harness::store::at(0))
                 .await
                 .unwrap();
             let w = authorization(&v, &c, &a, "rt-1", Some("at-1"), Expected::Absent, 0);
@@ -217,7 +217,7 @@ async fn child_refresh_loop() {
 
 // ---------------------------------------------------------------------------------------------
 
-const IMPORT_TEST: &str = "import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it";
+const IMPORT_TEST: &str = "crash::import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it";
 
 #[test]
 fn import_killed_midway_leaves_whole_rows_and_a_rerun_completes_it() {

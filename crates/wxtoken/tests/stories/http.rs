@@ -1,12 +1,10 @@
 //! End-to-end tests over real sockets: the simulator pushes to wxtoken's public listener, clients
 //! read from its internal listener, and every token handed out is checked at the simulator.
 
-mod server;
-
 use std::time::Duration;
 
+use crate::harness::server::{Server, now_secs};
 use reqwest::StatusCode;
-use server::{Server, now_secs};
 use wechat::event::{AuthorizationEvent, Event, MsgCrypt, TicketEvent};
 use wechat_sim::AccountKind;
 use wxtoken::model::ComponentAppid;

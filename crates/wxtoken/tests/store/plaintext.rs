@@ -2,12 +2,10 @@
 //! read as raw bytes; on PostgreSQL, a text dump of every table) nor the logs captured at TRACE
 //! level (sqlx's query logs included) contain any token, ticket or secret in plaintext.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{Harness, Kind, appid, at, authorization, component, refresh};
+use crate::harness::store::{Harness, Kind, appid, at, authorization, component, refresh};
 use secrecy::ExposeSecret;
 use wxtoken::model::{
     AppKind, AppidGrant, Credential, DirectAccountWrite, Expected, NewClient, NewEvent,
@@ -52,7 +50,7 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
     s.components().record_ticket(&c, &t, at(1)).await.unwrap();
 
     let ccred = Credential::component(&c);
-    let mut ctok = common::access_token(v, &ccred, &mark("component-token"), 0);
+    let mut ctok = crate::harness::store::access_token(v, &ccred, &mark("component-token"), 0);
     ctok.source = TokenSource::ComponentToken;
     s.tokens()
         .save_refresh_result(&RefreshResult {

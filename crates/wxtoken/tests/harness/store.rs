@@ -1,7 +1,5 @@
-//! Shared by the store test binaries: a fresh database per test (a temp SQLite file always; a
+//! A fresh database per test (a temp SQLite file always; a
 //! fresh PostgreSQL database when `WXTOKEN_TEST_PG_URL` is set), and small builders for records.
-//! Each test binary uses a different subset, hence the `dead_code` allowance.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -12,7 +10,6 @@ use wxtoken::model::{
 };
 use wxtoken::store::{Store, open};
 
-pub mod cluster;
 use wxtoken::vault::Vault;
 
 pub const PG_ENV: &str = "WXTOKEN_TEST_PG_URL";
