@@ -22,13 +22,7 @@ use crate::model::{
 impl Inner {
     pub(super) async fn refresh_authorizer(self: &Arc<Self>, credential: &Credential) -> Outcome {
         let (component, appid) = (&credential.component, &credential.appid);
-        let record = self
-            .io
-            .store
-            .authorizers()
-            .get_authorizer(component, appid)
-            .await?
-            .ok_or(RefreshError::Unknown)?;
+        let record = self.io.authorizer(component, appid).await?;
         if record.status != AuthorizerStatus::Active {
             let reason = record
                 .status_reason
@@ -221,13 +215,7 @@ impl Inner {
                 self.io.clock.now(),
             ));
         }
-        let record = self
-            .io
-            .store
-            .authorizers()
-            .get_authorizer(component, appid)
-            .await?
-            .ok_or(RefreshError::Unknown)?;
+        let record = self.io.authorizer(component, appid).await?;
         self.fallback(credential, &record, reason).await
     }
 

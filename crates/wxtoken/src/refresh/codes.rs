@@ -449,12 +449,7 @@ impl Inner {
         appid: &Appid,
         since: Timestamp,
     ) -> Result<bool, RefreshError> {
-        let history = self
-            .io
-            .store
-            .authorizers()
-            .refresh_token_history(component, appid)
-            .await?;
+        let history = self.io.history(component, appid).await?;
         Ok(history.iter().any(|h| {
             h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
         }))

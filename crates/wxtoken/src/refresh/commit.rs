@@ -324,63 +324,13 @@ mod tests {
         let vault = Vault::new(&MasterKey::generate(), &[]);
         let component = ComponentAppid::parse("wxcomponent0000001").expect("component");
         let appid = Appid::parse("wxauthorizer00001").expect("appid");
-        let now = Timestamp::now();
         store
             .components()
-            .ensure_component(&component, now)
+            .ensure_component(&component, Timestamp::now())
             .await
             .expect("component");
-        let slot = SecretSlot::RefreshToken {
-            component: &component,
-            appid: &appid,
-        };
-        let first = vault.seal(slot, b"refreshtoken@@@first").expect("seal");
-        store
-            .authorizers()
-            .save_authorization(&AuthorizationWrite {
-                component: component.clone(),
-                appid: appid.clone(),
-                expected: Expected::Absent,
-                kind: Some(AppKind::OfficialAccount),
-                status: AuthorizerStatus::Active,
-                refresh_token: first,
-                appsecret: None,
-                access_token: None,
-                source: RefreshTokenSource::Import,
-                at: now,
-            })
-            .await
-            .expect("authorizer");
-        let credential = Credential::authorizer(&component, &appid);
-        let generation = store
-            .tokens()
-            .get_token(&credential)
-            .await
-            .expect("read")
-            .expect("credential")
-            .generation;
-        let rotated = vault.seal(slot, b"refreshtoken@@@rotated").expect("seal");
-        let access = vault
-            .seal(
-                SecretSlot::AccessToken {
-                    credential: &credential,
-                },
-                b"access",
-            )
-            .expect("seal");
-        let result = RefreshResult {
-            credential: credential.clone(),
-            expected_generation: generation,
-            access_token: crate::model::NewAccessToken {
-                sealed: access,
-                issued_at: now,
-                expires_at: now.plus(Duration::from_secs(7200)),
-                refresh_at: None,
-                source: TokenSource::AuthorizerToken,
-            },
-            refresh_token: Some(rotated.clone()),
-            at: now,
-        };
+        let result = authorizer_result(&store, &vault, &component, appid.as_str()).await;
+        let rotated = result.refresh_token.clone().expect("rotated");
 
         // Another process holds SQLite's write lock: every attempt times out as busy.
         let mut blocker = sqlx::SqliteConnection::connect(&url)

@@ -74,13 +74,7 @@ impl Inner {
             .io
             .vault
             .open_string(SecretSlot::Ticket { component }, &ticket.sealed)?;
-        let generation = self
-            .io
-            .store
-            .tokens()
-            .get_token(credential)
-            .await?
-            .map_or(0, |r| r.generation);
+        let generation = self.io.stored_generation(credential).await?.unwrap_or(0);
         let (resp, sent_at) = match self
             .upstream_timed(self.io.client.component_token(
                 component.as_str(),

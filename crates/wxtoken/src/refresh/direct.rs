@@ -46,11 +46,9 @@ impl Inner {
         // lands meanwhile (another replica, an operator) makes ours stale instead of being overwritten.
         let generation = self
             .io
-            .store
-            .tokens()
-            .get_token(credential)
+            .stored_generation(credential)
             .await?
-            .map_or(account.generation, |r| r.generation);
+            .unwrap_or(account.generation);
         // Only stable_token has a force budget; every cgi-bin/token call issues a new token.
         let force = matches!(mode, Mode::Forced { .. })
             && self.config.direct_token_api == DirectTokenApi::StableToken

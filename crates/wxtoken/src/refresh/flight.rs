@@ -284,13 +284,7 @@ impl Inner {
         held_at_start: u64,
         mode: &Mode,
     ) -> Result<Option<Arc<CachedToken>>, RefreshError> {
-        let stored = self
-            .io
-            .store
-            .tokens()
-            .get_token(credential)
-            .await?
-            .map_or(0, |r| r.generation);
+        let stored = self.io.stored_generation(credential).await?.unwrap_or(0);
         if stored
             > self
                 .cache

@@ -250,6 +250,18 @@ mod tests {
     use super::*;
     use crate::model::{ComponentAppid, Credential};
 
+    /// A fresh in-memory store with one component, and the lease key of its token's refresh.
+    async fn store_and_key() -> (Arc<dyn Store>, LeaseKey) {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let component = ComponentAppid::parse("wxc").unwrap();
+        store
+            .components()
+            .ensure_component(&component, Timestamp::now())
+            .await
+            .unwrap();
+        (store, LeaseKey::refresh(&Credential::component(&component)))
+    }
+
     #[tokio::test]
     async fn local_lease_is_exclusive_until_released() {
         let lease = LocalLease::new();
@@ -264,14 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn store_lease_is_exclusive_between_holders_and_reentrant_within_one() {
-        let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let component = ComponentAppid::parse("wxc").unwrap();
-        store
-            .components()
-            .ensure_component(&component, Timestamp::now())
-            .await
-            .unwrap();
-        let c = LeaseKey::refresh(&Credential::component(&component));
+        let (store, c) = store_and_key().await;
         let ttl = Duration::from_secs(30);
         let a = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
         let b = StoreLease::new(Arc::clone(&store), ttl, TaskTracker::new());
@@ -289,14 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn store_lease_of_a_dead_holder_is_taken_over_once_it_runs_out() {
-        let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let component = ComponentAppid::parse("wxc").unwrap();
-        store
-            .components()
-            .ensure_component(&component, Timestamp::now())
-            .await
-            .unwrap();
-        let c = LeaseKey::refresh(&Credential::component(&component));
+        let (store, c) = store_and_key().await;
         let now = Timestamp::now();
         // A holder that died: its row is there, its renewals stopped.
         assert!(
@@ -322,14 +320,7 @@ mod tests {
     /// Wall time is the scenario here: a lease of 1 s outlives 2 s because it is renewed.
     #[tokio::test]
     async fn store_lease_is_renewed_while_held_and_freed_on_release() {
-        let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let component = ComponentAppid::parse("wxc").unwrap();
-        store
-            .components()
-            .ensure_component(&component, Timestamp::now())
-            .await
-            .unwrap();
-        let c = LeaseKey::refresh(&Credential::component(&component));
+        let (store, c) = store_and_key().await;
         let ttl = Duration::from_secs(1);
         let tracker = TaskTracker::new();
         let holder = StoreLease::new(Arc::clone(&store), ttl, tracker.clone());

@@ -55,7 +55,9 @@ use wechat::errcode::ErrorClass;
 
 use crate::alerts::Alerts;
 use crate::config::RefreshConfig;
-use crate::model::{ComponentAppid, Credential, Timestamp};
+use crate::model::{
+    Appid, AuthorizerRecord, ComponentAppid, Credential, RefreshTokenHistoryEntry, Timestamp,
+};
 use crate::store::{Store, StoreError};
 use crate::tokens::cache::{CachedToken, TokenCache};
 use crate::vault::{Vault, VaultError};
@@ -243,6 +245,37 @@ pub(crate) struct Io {
     pub(crate) alerts: Alerts,
 }
 
+impl Io {
+    /// The generation stored for `credential` (`None`: no row yet).
+    pub(crate) async fn stored_generation(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<u64>, StoreError> {
+        let record = self.store.tokens().get_token(credential).await?;
+        Ok(record.map(|r| r.generation))
+    }
+
+    /// An authorizer's stored record; `Unknown` if there is none.
+    pub(crate) async fn authorizer(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<AuthorizerRecord, RefreshError> {
+        let record = self.store.authorizers().get_authorizer(component, appid);
+        record.await?.ok_or(RefreshError::Unknown)
+    }
+
+    /// Every refresh token an authorizer ever had, oldest first.
+    pub(crate) async fn history(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<Vec<RefreshTokenHistoryEntry>, StoreError> {
+        let authorizers = self.store.authorizers();
+        authorizers.refresh_token_history(component, appid).await
+    }
+}
+
 /// The engine's state, one field per concern; each concern's state is defined (and locked) in the
 /// file that owns it.
 pub(crate) struct Inner {
@@ -394,14 +427,15 @@ impl Engine {
         }
     }
 
+    /// Every credential due now, taken off the schedule.
+    fn take_due(&self) -> Vec<Credential> {
+        let mut heap = self.inner.schedule.heap.lock();
+        heap.pop_due(Instant::now(), usize::MAX)
+    }
+
     /// Starts every due refresh on the tracker without waiting for them. Returns how many.
     pub fn start_due(&self) -> usize {
-        let due = self
-            .inner
-            .schedule
-            .heap
-            .lock()
-            .pop_due(Instant::now(), usize::MAX);
+        let due = self.take_due();
         let n = due.len();
         for credential in due {
             let inner = Arc::clone(&self.inner);
@@ -414,12 +448,7 @@ impl Engine {
 
     /// One step for tests: runs every refresh due now and waits for them.
     pub async fn run_once(&self) -> StepOutcome {
-        let due = self
-            .inner
-            .schedule
-            .heap
-            .lock()
-            .pop_due(Instant::now(), usize::MAX);
+        let due = self.take_due();
         let results = futures::future::join_all(
             due.into_iter()
                 .map(|c| Arc::clone(&self.inner).refresh_owned(c, Mode::Normal)),

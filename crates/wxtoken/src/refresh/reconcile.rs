@@ -3,11 +3,12 @@
 //! stored meanwhile.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Engine, RefreshError};
+use super::{Engine, Inner, RefreshError};
 use crate::model::{
     Appid, AuthorizerStatus, ComponentAppid, Credential, Expected, RefreshTokenSource, SaveOutcome,
     SecretSlot,
@@ -115,22 +116,13 @@ impl Engine {
                     };
                     let ours = inner.io.vault.open_string(slot, &record.refresh_token)?;
                     if ours.expose_secret() != rt.expose_secret() {
-                        let sealed = inner.io.vault.seal(slot, rt.expose_secret().as_bytes())?;
-                        let outcome = inner
-                            .save_authorization(
-                                component,
-                                &record.appid,
-                                Expected::Generation(record.generation),
-                                sealed,
-                                None,
-                                RefreshTokenSource::Reconcile,
-                            )
-                            .await?;
                         // Stale: changed since the snapshot (newer than the list); leave it.
-                        if let SaveOutcome::Saved { .. } = outcome {
-                            report.recovered += 1;
-                            inner.schedule_in(&credential, Duration::ZERO);
-                        }
+                        let expected = Expected::Generation(record.generation);
+                        report.recovered += usize::from(
+                            inner
+                                .recover(component, &record.appid, expected, rt)
+                                .await?,
+                        );
                     }
                 }
                 _ => {}
@@ -144,29 +136,44 @@ impl Engine {
             let Ok(appid) = Appid::parse(appid) else {
                 continue;
             };
-            let sealed = inner.io.vault.seal(
-                SecretSlot::RefreshToken {
-                    component,
-                    appid: &appid,
-                },
-                rt.expose_secret().as_bytes(),
-            )?;
-            let outcome = inner
-                .save_authorization(
-                    component,
-                    &appid,
-                    Expected::Absent,
-                    sealed,
-                    None,
-                    RefreshTokenSource::Reconcile,
-                )
-                .await?;
-            if let SaveOutcome::Saved { .. } = outcome {
-                report.recovered += 1;
-                inner.schedule_in(&Credential::authorizer(component, &appid), Duration::ZERO);
-            }
+            report.recovered += usize::from(
+                inner
+                    .recover(component, &appid, Expected::Absent, rt)
+                    .await?,
+            );
         }
         tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, "reconciled");
         Ok(report)
+    }
+}
+
+impl Inner {
+    /// Writes the listed refresh token `rt` of `appid`, fenced on `expected` (the snapshot read
+    /// before the listing), and refreshes the authorizer at once if it landed. False if the
+    /// authorizer changed since the snapshot: what an event stored is newer than the list.
+    async fn recover(
+        self: &Arc<Self>,
+        component: &ComponentAppid,
+        appid: &Appid,
+        expected: Expected,
+        rt: &SecretString,
+    ) -> Result<bool, RefreshError> {
+        let slot = SecretSlot::RefreshToken { component, appid };
+        let sealed = self.io.vault.seal(slot, rt.expose_secret().as_bytes())?;
+        let outcome = self
+            .save_authorization(
+                component,
+                appid,
+                expected,
+                sealed,
+                None,
+                RefreshTokenSource::Reconcile,
+            )
+            .await?;
+        let saved = matches!(outcome, SaveOutcome::Saved { .. });
+        if saved {
+            self.schedule_in(&Credential::authorizer(component, appid), Duration::ZERO);
+        }
+        Ok(saved)
     }
 }

@@ -196,12 +196,7 @@ impl Inner {
         appid: &Appid,
         candidate: &SecretString,
     ) -> Result<bool, RefreshError> {
-        let history = self
-            .io
-            .store
-            .authorizers()
-            .refresh_token_history(component, appid)
-            .await?;
+        let history = self.io.history(component, appid).await?;
         let applied: Vec<_> = history.iter().filter(|h| h.applied).collect();
         let slot = SecretSlot::RefreshToken { component, appid };
         for pair in applied.windows(2) {

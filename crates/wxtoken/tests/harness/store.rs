@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wxtoken::model::{
     Appid, AuthorizationWrite, AuthorizerStatus, ComponentAppid, Credential, Expected,
-    NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot, Timestamp,
+    NewAccessToken, RefreshResult, RefreshTokenSource, SaveOutcome, Sealed, SecretSlot, Timestamp,
     TokenSource,
 };
 use wxtoken::store::{Store, open};
@@ -219,15 +219,7 @@ pub fn authorization(
         expected,
         kind: Some(wxtoken::model::AppKind::OfficialAccount),
         status: AuthorizerStatus::Active,
-        refresh_token: vault
-            .seal(
-                SecretSlot::RefreshToken {
-                    component: c,
-                    appid: a,
-                },
-                rt.as_bytes(),
-            )
-            .expect("seal"),
+        refresh_token: sealed_rt(vault, c, a, rt),
         appsecret: None,
         access_token: token.map(|tok| {
             let mut t = access_token(vault, &credential, tok, t);
@@ -237,6 +229,15 @@ pub fn authorization(
         source: RefreshTokenSource::QueryAuth,
         at: at(t),
     }
+}
+
+/// `rt` sealed as `a`'s refresh token.
+pub fn sealed_rt(vault: &Vault, c: &ComponentAppid, a: &Appid, rt: &str) -> Sealed {
+    let slot = SecretSlot::RefreshToken {
+        component: c,
+        appid: a,
+    };
+    vault.seal(slot, rt.as_bytes()).expect("seal")
 }
 
 /// An `api_authorizer_token`-like refresh result.
@@ -254,17 +255,7 @@ pub fn refresh(
         access_token: access_token(vault, &credential, token, t),
         credential,
         expected_generation,
-        refresh_token: Some(
-            vault
-                .seal(
-                    SecretSlot::RefreshToken {
-                        component: c,
-                        appid: a,
-                    },
-                    rt.as_bytes(),
-                )
-                .expect("seal"),
-        ),
+        refresh_token: Some(sealed_rt(vault, c, a, rt)),
         at: at(t),
     }
 }
