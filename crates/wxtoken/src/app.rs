@@ -65,6 +65,8 @@ pub struct RunningApp {
     cancel: CancellationToken,
     tracker: TaskTracker,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The public and the internal listener's connection discipline.
+    listeners: [http::serve::Discipline; 2],
 }
 
 pub struct App;
@@ -94,6 +96,8 @@ impl App {
         public: TcpListener,
         internal: TcpListener,
     ) -> anyhow::Result<RunningApp> {
+        let (public_cap, internal_cap) =
+            http::serve::connection_caps(config).map_err(anyhow::Error::msg)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let metrics = crate::telemetry::metrics();
@@ -183,22 +187,33 @@ impl App {
         let public_addr = public.local_addr()?;
         let internal_addr = internal.local_addr()?;
         let mut servers = Vec::new();
-        for (listener, router) in [
-            (public, http::public_router(state.clone())),
-            (internal, http::internal_router(state.clone())),
+        let timeout = config.server.header_read_timeout;
+        let listeners = [
+            http::serve::Discipline::new(public_cap, timeout),
+            http::serve::Discipline::new(internal_cap, timeout),
+        ];
+        for (listener, router, discipline) in [
+            (public, http::public_router(state.clone()), &listeners[0]),
+            (
+                internal,
+                http::internal_router(state.clone()),
+                &listeners[1],
+            ),
         ] {
-            let stop = cancel.clone();
-            servers.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }));
+            servers.push(tokio::spawn(http::serve::serve(
+                listener,
+                router,
+                discipline.clone(),
+                cancel.clone(),
+            )));
         }
         tracing::info!(
             public = %public_addr,
             internal = %internal_addr,
             storage = store.backend().as_str(),
             credentials = engine.cache().len(),
+            public_max_connections = public_cap,
+            internal_max_connections = internal_cap,
             "wxtoken is serving"
         );
         Ok(RunningApp {
@@ -210,11 +225,20 @@ impl App {
             cancel,
             tracker,
             servers,
+            listeners,
         })
     }
 }
 
 impl RunningApp {
+    /// Connections open now on the public and on the internal listener.
+    pub fn open_connections(&self) -> (usize, usize) {
+        (
+            self.listeners[0].open_connections(),
+            self.listeners[1].open_connections(),
+        )
+    }
+
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
         shutdown_signal().await;

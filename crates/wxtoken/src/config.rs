@@ -96,6 +96,16 @@ pub struct ServerConfig {
     /// (a revocation made by another process takes effect within it).
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
+    /// A connection that has not sent a whole request head within this time is closed: a new one,
+    /// or a keep-alive connection idle after its last response.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections the public listener serves at once; more wait in the kernel's backlog, not
+    /// accepted. Unset: 2,048, or less if the open-file limit leaves no room for it.
+    pub public_max_connections: Option<usize>,
+    /// The same for the internal listener (its own cap, so a flood on the public one never starves
+    /// it). Unset: 8,192, or less if the open-file limit leaves no room for it.
+    pub internal_max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +119,9 @@ impl Default for ServerConfig {
             long_poll_max: Duration::from_secs(60),
             push_max_skew: Duration::from_secs(300),
             key_cache_ttl: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            public_max_connections: None,
+            internal_max_connections: None,
         }
     }
 }
@@ -360,6 +373,23 @@ impl Config {
                 "server.long_poll_max",
                 "must be more than 0s",
             ));
+        }
+        if s.header_read_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.header_read_timeout",
+                "must be positive",
+            ));
+        }
+        for (key, cap) in [
+            ("server.public_max_connections", s.public_max_connections),
+            (
+                "server.internal_max_connections",
+                s.internal_max_connections,
+            ),
+        ] {
+            if cap == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         if s.request_timeout.is_zero() {
             return Err(ConfigError::invalid(

@@ -20,6 +20,7 @@ pub mod authorize;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod serve;
 pub mod tokens;
 
 use std::collections::HashMap;

@@ -572,3 +572,74 @@ async fn cli_authorizers_refresh_goes_through_the_running_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("WXTOKEN_API_KEY"));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn held_connections_on_the_public_listener_are_closed_after_the_header_timeout_and_never_starve_the_internal_api()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 40;
+    const HELD: usize = 100;
+    let s = Server::start_with(crate::harness::server::sim_config(), |c| {
+        c.server.public_max_connections = Some(CAP);
+        c.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let fds_before = open_files();
+    // Connections that start a request and never finish its head.
+    let public = s.public.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let mut socket = tokio::net::TcpStream::connect(&public)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /authorize HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        held.push(socket);
+    }
+    // Meanwhile the internal listener answers, and the public one holds no more than its cap.
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(s.get(None, "/healthz").await.0, StatusCode::OK);
+        latencies.push(started.elapsed());
+        let (public_open, _) = s.app().open_connections();
+        assert!(
+            public_open <= CAP,
+            "{public_open} connections accepted, cap {CAP}"
+        );
+    }
+    let fds_held = open_files();
+    // Every held connection is closed by the server: the first CAP after the header timeout, the
+    // others once a closed one made room for them (the bound only keeps a failure from hanging).
+    let closed = futures::future::join_all(held.into_iter().map(|mut socket| async move {
+        let mut buf = [0u8; 512];
+        let read_to_end = async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read_to_end)
+            .await
+            .is_ok()
+    }))
+    .await;
+    assert!(closed.iter().all(|c| *c), "every held connection is closed");
+    latencies.sort();
+    println!(
+        "internal /healthz while {HELD} connections were held on the public listener (cap {CAP}): \
+         p50 {:?}, max {:?}; open files: {fds_before} before, {fds_held} while held (the test's \
+         own {HELD} client sockets included)",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+}
+
+/// This process's open file descriptors.
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
