@@ -12,8 +12,11 @@
 //! The pages never show the pre_auth_code or auth_code as text, and responses are `no-store`.
 
 use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, USER_AGENT};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, USER_AGENT, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -130,7 +133,13 @@ async fn start_page(
          <p><a class=\"button\" id=\"authorize\" href=\"{}\">授权 · Authorize</a></p>",
         escape_html(&url)
     );
-    Ok(page(StatusCode::OK, "授权 · Authorize", &body))
+    let mut response = page(StatusCode::OK, "授权 · Authorize", &body);
+    // WeChat's authorization page refuses a visitor that arrives without a Referer from the
+    // platform's 授权发起页域名 ("授权入口页所在域名：空"); send the origin only, over HTTPS only.
+    response
+        .headers_mut()
+        .insert(REFERRER_POLICY, HeaderValue::from_static("strict-origin"));
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,8 +157,14 @@ pub async fn callback(
     let result = async {
         let ApiQuery(q) = query.map_err(as_page)?;
         let component = app.0.component(q.component.as_deref()).map_err(as_page)?;
-        if q.auth_code.is_empty() || q.auth_code.len() > 512 {
+        if q.auth_code.is_empty() {
             return Err((StatusCode::BAD_REQUEST, "auth_code is missing".to_owned()));
+        }
+        if q.auth_code.len() > MAX_AUTH_CODE {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("auth_code is too long (over {MAX_AUTH_CODE} characters)"),
+            ));
         }
         let appid = app
             .0
@@ -194,16 +209,48 @@ fn is_mobile(headers: &HeaderMap) -> bool {
         .is_some_and(|ua| ua.contains("MicroMessenger") || ua.contains("Mobile"))
 }
 
+/// The pages' one style sheet, allowed by its hash in [`CONTENT_SECURITY_POLICY`].
+const STYLE: &str = "body{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em}\
+    .button{display:inline-block;padding:.8em 2em;background:#07c160;color:#fff;\
+    border-radius:4px;text-decoration:none}";
+
+/// A real authorization code is a few hundred characters at most.
+const MAX_AUTH_CODE: usize = 512;
+
+/// Nothing but the inline style sheet loads; no script, no frame may embed the page (against
+/// clickjacking the authorize button), no form posts anywhere.
+fn content_security_policy() -> &'static HeaderValue {
+    static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; frame-ancestors 'none'; \
+             base-uri 'none'; form-action 'none'"
+        ))
+        .expect("a valid header value")
+    });
+    &CSP
+}
+
+/// An HTML page with its security headers: the CSP, `X-Frame-Options: DENY` for browsers without
+/// `frame-ancestors`, `nosniff`, `no-store` (the callback's URL carries the code) and
+/// `Referrer-Policy: no-referrer` (the start page relaxes it to the origin).
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title><style>body{{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em}}\
-         .button{{display:inline-block;padding:.8em 2em;background:#07c160;color:#fff;border-radius:4px;text-decoration:none}}</style>\
-         </head><body><h1>{title}</h1>{body}</body></html>",
+         <title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>",
         title = escape_html(title),
     );
-    (status, [(CACHE_CONTROL, "no-store")], Html(html)).into_response()
+    let headers = [
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (CONTENT_SECURITY_POLICY, content_security_policy().clone()),
+        (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    ];
+    (status, headers, Html(html)).into_response()
 }
 
 #[cfg(test)]

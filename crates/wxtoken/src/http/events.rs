@@ -13,7 +13,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use wechat::event::{Envelope, EventError, PushParams, open_push};
@@ -189,7 +189,19 @@ pub async fn handshake(
         .values()
         .any(|crypt| crypt.verify_signature(&q.timestamp, &q.nonce, &q.signature));
     if known {
-        ([(CONTENT_TYPE, "text/plain; charset=utf-8")], q.echostr).into_response()
+        // A signature seen once (in a log, a proxy) must not open the check forever.
+        if let Err(Rejected { reason, error }) =
+            check_timestamp(&q.timestamp, app.0.server.push_max_skew)
+        {
+            metrics::counter!(telemetry::PUSHES_REJECTED_TOTAL, "reason" => reason).increment(1);
+            tracing::warn!(error = %error, "event URL check refused");
+            return error.into_response();
+        }
+        let headers = [
+            (CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ];
+        (headers, q.echostr).into_response()
     } else {
         metrics::counter!(telemetry::PUSHES_REJECTED_TOTAL, "reason" => "signature").increment(1);
         tracing::warn!("event URL check refused: signature does not match");

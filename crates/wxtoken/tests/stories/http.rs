@@ -643,3 +643,81 @@ async fn held_connections_on_the_public_listener_are_closed_after_the_header_tim
 fn open_files() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
+
+#[tokio::test]
+async fn html_pages_send_security_headers_and_the_url_check_refuses_an_old_timestamp() {
+    use sha2::Digest as _;
+    let s = Server::start().await;
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let too_long = "a".repeat(7000);
+    let pages = [
+        ("/authorize".to_owned(), StatusCode::OK, "strict-origin"),
+        (
+            format!("/authorize/callback?auth_code={too_long}"),
+            StatusCode::BAD_REQUEST,
+            "no-referrer",
+        ),
+        (
+            "/authorize/callback".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "no-referrer",
+        ),
+    ];
+    for (path, status, referrer) in pages {
+        let r = s
+            .http
+            .get(format!("{}{path}", s.public))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let csp = header(&r, "content-security-policy");
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(header(&r, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&r, "referrer-policy"), referrer, "{path}");
+        let html = r.text().await.unwrap();
+        // The page's one style sheet is the one the policy allows.
+        let style = html
+            .split_once("<style>")
+            .and_then(|(_, rest)| rest.split_once("</style>"))
+            .expect("a style sheet")
+            .0;
+        use base64::Engine as _;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(style));
+        assert!(csp.contains(&format!("'sha256-{hash}'")), "{path}: {csp}");
+        if path.contains(&too_long) {
+            assert!(html.contains("too long"), "{html}");
+        }
+    }
+
+    // The URL check: a valid signature with a current timestamp is answered, with nosniff; the same
+    // kind of triple from long ago is not.
+    let check = |timestamp: i64| {
+        let timestamp = timestamp.to_string();
+        let signature = s.crypt.signature(&timestamp, "nonce1");
+        s.http
+            .get(format!("{}/wechat/events", s.public))
+            .query(&[
+                ("signature", signature.as_str()),
+                ("timestamp", timestamp.as_str()),
+                ("nonce", "nonce1"),
+                ("echostr", "hello-wechat"),
+            ])
+            .send()
+    };
+    let fresh = check(now_secs()).await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    assert_eq!(header(&fresh, "x-content-type-options"), "nosniff");
+    assert_eq!(fresh.text().await.unwrap(), "hello-wechat");
+    let old = check(978_307_200).await.unwrap(); // 2001-01-01
+    assert_eq!(old.status(), StatusCode::FORBIDDEN);
+    s.shutdown().await;
+}
