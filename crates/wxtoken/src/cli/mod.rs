@@ -51,6 +51,7 @@ pub enum Command {
 impl Cli {
     /// Runs the chosen command to completion.
     pub async fn run(self) -> anyhow::Result<()> {
+        private_files();
         match self.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
@@ -60,6 +61,28 @@ impl Cli {
             Command::Accounts(c) => accounts::run(c).await,
             Command::Clients(c) => clients::run(c).await,
             Command::Keys(c) => keys::run(c).await,
+        }
+    }
+}
+
+/// Every file this process creates (the SQLite database with its -wal and -shm, exports, key
+/// files) is readable and writable by its user only: the secrets inside are sealed, but key
+/// hashes and hints, appids and client names are not for other local users.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Warns when `path` (a secret-holding file that already exists) is readable by group or others.
+pub(crate) fn warn_if_shared(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "{what} is readable by group or others: chmod 600 it"
+            );
         }
     }
 }

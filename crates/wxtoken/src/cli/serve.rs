@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::app::App;
@@ -56,6 +57,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.components.is_empty() {
         tracing::warn!("no [[components]] configured: only direct accounts will be served");
     }
+    if let Some(file) = &config.security.master_key_file {
+        super::warn_if_shared(file, "the master key file (security.master_key_file)");
+    }
+    if let Some(path) = sqlite_path(config.storage.url.expose_secret()) {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{path}{suffix}"));
+            super::warn_if_shared(&file, "the SQLite database (storage.url)");
+        }
+    }
     let vault = Vault::from_env_or_file(config.security.master_key_file.as_deref())
         .context("loading the master key (WXTOKEN_MASTER_KEY or security.master_key_file)")?;
     let public = TcpListener::bind(config.server.public_listen)
@@ -76,4 +86,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let running = App::open_and_start(&config, vault, public, internal).await?;
     running.run_until_signal().await
+}
+
+/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (none for `sqlite::memory:`).
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(':')).then_some(path)
 }

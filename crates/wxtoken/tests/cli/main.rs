@@ -511,7 +511,7 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 #[test]
-fn serve_answers_health_checks_and_exits_0_on_sigterm() {
+fn serve_answers_health_checks_creates_its_files_private_and_exits_0_on_sigterm() {
     let env = Env::new();
     let mut child = env
         .command(&["serve"])
@@ -530,6 +530,19 @@ fn serve_answers_health_checks_and_exits_0_on_sigterm() {
         unauthenticated.starts_with("HTTP/1.1 401"),
         "{unauthenticated}"
     );
+    // The database and its -wal and -shm, whatever the umask of whoever started the server.
+    let mut created = Vec::new();
+    for entry in std::fs::read_dir(env.dir.path()).expect("dir") {
+        use std::os::unix::fs::PermissionsExt;
+        let entry = entry.expect("entry");
+        let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(mode & 0o077, 0, "{name} is mode {mode:o}");
+        created.push(name);
+    }
+    for name in ["wx.db", "wx.db-wal", "wx.db-shm"] {
+        assert!(created.iter().any(|c| c == name), "{name} in {created:?}");
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
