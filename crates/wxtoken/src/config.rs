@@ -106,6 +106,14 @@ pub struct ServerConfig {
     /// The same for the internal listener (its own cap, so a flood on the public one never starves
     /// it). Unset: 8,192, or less if the open-file limit leaves no room for it.
     pub internal_max_connections: Option<usize>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` / `X-Real-IP` name the client; from anyone else the
+    /// headers are ignored and the connection's peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `/authorize` and `/authorize/callback` requests (each a WeChat call) one client IP may make
+    /// per minute (also its burst); more get 429.
+    pub authorize_per_ip_per_minute: u32,
+    /// The same for all clients together.
+    pub authorize_total_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +130,9 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             public_max_connections: None,
             internal_max_connections: None,
+            trusted_proxies: Vec::new(),
+            authorize_per_ip_per_minute: 20,
+            authorize_total_per_minute: 300,
         }
     }
 }
@@ -388,6 +399,20 @@ impl Config {
             ),
         ] {
             if cap == Some(0) {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, rate) in [
+            (
+                "server.authorize_per_ip_per_minute",
+                s.authorize_per_ip_per_minute,
+            ),
+            (
+                "server.authorize_total_per_minute",
+                s.authorize_total_per_minute,
+            ),
+        ] {
+            if rate == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
         }

@@ -40,6 +40,9 @@ pub const REFRESH_TOTAL: &str = "wxtoken_refresh_total";
 pub const ALERTS_TOTAL: &str = "wxtoken_alerts_total";
 /// Webhook deliveries that failed after their retries, or were dropped because the queue was full.
 pub const ALERT_WEBHOOK_FAILURES_TOTAL: &str = "wxtoken_alert_webhook_failures_total";
+/// Anonymous `/authorize` and `/authorize/callback` requests answered 429 (over the per-IP or the
+/// overall rate limit; WeChat was not called).
+pub const ANONYMOUS_LIMITED_TOTAL: &str = "wxtoken_anonymous_limited_total";
 /// Push events stored, labelled `info_type`.
 pub const EVENTS_TOTAL: &str = "wxtoken_events_total";
 /// API requests answered, labelled `listener` (public, internal), `route` (the route template,

@@ -209,6 +209,20 @@ fn is_mobile(headers: &HeaderMap) -> bool {
         .is_some_and(|ua| ua.contains("MicroMessenger") || ua.contains("Mobile"))
 }
 
+/// The 429 page of a visitor over the rate limit (`super::limits`).
+pub(super) fn too_many(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs().max(1);
+    let mut response = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "请稍后再试 · Too many requests",
+        &format!("<p>请 {seconds} 秒后重试。<br>Please try again in {seconds} seconds.</p>"),
+    );
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// The pages' one style sheet, allowed by its hash in [`CONTENT_SECURITY_POLICY`].
 const STYLE: &str = "body{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em}\
     .button{display:inline-block;padding:.8em 2em;background:#07c160;color:#fff;\

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod authorize;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod ops;
 pub mod serve;
 pub mod tokens;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub pushes: HashMap<ComponentAppid, MsgCrypt>,
     pub wechat: WechatClient,
     pub pages: AuthorizePages,
+    /// The rate limits of the anonymous routes that call WeChat.
+    pub limits: limits::AnonymousLimits,
     pub server: ServerConfig,
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
@@ -83,6 +86,7 @@ impl Shared {
         Self {
             keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
             reads: Arc::new(ReadCounter::default()),
+            limits: limits::AnonymousLimits::new(&server),
             engine,
             store,
             vault,
@@ -203,16 +207,19 @@ pub fn internal_router(state: AppState) -> Router {
 /// The public listener: WeChat's pushes and the authorization pages, nothing else.
 pub fn public_router(state: AppState) -> Router {
     let timeout = state.0.server.request_timeout;
-    Router::new()
-        .route(
-            "/wechat/events",
-            axum::routing::post(events::receive).get(events::handshake),
-        )
+    let authorize = Router::new()
         .route("/authorize", axum::routing::get(authorize::start))
         .route(
             "/authorize/callback",
             axum::routing::get(authorize::callback),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit));
+    Router::new()
+        .route(
+            "/wechat/events",
+            axum::routing::post(events::receive).get(events::handshake),
+        )
+        .merge(authorize)
         .route_layer(middleware::from_fn_with_state(timeout, request_timeout))
         .route_layer(middleware::from_fn_with_state("public", observe))
         .fallback(not_found)

@@ -721,3 +721,68 @@ async fn html_pages_send_security_headers_and_the_url_check_refuses_an_old_times
     assert_eq!(old.status(), StatusCode::FORBIDDEN);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn anonymous_authorize_requests_are_limited_per_client_ip_and_overall_and_forwarded_ips_count_only_behind_a_trusted_proxy()
+ {
+    use wechat_sim::Api;
+    let get = |s: &Server, path: &str, forwarded: &str| {
+        s.http
+            .get(format!("{}{path}", s.public))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    // No trusted proxy: the header is ignored, every request comes from 127.0.0.1.
+    let s = Server::start_with(crate::harness::server::sim_config(), |c| {
+        c.server.authorize_per_ip_per_minute = 3;
+        c.server.authorize_total_per_minute = 5;
+    })
+    .await;
+    s.sim.control().reset_stats();
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let r = get(&s, "/authorize", &format!("203.0.113.{i}"))
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+    // Forged callbacks share the budget: none reaches api_query_auth now.
+    let forged = get(&s, "/authorize/callback?auth_code=forged", "203.0.113.99")
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::TOO_MANY_REQUESTS);
+    let stats = s.sim.control().stats();
+    assert_eq!(stats.calls(Api::CreatePreauthcode), 3);
+    assert_eq!(stats.calls(Api::QueryAuth), 0);
+    s.shutdown().await;
+
+    // Behind a trusted proxy: per forwarded client, and at most the total for all of them.
+    let s = Server::start_with(crate::harness::server::sim_config(), |c| {
+        c.server.authorize_per_ip_per_minute = 2;
+        c.server.authorize_total_per_minute = 5;
+        c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    s.sim.control().reset_stats();
+    let mut statuses = Vec::new();
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        for _ in 0..3 {
+            // A client-supplied hop before the proxy's own entry is not believed.
+            let chain = format!("10.9.9.9, {client}");
+            statuses.push(
+                get(&s, "/authorize", &chain)
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 429, 200, 429, 429]);
+    assert_eq!(s.sim.control().stats().calls(Api::CreatePreauthcode), 5);
+    s.shutdown().await;
+}
