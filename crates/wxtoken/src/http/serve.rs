@@ -161,3 +161,28 @@ pub async fn serve(
     connections.wait().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_that_do_not_fit_the_open_file_limit_are_refused_naming_their_keys() {
+        let mut config = Config::from_sources(crate::config::Sources::default()).expect("defaults");
+        config.server.public_max_connections = Some(usize::MAX / 4);
+        let err = connection_caps(&config).expect_err("cannot fit");
+        assert!(err.contains("server.public_max_connections"), "{err}");
+        assert!(err.contains("server.internal_max_connections"), "{err}");
+        assert!(err.contains("LimitNOFILE"), "{err}");
+    }
+
+    #[test]
+    fn unset_caps_are_fitted_inside_the_open_file_limit() {
+        let config = Config::from_sources(crate::config::Sources::default()).expect("defaults");
+        let (public, internal) = connection_caps(&config).expect("defaults always fit");
+        assert!((1..=PUBLIC_DEFAULT).contains(&public));
+        assert!((1..=INTERNAL_DEFAULT).contains(&internal));
+        let limit = raise_nofile_limit();
+        assert!((public + internal) as u64 + RESERVED_FDS <= limit);
+    }
+}
