@@ -67,6 +67,8 @@ pub struct RunningApp {
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     /// The public and the internal listener's connection discipline.
     listeners: [http::serve::Discipline; 2],
+    /// Held until the app is dropped (SQLite; `None` on PostgreSQL).
+    _serve_lock: Option<crate::store::ServeLock>,
 }
 
 pub struct App;
@@ -98,6 +100,9 @@ impl App {
     ) -> anyhow::Result<RunningApp> {
         let (public_cap, internal_cap) =
             http::serve::connection_caps(config).map_err(anyhow::Error::msg)?;
+        // One serving process per SQLite file, for as long as this app lives.
+        let serve_lock = crate::store::ServeLock::acquire(config.storage.url.expose_secret())
+            .map_err(anyhow::Error::msg)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let metrics = crate::telemetry::metrics();
@@ -226,6 +231,7 @@ impl App {
             tracker,
             servers,
             listeners,
+            _serve_lock: serve_lock,
         })
     }
 }

@@ -60,10 +60,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = &config.security.master_key_file {
         super::warn_if_shared(file, "the master key file (security.master_key_file)");
     }
-    if let Some(path) = sqlite_path(config.storage.url.expose_secret()) {
+    if let Some(path) = crate::store::database_file(config.storage.url.expose_secret()) {
         for suffix in ["", "-wal", "-shm"] {
-            let file = std::path::PathBuf::from(format!("{path}{suffix}"));
-            super::warn_if_shared(&file, "the SQLite database (storage.url)");
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            super::warn_if_shared(file.as_ref(), "the SQLite database (storage.url)");
         }
     }
     let vault = Vault::from_env_or_file(config.security.master_key_file.as_deref())
@@ -86,13 +87,4 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let running = App::open_and_start(&config, vault, public, internal).await?;
     running.run_until_signal().await
-}
-
-/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (none for `sqlite::memory:`).
-fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    (!path.is_empty() && !path.starts_with(':')).then_some(path)
 }

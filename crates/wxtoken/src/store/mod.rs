@@ -55,6 +55,7 @@ use crate::model::{Appid, ComponentAppid, Credential, NONCE_LEN, Sealed, SecretS
 use postgres::PgStore;
 pub use postgres::{TokenChange, TokenChanges};
 use sqlite::SqliteStore;
+pub use sqlite::{ServeLock, database_file};
 
 /// What a lease row (`refresh_leases`) is held on. Every piece of work that must happen once
 /// across replicas takes one: a credential's refresh, the application of a stored push event, the

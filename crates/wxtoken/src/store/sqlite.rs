@@ -12,6 +12,7 @@
 //! - This backend behaves as the only replica: the engine uses its in-process lease, and there is
 //!   no change stream (`listen_token_changes` is `None`).
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -236,5 +237,69 @@ mod tests {
                 started.elapsed()
             );
         }
+    }
+}
+
+/// The database file a `sqlite:` URL names; `None` for an in-memory database or another scheme.
+pub fn database_file(url: &str) -> Option<PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    Some(options.get_filename().to_path_buf())
+}
+
+/// The one-writer lock of a SQLite database (SPEC.md rule 12): an exclusive `flock` on
+/// `<database>.lock`, held by the serving process for its whole life and released by the OS when
+/// it exits, however it exits. A second `serve` on the same file is refused instead of refreshing
+/// beside the first (the 40001 fight). CLI commands do not take it: they run beside a server.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+impl ServeLock {
+    /// Takes the lock of the database `url` names; `Ok(None)` when there is no file to lock.
+    /// `Err` names the file and, when it can, the process holding it.
+    pub fn acquire(url: &str) -> Result<Option<Self>, String> {
+        use std::io::{Read, Seek, Write};
+        let Some(db) = database_file(url) else {
+            return Ok(None);
+        };
+        let mut path = db.into_os_string();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("opening the lock file {}: {e}", path.display()))?;
+        let flags = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+        if let Err(e) = rustix::fs::flock(&file, flags) {
+            if e != rustix::io::Errno::WOULDBLOCK {
+                return Err(format!("locking {}: {e}", path.display()));
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another process".to_owned()
+            } else {
+                format!("another `wxtoken serve` ({holder})")
+            };
+            return Err(format!(
+                "{holder} already serves this SQLite database (lock {}): one process per SQLite \
+                 file; stop it first, or use PostgreSQL for several replicas",
+                path.display()
+            ));
+        }
+        // The holder's name, for the message of whoever is refused next.
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = writeln!(file, "pid {}", std::process::id());
+        let _ = file.flush();
+        Ok(Some(Self { _file: file }))
     }
 }

@@ -511,7 +511,8 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 #[test]
-fn serve_answers_health_checks_creates_its_files_private_and_exits_0_on_sigterm() {
+fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_and_exits_0_on_sigterm()
+ {
     let env = Env::new();
     let mut child = env
         .command(&["serve"])
@@ -540,9 +541,25 @@ fn serve_answers_health_checks_creates_its_files_private_and_exits_0_on_sigterm(
         assert_eq!(mode & 0o077, 0, "{name} is mode {mode:o}");
         created.push(name);
     }
-    for name in ["wx.db", "wx.db-wal", "wx.db-shm"] {
+    for name in ["wx.db", "wx.db-wal", "wx.db-shm", "wx.db.lock"] {
         assert!(created.iter().any(|c| c == name), "{name} in {created:?}");
     }
+    // A second server on the same SQLite file would refresh beside the first: refused, naming it.
+    let second = env
+        .command(&["serve"])
+        .env("WXTOKEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("second serve runs");
+    assert!(
+        !second.status.success(),
+        "a second serve on one SQLite file"
+    );
+    let message = text(&second.stderr);
+    assert!(
+        message.contains("already serves") && message.contains(&format!("pid {}", child.id())),
+        "{message}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
