@@ -16,7 +16,7 @@ use secrecy::SecretString;
 
 use super::{ComponentSecret, Inner, Mode, Outcome, RefreshError};
 use crate::alerts::{Alert, AlertKind};
-use crate::model::{ComponentAppid, Credential, SecretSlot, TokenSource};
+use crate::model::{ComponentAppid, Credential, SecretSlot, Timestamp, TokenSource};
 use crate::tokens::cache::CachedToken;
 
 /// At most one api_start_push_ticket per component per this interval.
@@ -32,13 +32,17 @@ pub(crate) struct ComponentState {
     pub(crate) push_ticket_at: Mutex<HashMap<ComponentAppid, Instant>>,
     /// Components whose ticket-silence alert is raised.
     pub(crate) silent_tickets: Mutex<HashSet<ComponentAppid>>,
+    /// When this engine started: silence is counted from here when the last ticket is older (a
+    /// process that was down heard no push, which says nothing about WeChat's pushes).
+    started_at: Timestamp,
     /// How many tickets this process has stored per component (see [`ComponentState::landed`]).
     landings: Mutex<HashMap<ComponentAppid, u64>>,
 }
 
 impl ComponentState {
-    pub(crate) fn new(components: Vec<ComponentSecret>) -> Self {
+    pub(crate) fn new(components: Vec<ComponentSecret>, started_at: Timestamp) -> Self {
         Self {
+            started_at,
             secrets: components
                 .into_iter()
                 .map(|c| (c.appid, c.appsecret))
@@ -232,8 +236,10 @@ impl Inner {
 
     /// Alerts (once per silence) when a component has had no ticket push for
     /// `ticket_silence_alert`, and asks WeChat to push again.
-    pub(crate) async fn check_ticket_silence(&self) {
+    /// Returns the components newly alerted.
+    pub(crate) async fn check_ticket_silence(&self) -> Vec<ComponentAppid> {
         let now = self.io.clock.now();
+        let mut alerted = Vec::new();
         for component in self.component.secrets.keys() {
             let latest = match self.io.store.components().latest_ticket(component).await {
                 Ok(t) => t,
@@ -242,10 +248,11 @@ impl Inner {
                     continue;
                 }
             };
-            let silent = latest.is_none_or(|t| {
-                now.as_millis() - t.received_at.as_millis()
-                    > self.config.ticket_silence_alert.as_millis() as i64
+            let heard = latest.map_or(self.component.started_at, |t| {
+                t.received_at.max(self.component.started_at)
             });
+            let silent = now.as_millis() - heard.as_millis()
+                > self.config.ticket_silence_alert.as_millis() as i64;
             if !silent {
                 self.component.silent_tickets.lock().remove(component);
                 continue;
@@ -267,7 +274,9 @@ impl Inner {
                     now,
                 ));
                 self.kick_ticket(component).await;
+                alerted.push(component.clone());
             }
         }
+        alerted
     }
 }

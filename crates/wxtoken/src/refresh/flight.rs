@@ -212,10 +212,16 @@ impl Inner {
                 self.schedule_in(credential, LEASE_RETRY + jitter);
             }
             Err(e) => {
-                self.flights.stats.failed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => e.class())
                     .increment(1);
-                tracing::warn!(error = %e, "refresh failed");
+                if matches!(e, RefreshError::NoTicket) {
+                    // Every fresh deployment starts here: the first push is at most 10 min away
+                    // (ticket silence alerts if it is not), so this is no failure.
+                    tracing::info!("waiting for the first component_verify_ticket push");
+                } else {
+                    self.flights.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "refresh failed");
+                }
                 slot.set_failing(Some(e.to_string()));
                 if !e.retryable() {
                     self.schedule.heap.lock().remove(credential);

@@ -140,7 +140,7 @@ impl RefreshError {
     fn class(&self) -> &'static str {
         match self {
             RefreshError::Upstream { class, .. } => class.as_str(),
-            RefreshError::NoTicket => "ticket",
+            RefreshError::NoTicket => "waiting_ticket",
             RefreshError::Gone { .. } => "reauthorize",
             RefreshError::Unknown => "unknown",
             RefreshError::NotConfigured(_) => "configuration",
@@ -322,6 +322,7 @@ impl Engine {
     /// ([`Engine::spawn`]) nor replay events ([`Engine::process_events`]).
     pub async fn open(deps: EngineDeps) -> Result<Self, EngineError> {
         let concurrency = deps.config.concurrency.max(1);
+        let started_at = deps.clock.now();
         let inner = Arc::new(Inner {
             io: Io {
                 store: deps.store,
@@ -336,7 +337,7 @@ impl Engine {
             cache: TokenCache::new(),
             flights: flight::Flights::new(deps.tracker.clone(), concurrency),
             schedule: schedule::Scheduling::default(),
-            component: component::ComponentState::new(deps.components),
+            component: component::ComponentState::new(deps.components, started_at),
             listings: recovery::Listings::new(deps.tracker.clone()),
             force_budget: direct::ForceBudgets::default(),
             codes: codes::Codes::new(deps.tracker),
@@ -411,7 +412,9 @@ impl Engine {
                 // never wait on either.
                 _ = silence.tick() => {
                     let inner = Arc::clone(&self.inner);
-                    self.inner.io.tracker.spawn(async move { inner.check_ticket_silence().await });
+                    self.inner.io.tracker.spawn(async move {
+                        inner.check_ticket_silence().await;
+                    });
                 }
                 _ = events.tick() => {
                     if self.inner.events.pending.load(Ordering::Relaxed) {
@@ -444,6 +447,13 @@ impl Engine {
             });
         }
         n
+    }
+
+    /// The ticket-silence check the loop runs periodically, now: alerts (once per silence) each
+    /// component that has heard no push for `ticket_silence_alert` since its last ticket or this
+    /// engine's start, whichever is later, and returns the ones newly alerted.
+    pub async fn check_ticket_silence(&self) -> Vec<ComponentAppid> {
+        self.inner.check_ticket_silence().await
     }
 
     /// One step for tests: runs every refresh due now and waits for them.

@@ -874,6 +874,36 @@ async fn authorization_event_whose_exchange_fails_stays_stored_and_is_applied_on
 }
 
 #[tokio::test]
+async fn a_fresh_engine_waiting_for_its_first_ticket_neither_alerts_silence_nor_counts_a_failure() {
+    let h = Harness::start_without_ticket(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        wxtoken::config::RefreshConfig {
+            ticket_silence_alert: Duration::from_secs(600),
+            ..refresh_config(Duration::from_secs(5))
+        },
+        None,
+        Duration::from_secs(5),
+    )
+    .await;
+    let err = h
+        .engine
+        .refresh_now(&Credential::component(&h.comp))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RefreshError::NoTicket), "{err:?}");
+    assert_eq!(
+        h.engine.stats().failed,
+        0,
+        "waiting for a first ticket is no failure"
+    );
+    assert!(
+        h.engine.check_ticket_silence().await.is_empty(),
+        "silence counts from the engine's start"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn ticket_silence_alerts_once_and_asks_wechat_to_push() {
     let webhook = WebhookReceiver::start().await;
     let h = Harness::start_with(
