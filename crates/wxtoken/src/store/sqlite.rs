@@ -260,7 +260,7 @@ pub struct ServeLock {
 
 impl ServeLock {
     /// Takes the lock of the database `url` names; `Ok(None)` when there is no file to lock.
-    /// `Err` names the file and, when it can, the process holding it.
+    /// `Err` names the file and, when it can, the process holding it (pid, host, start time).
     pub fn acquire(url: &str) -> Result<Option<Self>, String> {
         use std::io::{Read, Seek, Write};
         let Some(db) = database_file(url) else {
@@ -298,7 +298,14 @@ impl ServeLock {
         // The holder's name, for the message of whoever is refused next.
         let _ = file.set_len(0);
         let _ = file.rewind();
-        let _ = writeln!(file, "pid {}", std::process::id());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let _ = writeln!(
+            file,
+            "pid {} on {} since {since}",
+            std::process::id(),
+            host.trim()
+        );
         let _ = file.flush();
         Ok(Some(Self { _file: file }))
     }

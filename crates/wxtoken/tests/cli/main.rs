@@ -557,7 +557,9 @@ fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_
     );
     let message = text(&second.stderr);
     assert!(
-        message.contains("already serves") && message.contains(&format!("pid {}", child.id())),
+        message.contains("already serves")
+            && message.contains(&format!("pid {} on ", child.id()))
+            && message.contains(" since "),
         "{message}"
     );
     let status = Command::new("kill")
