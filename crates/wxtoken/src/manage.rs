@@ -19,6 +19,16 @@ pub enum ManageError {
     /// The name is taken (clients).
     #[error("a client named {0} already exists")]
     NameTaken(String),
+    /// The appid is an authorizer of the component: a direct account beside it would make every
+    /// read of it ambiguous.
+    #[error(
+        "{appid} is an authorizer of {component}, not a direct account: its own appsecret is its \
+         fallback, given with `wxtoken authorizers import` (the appsecret column)"
+    )]
+    IsAuthorizer {
+        appid: Appid,
+        component: ComponentAppid,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -26,7 +36,7 @@ pub enum ManageError {
 }
 
 /// Adds (or updates the appsecret of) a direct account; the appsecret is sealed before it is
-/// stored.
+/// stored. Refused for an appid that is an authorizer of the component.
 pub async fn add_direct_account(
     store: &dyn Store,
     vault: &Vault,
@@ -40,6 +50,17 @@ pub async fn add_direct_account(
         return Err(ManageError::Invalid(
             "the appsecret must be 1 to 256 characters".into(),
         ));
+    }
+    if store
+        .authorizers()
+        .get_authorizer(component, appid)
+        .await?
+        .is_some()
+    {
+        return Err(ManageError::IsAuthorizer {
+            appid: appid.clone(),
+            component: component.clone(),
+        });
     }
     let now = Timestamp::now();
     store.components().ensure_component(component, now).await?;

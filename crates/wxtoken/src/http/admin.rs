@@ -42,7 +42,9 @@ impl From<ManageError> for ApiError {
     fn from(e: ManageError) -> Self {
         match e {
             ManageError::Invalid(m) => ApiError::BadRequest(m),
-            e @ ManageError::NameTaken(_) => ApiError::BadRequest(e.to_string()),
+            e @ (ManageError::NameTaken(_) | ManageError::IsAuthorizer { .. }) => {
+                ApiError::BadRequest(e.to_string())
+            }
             ManageError::Store(e) => e.into(),
             ManageError::Vault(e) => ApiError::internal(e),
         }

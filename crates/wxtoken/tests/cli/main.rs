@@ -345,6 +345,43 @@ fn client_key_is_printed_once_and_only_its_hint_is_listed() {
     assert!(!bad.status.success() && text(&bad.stderr).contains("--appid"));
 }
 
+/// A direct account beside an authorizer of the same appid would make every read of it ambiguous.
+#[test]
+fn a_direct_account_for_an_authorizers_appid_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let csv = env.path("one.csv");
+    write(
+        &csv,
+        "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
+    );
+    env.ok(&[
+        "authorizers",
+        "import",
+        "--component",
+        COMPONENT,
+        csv.to_str().expect("utf-8"),
+    ]);
+    let add = env.run(
+        &[
+            "accounts",
+            "add",
+            "--component",
+            COMPONENT,
+            "wxauthorizer00001",
+        ],
+        Some("s3cret\n"),
+    );
+    assert!(!add.status.success(), "refused");
+    let message = text(&add.stderr);
+    assert!(
+        message.contains("is an authorizer of") && message.contains("authorizers import"),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"));
+    let list = env.ok(&["accounts", "list", "--component", COMPONENT]);
+    assert!(!list.contains("wxauthorizer00001"), "{list}");
+}
+
 #[test]
 fn direct_account_secret_comes_from_stdin_and_accounts_can_be_removed() {
     let env = Env::new();
