@@ -36,6 +36,11 @@ pub enum AlertKind {
     /// A refresh result failed to store for a reason retrying cannot cure (a constraint, a corrupt
     /// row): it was given up; the credential refreshes again with backoff.
     WriteFailed,
+    /// A token wxtoken obtained minutes ago was refused by WeChat: something outside wxtoken
+    /// refreshed the appid (another service still holding the appsecret or the refresh token), and
+    /// every service using wxtoken's token got 40001 meanwhile. The reason names the reporting
+    /// client.
+    RogueRefresher,
 }
 
 impl AlertKind {
@@ -48,6 +53,7 @@ impl AlertKind {
             AlertKind::Configuration => "configuration",
             AlertKind::EventFailed => "event_failed",
             AlertKind::WriteFailed => "write_failed",
+            AlertKind::RogueRefresher => "rogue_refresher",
         }
     }
 }

@@ -114,6 +114,12 @@ pub struct ServerConfig {
     pub authorize_per_ip_per_minute: u32,
     /// The same for all clients together.
     pub authorize_total_per_minute: u32,
+    /// Invalidation reports one client (API key) may make per second on this server; beyond it
+    /// (and its burst) a report is answered 429 with `Retry-After`. The upstream calls reports
+    /// cause are bounded separately, per credential across replicas (`refresh.min_force_interval`).
+    pub report_rate: u32,
+    /// Reports a client may make at once before `report_rate` applies.
+    pub report_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +139,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             authorize_per_ip_per_minute: 20,
             authorize_total_per_minute: 300,
+            report_rate: 10,
+            report_burst: 20,
         }
     }
 }
@@ -210,6 +218,19 @@ pub struct RefreshConfig {
     pub ticket_silence_alert: Duration,
     /// Which API direct accounts (and authorizers' appsecret fallback) get their token from.
     pub direct_token_api: DirectTokenApi,
+    /// An invalidation report forces an upstream refresh at most once per credential in this
+    /// time, across every replica; a report inside it is answered with the current token. 30 s:
+    /// WeChat's overlap keeps a replaced token valid for minutes, so a second forced refresh
+    /// within seconds cannot help a client, while a buggy client reporting in a loop would burn
+    /// the credential's daily quota (2,000 calls) in seconds.
+    #[serde(with = "humantime_serde")]
+    pub min_force_interval: Duration,
+    /// A report of a token wxtoken obtained less than this long ago is checked with one cheap
+    /// token-checked call (getcallbackip): if WeChat refuses it, something outside wxtoken
+    /// refreshed the appid (alert `rogue_refresher`); if WeChat accepts it, the report was wrong
+    /// and nothing is refreshed.
+    #[serde(with = "humantime_serde")]
+    pub rogue_window: Duration,
 }
 
 /// `stable_token` (the default: independent of every other caller's tokens, 500,000 calls a day)
@@ -236,6 +257,8 @@ impl Default for RefreshConfig {
             reconcile_interval: Duration::from_secs(6 * 3600),
             ticket_silence_alert: Duration::from_secs(20 * 60),
             direct_token_api: DirectTokenApi::StableToken,
+            min_force_interval: Duration::from_secs(30),
+            rogue_window: Duration::from_secs(120),
         }
     }
 }
@@ -411,6 +434,8 @@ impl Config {
                 "server.authorize_total_per_minute",
                 s.authorize_total_per_minute,
             ),
+            ("server.report_rate", s.report_rate),
+            ("server.report_burst", s.report_burst),
         ] {
             if rate == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -492,6 +517,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "refresh.concurrency",
                 "must be at least 1",
+            ));
+        }
+        if r.min_force_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "refresh.min_force_interval",
+                "must be at least 1s: it is what keeps a reporting loop from burning the daily quota",
             ));
         }
         if r.backoff_initial.is_zero() || r.backoff_initial > r.backoff_max {

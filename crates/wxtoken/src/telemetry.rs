@@ -43,6 +43,14 @@ pub const ALERT_WEBHOOK_FAILURES_TOTAL: &str = "wxtoken_alert_webhook_failures_t
 /// Anonymous `/authorize` and `/authorize/callback` requests answered 429 (over the per-IP or the
 /// overall rate limit; WeChat was not called).
 pub const ANONYMOUS_LIMITED_TOTAL: &str = "wxtoken_anonymous_limited_total";
+/// Invalidation reports answered, labelled `outcome`: `refreshed` (an upstream refresh),
+/// `not_current` (a newer token existed), `budgeted` (the credential was force-refreshed within
+/// `refresh.min_force_interval`: the current token, no upstream call), `valid` (WeChat accepted
+/// the reported token: nothing refreshed), `limited` (the client was over `server.report_rate`).
+pub const REPORTS_TOTAL: &str = "wxtoken_reports_total";
+/// Rogue refreshes confirmed (SPEC.md rule 11), labelled `kind`: a token wxtoken obtained minutes
+/// ago that WeChat refused, because something else refreshed the appid.
+pub const ROGUE_REFRESHES_TOTAL: &str = "wxtoken_rogue_refreshes_total";
 /// Push events stored, labelled `info_type`.
 pub const EVENTS_TOTAL: &str = "wxtoken_events_total";
 /// API requests answered, labelled `listener` (public, internal), `route` (the route template,

@@ -218,6 +218,19 @@ async fn show(args: StoreArgs, appid: String) -> anyhow::Result<()> {
         .refresh_token_history(&component, &appid)
         .await?;
     print_authorizer(&a, history.len());
+    let rogue = ctx
+        .store
+        .ops()
+        .rogue_refresh(&crate::model::Credential::authorizer(&component, &appid))
+        .await?;
+    match rogue {
+        Some(r) => println!(
+            "rogue refresh  {} time(s), last {} (revealed by client {}), first {}: something \
+             outside wxtoken refreshes this appid",
+            r.times, r.last_at, r.last_client, r.first_at
+        ),
+        None => println!("rogue refresh  none seen"),
+    }
     for h in &history {
         println!(
             "  refresh token received {} from {} (generation {}{})",

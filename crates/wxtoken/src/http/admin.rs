@@ -89,6 +89,21 @@ pub struct AuthorizerView {
     /// Refresh tokens ever stored for it (shown by `show` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token_history: Option<usize>,
+    /// Refreshes of it that wxtoken did not make, as WeChat showed them (shown by `show` only,
+    /// when any was ever found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rogue_refreshes: Option<RogueView>,
+}
+
+/// Rogue refreshes of one credential (SPEC.md rule 11).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RogueView {
+    pub times: u64,
+    /// Unix seconds.
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The client whose invalidation report revealed the last one.
+    pub last_client: String,
 }
 
 impl AuthorizerView {
@@ -128,6 +143,7 @@ impl AuthorizerView {
             token_source: source.map(str::to_owned),
             updated_at: seconds(r.updated_at),
             refresh_token_history: None,
+            rogue_refreshes: None,
         }
     }
 }
@@ -215,8 +231,20 @@ pub async fn show_authorizer(
         .authorizers()
         .refresh_token_history(&component, &appid)
         .await?;
+    let rogue = app
+        .0
+        .store
+        .ops()
+        .rogue_refresh(&Credential::authorizer(&component, &appid))
+        .await?;
     let mut view = AuthorizerView::new(&app, &record);
     view.refresh_token_history = Some(history.len());
+    view.rogue_refreshes = rogue.map(|r| RogueView {
+        times: r.times,
+        first_at: seconds(r.first_at),
+        last_at: seconds(r.last_at),
+        last_client: r.last_client,
+    });
     Ok(Json(view))
 }
 

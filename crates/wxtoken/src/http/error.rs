@@ -22,6 +22,7 @@ pub const FORBIDDEN: &str = "forbidden";
 pub const NOT_FOUND: &str = "not_found";
 pub const AUTHORIZATION_LOST: &str = "authorization_lost";
 pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
 pub const NO_VALID_TOKEN: &str = "no_valid_token";
 pub const UNAVAILABLE: &str = "unavailable";
 pub const TIMEOUT: &str = "timeout";
@@ -36,7 +37,8 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: bad_request, unauthorized, forbidden, not_found, authorization_lost,
-    /// payload_too_large, no_valid_token, timeout, unavailable, internal_error.
+    /// payload_too_large, too_many_requests, no_valid_token, timeout, unavailable,
+    /// internal_error.
     pub code: String,
     /// What went wrong, for people; never a secret.
     pub message: String,
@@ -62,6 +64,12 @@ pub enum ApiError {
     /// 413: the body is larger than the configured limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// 429: the client is over a rate (`Retry-After` says when to try again).
+    #[error("{message}; retry after {}s", retry_after_secs(*.wait))]
+    TooManyRequests {
+        message: String,
+        wait: std::time::Duration,
+    },
     /// 503 with a reason the caller can act on: no valid token right now.
     #[error("{0}")]
     NoValidToken(String),
@@ -85,6 +93,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoValidToken(_) | ApiError::Timeout(_) | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -100,6 +109,7 @@ impl ApiError {
             ApiError::NotFound(_) => NOT_FOUND,
             ApiError::Gone(_) => AUTHORIZATION_LOST,
             ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => TOO_MANY_REQUESTS,
             ApiError::NoValidToken(_) => NO_VALID_TOKEN,
             ApiError::Timeout(_) => TIMEOUT,
             ApiError::Unavailable(_) => UNAVAILABLE,
@@ -110,6 +120,11 @@ impl ApiError {
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Arc::new(err))
     }
+}
+
+/// Whole seconds to wait, at least 1 (what `Retry-After` carries).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl From<StoreError> for ApiError {
@@ -203,6 +218,12 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code(), "message": self.to_string() }
         }));
         let mut response = (self.status(), body).into_response();
+        if let ApiError::TooManyRequests { wait, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs(*wait).max(1)),
+            );
+        }
         if let ApiError::Unavailable(source) | ApiError::Internal(source) = self {
             response.extensions_mut().insert(ErrorSource(source));
         }
@@ -259,6 +280,14 @@ mod tests {
                 AUTHORIZATION_LOST,
             ),
             (ApiError::PayloadTooLarge, 413, PAYLOAD_TOO_LARGE),
+            (
+                ApiError::TooManyRequests {
+                    message: "too many invalidation reports".into(),
+                    wait: std::time::Duration::from_millis(1500),
+                },
+                429,
+                TOO_MANY_REQUESTS,
+            ),
             (
                 ApiError::NoValidToken("refresh failing: quota".into()),
                 503,

@@ -75,6 +75,38 @@ impl AnonymousLimits {
     }
 }
 
+/// Invalidation reports per client (API key id): `server.report_rate` per second, bursts of
+/// `server.report_burst`. Kept by each server for itself: it bounds the work one client makes a
+/// server do; the WeChat calls reports cause are bounded per credential across replicas by the
+/// force budget (`refresh/reports.rs`), which is what protects the quota.
+pub struct ReportLimits {
+    per_client: DefaultKeyedRateLimiter<i64>,
+}
+
+/// Clients remembered beyond which the idle ones are forgotten.
+const KEEP_CLIENTS: usize = 10_000;
+
+impl ReportLimits {
+    pub fn new(server: &ServerConfig) -> Self {
+        let rate = NonZeroU32::new(server.report_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(server.report_burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            per_client: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        }
+    }
+
+    /// `Err(wait)` if `client` is over its report rate.
+    pub fn check(&self, client: i64) -> Result<(), Duration> {
+        let now = DefaultClock::default().now();
+        if self.per_client.len() > KEEP_CLIENTS {
+            self.per_client.retain_recent();
+        }
+        self.per_client
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(now))
+    }
+}
+
 /// The middleware of the limited routes.
 pub async fn limit(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let peer = request

@@ -64,6 +64,8 @@ pub struct Shared {
     pub pages: AuthorizePages,
     /// The rate limits of the anonymous routes that call WeChat.
     pub limits: limits::AnonymousLimits,
+    /// Each client's invalidation-report rate.
+    pub reports: limits::ReportLimits,
     pub server: ServerConfig,
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
@@ -87,6 +89,7 @@ impl Shared {
             keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
             reads: Arc::new(ReadCounter::default()),
             limits: limits::AnonymousLimits::new(&server),
+            reports: limits::ReportLimits::new(&server),
             engine,
             store,
             vault,

@@ -120,7 +120,11 @@ pub struct InvalidateRequest {
 
 /// Report a token WeChat refused. If it is still the current token, wxtoken refreshes (one upstream
 /// call however many clients report it) and answers the new one; if a newer one exists already,
-/// that one is the answer and WeChat is not called.
+/// that one is the answer and WeChat is not called. A credential is force-refreshed at most once
+/// per `refresh.min_force_interval` across replicas: a report inside it is answered with the
+/// current token. A report of a token wxtoken obtained minutes ago is checked with WeChat first:
+/// if WeChat accepts it, nothing is refreshed; if not, something outside wxtoken refreshed the
+/// appid (alert `rogue_refresher`). A client over `server.report_rate` gets 429.
 #[utoipa::path(
     post,
     path = "/v1/tokens/{appid}/invalidate",
@@ -134,6 +138,7 @@ pub struct InvalidateRequest {
         (status = 403, description = "The key is not granted this appid", body = ErrorBody),
         (status = 404, description = "Unknown appid", body = ErrorBody),
         (status = 410, description = "Authorization lost", body = ErrorBody),
+        (status = 429, description = "Over server.report_rate for this client; Retry-After says when to try again", body = ErrorBody),
         (status = 503, description = "The refresh failed; the reason says why", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -146,6 +151,16 @@ pub async fn invalidate(
     ApiJson(body): ApiJson<InvalidateRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_read(&appid)?;
+    if let Err(wait) = app.0.reports.check(caller.id) {
+        metrics::counter!(crate::telemetry::REPORTS_TOTAL, "outcome" => "limited").increment(1);
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "client {} made more than {} invalidation reports a second",
+                caller.name, app.0.server.report_rate
+            ),
+            wait,
+        });
+    }
     if body.access_token.is_empty() || body.access_token.len() > 2048 {
         return Err(ApiError::BadRequest(
             "access_token must be the token WeChat refused".into(),
@@ -159,7 +174,7 @@ pub async fn invalidate(
     let token = app
         .0
         .engine
-        .invalidate(slot.credential(), &body.access_token)
+        .invalidate_for(slot.credential(), &body.access_token, Some(&caller.name))
         .await?;
     let token = served(&app, &slot, token)?;
     Ok(Json(TokenResponse::new(&appid, &token)).into_response())

@@ -413,6 +413,12 @@ impl Inner {
                     self.schedule.failures.lock().remove(&credential);
                     match access_write {
                         Some((token, stored)) => {
+                            self.reports.obtained(
+                                &credential,
+                                token,
+                                stored.issued_at,
+                                self.config.rogue_window,
+                            );
                             self.publish(
                                 &credential,
                                 generation,

@@ -20,6 +20,7 @@ use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
 
 use super::lease::Grant;
+use super::reports::Gate;
 use super::{Inner, Mode, Outcome, RefreshError};
 use crate::alerts::{Alert, AlertKind};
 use crate::model::{Credential, CredentialKind, Timestamp, TokenSource};
@@ -91,7 +92,7 @@ impl Inner {
         let replaced = |inner: &Self| {
             let current = inner.cache.get(&credential).and_then(|s| s.current())?;
             let reported = match &mode {
-                Mode::Forced { reported } => reported.as_ref()?,
+                Mode::Forced { reported, .. } => reported.as_ref()?,
                 Mode::Normal => return None,
             };
             (current.generation > reported.generation && mode.accepts(&current)).then_some(current)
@@ -115,6 +116,8 @@ impl Inner {
         // stream. Wait for it rather than fail the readers joined to this flight, asking again
         // every LEASE_POLL: if the holder died, its lease runs out and this flight takes over.
         let landings_at_start = self.component.landings(&credential.component);
+        // Read before the lease is taken: taking it overwrites another holder's row.
+        let rogue_evidence = self.rogue_evidence(&credential, &mode).await;
         let mut granted = self.io.lease.acquire(&lease_key).await;
         if matches!(granted, Ok(Grant::Refused)) {
             let give_up = Instant::now() + LEASE_WAIT;
@@ -154,6 +157,12 @@ impl Inner {
                             return result;
                         }
                     }
+                }
+                if let Gate::Answer(token) =
+                    self.report_gate(&credential, &mode, rogue_evidence).await
+                {
+                    self.io.lease.release(&lease_key).await;
+                    return Ok(token);
                 }
                 let work = async {
                     match credential.kind {
@@ -214,6 +223,8 @@ impl Inner {
             Err(e) => {
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => e.class())
                     .increment(1);
+                // It may have reached WeChat: a refusal of the token held proves nothing now.
+                self.reports.attempt_unknown(credential);
                 if matches!(e, RefreshError::NoTicket) {
                     // Every fresh deployment starts here: the first push is at most 10 min away
                     // (ticket silence alerts if it is not), so this is no failure.

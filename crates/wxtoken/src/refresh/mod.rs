@@ -38,6 +38,7 @@ pub mod lease;
 mod read;
 mod reconcile;
 mod recovery;
+mod reports;
 mod retry;
 mod schedule;
 mod write;
@@ -217,6 +218,8 @@ pub(crate) enum Mode {
     /// only the refresh token bumps the generation but not the access token.
     Forced {
         reported: Option<Arc<CachedToken>>,
+        /// The client that reported (for a rogue refresher alert).
+        reporter: Option<Arc<str>>,
     },
 }
 
@@ -227,6 +230,7 @@ impl Mode {
         match self {
             Mode::Forced {
                 reported: Some(reported),
+                ..
             } => !token.is(reported.access_token.expose_secret()),
             _ => true,
         }
@@ -299,6 +303,8 @@ pub(crate) struct Inner {
     pub(crate) events: events::EventState,
     /// Served-but-unstored writes and the group commit (`write.rs`, `commit.rs`).
     pub(crate) writes: write::Writes,
+    /// Force budgets and the tokens this process obtained (`reports.rs`).
+    pub(crate) reports: reports::Reports,
 }
 
 /// The refresh engine. Cheap to clone (one `Arc`).
@@ -343,6 +349,7 @@ impl Engine {
             codes: codes::Codes::new(deps.tracker),
             events: events::EventState::default(),
             writes: write::Writes::default(),
+            reports: reports::Reports::default(),
         });
         inner.cold_start().await?;
         Ok(Self { inner })
@@ -485,47 +492,6 @@ impl Engine {
     /// pending.
     pub async fn wait_stored(&self, credential: &Credential) {
         self.inner.settle_pending_write(credential).await;
-    }
-
-    /// An invalidation report (rule 6): a client got 40001/42001 with `reported`. If it is the
-    /// current token, refresh (single flight; direct accounts force within budget) and return the
-    /// new one; otherwise return the current token with no upstream call.
-    pub async fn invalidate(&self, credential: &Credential, reported: &str) -> Outcome {
-        let slot = self
-            .inner
-            .cache
-            .get(credential)
-            .ok_or(RefreshError::Unknown)?;
-        let held = match slot.current() {
-            Some(current) if !current.is(reported) => return Ok(current),
-            current => current,
-        };
-        // A report that joined a flight already under way (a scheduled refresh waiting on another
-        // replica's lease, say) may get that flight's answer: if it is the reported token, the
-        // report asks once more, this time in a flight of its own. (A direct account's
-        // stable_token answers without force_refresh with the same token: no second call.)
-        let tries = if credential.kind == crate::model::CredentialKind::Direct {
-            1
-        } else {
-            2
-        };
-        for _ in 0..tries {
-            let out = Arc::clone(&self.inner)
-                .refresh_owned(
-                    credential.clone(),
-                    Mode::Forced {
-                        reported: held.clone(),
-                    },
-                )
-                .await?;
-            if !out.is(reported) {
-                return Ok(out);
-            }
-        }
-        // Only WeChat answering with the same token again gets here (stable_token without a
-        // force_refresh budget): it is all there is.
-        tracing::warn!(appid = %credential.appid, "WeChat answered a report with the reported token");
-        slot.current().ok_or(RefreshError::Abandoned)
     }
 
     /// When the credential is next due, if scheduled (for tests and admin views).

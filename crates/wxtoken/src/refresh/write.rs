@@ -150,6 +150,12 @@ impl Inner {
             .pending
             .lock()
             .insert(credential.clone(), settled);
+        self.reports.obtained(
+            credential,
+            &token,
+            access.issued_at,
+            self.config.rogue_window,
+        );
         let served = slot.publish(CachedToken {
             access_token: SecretString::from(token.clone()),
             issued_at: access.issued_at,

@@ -25,6 +25,20 @@ pub trait LeaseStore: Send + Sync {
 
     /// Gives the lease back if `holder` holds it.
     async fn release_lease(&self, key: &LeaseKey, holder: &str) -> Result<(), StoreError>;
+
+    /// The row of `key`, if any: its holder and expiry (live or run out; a released lease has
+    /// no row).
+    async fn lease_row(&self, key: &LeaseKey) -> Result<Option<(String, Timestamp)>, StoreError>;
+
+    /// Claims `key` until `until` if nobody holds it past `now` (a budget that is spent, never
+    /// given back): `Ok(None)` if claimed, `Ok(Some(expiry))` with the current claim's expiry if
+    /// not. One conditional statement decides, so two replicas never both claim it.
+    async fn claim(
+        &self,
+        key: &LeaseKey,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
 }
 
 /// `impl LeaseStore` for a backend type (see `sql::impl_store!`).
@@ -78,6 +92,50 @@ macro_rules! leases_sql {
                 .execute(self.write_pool())
                 .await?;
                 Ok(())
+            }
+
+            async fn lease_row(
+                &self,
+                key: &crate::store::LeaseKey,
+            ) -> Result<Option<(String, Timestamp)>, StoreError> {
+                let (component, kind, name) = key.row();
+                let row: Option<(String, i64)> = sqlx::query_as(
+                    "SELECT holder, expires_at FROM refresh_leases WHERE component_appid = $1 \
+                     AND kind = $2 AND appid = $3",
+                )
+                .bind(component)
+                .bind(kind)
+                .bind(name)
+                .fetch_optional(self.read_pool())
+                .await?;
+                Ok(row.map(|(holder, ms)| (holder, Timestamp::from_millis(ms))))
+            }
+
+            async fn claim(
+                &self,
+                key: &crate::store::LeaseKey,
+                now: Timestamp,
+                until: Timestamp,
+            ) -> Result<Option<Timestamp>, StoreError> {
+                // A holder nobody else ever uses: only expiry frees the row.
+                let holder = format!("claim-{:016x}", rand::random::<u64>());
+                if self.try_lease(key, &holder, now, until).await? {
+                    return Ok(None);
+                }
+                let (component, kind, name) = key.row();
+                let expiry: Option<(i64,)> = sqlx::query_as(
+                    "SELECT expires_at FROM refresh_leases WHERE component_appid = $1 \
+                     AND kind = $2 AND appid = $3",
+                )
+                .bind(component)
+                .bind(kind)
+                .bind(name)
+                .fetch_optional(self.write_pool())
+                .await?;
+                // Gone meanwhile (an expired row pruned): claimed by someone just now.
+                Ok(Some(
+                    expiry.map_or(until, |(ms,)| Timestamp::from_millis(ms)),
+                ))
             }
         }
     };

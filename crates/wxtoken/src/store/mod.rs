@@ -31,6 +31,7 @@ mod direct;
 mod events;
 mod keys;
 mod leases;
+mod ops;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -43,6 +44,7 @@ pub use direct::DirectStore;
 pub use events::EventStore;
 pub use keys::KeyStore;
 pub use leases::LeaseStore;
+pub use ops::{ChangeScope, OpsStore, RogueRecord, ServerRecord, StoreChange};
 pub use tokens::TokenStore;
 
 use std::sync::Arc;
@@ -50,7 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{Appid, ComponentAppid, Credential, NONCE_LEN, Sealed, SecretSlot};
+use crate::model::{
+    Appid, ComponentAppid, Credential, CredentialKind, NONCE_LEN, Sealed, SecretSlot,
+};
 
 use postgres::PgStore;
 pub use postgres::{TokenChange, TokenChanges};
@@ -75,6 +79,10 @@ pub enum LeaseKey {
         component: ComponentAppid,
         digest: String,
     },
+    /// A credential's forced-refresh budget (SPEC.md rule 10): claimed for
+    /// `refresh.min_force_interval` by the refresh an invalidation report forces, and never
+    /// released, so its expiry is when the next forced refresh may happen on any replica.
+    Force(Credential),
 }
 
 impl LeaseKey {
@@ -92,6 +100,14 @@ impl LeaseKey {
                 dedupe_key,
             } => (component.as_str(), "event", dedupe_key),
             LeaseKey::Code { component, digest } => (component.as_str(), "code", digest),
+            LeaseKey::Force(c) => {
+                let kind = match c.kind {
+                    CredentialKind::Component => "force_component",
+                    CredentialKind::Authorizer => "force_authorizer",
+                    CredentialKind::Direct => "force_direct",
+                };
+                (c.component.as_str(), kind, c.appid.as_str())
+            }
         }
     }
 }
@@ -107,6 +123,7 @@ impl std::fmt::Display for LeaseKey {
             LeaseKey::Code { digest, .. } => {
                 write!(f, "code {}", &digest[..digest.len().min(12)])
             }
+            LeaseKey::Force(c) => write!(f, "forced refresh {} {}", c.kind.as_str(), c.appid),
         }
     }
 }
@@ -408,6 +425,9 @@ pub trait Store: Send + Sync {
     fn keys(&self) -> &dyn KeyStore;
     /// Leases on work that must happen once across replicas (`refresh_leases`).
     fn leases(&self) -> &dyn LeaseStore;
+    /// What running servers and operators' tools tell each other (`servers`, `store_changes`),
+    /// and what the guards found (`rogue_refreshes`).
+    fn ops(&self) -> &dyn OpsStore;
 }
 
 /// Connection settings (`[storage]` in the configuration).

@@ -746,6 +746,10 @@ macro_rules! impl_store {
                 fn leases(&self) -> &dyn crate::store::LeaseStore {
                     self
                 }
+
+                fn ops(&self) -> &dyn crate::store::OpsStore {
+                    self
+                }
             }
 
             crate::store::components::components_sql!($store, $db);
@@ -756,6 +760,7 @@ macro_rules! impl_store {
             crate::store::clients::clients_sql!($store, $db);
             crate::store::keys::keys_sql!($store, $db);
             crate::store::leases::leases_sql!($store, $db);
+            crate::store::ops::ops_sql!($store, $db);
         }
     };
 }

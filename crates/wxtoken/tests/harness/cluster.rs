@@ -166,6 +166,8 @@ lease_ttl = "{lease_ttl}"
 [refresh]
 serve_margin = "3s"
 backoff_max = "2s"
+# Scaled with the 20-second tokens these tests use (30 s against WeChat's 2 hours).
+min_force_interval = "1s"
 
 [upstream]
 base_url = "{sim_url}"

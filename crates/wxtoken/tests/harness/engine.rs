@@ -38,6 +38,10 @@ pub fn refresh_config(serve_margin: Duration) -> RefreshConfig {
         concurrency: 32,
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
+        // Off unless a test is about them: most stories report tokens back to back, and
+        // their tokens are all minutes old at most.
+        min_force_interval: Duration::ZERO,
+        rogue_window: Duration::ZERO,
         ..RefreshConfig::default()
     }
 }

@@ -150,6 +150,10 @@ impl Store for HookStore {
     fn leases(&self) -> &dyn LeaseStore {
         self.inner.leases()
     }
+
+    fn ops(&self) -> &dyn wxtoken::store::OpsStore {
+        self.inner.ops()
+    }
 }
 
 #[async_trait]

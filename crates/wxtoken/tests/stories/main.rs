@@ -7,6 +7,7 @@
 mod harness;
 
 mod events;
+mod guards;
 mod http;
 mod lifecycle;
 mod replicas;

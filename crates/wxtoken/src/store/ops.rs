@@ -1,0 +1,315 @@
+//! The operations role of the store: what running servers and operators' tools tell each other
+//! (`servers`, `store_changes`) and what the guards found (`rogue_refreshes`).
+//!
+//! [`OpsStore`] is the contract; `ops_sql!` its SQL, shared by both backends (conventions in
+//! `sql.rs`) and expanded for each backend type by `sql::impl_store!`.
+
+use async_trait::async_trait;
+
+use crate::model::{ComponentAppid, Credential, Timestamp};
+use crate::store::StoreError;
+
+/// Refreshes of one credential that wxtoken did not make, as WeChat showed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RogueRecord {
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+    pub times: u64,
+    /// The client whose report revealed the last one.
+    pub last_client: String,
+}
+
+/// One running server, as its heartbeat says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRecord {
+    /// Unique per process start.
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    /// The master key ids it can open (never a key).
+    pub key_ids: Vec<String>,
+}
+
+/// What a change made outside a server is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeScope {
+    /// A direct account added, changed or removed (`subject`: its appid).
+    Account,
+    /// An authorizer imported or changed (`subject`: its appid; none: every authorizer of the
+    /// component, after an import).
+    Authorizer,
+    /// An API client added or revoked (`subject`: its id).
+    Client,
+    /// The master keys rotated or secrets re-sealed.
+    Keys,
+}
+
+impl ChangeScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeScope::Account => "account",
+            ChangeScope::Authorizer => "authorizer",
+            ChangeScope::Client => "client",
+            ChangeScope::Keys => "keys",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "account" => ChangeScope::Account,
+            "authorizer" => ChangeScope::Authorizer,
+            "client" => ChangeScope::Client,
+            "keys" => ChangeScope::Keys,
+            _ => return None,
+        })
+    }
+}
+
+/// One change made outside a server (the CLI, another replica's admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreChange {
+    pub scope: ChangeScope,
+    pub component: Option<ComponentAppid>,
+    pub subject: Option<String>,
+}
+
+impl StoreChange {
+    pub fn new(
+        scope: ChangeScope,
+        component: Option<&ComponentAppid>,
+        subject: Option<&str>,
+    ) -> Self {
+        Self {
+            scope,
+            component: component.cloned(),
+            subject: subject.map(str::to_owned),
+        }
+    }
+}
+
+/// What running servers and operators' tools tell each other, and what the guards found.
+#[async_trait]
+pub trait OpsStore: Send + Sync {
+    /// Counts one rogue refresh of `credential`, revealed by `client`'s report at `at`.
+    async fn record_rogue_refresh(
+        &self,
+        credential: &Credential,
+        at: Timestamp,
+        client: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The rogue refreshes of `credential`, if any was ever found.
+    async fn rogue_refresh(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<RogueRecord>, StoreError>;
+
+    /// Writes (or refreshes) a server's heartbeat row.
+    async fn heartbeat(&self, server: &ServerRecord) -> Result<(), StoreError>;
+
+    /// Servers whose last heartbeat is at or after `since`.
+    async fn live_servers(&self, since: Timestamp) -> Result<Vec<ServerRecord>, StoreError>;
+
+    /// Removes a server's row (it stopped).
+    async fn remove_server(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Records a change made outside the servers; returns its sequence number.
+    async fn record_change(&self, change: &StoreChange, at: Timestamp) -> Result<i64, StoreError>;
+
+    /// Changes with a sequence number above `after`, oldest first, at most `limit`; `None` for
+    /// a row this binary cannot read (a newer version's scope).
+    async fn changes_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<StoreChange>)>, StoreError>;
+
+    /// The newest change's sequence number (0 if none).
+    async fn latest_change(&self) -> Result<i64, StoreError>;
+
+    /// Forgets changes recorded before `before`.
+    async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// `impl OpsStore` for a backend type (see `sql::impl_store!`).
+macro_rules! ops_sql {
+    ($store:ident, $db:ty) => {
+        #[async_trait::async_trait]
+        impl crate::store::OpsStore for $store {
+            async fn record_rogue_refresh(
+                &self,
+                credential: &Credential,
+                at: Timestamp,
+                client: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO rogue_refreshes (component_appid, kind, appid, first_at, \
+                     last_at, times, last_client) VALUES ($1, $2, $3, $4, $4, 1, $5) \
+                     ON CONFLICT (component_appid, kind, appid) DO UPDATE SET \
+                     last_at = excluded.last_at, times = rogue_refreshes.times + 1, \
+                     last_client = excluded.last_client",
+                )
+                .bind(credential.component.as_str())
+                .bind(credential.kind.as_str())
+                .bind(credential.appid.as_str())
+                .bind(at.as_millis())
+                .bind(client)
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn rogue_refresh(
+                &self,
+                credential: &Credential,
+            ) -> Result<Option<crate::store::RogueRecord>, StoreError> {
+                let row: Option<(i64, i64, i64, String)> = sqlx::query_as(
+                    "SELECT first_at, last_at, times, last_client FROM rogue_refreshes \
+                     WHERE component_appid = $1 AND kind = $2 AND appid = $3",
+                )
+                .bind(credential.component.as_str())
+                .bind(credential.kind.as_str())
+                .bind(credential.appid.as_str())
+                .fetch_optional(self.read_pool())
+                .await?;
+                Ok(
+                    row.map(|(first, last, times, client)| crate::store::RogueRecord {
+                        first_at: Timestamp::from_millis(first),
+                        last_at: Timestamp::from_millis(last),
+                        times: u64::try_from(times).unwrap_or(0),
+                        last_client: client,
+                    }),
+                )
+            }
+
+            async fn heartbeat(
+                &self,
+                server: &crate::store::ServerRecord,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO servers (id, host, pid, started_at, heartbeat_at, key_ids) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
+                     heartbeat_at = excluded.heartbeat_at, key_ids = excluded.key_ids",
+                )
+                .bind(&server.id)
+                .bind(&server.host)
+                .bind(i64::from(server.pid))
+                .bind(server.started_at.as_millis())
+                .bind(server.heartbeat_at.as_millis())
+                .bind(server.key_ids.join(","))
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn live_servers(
+                &self,
+                since: Timestamp,
+            ) -> Result<Vec<crate::store::ServerRecord>, StoreError> {
+                let rows: Vec<(String, String, i64, i64, i64, String)> = sqlx::query_as(
+                    "SELECT id, host, pid, started_at, heartbeat_at, key_ids FROM servers \
+                     WHERE heartbeat_at >= $1 ORDER BY started_at",
+                )
+                .bind(since.as_millis())
+                .fetch_all(self.read_pool())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(id, host, pid, started, beat, keys)| crate::store::ServerRecord {
+                            id,
+                            host,
+                            pid: u32::try_from(pid).unwrap_or(0),
+                            started_at: Timestamp::from_millis(started),
+                            heartbeat_at: Timestamp::from_millis(beat),
+                            key_ids: keys
+                                .split(',')
+                                .filter(|k| !k.is_empty())
+                                .map(str::to_owned)
+                                .collect(),
+                        },
+                    )
+                    .collect())
+            }
+
+            async fn remove_server(&self, id: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM servers WHERE id = $1")
+                    .bind(id)
+                    .execute(self.write_pool())
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_change(
+                &self,
+                change: &crate::store::StoreChange,
+                at: Timestamp,
+            ) -> Result<i64, StoreError> {
+                let (seq,): (i64,) = sqlx::query_as(
+                    "INSERT INTO store_changes (at, scope, component_appid, subject) \
+                     VALUES ($1, $2, $3, $4) RETURNING seq",
+                )
+                .bind(at.as_millis())
+                .bind(change.scope.as_str())
+                .bind(change.component.as_ref().map(ComponentAppid::as_str))
+                .bind(change.subject.as_deref())
+                .fetch_one(self.write_pool())
+                .await?;
+                Ok(seq)
+            }
+
+            async fn changes_after(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<(i64, Option<crate::store::StoreChange>)>, StoreError> {
+                let rows: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT seq, scope, component_appid, subject FROM store_changes \
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.read_pool())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(seq, scope, component, subject)| {
+                        // A scope or appid this binary cannot read (a newer CLI): None.
+                        let scope = crate::store::ChangeScope::parse(&scope);
+                        let component = match component {
+                            Some(c) => ComponentAppid::parse(&c).ok().map(Some),
+                            None => Some(None),
+                        };
+                        let change = scope.zip(component).map(|(scope, component)| {
+                            crate::store::StoreChange {
+                                scope,
+                                component,
+                                subject,
+                            }
+                        });
+                        (seq, change)
+                    })
+                    .collect())
+            }
+
+            async fn latest_change(&self) -> Result<i64, StoreError> {
+                let (seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM store_changes")
+                    .fetch_one(self.read_pool())
+                    .await?;
+                Ok(seq.unwrap_or(0))
+            }
+
+            async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError> {
+                Ok(sqlx::query("DELETE FROM store_changes WHERE at < $1")
+                    .bind(before.as_millis())
+                    .execute(self.write_pool())
+                    .await?
+                    .rows_affected())
+            }
+        }
+    };
+}
+
+pub(super) use ops_sql;

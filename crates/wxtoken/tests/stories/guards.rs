@@ -1,0 +1,226 @@
+//! Guards against clients' mistakes (issue 13), end to end over real sockets: a reporting loop
+//! cannot burn a credential's quota, a client over its report rate gets 429, and a refresh made
+//! behind wxtoken's back is found, named and recovered from with one refresh.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::engine::WebhookReceiver;
+use crate::harness::server::{Server, sim_config};
+use reqwest::StatusCode;
+use wechat_sim::AccountKind;
+
+/// `POST /v1/tokens/{appid}/invalidate` with `token`: (status, body, Retry-After).
+async fn report(
+    s: &Server,
+    key: &str,
+    appid: &str,
+    token: &str,
+) -> (StatusCode, serde_json::Value, Option<u64>) {
+    let response = s
+        .http
+        .post(format!("{}/v1/tokens/{appid}/invalidate", s.internal))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "access_token": token }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body, retry_after)
+}
+
+fn token_of(body: &serde_json::Value) -> String {
+    body["access_token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reporting_loop_forces_at_most_one_refresh_per_min_force_interval() {
+    let s = Server::start_with(sim_config(), |c| {
+        c.refresh.min_force_interval = Duration::from_secs(1);
+        // Every allowed force is a real refresh here (the rogue check is another story).
+        c.refresh.rogue_window = Duration::ZERO;
+        c.server.report_rate = 1_000_000;
+        c.server.report_burst = 1_000_000;
+    })
+    .await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let key = s.client_key("looping-svc", &[&appid], false).await;
+    let path = format!("/v1/tokens/{appid}");
+    s.sim.control().reset_stats();
+    let started = Instant::now();
+    for _ in 0..2000 {
+        let (status, body) = s.get(Some(&key), &path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, answer, _) = report(&s, &key, &appid, &token_of(&body)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(
+            s.sim.control().validate(&token_of(&answer)).valid,
+            "every answer is a valid token"
+        );
+    }
+    let elapsed = started.elapsed();
+    let stats = s.sim.control().stats_for(&appid);
+    let calls: u64 = stats.endpoints.values().map(|e| e.calls).sum();
+    let bound = elapsed.as_secs_f64().ceil() as u64 + 1;
+    eprintln!(
+        "2,000 report loops in {:.1}s: {calls} upstream calls for the appid (bound {bound})",
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        calls <= bound,
+        "{calls} upstream calls in {elapsed:?}: more than one per min_force_interval"
+    );
+    assert!(
+        calls >= 1,
+        "the first report of the current token refreshes"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_report_rate_gets_429_with_retry_after_and_others_are_not_limited() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let noisy = s.client_key("noisy-svc", &[&appid], false).await;
+    let quiet = s.client_key("quiet-svc", &[&appid], false).await;
+    let before = s.calls("api_authorizer_token") + s.calls("getcallbackip");
+    let started = Instant::now();
+    let (mut passed, mut limited) = (0u32, 0u32);
+    for _ in 0..100 {
+        // Not the current token: answered with the current one, no upstream call either way.
+        let (status, body, retry_after) = report(&s, &noisy, &appid, "stale-token").await;
+        match status {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+                assert!(retry_after.is_some_and(|s| s >= 1), "Retry-After is set");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The default rate: 10 a second after a burst of 20.
+    assert!(passed >= 20, "the burst passes: {passed}");
+    assert!(
+        f64::from(passed) <= 20.0 + (10.0 * elapsed).ceil() + 1.0,
+        "{passed} passed in {elapsed:.2}s"
+    );
+    assert!(limited > 0, "the rest are limited");
+    let (status, body, _) = report(&s, &quiet, &appid, "stale-token").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another client is not limited: {body}"
+    );
+    assert_eq!(
+        s.calls("api_authorizer_token") + s.calls("getcallbackip"),
+        before,
+        "reports of a replaced token never call WeChat"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_behind_wxtokens_back_raises_one_rogue_refresher_alert_naming_the_client_and_one_refresh_recovers()
+ {
+    let webhook = WebhookReceiver::start().await;
+    let url = webhook.url.clone();
+    let s = Server::start_with(sim_config(), move |c| {
+        c.alerts.webhook_url = Some(url);
+    })
+    .await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let other = s.authorize_account(AccountKind::MiniProgram).await;
+    let key = s.client_key("billing-svc", &[&appid, &other], false).await;
+
+    // A wrong report (the token is fine): checked with one cheap call, nothing refreshed.
+    let (_, body) = s.get(Some(&key), &format!("/v1/tokens/{other}")).await;
+    let fine = token_of(&body);
+    s.sim.control().reset_stats();
+    let (status, answer, _) = report(&s, &key, &other, &fine).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(token_of(&answer), fine, "a token WeChat accepts is kept");
+    assert_eq!(s.calls("getcallbackip"), 1);
+    assert_eq!(s.calls("api_authorizer_token"), 0);
+
+    // Another service refreshes `appid` with its refresh token, as a forgotten refresher would.
+    let (_, body) = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
+    let ours = token_of(&body);
+    let (_, component) = s.get(Some(&s.admin_key), "/v1/component/token").await;
+    let refresh_token = s
+        .sim
+        .control()
+        .authorizer(s.comp(), &appid)
+        .unwrap()
+        .refresh_token;
+    let rogue: serde_json::Value = s
+        .http
+        .post(format!(
+            "{}/cgi-bin/component/api_authorizer_token",
+            s.sim.base_url()
+        ))
+        .query(&[("component_access_token", token_of(&component))])
+        .json(&serde_json::json!({
+            "component_appid": s.comp(),
+            "authorizer_appid": appid,
+            "authorizer_refresh_token": refresh_token,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rogue["authorizer_access_token"].is_string(), "{rogue}");
+    // WeChat retires the replaced token once its overlap (30 s here) is over.
+    s.sim.control().advance_clock(Duration::from_secs(31));
+    assert!(!s.sim.control().validate(&ours).valid);
+
+    s.sim.control().reset_stats();
+    let (status, answer, _) = report(&s, &key, &appid, &ours).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let recovered = token_of(&answer);
+    assert_ne!(recovered, ours);
+    assert!(s.sim.control().validate(&recovered).valid);
+    assert_eq!(
+        s.calls("getcallbackip"),
+        1,
+        "one check of the reported token"
+    );
+    assert_eq!(s.calls("api_authorizer_token"), 1, "one refresh recovers");
+
+    let alert = webhook.wait_for("rogue_refresher", &appid).await;
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("billing-svc"),
+        "the client is named: {reason}"
+    );
+    assert!(!reason.contains(&ours), "no token in the alert");
+
+    // The same report again (a retry): the current token, no call, no second alert.
+    let (status, answer, _) = report(&s, &key, &appid, &ours).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(token_of(&answer), recovered);
+    assert_eq!(
+        s.calls("api_authorizer_token") + s.calls("getcallbackip"),
+        2
+    );
+    assert_eq!(webhook.count_kind("rogue_refresher"), 1);
+
+    let (status, view) = s
+        .get(
+            Some(&s.admin_key),
+            &format!("/v1/admin/authorizers/{appid}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["rogue_refreshes"]["times"], 1, "{view}");
+    assert_eq!(view["rogue_refreshes"]["last_client"], "billing-svc");
+    s.shutdown().await;
+}
