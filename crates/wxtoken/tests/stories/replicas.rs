@@ -488,6 +488,15 @@ async fn start_app(
 }
 
 async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> RunningApp {
+    start_app_with(db_url, sim, vault_key, |_| {}).await
+}
+
+async fn start_app_with(
+    db_url: &str,
+    sim: &SimHandle,
+    vault_key: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> RunningApp {
     crate::harness::init_logs();
     let mut config = Config::from_sources(Sources::default()).expect("defaults");
     config.storage.url = SecretString::from(db_url.to_owned());
@@ -504,6 +513,7 @@ async fn start_app_at(db_url: &str, sim: &SimHandle, vault_key: &str) -> Running
         encoding_aes_key: SecretString::from(AES_KEY),
         previous_encoding_aes_key: None,
     }];
+    adjust(&mut config);
     let vault = Vault::new(&MasterKey::parse(vault_key).expect("key"), &[]);
     let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let internal = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -653,6 +663,97 @@ async fn a_refresh_on_one_replica_reaches_every_other_replica_quickly() {
         pct(0.99) <= Duration::from_millis(100),
         "propagation p99 {:?} exceeds 100 ms",
         pct(0.99)
+    );
+}
+
+/// The force budget is one per credential across replicas: a client reporting in a loop to
+/// three replicas in turn gets no more forced refreshes than from one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reporting_loop_across_three_replicas_forces_at_most_one_refresh_per_min_force_interval()
+{
+    let _alone = crate::harness::alone().await;
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 1).await;
+    let appid = credentials[0].appid.to_string();
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        apps.push(
+            start_app_with(&h.url, &sim, &key, |c| {
+                c.refresh.min_force_interval = Duration::from_secs(1);
+                c.refresh.rogue_window = Duration::ZERO;
+                c.server.report_rate = 1_000_000;
+                c.server.report_burst = 1_000_000;
+            })
+            .await,
+        );
+    }
+    let (_, client) = wxtoken::manage::create_client(
+        &*h.store,
+        "looping-svc",
+        wxtoken::model::AppidGrant::Only(vec![credentials[0].appid.clone()]),
+        false,
+    )
+    .await
+    .expect("client");
+    let api_key = client.key.expose_secret().to_owned();
+    for app in &apps {
+        let slot = app.engine.cache().slot(&credentials[0]);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            slot.subscribe().wait_for(|g| *g > 0),
+        )
+        .await
+        .expect("first token within 30 s")
+        .expect("slot");
+    }
+    let http = reqwest::Client::new();
+    sim.control().reset_stats();
+    let started = Instant::now();
+    for n in 0..2000 {
+        let base = format!("http://{}", apps[n % apps.len()].internal_addr);
+        let token: serde_json::Value = http
+            .get(format!("{base}/v1/tokens/{appid}"))
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("json");
+        let answer = http
+            .post(format!("{base}/v1/tokens/{appid}/invalidate"))
+            .bearer_auth(&api_key)
+            .json(&serde_json::json!({"access_token": token["access_token"]}))
+            .send()
+            .await
+            .expect("report");
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    }
+    let elapsed = started.elapsed();
+    let stats = sim.control().stats_for(&appid);
+    let calls: u64 = stats.endpoints.values().map(|e| e.calls).sum();
+    let bound = elapsed.as_secs_f64().ceil() as u64 + 1;
+    eprintln!(
+        "2,000 report loops over 3 replicas in {:.1}s: {calls} upstream calls (bound {bound})",
+        elapsed.as_secs_f64()
+    );
+    for app in apps {
+        app.shutdown().await.expect("shutdown");
+    }
+    assert!(
+        calls <= bound,
+        "{calls} upstream calls in {elapsed:?}: the budget is not shared across replicas"
+    );
+    assert!(
+        calls >= 1,
+        "the first report of the current token refreshes"
     );
 }
 
