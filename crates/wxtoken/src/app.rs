@@ -188,6 +188,7 @@ impl App {
             cancel.clone(),
         )));
         spawn_upkeep(&state, &tracker, cancel.clone());
+        crate::coordination::spawn(&state, &tracker, cancel.clone());
 
         let public_addr = public.local_addr()?;
         let internal_addr = internal.local_addr()?;

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod http;
 pub mod manage;
 pub mod model;

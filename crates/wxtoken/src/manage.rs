@@ -7,7 +7,7 @@ use crate::model::{
     AppKind, Appid, AppidGrant, ClientCreate, ClientRecord, ComponentAppid, DirectAccountWrite,
     NewClient, SecretSlot, Timestamp, UpsertOutcome,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeScope, Store, StoreChange, StoreError};
 use crate::vault::{NewApiKey, Vault, VaultError, generate_api_key};
 
 /// Why a management operation was refused.
@@ -68,7 +68,7 @@ pub async fn add_direct_account(
         SecretSlot::DirectAppsecret { component, appid },
         secret.as_bytes(),
     )?;
-    Ok(store
+    let outcome = store
         .direct()
         .upsert_direct_account(&DirectAccountWrite {
             component: component.clone(),
@@ -77,7 +77,68 @@ pub async fn add_direct_account(
             appsecret: sealed,
             at: now,
         })
-        .await?)
+        .await?;
+    announce(
+        store,
+        ChangeScope::Account,
+        Some(component),
+        Some(appid.as_str()),
+    )
+    .await;
+    Ok(outcome)
+}
+
+/// Removes a direct account. False if there was none.
+pub async fn remove_direct_account(
+    store: &dyn Store,
+    component: &ComponentAppid,
+    appid: &Appid,
+) -> Result<bool, ManageError> {
+    let removed = store
+        .direct()
+        .remove_direct_account(component, appid)
+        .await?;
+    if removed {
+        announce(
+            store,
+            ChangeScope::Account,
+            Some(component),
+            Some(appid.as_str()),
+        )
+        .await;
+    }
+    Ok(removed)
+}
+
+/// Revokes a client's key. False if no active client has that name.
+pub async fn revoke_client(store: &dyn Store, name: &str) -> Result<bool, ManageError> {
+    let revoked = store
+        .clients()
+        .revoke_client(name, Timestamp::now())
+        .await?;
+    if revoked {
+        announce(store, ChangeScope::Client, None, Some(name)).await;
+    }
+    Ok(revoked)
+}
+
+/// How soon running servers apply a change made through the store (what the CLI tells the
+/// operator): they poll `store_changes` every [`crate::coordination::CHANGE_POLL`].
+pub const PROPAGATION: &str = "2 s";
+
+/// Records `scope`'s change for running servers (`coordination::follow_changes`). The change
+/// itself is made already: if it cannot be announced, servers learn of it later (the key cache's
+/// `server.key_cache_ttl`, the next restart), which is logged.
+pub async fn announce(
+    store: &dyn Store,
+    scope: ChangeScope,
+    component: Option<&ComponentAppid>,
+    subject: Option<&str>,
+) {
+    let change = StoreChange::new(scope, component, subject);
+    if let Err(e) = store.ops().record_change(&change, Timestamp::now()).await {
+        tracing::warn!(error = %e, scope = scope.as_str(), "the change is made but running servers were not told; they apply it at their next restart");
+    }
 }
 
 /// `*` anywhere grants every appid; otherwise each value must be a valid appid.
@@ -123,7 +184,10 @@ pub async fn create_client(
         })
         .await?
     {
-        ClientCreate::Created(record) => Ok((record, key)),
+        ClientCreate::Created(record) => {
+            announce(store, ChangeScope::Client, None, Some(name)).await;
+            Ok((record, key))
+        }
         ClientCreate::NameTaken => Err(ManageError::NameTaken(name.to_owned())),
     }
 }

@@ -226,6 +226,9 @@ impl KeyEntry {
 pub struct Vault {
     primary: KeyEntry,
     older: Vec<KeyEntry>,
+    /// A key id some sealed value needed that this keyring lacks (a rotation onto a key this
+    /// server was not given): the server is not ready while it is set.
+    missing: parking_lot::Mutex<Option<KeyId>>,
 }
 
 impl fmt::Debug for Vault {
@@ -252,7 +255,31 @@ impl Vault {
         Self {
             primary: KeyEntry::new(primary),
             older: entries,
+            missing: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// A key id a sealed value needed and this keyring lacks, if one was met since the last
+    /// [`Vault::note_keys_complete`].
+    pub fn missing_key(&self) -> Option<KeyId> {
+        self.missing.lock().clone()
+    }
+
+    /// Records that a sealed value needs `key_id`, which this keyring lacks.
+    pub fn note_missing(&self, key_id: &KeyId) {
+        if !self.holds(key_id) {
+            *self.missing.lock() = Some(key_id.clone());
+        }
+    }
+
+    /// The store holds nothing under a key this keyring lacks (checked by the caller).
+    pub fn note_keys_complete(&self) {
+        *self.missing.lock() = None;
+    }
+
+    /// Whether this keyring holds `key_id`.
+    pub fn holds(&self, key_id: &KeyId) -> bool {
+        self.entry(key_id).is_some()
     }
 
     /// The keyring from the environment or key file: the primary as [`MasterKey::from_env_or_file`];
@@ -307,11 +334,12 @@ impl Vault {
         slot: SecretSlot<'_>,
         sealed: &Sealed,
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        let entry = self
-            .entry(&sealed.key_id)
-            .ok_or_else(|| VaultError::MissingKey {
+        let entry = self.entry(&sealed.key_id).ok_or_else(|| {
+            self.note_missing(&sealed.key_id);
+            VaultError::MissingKey {
                 key_id: sealed.key_id.clone(),
-            })?;
+            }
+        })?;
         let aad = aad(slot);
         entry
             .cipher

@@ -76,8 +76,10 @@ async fn add(args: StoreArgs, appid: String, kind: String) -> anyhow::Result<()>
         UpsertOutcome::Updated => "updated",
     };
     println!(
-        "{verb} direct account {appid} ({}) under {component}",
-        kind.as_str()
+        "{verb} direct account {appid} ({}) under {component}; a running server serves it \
+         within {}",
+        kind.as_str(),
+        manage::PROPAGATION
     );
     Ok(())
 }
@@ -86,15 +88,14 @@ async fn remove(args: StoreArgs, appid: String) -> anyhow::Result<()> {
     let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
     let ctx = args.open().await?;
     let component = ctx.component(args.component.as_deref()).await?;
-    if !ctx
-        .store
-        .direct()
-        .remove_direct_account(&component, &appid)
-        .await?
-    {
+    if !manage::remove_direct_account(&*ctx.store, &component, &appid).await? {
         bail!("no direct account {appid} under component {component}");
     }
-    println!("removed direct account {appid} from {component}");
+    println!(
+        "removed direct account {appid} from {component}; a running server stops serving it \
+         within {}",
+        manage::PROPAGATION
+    );
     Ok(())
 }
 

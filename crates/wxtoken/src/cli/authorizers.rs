@@ -319,9 +319,23 @@ async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyho
     bar.finish_and_clear();
     let report = report?;
     let p = &report.progress;
+    if p.created + p.updated > 0 {
+        crate::manage::announce(
+            &*ctx.store,
+            crate::store::ChangeScope::Authorizer,
+            Some(&component),
+            None,
+        )
+        .await;
+    }
     println!(
-        "imported into {component}: {} created, {} updated, {} unchanged, {} failed",
-        p.created, p.updated, p.unchanged, p.failed
+        "imported into {component}: {} created, {} updated, {} unchanged, {} failed; a running \
+         server serves them within {}",
+        p.created,
+        p.updated,
+        p.unchanged,
+        p.failed,
+        crate::manage::PROPAGATION
     );
     for e in report.errors.iter().take(MAX_ROW_ERRORS_SHOWN) {
         eprintln!("  line {}: {}", e.line, e.reason);

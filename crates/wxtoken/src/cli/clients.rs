@@ -8,7 +8,6 @@ use secrecy::ExposeSecret;
 
 use super::context::StoreArgs;
 use crate::manage;
-use crate::model::Timestamp;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientsCommand {
@@ -97,14 +96,12 @@ async fn list(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn revoke(args: StoreArgs, name: String) -> anyhow::Result<()> {
     let ctx = args.open().await?;
-    if !ctx
-        .store
-        .clients()
-        .revoke_client(&name, Timestamp::now())
-        .await?
-    {
+    if !manage::revoke_client(&*ctx.store, &name).await? {
         bail!("no active client named {name}");
     }
-    println!("revoked client {name}");
+    println!(
+        "revoked client {name}; running servers refuse its key within {}",
+        manage::PROPAGATION
+    );
     Ok(())
 }

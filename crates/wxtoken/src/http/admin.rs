@@ -334,6 +334,16 @@ pub async fn import_authorizers(
         .await
         .map_err(ApiError::internal)?;
     let p = report.progress;
+    if p.created + p.updated > 0 {
+        // For the other replicas.
+        manage::announce(
+            &*app.0.store,
+            crate::store::ChangeScope::Authorizer,
+            Some(&component),
+            None,
+        )
+        .await;
+    }
     Ok(Json(ImportResult {
         lines: p.lines,
         created: p.created,
@@ -463,13 +473,7 @@ pub async fn remove_account(
     caller.require_admin()?;
     let component = app.0.component(q.component.as_deref())?;
     let appid = parse_appid(&appid)?;
-    if !app
-        .0
-        .store
-        .direct()
-        .remove_direct_account(&component, &appid)
-        .await?
-    {
+    if !manage::remove_direct_account(&*app.0.store, &component, &appid).await? {
         return Err(ApiError::NotFound(format!(
             "no direct account {appid} under {component}"
         )));
@@ -573,13 +577,7 @@ pub async fn revoke_client(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    if !app
-        .0
-        .store
-        .clients()
-        .revoke_client(&name, Timestamp::now())
-        .await?
-    {
+    if !manage::revoke_client(&*app.0.store, &name).await? {
         return Err(ApiError::NotFound(format!("no active client named {name}")));
     }
     app.0.keys.forget_all();

@@ -96,6 +96,17 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
         }
         checks.insert(format!("ticket:{component}"), result);
     }
+    // A rotation onto a key this server was not given: every secret sealed under it is out of
+    // reach, so tokens go down one by one.
+    checks.insert(
+        "master_keys".to_owned(),
+        match app.0.vault.missing_key() {
+            None => "ok".to_owned(),
+            Some(key) => format!(
+                "secrets are sealed under master key {key}, which this server does not hold"
+            ),
+        },
+    );
     let ready = checks.values().all(|v| v == "ok");
     let status = if ready {
         StatusCode::OK

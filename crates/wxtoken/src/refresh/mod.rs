@@ -510,6 +510,11 @@ impl Engine {
         }
     }
 
+    /// Raises an alert through the engine's sink (logged, counted, sent to the webhook).
+    pub fn raise(&self, alert: crate::alerts::Alert) {
+        self.inner.io.alerts.raise(alert);
+    }
+
     /// The in-memory cache (readers and tests).
     pub fn cache(&self) -> &TokenCache {
         &self.inner.cache

@@ -27,6 +27,9 @@ pub struct Server {
     pub admin_key: String,
     pub http: reqwest::Client,
     pub crypt: MsgCrypt,
+    /// The store's URL and the master key (base64), for running the CLI against the store.
+    pub db_url: String,
+    pub master_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -82,7 +85,9 @@ impl Server {
         let store = store::open(config.storage.url.expose_secret())
             .await
             .expect("store");
-        let vault = Vault::new(&MasterKey::generate(), &[]);
+        let master = MasterKey::generate();
+        let master_key = master.to_base64().expose_secret().to_owned();
+        let vault = Vault::new(&master, &[]);
         vault.verify(&*store).await.expect("vault");
         let (_, key) = wxtoken::manage::create_client(&*store, "admin", AppidGrant::All, true)
             .await
@@ -129,6 +134,8 @@ impl Server {
                 .build()
                 .unwrap(),
             crypt,
+            db_url: config.storage.url.expose_secret().to_owned(),
+            master_key,
             _dir: dir,
         }
     }
@@ -214,6 +221,24 @@ impl Server {
             .await
             .unwrap();
         (response.status(), response.text().await.unwrap())
+    }
+
+    /// Runs the `wxtoken` binary's `args` against this server's store (its master key in the
+    /// environment, `env` added), as an operator would beside the running server.
+    pub async fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+        command
+            .args(args)
+            .args(["--storage-url", &self.db_url])
+            .env("WXTOKEN_MASTER_KEY", &self.master_key)
+            .env_remove("WXTOKEN_CONFIG")
+            .env_remove("WXTOKEN_MASTER_KEY_OLD")
+            .env_remove("WXTOKEN_APPSECRET")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().await.expect("the wxtoken binary runs")
     }
 
     /// Upstream calls of `endpoint` so far.

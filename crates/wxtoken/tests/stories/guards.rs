@@ -224,3 +224,183 @@ async fn a_refresh_behind_wxtokens_back_raises_one_rogue_refresher_alert_naming_
     assert_eq!(view["rogue_refreshes"]["last_client"], "billing-svc");
     s.shutdown().await;
 }
+
+/// Polls `check` every 20 ms for up to `limit`: how long it took to hold, or `None`. (A
+/// measurement of propagation, not synchronisation: the test asserts the bound.)
+async fn until<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "the command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_reach_a_running_sqlite_server_within_two_seconds() {
+    let s = Server::start().await;
+    let admin = s.admin_key.clone();
+    let limit = Duration::from_secs(2);
+
+    // accounts add, then remove: the removed account answers 404, not its old token.
+    let account = s.new_account(AccountKind::OfficialAccount);
+    let path = format!("/v1/tokens/{}", account.appid);
+    let out = s
+        .cli(
+            &[
+                "accounts",
+                "add",
+                &account.appid,
+                "--kind",
+                "official_account",
+            ],
+            &[("WXTOKEN_APPSECRET", &account.appsecret)],
+        )
+        .await;
+    assert!(ok(&out).contains("within 2 s"), "the CLI says how long");
+    let added = until(limit, || async {
+        s.get(Some(&admin), &path).await.0 == StatusCode::OK
+    })
+    .await
+    .expect("an added account is served within 2 s");
+    let out = s.cli(&["accounts", "remove", &account.appid], &[]).await;
+    assert!(ok(&out).contains("within 2 s"));
+    let removed = until(limit, || async {
+        s.get(Some(&admin), &path).await.0 == StatusCode::NOT_FOUND
+    })
+    .await
+    .expect("a removed account answers 404 within 2 s");
+
+    // clients revoke: a key the server has checked (and cached) stops working.
+    let key = s.client_key("short-lived", &["*"], false).await;
+    assert_eq!(
+        s.get(Some(&key), "/v1/component/token").await.0,
+        StatusCode::OK
+    );
+    let out = s.cli(&["clients", "revoke", "short-lived"], &[]).await;
+    assert!(ok(&out).contains("within 2 s"));
+    let revoked = until(limit, || async {
+        s.get(Some(&key), "/v1/component/token").await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .expect("a revoked key answers 401 within 2 s");
+
+    // authorizers import: served (and refreshed) within 2 s.
+    let imported = s
+        .sim
+        .control()
+        .bulk_authorize(s.comp(), 1, AccountKind::MiniProgram)
+        .unwrap()
+        .remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authorizers.jsonl");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "appid": imported.authorizer_appid,
+            "refresh_token": imported.authorizer_refresh_token,
+            "kind": "mini_program",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = s
+        .cli(&["authorizers", "import", file.to_str().unwrap()], &[])
+        .await;
+    assert!(ok(&out).contains("within 2 s"));
+    let path = format!("/v1/tokens/{}", imported.authorizer_appid);
+    let served = until(limit, || async {
+        s.get(Some(&admin), &path).await.0 == StatusCode::OK
+    })
+    .await
+    .expect("an imported authorizer is served within 2 s");
+    eprintln!(
+        "CLI change → running server: account added {added:?}, removed {removed:?}, client \
+         revoked {revoked:?}, authorizer imported {served:?}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_refuses_a_key_a_live_server_lacks_and_a_server_missing_a_key_is_not_ready() {
+    let webhook = WebhookReceiver::start().await;
+    let url = webhook.url.clone();
+    let s = Server::start_with(sim_config(), move |c| {
+        c.alerts.webhook_url = Some(url);
+    })
+    .await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    until(Duration::from_secs(10), || async {
+        !s.store
+            .ops()
+            .live_servers(wxtoken::model::Timestamp::now().minus(Duration::from_secs(15)))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await
+    .expect("the server's heartbeat is in the store");
+    let new_key = wxtoken::vault::MasterKey::generate();
+    let new_id = new_key.id().to_string();
+    let new_key = {
+        use secrecy::ExposeSecret;
+        new_key.to_base64().expose_secret().to_owned()
+    };
+    let old_key = s.master_key.clone();
+    let env = [
+        ("WXTOKEN_MASTER_KEY", new_key.as_str()),
+        ("WXTOKEN_MASTER_KEY_OLD", old_key.as_str()),
+    ];
+
+    // The server was not given the new key: refused, naming it.
+    let out = s.cli(&["keys", "rotate"], &env).await;
+    assert!(!out.status.success(), "refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())) && stderr.contains(&new_id),
+        "names the server and the key: {stderr}"
+    );
+    let (status, ready) = s.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "nothing changed: {ready}");
+    assert_eq!(
+        s.get(Some(&s.admin_key), &format!("/v1/tokens/{appid}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Forced anyway: the server says it is not ready, why, and alerts.
+    let out = s.cli(&["keys", "rotate", "--force"], &env).await;
+    ok(&out);
+    until(Duration::from_secs(2), || async {
+        s.get(None, "/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await
+    .expect("not ready within 2 s of the rotation");
+    let (_, ready) = s.get(None, "/readyz").await;
+    let reason = ready["checks"]["master_keys"].as_str().unwrap_or_default();
+    assert!(reason.contains(&new_id), "{ready}");
+    let alert = webhook.wait_for_kind("configuration").await;
+    assert!(
+        alert["reason"].as_str().unwrap().contains(&new_id),
+        "{alert}"
+    );
+    s.shutdown().await;
+}
