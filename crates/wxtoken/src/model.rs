@@ -652,8 +652,24 @@ pub struct AuthorizerRecord {
     pub generation: u64,
     /// Its current access token, if it has one yet (loaded with it: one pass at cold start).
     pub token: Option<NewAccessToken>,
+    /// What api_get_authorizer_info said of it, if it was asked.
+    pub details: AuthorizerDetails,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// What api_get_authorizer_info says of an authorizer (its kind is [`AuthorizerRecord::kind`]).
+/// Public facts about the account, never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizerDetails {
+    pub nick_name: Option<String>,
+    /// The registered entity (company or person) behind the account.
+    pub principal_name: Option<String>,
+    /// `service_type_info.id`: for an Official Account 0 subscription, 1 upgraded subscription,
+    /// 2 service account; 0 for a Mini Program.
+    pub service_type: Option<i64>,
+    /// When WeChat was last asked (`None`: never).
+    pub fetched_at: Option<Timestamp>,
 }
 
 /// Authorizer counts of one component by status.

@@ -1,4 +1,5 @@
--- wxtoken schema 6: what the guards against operators' and clients' mistakes keep.
+-- wxtoken schema 6: what the guards against operators' and clients' mistakes keep, and the
+-- authorizers' details.
 -- rogue_refreshes: per credential, the refreshes WeChat showed wxtoken did not make (a token it
 -- obtained minutes ago refused), for `authorizers show` and the admin API.
 CREATE TABLE rogue_refreshes (
@@ -32,3 +33,10 @@ CREATE TABLE store_changes (
     component_appid TEXT,
     subject         TEXT
 );
+
+-- What api_get_authorizer_info says of each authorizer (kind is in `kind`): filled on
+-- authorization and by reconciliation. details_at: when it was last asked (NULL: never).
+ALTER TABLE authorizers ADD COLUMN nick_name TEXT;
+ALTER TABLE authorizers ADD COLUMN principal_name TEXT;
+ALTER TABLE authorizers ADD COLUMN service_type BIGINT;
+ALTER TABLE authorizers ADD COLUMN details_at BIGINT;

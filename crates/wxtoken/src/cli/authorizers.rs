@@ -159,8 +159,8 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<20} {:<16} {:<12} {:>10}  TOKEN EXPIRES",
-        "APPID", "KIND", "STATUS", "GENERATION"
+        "{:<20} {:<16} {:<12} {:>10}  {:<25}  NICK NAME",
+        "APPID", "KIND", "STATUS", "GENERATION", "TOKEN EXPIRES"
     )?;
     let mut after: Option<Appid> = None;
     loop {
@@ -172,7 +172,7 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
         for a in page.iter().filter(|a| status.is_none_or(|s| a.status == s)) {
             writeln!(
                 out,
-                "{:<20} {:<16} {:<12} {:>10}  {}",
+                "{:<20} {:<16} {:<12} {:>10}  {:<25}  {}",
                 a.appid,
                 a.kind.map_or("-", |k| k.as_str()),
                 a.status.as_str(),
@@ -180,6 +180,7 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
                 a.token
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |t| t.expires_at.to_string()),
+                a.details.nick_name.as_deref().unwrap_or("-"),
             )?;
         }
         match page.last() {
@@ -254,6 +255,21 @@ fn print_authorizer(a: &AuthorizerRecord, history: usize) {
         "kind           {}",
         a.kind.map_or("unknown", |k| k.as_str())
     );
+    let d = &a.details;
+    if d.fetched_at.is_some() {
+        println!("nick name      {}", d.nick_name.as_deref().unwrap_or("-"));
+        println!(
+            "principal      {}",
+            d.principal_name.as_deref().unwrap_or("-")
+        );
+        println!(
+            "service type   {}",
+            d.service_type
+                .map_or_else(|| "-".to_owned(), |t| t.to_string())
+        );
+    } else {
+        println!("details        not asked of WeChat yet (the next reconciliation does)");
+    }
     println!(
         "status         {} since {}",
         a.status.as_str(),

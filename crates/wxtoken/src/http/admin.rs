@@ -75,6 +75,11 @@ pub struct AuthorizerView {
     pub appid: String,
     /// official_account or mini_program, when known.
     pub kind: Option<String>,
+    /// From api_get_authorizer_info, once asked.
+    pub nick_name: Option<String>,
+    pub principal_name: Option<String>,
+    /// `service_type_info.id` (Official Accounts: 0 subscription, 1 upgraded, 2 service).
+    pub service_type: Option<i64>,
     /// active, needs_reauth or revoked.
     pub status: String,
     pub status_reason: Option<String>,
@@ -132,6 +137,9 @@ impl AuthorizerView {
             component: r.component.to_string(),
             appid: r.appid.to_string(),
             kind: r.kind.map(|k| k.as_str().to_owned()),
+            nick_name: r.details.nick_name.clone(),
+            principal_name: r.details.principal_name.clone(),
+            service_type: r.details.service_type,
             status: r.status.as_str().to_owned(),
             status_reason: r.status_reason.clone().filter(|s| !s.is_empty()),
             generation: held

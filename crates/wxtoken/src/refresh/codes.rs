@@ -393,14 +393,17 @@ impl Inner {
                 .zip(access.as_ref())
                 .is_some_and(|(stored, (_, ours))| stored.issued_at > ours.issued_at);
             let access_write = access.as_ref().filter(|_| !stored_newer);
+            let folded = self
+                .direct_to_fold(component, appid, current.as_ref())
+                .await?;
             let write = AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
                 expected,
-                kind: None,
+                kind: folded.as_ref().map(|f| f.kind),
                 status: AuthorizerStatus::Active,
                 refresh_token: sealed_rt.clone(),
-                appsecret: None,
+                appsecret: folded.as_ref().and_then(|f| f.appsecret.clone()),
                 access_token: access_write.map(|(_, a)| a.clone()),
                 source: RefreshTokenSource::QueryAuth,
                 at: self.io.clock.now(),
@@ -434,6 +437,10 @@ impl Inner {
                         None => self.schedule_in(&credential, Duration::ZERO),
                     }
                     self.remember_code(component, code, appid).await;
+                    if folded.is_some() {
+                        self.remove_folded_direct(component, appid).await;
+                    }
+                    self.describe_later(component, appid);
                     return Ok(appid.clone());
                 }
                 // A refresh (or a commit we saw fail) landed between our read and our write.
@@ -444,6 +451,60 @@ impl Inner {
                     lost_race = true;
                     retry.after(e).await?;
                 }
+            }
+        }
+    }
+
+    /// A direct account of the same appid and component that an authorization replaces (SPEC.md
+    /// rule 1: one appid, one credential per component): its kind, and its appsecret re-sealed
+    /// as the authorizer's fallback unless the authorizer has one already.
+    async fn direct_to_fold(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        current: Option<&crate::model::AuthorizerRecord>,
+    ) -> Result<Option<Folded>, RefreshError> {
+        let Some(direct) = self
+            .io
+            .store
+            .direct()
+            .get_direct_account(component, appid)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let appsecret = if current.is_some_and(|r| r.appsecret.is_some()) {
+            None
+        } else {
+            let secret = self.io.vault.open(
+                SecretSlot::DirectAppsecret { component, appid },
+                &direct.appsecret,
+            )?;
+            Some(self.io.vault.seal(
+                SecretSlot::AuthorizerAppsecret { component, appid },
+                &secret,
+            )?)
+        };
+        Ok(Some(Folded {
+            kind: direct.kind,
+            appsecret,
+        }))
+    }
+
+    /// After the authorization that folded it landed: the direct account goes (its appsecret
+    /// is the authorizer's fallback now), here and, through the change feed, on other replicas.
+    async fn remove_folded_direct(&self, component: &ComponentAppid, appid: &Appid) {
+        let direct = Credential::direct(component, appid);
+        self.schedule.heap.lock().remove(&direct);
+        self.cache.remove(&direct);
+        match crate::manage::remove_direct_account(&*self.io.store, component, appid).await {
+            Ok(_) => tracing::warn!(
+                %appid,
+                "the direct account of this appid was folded into its new authorization: its \
+                 appsecret is now the authorizer's fallback, and it is served as an authorizer"
+            ),
+            Err(e) => {
+                tracing::warn!(%appid, error = %e, "the direct account folded into the authorization could not be removed; remove it with `wxtoken accounts remove`")
             }
         }
     }
@@ -460,6 +521,12 @@ impl Inner {
             h.applied && h.source == RefreshTokenSource::QueryAuth && h.received_at >= since
         }))
     }
+}
+
+/// What an authorization takes over from a direct account of the same appid.
+struct Folded {
+    kind: crate::model::AppKind,
+    appsecret: Option<crate::model::Sealed>,
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod codes;
 mod cold_start;
 mod commit;
 mod component;
+mod details;
 mod direct;
 mod events;
 mod flight;

@@ -26,6 +26,8 @@ pub struct ReconcileReport {
     pub recovered: usize,
     /// Authorizers marked revoked because WeChat no longer lists them.
     pub revoked: usize,
+    /// Authorizers never described before whose details (kind, nick name …) were fetched.
+    pub described: usize,
 }
 
 impl Engine {
@@ -95,7 +97,7 @@ impl Engine {
         // A list that shrank while we paged is incomplete: never revoke from it.
         let complete = listed.len() as u64 >= total;
         let mut known = std::collections::HashSet::new();
-        for record in stored {
+        for record in &stored {
             known.insert(record.appid.as_str().to_owned());
             let credential = Credential::authorizer(component, &record.appid);
             match listed.get(record.appid.as_str()) {
@@ -142,7 +144,8 @@ impl Engine {
                     .await?,
             );
         }
-        tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, "reconciled");
+        report.described = inner.describe_missing(component, &stored).await;
+        tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, described = report.described, "reconciled");
         Ok(report)
     }
 }

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 
 use crate::model::{
-    Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ComponentAppid,
+    AppKind, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ComponentAppid,
     RefreshTokenHistoryEntry, SaveOutcome, Sealed, StatusChange, Timestamp,
 };
 use crate::store::StoreError;
@@ -81,6 +81,16 @@ pub trait AuthorizerStore: Send + Sync {
         appid: &Appid,
         appsecret: Option<&Sealed>,
         at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Records what api_get_authorizer_info said: the kind and the details. False if no such
+    /// authorizer. Changes neither its generation nor its token.
+    async fn set_authorizer_details(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        kind: AppKind,
+        details: &crate::model::AuthorizerDetails,
     ) -> Result<bool, StoreError>;
 
     /// Every refresh token an authorizer ever had, oldest first.
@@ -529,6 +539,31 @@ macro_rules! authorizers_sql {
                     // Already in that status: nothing to do.
                     (Some(generation), _) => SaveOutcome::Saved { generation },
                 })
+            }
+
+            async fn set_authorizer_details(
+                &self,
+                component: &ComponentAppid,
+                appid: &Appid,
+                kind: crate::model::AppKind,
+                details: &crate::model::AuthorizerDetails,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE authorizers SET kind = $3, nick_name = $4, principal_name = $5, \
+                     service_type = $6, details_at = $7 \
+                     WHERE component_appid = $1 AND appid = $2",
+                )
+                .bind(component.as_str())
+                .bind(appid.as_str())
+                .bind(kind.as_str())
+                .bind(details.nick_name.as_deref())
+                .bind(details.principal_name.as_deref())
+                .bind(details.service_type)
+                .bind(details.fetched_at.map(Timestamp::as_millis))
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                Ok(done == 1)
             }
 
             async fn set_authorizer_appsecret(

@@ -177,7 +177,8 @@ fn token_columns(
 
 pub(super) const AUTHORIZER_SELECT: &str = "SELECT a.component_appid, a.appid, a.kind, a.status, \
      a.status_reason, a.status_changed_at, a.rt_kid, a.rt_nonce, a.rt_ct, a.secret_kid, \
-     a.secret_nonce, a.secret_ct, a.created_at, a.updated_at, \
+     a.secret_nonce, a.secret_ct, a.created_at, a.updated_at, a.nick_name, a.principal_name, \
+     a.service_type, a.details_at, \
      COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation, t.token_kid, t.token_nonce, \
      t.token_ct, t.issued_at, t.expires_at, t.refresh_at, t.source \
      FROM authorizers a LEFT JOIN access_tokens t ON t.component_appid = a.component_appid \
@@ -199,6 +200,10 @@ pub(super) struct AuthorizerRow {
     pub secret_ct: Option<Vec<u8>>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub nick_name: Option<String>,
+    pub principal_name: Option<String>,
+    pub service_type: Option<i64>,
+    pub details_at: Option<i64>,
     pub generation: i64,
     pub token_kid: Option<String>,
     pub token_nonce: Option<Vec<u8>>,
@@ -233,6 +238,12 @@ impl AuthorizerRow {
                 self.refresh_at,
                 self.source.as_deref(),
             )?,
+            details: crate::model::AuthorizerDetails {
+                nick_name: self.nick_name,
+                principal_name: self.principal_name,
+                service_type: self.service_type,
+                fetched_at: self.details_at.map(ts),
+            },
             created_at: ts(self.created_at),
             updated_at: ts(self.updated_at),
         })

@@ -290,10 +290,18 @@ impl TokenCache {
                 && component.is_none_or(|c| s.credential.component.as_str() == c)
         });
         let first = found.next().ok_or(ReadError::Unknown)?;
-        if found.next().is_some() {
-            return Err(ReadError::Ambiguous);
+        let mut chosen = first;
+        for other in found {
+            if other.credential.component != first.credential.component {
+                return Err(ReadError::Ambiguous);
+            }
+            // The same appid as an authorizer and a direct account of one component (a database
+            // from before such pairs were refused or folded): the authorizer answers.
+            if other.credential.kind == CredentialKind::Authorizer {
+                chosen = other;
+            }
         }
-        Ok(Arc::clone(first))
+        Ok(Arc::clone(chosen))
     }
 
     /// Whether `appid` was found unknown (in neither memory nor the store) less than `ttl` ago.

@@ -279,6 +279,19 @@ impl AuthorizerStore for HookStore {
         self.inner.authorizers().set_authorizer_status(change).await
     }
 
+    async fn set_authorizer_details(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        kind: wxtoken::model::AppKind,
+        details: &wxtoken::model::AuthorizerDetails,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .authorizers()
+            .set_authorizer_details(component, appid, kind, details)
+            .await
+    }
+
     async fn set_authorizer_appsecret(
         &self,
         component: &ComponentAppid,

@@ -65,7 +65,12 @@ async fn a_reporting_loop_forces_at_most_one_refresh_per_min_force_interval() {
     }
     let elapsed = started.elapsed();
     let stats = s.sim.control().stats_for(&appid);
-    let calls: u64 = stats.endpoints.values().map(|e| e.calls).sum();
+    // The calls a report can cause (a refresh, a check of the token); a new authorization's
+    // api_get_authorizer_info, asked in the background, is none of them.
+    let calls: u64 = ["api_authorizer_token", "getcallbackip"]
+        .iter()
+        .map(|e| stats.endpoints.get(*e).map_or(0, |s| s.calls))
+        .sum();
     let bound = elapsed.as_secs_f64().ceil() as u64 + 1;
     eprintln!(
         "2,000 report loops in {:.1}s: {calls} upstream calls for the appid (bound {bound})",
@@ -402,5 +407,161 @@ async fn keys_rotate_refuses_a_key_a_live_server_lacks_and_a_server_missing_a_ke
         alert["reason"].as_str().unwrap().contains(&new_id),
         "{alert}"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_of_a_direct_accounts_appid_folds_it_into_the_authorizer_with_its_appsecret_as_fallback()
+ {
+    let s = Server::start().await;
+    let admin = s.admin_key.clone();
+    let account = s.new_account(AccountKind::OfficialAccount);
+    let response = s
+        .http
+        .post(format!("{}/v1/admin/accounts", s.internal))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({
+            "appid": account.appid,
+            "kind": "official_account",
+            "appsecret": account.appsecret,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let path = format!("/v1/tokens/{}", account.appid);
+    let (status, direct) = s.get(Some(&admin), &path).await;
+    assert_eq!(status, StatusCode::OK, "{direct}");
+    assert_eq!(direct["source"], "stable_token");
+
+    // The merchant now authorizes the platform for the same account.
+    let finished = s.sim.control().pushes_finished();
+    s.sim.control().authorize(&account.appid, s.comp()).unwrap();
+    s.sim.control().wait_pushes_finished(finished + 1).await;
+    s.app().engine.process_events().await.expect("events");
+
+    let (status, token) = s.get(Some(&admin), &path).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "one credential, no ambiguity: {token}"
+    );
+    assert_eq!(
+        token["source"], "api_query_auth",
+        "served as the authorizer"
+    );
+    assert!(s.sim.control().validate(&token_of(&token)).valid);
+    let (status, view) = s
+        .get(
+            Some(&admin),
+            &format!("/v1/admin/authorizers/{}", account.appid),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        view["has_appsecret"], true,
+        "the appsecret is the fallback now"
+    );
+    assert_eq!(view["kind"], "official_account");
+    let (_, accounts) = s.get(Some(&admin), "/v1/admin/accounts").await;
+    assert!(
+        !accounts.to_string().contains(&account.appid),
+        "the direct account is gone: {accounts}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizer_details_are_fetched_on_authorization_and_by_reconciliation_and_shown() {
+    let s = Server::start().await;
+    let admin = s.admin_key.clone();
+    let mini = s.authorize_account(AccountKind::MiniProgram).await;
+    let view_of = |appid: String| {
+        let s = &s;
+        let admin = admin.clone();
+        async move {
+            s.get(Some(&admin), &format!("/v1/admin/authorizers/{appid}"))
+                .await
+                .1
+        }
+    };
+    // Asked in the background once the authorization is stored.
+    until(Duration::from_secs(5), || async {
+        view_of(mini.clone()).await["nick_name"].is_string()
+    })
+    .await
+    .expect("details within 5 s of the authorization");
+    let view = view_of(mini.clone()).await;
+    assert_eq!(view["kind"], "mini_program", "{view}");
+    assert_eq!(view["principal_name"], "模拟主体有限公司");
+    assert_eq!(view["service_type"], 0);
+
+    // An imported authorizer has none until reconciliation asks.
+    let imported = s
+        .sim
+        .control()
+        .bulk_authorize(s.comp(), 1, AccountKind::OfficialAccount)
+        .unwrap()
+        .remove(0);
+    let line = serde_json::json!({
+        "appid": imported.authorizer_appid,
+        "refresh_token": imported.authorizer_refresh_token,
+    })
+    .to_string();
+    let response = s
+        .http
+        .post(format!("{}/v1/admin/authorizers/import", s.internal))
+        .bearer_auth(&admin)
+        .body(line)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let view = view_of(imported.authorizer_appid.clone()).await;
+    assert!(
+        view["kind"].is_null() && view["nick_name"].is_null(),
+        "{view}"
+    );
+    let component = wxtoken::model::ComponentAppid::parse(s.comp()).unwrap();
+    let report = s
+        .app()
+        .engine
+        .reconcile_once(&component)
+        .await
+        .expect("reconciled");
+    assert!(report.described >= 1, "{report:?}");
+    let view = view_of(imported.authorizer_appid.clone()).await;
+    assert_eq!(view["kind"], "official_account", "{view}");
+    assert_eq!(view["service_type"], 2);
+
+    // The CLI shows them; the export carries the kind.
+    let out = s
+        .cli(&["authorizers", "show", &imported.authorizer_appid], &[])
+        .await;
+    let shown = ok(&out);
+    assert!(
+        shown.contains("official_account") && shown.contains("模拟主体有限公司"),
+        "{shown}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.csv");
+    ok(&s
+        .cli(
+            &[
+                "authorizers",
+                "export",
+                file.to_str().unwrap(),
+                "--format",
+                "csv",
+            ],
+            &[],
+        )
+        .await);
+    let exported = std::fs::read_to_string(&file).unwrap();
+    let row = exported
+        .lines()
+        .find(|l| l.starts_with(&mini))
+        .expect("the mini program is exported");
+    assert!(row.contains("mini_program"), "{row}");
     s.shutdown().await;
 }
