@@ -178,11 +178,16 @@ impl Engine {
             }
             current => current,
         };
-        if let Some(current) = &held
+        if let Some(reported) = &held
             && inner.reports.spent(credential, inner.io.clock.now())
         {
             count_report("budgeted");
-            return Ok(Arc::clone(current));
+            // The refresh that spent the budget may still be in the air (its answer is the one),
+            // or have landed since the read above.
+            if let Some(Ok(out)) = inner.flights.single.join(credential).await {
+                return out;
+            }
+            return Ok(slot.current().unwrap_or_else(|| Arc::clone(reported)));
         }
         // A report that joined a flight already under way (a scheduled refresh waiting on another
         // replica's lease, say) may get that flight's answer: if it is the reported token, the

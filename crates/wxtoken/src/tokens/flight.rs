@@ -59,6 +59,20 @@ where
         value.clone().ok_or(Abandoned)
     }
 
+    /// Waits for the flight running for `key`, if one is in the air; `None` (at once) if none is.
+    pub async fn join(&self, key: &K) -> Option<Result<V, Abandoned>> {
+        let mut result = {
+            let flights = self.flights.lock();
+            let flight = flights.get(key).filter(|f| f.result.borrow().is_none())?;
+            flight.waiters.fetch_add(1, Ordering::Relaxed);
+            flight.result.clone()
+        };
+        Some(match result.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().ok_or(Abandoned),
+            Err(_) => Err(Abandoned),
+        })
+    }
+
     /// How many callers have joined the flight for `key` so far, including any that gave up waiting
     /// (0 when none runs): for tests and metrics.
     pub fn waiters(&self, key: &K) -> usize {
