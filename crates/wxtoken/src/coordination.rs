@@ -235,6 +235,9 @@ async fn apply(state: &AppState, change: &StoreChange) -> anyhow::Result<()> {
                         engine.unload(&Credential::direct(component, &appid));
                     }
                     engine.load(Some(component), &appid).await?;
+                    if change.scope == ChangeScope::Authorizer {
+                        engine.revisit_fallback(component, &appid).await?;
+                    }
                 }
             }
         }

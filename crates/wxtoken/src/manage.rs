@@ -22,8 +22,9 @@ pub enum ManageError {
     /// The appid is an authorizer of the component: a direct account beside it would make every
     /// read of it ambiguous.
     #[error(
-        "{appid} is an authorizer of {component}, not a direct account: its own appsecret is its \
-         fallback, given with `wxtoken authorizers import` (the appsecret column)"
+        "{appid} is an authorizer of {component}, not a direct account: give its appsecret as the \
+         authorizer's fallback with `wxtoken authorizers set-appsecret {appid}` (or the \
+         appsecret column of `wxtoken authorizers import`)"
     )]
     IsAuthorizer {
         appid: Appid,
@@ -86,6 +87,46 @@ pub async fn add_direct_account(
     )
     .await;
     Ok(outcome)
+}
+
+/// Sets (or, with `None`, clears) the appsecret kept as an authorizer's fallback, sealed before
+/// it is stored. False if there is no such authorizer.
+pub async fn set_authorizer_appsecret(
+    store: &dyn Store,
+    vault: &Vault,
+    component: &ComponentAppid,
+    appid: &Appid,
+    appsecret: Option<&SecretString>,
+) -> Result<bool, ManageError> {
+    let sealed = match appsecret {
+        Some(secret) => {
+            let secret = secret.expose_secret();
+            if secret.trim().is_empty() || secret.len() > 256 {
+                return Err(ManageError::Invalid(
+                    "the appsecret must be 1 to 256 characters".into(),
+                ));
+            }
+            Some(vault.seal(
+                SecretSlot::AuthorizerAppsecret { component, appid },
+                secret.as_bytes(),
+            )?)
+        }
+        None => None,
+    };
+    let set = store
+        .authorizers()
+        .set_authorizer_appsecret(component, appid, sealed.as_ref(), Timestamp::now())
+        .await?;
+    if set {
+        announce(
+            store,
+            ChangeScope::Authorizer,
+            Some(component),
+            Some(appid.as_str()),
+        )
+        .await;
+    }
+    Ok(set)
 }
 
 /// Removes a direct account. False if there was none.

@@ -47,7 +47,7 @@ pub async fn run(command: AccountsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn read_appsecret() -> anyhow::Result<SecretString> {
+pub(super) fn read_appsecret() -> anyhow::Result<SecretString> {
     if let Ok(secret) = std::env::var(APPSECRET_ENV) {
         return Ok(SecretString::from(secret.trim().to_owned()));
     }

@@ -1,4 +1,4 @@
-//! `wxtoken authorizers list|show|refresh|import|export`: operate on the authorizers in the store.
+//! `wxtoken authorizers list|show|refresh|set-appsecret|import|export`: operate on the authorizers in the store.
 //! `refresh` asks the running server (its admin API) rather than calling WeChat itself: wxtoken is
 //! the one process that refreshes, so a second refresher can never retire its token.
 //! No token or refresh token is ever printed, except into an `export` file (mode 0600), whose
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
 
 use super::context::StoreArgs;
 use crate::model::{Appid, AuthorizerRecord, AuthorizerStatus, Timestamp};
@@ -43,6 +44,17 @@ pub enum AuthorizersCommand {
         /// The server's internal listener [default: http://<server.internal_listen>].
         #[arg(long, value_name = "URL")]
         server: Option<url::Url>,
+    },
+    /// Set the appsecret kept as an authorizer's fallback (used when its authorization is lost),
+    /// read from WXTOKEN_APPSECRET or standard input; `--clear` removes it. A running server
+    /// applies it within 2 s.
+    SetAppsecret {
+        #[command(flatten)]
+        store: StoreArgs,
+        appid: String,
+        /// Remove the appsecret instead.
+        #[arg(long)]
+        clear: bool,
     },
     /// Import authorizers from CSV or JSON lines (appid, refresh_token, optional kind and appsecret).
     /// Idempotent: rows already stored unchanged are left alone; bad rows are reported by line.
@@ -97,7 +109,47 @@ pub async fn run(command: AuthorizersCommand) -> anyhow::Result<()> {
             appid,
             server,
         } => refresh(store, appid, server).await,
+        AuthorizersCommand::SetAppsecret {
+            store,
+            appid,
+            clear,
+        } => set_appsecret(store, appid, clear).await,
     }
+}
+
+async fn set_appsecret(args: StoreArgs, appid: String, clear: bool) -> anyhow::Result<()> {
+    let appid = Appid::parse(&appid).with_context(|| format!("appid {appid}"))?;
+    let secret = if clear {
+        None
+    } else {
+        let secret = super::accounts::read_appsecret()?;
+        if secret.expose_secret().is_empty() {
+            bail!(
+                "the appsecret is empty: set {} or pass it on standard input (or --clear)",
+                super::accounts::APPSECRET_ENV
+            );
+        }
+        Some(secret)
+    };
+    let ctx = args.open().await?;
+    let component = ctx.component(args.component.as_deref()).await?;
+    if !crate::manage::set_authorizer_appsecret(
+        &*ctx.store,
+        &ctx.vault,
+        &component,
+        &appid,
+        secret.as_ref(),
+    )
+    .await?
+    {
+        bail!("no authorizer {appid} under component {component}");
+    }
+    println!(
+        "{} the fallback appsecret of authorizer {appid}; a running server applies it within {}",
+        if clear { "cleared" } else { "set" },
+        crate::manage::PROPAGATION
+    );
+    Ok(())
 }
 
 /// The variable `authorizers refresh` reads the admin API key from.

@@ -90,6 +90,33 @@ impl Engine {
         Ok(installed)
     }
 
+    /// After an authorizer's appsecret changed outside this process (same generation, so
+    /// [`Engine::load`] sees nothing new): an authorizer whose authorization is lost is refreshed
+    /// at once from its new appsecret fallback. Returns whether it was scheduled.
+    pub async fn revisit_fallback(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+    ) -> Result<bool, EngineError> {
+        let inner = self.inner();
+        let Some(record) = inner
+            .io
+            .store
+            .authorizers()
+            .get_authorizer(component, appid)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if record.status == AuthorizerStatus::Active || record.appsecret.is_none() {
+            return Ok(false);
+        }
+        let credential = Credential::authorizer(component, appid);
+        inner.forget_failures(&credential);
+        inner.schedule_in(&credential, Duration::ZERO);
+        Ok(true)
+    }
+
     /// Stops refreshing and serving a credential that was removed from the store (a direct account
     /// removed through the admin API).
     pub fn unload(&self, credential: &Credential) {

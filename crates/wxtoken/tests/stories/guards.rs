@@ -565,3 +565,44 @@ async fn authorizer_details_are_fetched_on_authorization_and_by_reconciliation_a
     assert!(row.contains("mini_program"), "{row}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appsecret_set_by_the_cli_serves_an_unbound_authorizer_from_its_fallback_within_two_seconds()
+ {
+    let s = Server::start().await;
+    let admin = s.admin_key.clone();
+    let account = s.new_account(AccountKind::OfficialAccount);
+    let finished = s.sim.control().pushes_finished();
+    s.sim.control().authorize(&account.appid, s.comp()).unwrap();
+    s.sim.control().wait_pushes_finished(finished + 1).await;
+    s.app().engine.process_events().await.expect("events");
+    let path = format!("/v1/tokens/{}", account.appid);
+    assert_eq!(s.get(Some(&admin), &path).await.0, StatusCode::OK);
+
+    // The merchant unbinds the platform: no token any more.
+    let finished = s.sim.control().pushes_finished();
+    s.sim
+        .control()
+        .unauthorize(&account.appid, s.comp())
+        .unwrap();
+    s.sim.control().wait_pushes_finished(finished + 1).await;
+    s.app().engine.process_events().await.expect("events");
+    assert_eq!(s.get(Some(&admin), &path).await.0, StatusCode::GONE);
+
+    let out = s
+        .cli(
+            &["authorizers", "set-appsecret", &account.appid],
+            &[("WXTOKEN_APPSECRET", &account.appsecret)],
+        )
+        .await;
+    assert!(ok(&out).contains("within 2 s"));
+    until(Duration::from_secs(2), || async {
+        s.get(Some(&admin), &path).await.0 == StatusCode::OK
+    })
+    .await
+    .expect("served from the fallback within 2 s");
+    let (_, token) = s.get(Some(&admin), &path).await;
+    assert_eq!(token["source"], "stable_token", "{token}");
+    assert!(s.sim.control().validate(&token_of(&token)).valid);
+    s.shutdown().await;
+}

@@ -562,6 +562,9 @@ async fn run(h: crate::harness::store::Harness, scenario: Scenario) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_refresh_tokens_survive_replica_kills_after_rotation_on_postgresql() {
+    // Three (or one) real servers under kills: never beside the other load tests, or both
+    // starve (a replica's unstored answers pile up, and each kill loses more of them).
+    let _alone = crate::harness::alone().await;
     let _serial = SERIAL.lock().await;
     let Some(h) = crate::harness::store::Harness::postgres().await else {
         eprintln!(
@@ -585,6 +588,9 @@ async fn rotated_refresh_tokens_survive_replica_kills_after_rotation_on_postgres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_refresh_tokens_survive_kills_mid_refresh_on_sqlite() {
+    // Three (or one) real servers under kills: never beside the other load tests, or both
+    // starve (a replica's unstored answers pile up, and each kill loses more of them).
+    let _alone = crate::harness::alone().await;
     let _serial = SERIAL.lock().await;
     run(
         crate::harness::store::Harness::sqlite().await,
