@@ -9,4 +9,5 @@ pub mod authorize;
 pub mod client;
 pub mod errcode;
 pub mod event;
+pub mod jssdk;
 pub mod wire;

@@ -47,11 +47,7 @@ pub async fn add_direct_account(
     appsecret: &SecretString,
 ) -> Result<UpsertOutcome, ManageError> {
     let secret = appsecret.expose_secret();
-    if secret.trim().is_empty() || secret.len() > 256 {
-        return Err(ManageError::Invalid(
-            "the appsecret must be 1 to 256 characters".into(),
-        ));
-    }
+    check_appsecret(secret)?;
     if store
         .authorizers()
         .get_authorizer(component, appid)
@@ -101,11 +97,7 @@ pub async fn set_authorizer_appsecret(
     let sealed = match appsecret {
         Some(secret) => {
             let secret = secret.expose_secret();
-            if secret.trim().is_empty() || secret.len() > 256 {
-                return Err(ManageError::Invalid(
-                    "the appsecret must be 1 to 256 characters".into(),
-                ));
-            }
+            check_appsecret(secret)?;
             Some(vault.seal(
                 SecretSlot::AuthorizerAppsecret { component, appid },
                 secret.as_bytes(),
@@ -127,6 +119,15 @@ pub async fn set_authorizer_appsecret(
         .await;
     }
     Ok(set)
+}
+
+fn check_appsecret(secret: &str) -> Result<(), ManageError> {
+    if secret.trim().is_empty() || secret.len() > 256 {
+        return Err(ManageError::Invalid(
+            "the appsecret must be 1 to 256 characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes a direct account. False if there was none.

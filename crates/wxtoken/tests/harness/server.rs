@@ -164,14 +164,24 @@ impl Server {
     /// pushes `authorized` to wxtoken, which exchanges the code. Returns once it is applied.
     pub async fn authorize_account(&self, kind: AccountKind) -> String {
         let account = self.new_account(kind);
+        self.authorize_existing(&account.appid).await;
+        account.appid
+    }
+
+    /// The simulated account `appid` authorizes the component (pushed, then applied).
+    pub async fn authorize_existing(&self, appid: &str) {
         let finished = self.sim.control().pushes_finished();
-        self.sim
-            .control()
-            .authorize(&account.appid, self.comp())
-            .unwrap();
+        self.sim.control().authorize(appid, self.comp()).unwrap();
         self.sim.control().wait_pushes_finished(finished + 1).await;
         self.app().engine.process_events().await.expect("events");
-        account.appid
+    }
+
+    /// The simulated account `appid` unbinds the component (pushed, then applied).
+    pub async fn unauthorize_existing(&self, appid: &str) {
+        let finished = self.sim.control().pushes_finished();
+        self.sim.control().unauthorize(appid, self.comp()).unwrap();
+        self.sim.control().wait_pushes_finished(finished + 1).await;
+        self.app().engine.process_events().await.expect("events");
     }
 
     /// Creates a client through the admin API and returns its key.

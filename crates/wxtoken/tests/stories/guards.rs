@@ -34,6 +34,15 @@ async fn report(
     (status, body, retry_after)
 }
 
+/// The WeChat calls an invalidation report can cause (a refresh, a check of the token); a new
+/// authorization's api_get_authorizer_info, asked in the background, is none of them.
+pub(crate) fn report_calls(stats: &wechat_sim::StatsSnapshot) -> u64 {
+    ["api_authorizer_token", "getcallbackip"]
+        .iter()
+        .map(|e| stats.endpoints.get(*e).map_or(0, |s| s.calls))
+        .sum()
+}
+
 fn token_of(body: &serde_json::Value) -> String {
     body["access_token"].as_str().expect("a token").to_owned()
 }
@@ -65,12 +74,7 @@ async fn a_reporting_loop_forces_at_most_one_refresh_per_min_force_interval() {
     }
     let elapsed = started.elapsed();
     let stats = s.sim.control().stats_for(&appid);
-    // The calls a report can cause (a refresh, a check of the token); a new authorization's
-    // api_get_authorizer_info, asked in the background, is none of them.
-    let calls: u64 = ["api_authorizer_token", "getcallbackip"]
-        .iter()
-        .map(|e| stats.endpoints.get(*e).map_or(0, |s| s.calls))
-        .sum();
+    let calls = report_calls(&stats);
     let bound = elapsed.as_secs_f64().ceil() as u64 + 1;
     eprintln!(
         "2,000 report loops in {:.1}s: {calls} upstream calls for the appid (bound {bound})",
@@ -435,10 +439,7 @@ async fn an_authorization_of_a_direct_accounts_appid_folds_it_into_the_authorize
     assert_eq!(direct["source"], "stable_token");
 
     // The merchant now authorizes the platform for the same account.
-    let finished = s.sim.control().pushes_finished();
-    s.sim.control().authorize(&account.appid, s.comp()).unwrap();
-    s.sim.control().wait_pushes_finished(finished + 1).await;
-    s.app().engine.process_events().await.expect("events");
+    s.authorize_existing(&account.appid).await;
 
     let (status, token) = s.get(Some(&admin), &path).await;
     assert_eq!(
@@ -572,21 +573,12 @@ async fn an_appsecret_set_by_the_cli_serves_an_unbound_authorizer_from_its_fallb
     let s = Server::start().await;
     let admin = s.admin_key.clone();
     let account = s.new_account(AccountKind::OfficialAccount);
-    let finished = s.sim.control().pushes_finished();
-    s.sim.control().authorize(&account.appid, s.comp()).unwrap();
-    s.sim.control().wait_pushes_finished(finished + 1).await;
-    s.app().engine.process_events().await.expect("events");
+    s.authorize_existing(&account.appid).await;
     let path = format!("/v1/tokens/{}", account.appid);
     assert_eq!(s.get(Some(&admin), &path).await.0, StatusCode::OK);
 
     // The merchant unbinds the platform: no token any more.
-    let finished = s.sim.control().pushes_finished();
-    s.sim
-        .control()
-        .unauthorize(&account.appid, s.comp())
-        .unwrap();
-    s.sim.control().wait_pushes_finished(finished + 1).await;
-    s.app().engine.process_events().await.expect("events");
+    s.unauthorize_existing(&account.appid).await;
     assert_eq!(s.get(Some(&admin), &path).await.0, StatusCode::GONE);
 
     let out = s

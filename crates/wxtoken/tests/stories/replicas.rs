@@ -738,12 +738,7 @@ async fn a_reporting_loop_across_three_replicas_forces_at_most_one_refresh_per_m
     }
     let elapsed = started.elapsed();
     let stats = sim.control().stats_for(&appid);
-    // The calls a report can cause (a refresh, a check of the token); a new authorization's
-    // api_get_authorizer_info, asked in the background, is none of them.
-    let calls: u64 = ["api_authorizer_token", "getcallbackip"]
-        .iter()
-        .map(|e| stats.endpoints.get(*e).map_or(0, |s| s.calls))
-        .sum();
+    let calls = crate::guards::report_calls(&stats);
     let bound = elapsed.as_secs_f64().ceil() as u64 + 1;
     eprintln!(
         "2,000 report loops over 3 replicas in {:.1}s: {calls} upstream calls (bound {bound})",
