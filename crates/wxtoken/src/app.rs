@@ -152,6 +152,9 @@ impl App {
             ),
             Backend::Sqlite => (Arc::new(LocalLease::new()), None),
         };
+        // Changes recorded from here on are applied by the change follower; the cold start
+        // below reads everything older.
+        let changes_from = store.ops().latest_change().await.ok();
         let engine = Engine::open(EngineDeps {
             store: Arc::clone(&store),
             vault: Arc::clone(&vault),
@@ -188,7 +191,7 @@ impl App {
             cancel.clone(),
         )));
         spawn_upkeep(&state, &tracker, cancel.clone());
-        crate::coordination::spawn(&state, &tracker, cancel.clone());
+        crate::coordination::spawn(&state, changes_from, &tracker, cancel.clone());
 
         let public_addr = public.local_addr()?;
         let internal_addr = internal.local_addr()?;

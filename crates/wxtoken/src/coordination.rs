@@ -4,12 +4,15 @@
 //! - **Heartbeats.** Each `serve` writes its `servers` row every [`HEARTBEAT`]: host, pid, start
 //!   time and the master key ids it holds (never a key). `wxtoken keys rotate` reads the live ones
 //!   (a heartbeat within [`LIVE_WITHIN`]) and refuses to re-seal onto a key a live server lacks.
-//!   The row is deleted at a graceful stop; a killed server's row stops being live.
+//!   The row is deleted at a graceful stop; a killed server's row stops being live, and rows
+//!   silent for a day are deleted.
 //! - **Changes.** The CLI and the admin API record what they changed in `store_changes`
 //!   (`manage::announce`); every server polls it every [`CHANGE_POLL`] and applies each change:
 //!   an account or authorizer is loaded from the store or unloaded (a removed account answers 404),
 //!   a client change empties the API key cache (a revoked key answers 401), a key change re-checks
-//!   the keys. A poll is one indexed read; the CLI promises [`crate::manage::PROPAGATION`].
+//!   the keys. A poll is one indexed read; the CLI promises [`crate::manage::PROPAGATION`]. The
+//!   changes since the engine's cold start read the store are applied, none twice, and one that
+//!   fails is tried again at the next polls.
 //! - **Key health.** A server that meets a secret sealed under a key it lacks (a rotation onto a
 //!   key it was not given) is not ready (`/readyz` 503 names the key) and alerts `configuration`
 //!   once; it re-checks while the condition lasts and is ready again once it holds every key the
@@ -93,14 +96,20 @@ pub async fn check_keys(
     Ok(None)
 }
 
-/// Starts the heartbeat and the change follower on `tracker`, until `cancel`.
-pub fn spawn(state: &AppState, tracker: &TaskTracker, cancel: CancellationToken) {
+/// Starts the heartbeat and the change follower on `tracker`, until `cancel`. `changes_from`:
+/// the newest change before the engine's cold start read the store.
+pub fn spawn(
+    state: &AppState,
+    changes_from: Option<i64>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
     let me = this_server(&state.0.vault, Timestamp::now());
     let beat = state.clone();
     let stop = cancel.clone();
     tracker.spawn(async move { heartbeat(beat, me, stop).await });
     let follow = state.clone();
-    tracker.spawn(async move { follow_changes(follow, cancel).await });
+    tracker.spawn(async move { follow_changes(follow, changes_from, cancel).await });
 }
 
 async fn heartbeat(state: AppState, mut me: ServerRecord, cancel: CancellationToken) {
@@ -151,21 +160,34 @@ fn alert_missing_key(state: &AppState, key: &KeyId) {
     }
 }
 
-/// Polls `store_changes` and applies each change (the module doc).
-pub async fn follow_changes(state: AppState, cancel: CancellationToken) {
+/// Changes re-read behind the newest one applied: on PostgreSQL a sequence number is taken before
+/// its transaction commits, so a change may become visible after a higher-numbered one.
+const CHANGE_WINDOW: i64 = 64;
+
+/// Polls `store_changes` and applies each change (the module doc), starting after `from` (the
+/// newest change when the engine's cold start read the store; `None`: the newest now). A change
+/// that fails to apply is tried again at each poll while it is within [`CHANGE_WINDOW`].
+pub async fn follow_changes(state: AppState, from: Option<i64>, cancel: CancellationToken) {
     let store = &state.0.store;
-    let mut last = loop {
-        match store.ops().latest_change().await {
-            Ok(seq) => break seq,
-            Err(e) => {
-                tracing::debug!(error = %e, "store changes not readable yet");
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(CHANGE_POLL) => {}
+    let mut last = match from {
+        Some(seq) => seq,
+        None => loop {
+            match store.ops().latest_change().await {
+                Ok(seq) => break seq,
+                Err(e) => {
+                    tracing::debug!(error = %e, "store changes not readable yet");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(CHANGE_POLL) => {}
+                    }
                 }
             }
-        }
+        },
     };
+    // Applied (or unreadable) changes within the window, so none is applied twice.
+    let mut done: std::collections::BTreeSet<i64> =
+        (last.saturating_sub(CHANGE_WINDOW)..=last).collect();
+    let mut failing: std::collections::HashSet<i64> = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(CHANGE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls = 0u64;
@@ -175,7 +197,8 @@ pub async fn follow_changes(state: AppState, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         polls += 1;
-        let changes = match store.ops().changes_after(last, CHANGES_PER_POLL).await {
+        let after = last.saturating_sub(CHANGE_WINDOW);
+        let changes = match store.ops().changes_after(after, CHANGES_PER_POLL).await {
             Ok(changes) => changes,
             Err(e) => {
                 tracing::debug!(error = %e, "store changes not read; trying again");
@@ -183,21 +206,40 @@ pub async fn follow_changes(state: AppState, cancel: CancellationToken) {
             }
         };
         for (seq, change) in changes {
-            if let Some(change) = change
-                && let Err(e) = apply(&state, &change).await
-            {
-                // Not retried forever: the next read of the credential or key looks at the
-                // store anyway.
-                tracing::warn!(error = %e, scope = change.scope.as_str(), "a change made outside this server was not applied");
+            if done.contains(&seq) {
+                continue;
             }
-            last = seq;
+            let applied = match &change {
+                None => Ok(()),
+                Some(change) => apply(&state, change).await,
+            };
+            match applied {
+                Ok(()) => {
+                    done.insert(seq);
+                    failing.remove(&seq);
+                }
+                Err(e) => {
+                    if failing.insert(seq) {
+                        tracing::warn!(error = %e, seq, "a change made outside this server was not applied; trying again");
+                    }
+                }
+            }
+            last = last.max(seq);
         }
+        let horizon = last.saturating_sub(CHANGE_WINDOW);
+        done = done.split_off(&horizon);
+        failing.retain(|seq| {
+            let keep = *seq >= horizon;
+            if !keep {
+                tracing::error!(seq, "a change made outside this server could not be applied; restart the server to load it");
+            }
+            keep
+        });
         // Once an hour or so (polls are twice a second).
         if polls.is_multiple_of(7200) {
-            let _ = store
-                .ops()
-                .prune_changes(Timestamp::now().minus(CHANGE_RETENTION))
-                .await;
+            let now = Timestamp::now();
+            let _ = store.ops().prune_changes(now.minus(CHANGE_RETENTION)).await;
+            let _ = store.ops().prune_servers(now.minus(CHANGE_RETENTION)).await;
         }
     }
 }

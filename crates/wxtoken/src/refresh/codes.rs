@@ -348,6 +348,7 @@ impl Inner {
         // while the store can pass (SPEC.md rule 2), and re-fenced on whatever landed meanwhile.
         let mut retry = StoreRetry::new("api_query_auth answer", WRITE_TRIES_THAT_CANNOT_PASS);
         let mut lost_race = false;
+        let mut folded_any = false;
         loop {
             let current = match self
                 .io
@@ -379,6 +380,10 @@ impl Inner {
                             self.schedule_in(&credential, Duration::ZERO);
                         }
                         self.remember_code(component, code, appid).await;
+                        if folded_any {
+                            self.remove_folded_direct(component, appid).await;
+                        }
+                        self.describe_later(component, appid);
                         return Ok(appid.clone());
                     }
                     Expected::Generation(r.generation)
@@ -393,9 +398,18 @@ impl Inner {
                 .zip(access.as_ref())
                 .is_some_and(|(stored, (_, ours))| stored.issued_at > ours.issued_at);
             let access_write = access.as_ref().filter(|_| !stored_newer);
-            let folded = self
+            let folded = match self
                 .direct_to_fold(component, appid, current.as_ref())
-                .await?;
+                .await
+            {
+                Ok(folded) => folded,
+                // The answer must still be stored: retried like the write itself.
+                Err(e) => {
+                    retry.after(e).await?;
+                    continue;
+                }
+            };
+            folded_any |= folded.is_some();
             let write = AuthorizationWrite {
                 component: component.clone(),
                 appid: appid.clone(),
@@ -463,7 +477,7 @@ impl Inner {
         component: &ComponentAppid,
         appid: &Appid,
         current: Option<&crate::model::AuthorizerRecord>,
-    ) -> Result<Option<Folded>, RefreshError> {
+    ) -> Result<Option<Folded>, crate::store::StoreError> {
         let Some(direct) = self
             .io
             .store
@@ -476,14 +490,28 @@ impl Inner {
         let appsecret = if current.is_some_and(|r| r.appsecret.is_some()) {
             None
         } else {
-            let secret = self.io.vault.open(
-                SecretSlot::DirectAppsecret { component, appid },
-                &direct.appsecret,
-            )?;
-            Some(self.io.vault.seal(
-                SecretSlot::AuthorizerAppsecret { component, appid },
-                &secret,
-            )?)
+            let resealed = self
+                .io
+                .vault
+                .open(
+                    SecretSlot::DirectAppsecret { component, appid },
+                    &direct.appsecret,
+                )
+                .and_then(|secret| {
+                    self.io.vault.seal(
+                        SecretSlot::AuthorizerAppsecret { component, appid },
+                        &secret,
+                    )
+                });
+            match resealed {
+                Ok(sealed) => Some(sealed),
+                // (A key this server lacks.) The authorization is stored all the same; the
+                // direct account stays beside it until removed.
+                Err(e) => {
+                    tracing::warn!(%appid, error = %e, "the direct account of this appid could not be folded into its authorization");
+                    return Ok(None);
+                }
+            }
         };
         Ok(Some(Folded {
             kind: direct.kind,

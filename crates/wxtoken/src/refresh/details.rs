@@ -79,13 +79,15 @@ impl Inner {
         stored: &[AuthorizerRecord],
     ) -> usize {
         let mut described = 0;
-        for record in stored
+        let mut missing: Vec<&AuthorizerRecord> = stored
             .iter()
             .filter(|r| {
                 r.details.fetched_at.is_none() && r.status == crate::model::AuthorizerStatus::Active
             })
-            .take(DESCRIBE_PER_PASS)
-        {
+            .collect();
+        // In a random order: authorizers that keep failing never hold the others back.
+        rand::seq::SliceRandom::shuffle(&mut missing[..], &mut rand::rng());
+        for record in missing.into_iter().take(DESCRIBE_PER_PASS) {
             match self.describe(component, &record.appid).await {
                 Ok(_) => described += 1,
                 Err(e) => {

@@ -162,6 +162,9 @@ impl Inner {
                     self.report_gate(&credential, &mode, rogue_evidence).await
                 {
                     self.io.lease.release(&lease_key).await;
+                    // The scheduler may have joined this flight: the credential stays on the
+                    // schedule (an overdue token comes due at once).
+                    self.schedule_at(&credential, token.refresh_at);
                     return Ok(token);
                 }
                 let work = async {

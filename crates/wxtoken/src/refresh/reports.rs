@@ -178,6 +178,17 @@ impl Engine {
             }
             current => current,
         };
+        // No token at all and the last refresh failed: the retry comes with backoff, as for a
+        // read (a report must not turn a failing credential into a call per report).
+        if held.is_none()
+            && let Some(reason) = slot.failing()
+        {
+            count_report("budgeted");
+            return Err(RefreshError::Upstream {
+                class: ErrorClass::Transient,
+                detail: format!("the last refresh failed ({reason}); it is retried with backoff"),
+            });
+        }
         if let Some(reported) = &held
             && inner.reports.spent(credential, inner.io.clock.now())
         {
@@ -250,14 +261,21 @@ impl Inner {
         {
             return false;
         }
-        match self
-            .io
-            .store
-            .leases()
-            .lease_row(&LeaseKey::refresh(credential))
-            .await
-        {
-            Ok(row) => row.is_none(),
+        let leases = self.io.store.leases();
+        // Another replica refreshing it now, or one that died doing so.
+        match leases.lease_row(&LeaseKey::refresh(credential)).await {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return false,
+        }
+        // A forced refresh since this token was issued (another replica's, whose outcome this
+        // one cannot know: it may have timed out after WeChat issued a token).
+        let claimed_since = |expiry: Timestamp| {
+            expiry.as_millis() - millis(self.config.min_force_interval)
+                >= reported.issued_at.as_millis()
+        };
+        match leases.lease_row(&LeaseKey::Force(credential.clone())).await {
+            Ok(None) => true,
+            Ok(Some((_, expiry))) => !claimed_since(expiry),
             Err(_) => false,
         }
     }
@@ -279,8 +297,10 @@ impl Inner {
         let Some(current) = self.cache.get(credential).and_then(|s| s.current()) else {
             return Gate::Refresh;
         };
+        // Replaced while this flight started (an authorization landed, another replica's token
+        // was adopted): that token is the answer, never a second refresh.
         if !current.is(reported.access_token.expose_secret()) {
-            return Gate::Refresh;
+            return Gate::Answer(current);
         }
         if !self.claim_force(credential).await {
             count_report("budgeted");

@@ -115,6 +115,9 @@ pub trait OpsStore: Send + Sync {
     /// Removes a server's row (it stopped).
     async fn remove_server(&self, id: &str) -> Result<(), StoreError>;
 
+    /// Forgets servers whose last heartbeat is before `before` (killed, never stopped).
+    async fn prune_servers(&self, before: Timestamp) -> Result<u64, StoreError>;
+
     /// Records a change made outside the servers; returns its sequence number.
     async fn record_change(&self, change: &StoreChange, at: Timestamp) -> Result<i64, StoreError>;
 
@@ -240,6 +243,14 @@ macro_rules! ops_sql {
                     .execute(self.write_pool())
                     .await?;
                 Ok(())
+            }
+
+            async fn prune_servers(&self, before: Timestamp) -> Result<u64, StoreError> {
+                Ok(sqlx::query("DELETE FROM servers WHERE heartbeat_at < $1")
+                    .bind(before.as_millis())
+                    .execute(self.write_pool())
+                    .await?
+                    .rows_affected())
             }
 
             async fn record_change(
