@@ -1771,3 +1771,50 @@ async fn a_listing_showing_a_refresh_token_wechat_rotated_away_is_never_written_
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn reports_of_a_credential_without_a_token_whose_refresh_fails_wait_for_its_backoff() {
+    let h = Harness::start(
+        sim_config(Duration::from_secs(600), Duration::from_secs(10)),
+        wxtoken::config::RefreshConfig {
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(60),
+            ..refresh_config(Duration::from_secs(5))
+        },
+    )
+    .await;
+    let authorizers = h.import_authorizers(1).await;
+    let cred = h.credential(&authorizers[0].authorizer_appid);
+    h.sim
+        .control()
+        .set_faults(FaultSet {
+            seed: None,
+            rules: vec![FaultRule {
+                endpoint: "api_authorizer_token".into(),
+                probability: 1.0,
+                times: None,
+                fault: Fault::Errcode {
+                    errcode: 45009,
+                    errmsg: None,
+                },
+            }],
+        })
+        .unwrap();
+    h.engine
+        .refresh_now(&cred)
+        .await
+        .expect_err("the daily quota is spent");
+    h.sim.control().reset_stats();
+    for _ in 0..20 {
+        h.engine
+            .invalidate(&cred, "a token this credential never had")
+            .await
+            .expect_err("no token, and the retry waits for its backoff");
+    }
+    assert_eq!(
+        h.sim.control().stats().calls(Api::AuthorizerToken),
+        0,
+        "reports never bypass the backoff"
+    );
+    h.stop().await;
+}
