@@ -54,6 +54,8 @@ pub struct SimConfig {
     pub reauthorize_refresh_token: ReauthorizePolicy,
     /// Whether component APIs accept `?access_token=` as well as `?component_access_token=`.
     pub accept_access_token_alias: bool,
+    /// What `getticket` (jsapi / wx_card) answers while the account's ticket is still valid.
+    pub js_ticket_policy: JsTicketPolicy,
     /// `cgi-bin/stable_token` rules.
     pub stable_token: StableTokenConfig,
     /// Daily quotas and `clear_quota`.
@@ -83,6 +85,7 @@ impl Default for SimConfig {
             refresh_token_policy: RefreshTokenPolicy::Echo,
             reauthorize_refresh_token: ReauthorizePolicy::New,
             accept_access_token_alias: true,
+            js_ticket_policy: JsTicketPolicy::SameWhileValid,
             stable_token: StableTokenConfig::default(),
             quota: QuotaConfig::default(),
             push: PushConfig::default(),
@@ -100,6 +103,20 @@ pub enum TicketPolicy {
     Latest,
     /// Any ticket issued within `ticket_validity`.
     AnyValid,
+}
+
+/// What `getticket` does while an account's jsapi / wx_card ticket is still valid. WeChat does not
+/// document whether a new ticket retires the previous one; users report the same ticket until it
+/// expires. The other two cover what a client must survive if that changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsTicketPolicy {
+    /// The same ticket until it expires, `expires_in` always the full lifetime. Default.
+    SameWhileValid,
+    /// A new ticket on every call; the previous one keeps working for `overlap`.
+    NewRetiringPrevious,
+    /// A new ticket on every call; every previous one keeps working until its own expiry.
+    NewKeepingPrevious,
 }
 
 /// What `api_component_token` does while a component token is still valid.
@@ -232,6 +249,7 @@ pub(crate) struct Rules {
     pub refresh_policy: RefreshTokenPolicy,
     pub reauthorize: ReauthorizePolicy,
     pub access_token_alias: bool,
+    pub js_ticket_policy: JsTicketPolicy,
     pub stable_window_ms: i64,
     pub stable_force_per_day: u32,
     pub stable_force_gap_ms: i64,
@@ -309,6 +327,7 @@ impl SimConfig {
             refresh_policy: self.refresh_token_policy,
             reauthorize: self.reauthorize_refresh_token,
             access_token_alias: self.accept_access_token_alias,
+            js_ticket_policy: self.js_ticket_policy,
             stable_window_ms: ms(self.stable_token.rollover_window),
             stable_force_per_day: self.stable_token.force_per_day,
             stable_force_gap_ms: ms(self.stable_token.force_min_interval),

@@ -262,10 +262,16 @@ async fn reset_stats(State(sim): State<Arc<Sim>>) -> StatusCode {
 struct ValidateQuery {
     #[serde(default)]
     access_token: String,
+    /// A jsapi / wx_card ticket instead of a token.
+    #[serde(default)]
+    ticket: Option<String>,
 }
 
 async fn validate(State(sim): State<Arc<Sim>>, Query(q): Query<ValidateQuery>) -> Response {
-    Json(ctl(&sim).validate(&q.access_token)).into_response()
+    match &q.ticket {
+        Some(ticket) => Json(ctl(&sim).validate_ticket(ticket)).into_response(),
+        None => Json(ctl(&sim).validate(&q.access_token)).into_response(),
+    }
 }
 
 async fn get_faults(State(sim): State<Arc<Sim>>) -> Response {

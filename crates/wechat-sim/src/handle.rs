@@ -242,6 +242,12 @@ impl SimControl {
         self.sim.state.lock().validation(access_token, now)
     }
 
+    /// Whether a jsapi / wx_card ticket works right now, and why not.
+    pub fn validate_ticket(&self, ticket: &str) -> Validation {
+        let now = self.sim.clock.now_ms();
+        self.sim.state.lock().ticket_validation(ticket, now)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.sim.stats.snapshot(None)
     }

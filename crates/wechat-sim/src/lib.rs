@@ -50,7 +50,7 @@ use tracing::{Instrument, info_span, warn};
 
 pub use api::Api;
 pub use config::{
-    ComponentTokenPolicy, ConfigError, PushConfig, QuotaConfig, ReauthorizePolicy,
+    ComponentTokenPolicy, ConfigError, JsTicketPolicy, PushConfig, QuotaConfig, ReauthorizePolicy,
     RefreshTokenPolicy, SimConfig, StableTokenConfig, TicketPolicy,
 };
 pub use faults::{ActiveRule, Fault, FaultRule, FaultSet, Latency};
@@ -77,6 +77,7 @@ GET    /_sim/authorizers/{component}/{appid}    the authorizer as WeChat holds i
 POST   /_sim/bulk/authorizers                   {component_appid, count, kind?} -> JSON lines of refresh tokens
 GET    /_sim/stats (?appid=)  POST /_sim/stats/reset   calls per endpoint and appid, errors, pushes
 GET    /_sim/validate?access_token=T            {valid, reason, errcode, kind, appid, ...}
+GET    /_sim/validate?ticket=T                  the same for a jsapi / wx_card ticket
 GET|PUT|DELETE /_sim/faults                     latency, HTTP status, reset, malformed JSON, errcode per endpoint
 POST   /_sim/tickets/push                       {component_appid?} issue and push a ticket now
 GET    /_sim/clock  POST /_sim/clock/advance    {seconds}: move simulated time forward";

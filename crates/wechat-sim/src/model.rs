@@ -147,6 +147,9 @@ pub struct Validation {
     pub component_appid: Option<String>,
     /// Seconds to expiry (negative once expired).
     pub expires_in: Option<i64>,
+    /// `jsapi` or `wx_card` when a ticket was validated (`/_sim/validate?ticket=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_type: Option<String>,
 }
 
 /// A control request the simulator refuses.

@@ -5,7 +5,8 @@
 
 use super::{AppRef, Issued, Retire, State, TokenOwner};
 use crate::clock::{Millis, calendar};
-use crate::model::TokenKind;
+use crate::config::JsTicketPolicy;
+use crate::model::{TokenKind, Validation};
 use crate::wxerr::{WxErr, wx};
 
 /// stable_token state of one account.
@@ -17,12 +18,25 @@ pub(crate) struct Stable {
     pub last_force_ms: Option<Millis>,
 }
 
-/// jsapi / wx_card tickets of one account: (value, expiry).
+/// jsapi / wx_card tickets of one account: the current value of each type.
 #[derive(Debug, Default)]
 pub(crate) struct JsTickets {
-    pub jsapi: Option<(Box<str>, Millis)>,
-    pub wx_card: Option<(Box<str>, Millis)>,
+    pub jsapi: Option<Box<str>>,
+    pub wx_card: Option<Box<str>>,
 }
+
+/// One ticket issued.
+#[derive(Debug)]
+pub(crate) struct JsTicket {
+    pub account: u32,
+    pub ty: TicketType,
+    pub expires_ms: Millis,
+    /// When a newer ticket retired it (`new_retiring_previous`).
+    pub retired_ms: Option<Millis>,
+}
+
+/// Issued tickets are swept this long after they expire.
+const TICKET_SWEEP_AFTER_MS: Millis = 24 * 3600 * 1000;
 
 /// `getticket`'s `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +145,9 @@ impl State {
         Ok(owner)
     }
 
-    /// `getticket`: the same ticket while it is valid, `expires_in` always the full lifetime.
+    /// `getticket`: per `js_ticket_policy`, the same ticket while it is valid or a new one on
+    /// every call (the previous retired after the overlap, or kept); `expires_in` is always the
+    /// full lifetime.
     pub(crate) fn js_ticket(
         &mut self,
         id: u32,
@@ -140,6 +156,8 @@ impl State {
     ) -> Result<(String, i64), WxErr> {
         self.charge(crate::api::Api::GetTicket, AppRef::Account(id), now)?;
         let lifetime = self.rules.token_lifetime_ms;
+        let policy = self.rules.js_ticket_policy;
+        let overlap = self.rules.overlap_ms;
         let tickets = self.accounts[id as usize]
             .js_tickets
             .get_or_insert_with(Default::default);
@@ -147,13 +165,64 @@ impl State {
             TicketType::Jsapi => &mut tickets.jsapi,
             TicketType::WxCard => &mut tickets.wx_card,
         };
-        match slot {
-            Some((value, exp)) if *exp > now => Ok((value.to_string(), lifetime / 1000)),
-            _ => {
-                let value = crate::mint::random_code("", 86);
-                *slot = Some((value.clone().into(), now + lifetime));
-                Ok((value, lifetime / 1000))
-            }
+        let current = slot.clone();
+        if policy == JsTicketPolicy::SameWhileValid
+            && let Some(value) = &current
+            && self
+                .js_ticket_index
+                .get(value)
+                .is_some_and(|t| t.expires_ms > now)
+        {
+            return Ok((value.to_string(), lifetime / 1000));
+        }
+        let value: Box<str> = crate::mint::random_code("", 86).into();
+        *slot = Some(value.clone());
+        if policy == JsTicketPolicy::NewRetiringPrevious
+            && let Some(previous) = current.and_then(|v| self.js_ticket_index.get_mut(&v))
+        {
+            let at = now + overlap;
+            previous.retired_ms = Some(previous.retired_ms.map_or(at, |r| r.min(at)));
+        }
+        if self.js_ticket_index.len() % 4096 == 4095 {
+            self.js_ticket_index
+                .retain(|_, t| t.expires_ms + TICKET_SWEEP_AFTER_MS > now);
+        }
+        self.js_ticket_index.insert(
+            value.clone(),
+            JsTicket {
+                account: id,
+                ty,
+                expires_ms: now + lifetime,
+                retired_ms: None,
+            },
+        );
+        Ok((value.to_string(), lifetime / 1000))
+    }
+
+    /// Whether a jsapi / wx_card ticket works right now, and why not.
+    pub(crate) fn ticket_validation(&self, ticket: &str, now: Millis) -> Validation {
+        let found = self.js_ticket_index.get(ticket);
+        let (reason, errcode) = match found {
+            None => ("unknown", 40097),
+            Some(t) if t.expires_ms <= now => ("expired", 42001),
+            Some(t) if t.retired_ms.is_some_and(|r| r <= now) => ("superseded", 40001),
+            Some(_) => ("ok", 0),
+        };
+        Validation {
+            valid: errcode == 0,
+            reason: reason.into(),
+            errcode,
+            kind: None,
+            appid: found.map(|t| self.accounts[t.account as usize].appid.to_string()),
+            component_appid: None,
+            expires_in: found.map(|t| (t.expires_ms - now).div_euclid(1000)),
+            ticket_type: found.map(|t| {
+                match t.ty {
+                    TicketType::Jsapi => "jsapi",
+                    TicketType::WxCard => "wx_card",
+                }
+                .to_owned()
+            }),
         }
     }
 }

@@ -167,6 +167,8 @@ pub(crate) struct State {
     pub pre_auth: HashMap<Box<str>, PreAuth>,
     pub auth_codes: HashMap<Box<str>, AuthCode>,
     pub quota: QuotaBook,
+    /// Every jsapi / wx_card ticket issued and not yet swept (for `/_sim/validate?ticket=`).
+    pub js_ticket_index: HashMap<Box<str>, direct::JsTicket>,
     /// Inserts since the last sweep of expired codes.
     code_inserts: u32,
 }
@@ -183,6 +185,7 @@ impl State {
             pre_auth: HashMap::new(),
             auth_codes: HashMap::new(),
             quota: QuotaBook::default(),
+            js_ticket_index: HashMap::new(),
             code_inserts: 0,
         }
     }
@@ -461,6 +464,7 @@ impl State {
                     _ => None,
                 }),
             expires_in: owner.map(|o| (o.expires_ms - now).div_euclid(1000)),
+            ticket_type: None,
         }
     }
 

@@ -245,3 +245,79 @@ async fn business_apis_refuse_a_component_token_and_a_missing_token() {
     };
     assert!(!ok.ip_list.is_empty());
 }
+
+#[tokio::test]
+async fn a_served_ticket_validates_until_it_expires_and_unknown_tickets_never_do() {
+    let t = TestSim::start().await;
+    let a = t.oa();
+    let tok =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
+    let ticket =
+        t.wx.get_ticket(&tok, TicketKind::Jsapi)
+            .await
+            .unwrap()
+            .ticket;
+    let v = t.sim.control().validate_ticket(&ticket);
+    assert!(v.valid, "{v:?}");
+    assert_eq!(v.ticket_type.as_deref(), Some("jsapi"));
+    assert_eq!(v.appid.as_deref(), Some(a.appid.as_str()));
+    // The same over the control API.
+    let over_http = t.get_json(&format!("/_sim/validate?ticket={ticket}")).await;
+    assert_eq!(over_http["valid"], true, "{over_http}");
+    assert_eq!(over_http["ticket_type"], "jsapi");
+    assert_eq!(
+        t.get_json("/_sim/validate?ticket=not-a-ticket").await["reason"],
+        "unknown"
+    );
+    t.sim.control().advance_clock(Duration::from_secs(7200));
+    let v = t.sim.control().validate_ticket(&ticket);
+    assert_eq!(
+        (v.valid, v.reason.as_str(), v.errcode),
+        (false, "expired", 42001)
+    );
+}
+
+#[tokio::test]
+async fn a_new_ticket_retires_the_previous_after_the_overlap_or_keeps_it_as_configured() {
+    for (policy, previous_valid_after_overlap) in [
+        (wechat_sim::JsTicketPolicy::NewRetiringPrevious, false),
+        (wechat_sim::JsTicketPolicy::NewKeepingPrevious, true),
+    ] {
+        let t = TestSim::with(|c| {
+            c.js_ticket_policy = policy;
+            c.overlap = Duration::from_secs(300);
+        })
+        .await;
+        let a = t.oa();
+        let tok =
+            t.wx.token(&a.appid, &a.appsecret)
+                .await
+                .unwrap()
+                .access_token;
+        let first =
+            t.wx.get_ticket(&tok, TicketKind::WxCard)
+                .await
+                .unwrap()
+                .ticket;
+        let second =
+            t.wx.get_ticket(&tok, TicketKind::WxCard)
+                .await
+                .unwrap()
+                .ticket;
+        assert_ne!(first, second, "{policy:?}: a new ticket on every call");
+        assert!(
+            t.sim.control().validate_ticket(&first).valid,
+            "within the overlap"
+        );
+        t.sim.control().advance_clock(Duration::from_secs(301));
+        let v = t.sim.control().validate_ticket(&first);
+        assert_eq!(v.valid, previous_valid_after_overlap, "{policy:?}: {v:?}");
+        if !previous_valid_after_overlap {
+            assert_eq!((v.reason.as_str(), v.errcode), ("superseded", 40001));
+        }
+        assert!(t.sim.control().validate_ticket(&second).valid);
+    }
+}
