@@ -231,6 +231,17 @@ pub struct RefreshConfig {
     /// and nothing is refreshed.
     #[serde(with = "humantime_serde")]
     pub rogue_window: Duration,
+    /// A JS-SDK ticket (jsapi, wx_card) not read for this long is no longer refreshed; the next
+    /// read fetches it again. Tickets are fetched on demand, so a platform whose JS-SDK pages use
+    /// a few accounts spends getticket calls (a "very limited" quota) on those accounts only.
+    #[serde(with = "humantime_serde")]
+    pub ticket_idle: Duration,
+    /// A ticket is served until this long before its expiry. Smaller than `serve_margin`: a
+    /// ticket is consumed at once (wxtoken signs with it; the page's `wx.config` follows within
+    /// seconds), and WeChat answers getticket with the same ticket until it expires, so the
+    /// window in which no ticket can be served is this long.
+    #[serde(with = "humantime_serde")]
+    pub ticket_serve_margin: Duration,
 }
 
 /// `stable_token` (the default: independent of every other caller's tokens, 500,000 calls a day)
@@ -259,6 +270,8 @@ impl Default for RefreshConfig {
             direct_token_api: DirectTokenApi::StableToken,
             min_force_interval: Duration::from_secs(30),
             rogue_window: Duration::from_secs(120),
+            ticket_idle: Duration::from_secs(24 * 3600),
+            ticket_serve_margin: Duration::from_secs(10),
         }
     }
 }
@@ -523,6 +536,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "refresh.min_force_interval",
                 "must be at least 1s: it is what keeps a reporting loop from burning the daily quota",
+            ));
+        }
+        if r.ticket_idle < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "refresh.ticket_idle",
+                "must be at least 1s",
+            ));
+        }
+        if r.ticket_serve_margin > r.serve_margin {
+            return Err(ConfigError::invalid(
+                "refresh.ticket_serve_margin",
+                "must not be above refresh.serve_margin",
             ));
         }
         if r.backoff_initial.is_zero() || r.backoff_initial > r.backoff_max {

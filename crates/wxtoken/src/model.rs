@@ -180,6 +180,11 @@ pub enum CredentialKind {
     Authorizer,
     /// The access token of a directly managed account (own appid + appsecret).
     Direct,
+    /// The JS-SDK `jsapi_ticket` of an authorizer or direct account (its appid), fetched with that
+    /// account's access token.
+    Jsapi,
+    /// The `wx_card` api_ticket (card JS-SDK) of an authorizer or direct account.
+    WxCard,
 }
 
 impl CredentialKind {
@@ -188,6 +193,30 @@ impl CredentialKind {
             CredentialKind::Component => "component",
             CredentialKind::Authorizer => "authorizer",
             CredentialKind::Direct => "direct",
+            CredentialKind::Jsapi => "jsapi",
+            CredentialKind::WxCard => "wx_card",
+        }
+    }
+
+    /// An authorizer's or direct account's access token (what a rogue refresher can retire).
+    pub fn is_account_token(self) -> bool {
+        matches!(self, CredentialKind::Authorizer | CredentialKind::Direct)
+    }
+
+    /// A JS-SDK ticket (`jsapi`, `wx_card`), not an access token.
+    pub fn is_ticket(self) -> bool {
+        matches!(self, CredentialKind::Jsapi | CredentialKind::WxCard)
+    }
+
+    /// The ticket kind named as in the API path and getticket's `type` (`jsapi`, `wx_card`).
+    pub fn parse_ticket(s: &str) -> Result<Self, InvalidValue> {
+        match s {
+            "jsapi" => Ok(CredentialKind::Jsapi),
+            "wx_card" => Ok(CredentialKind::WxCard),
+            _ => Err(InvalidValue::new(
+                "ticket type",
+                "expected jsapi or wx_card",
+            )),
         }
     }
 
@@ -196,6 +225,8 @@ impl CredentialKind {
             "component" => Ok(CredentialKind::Component),
             "authorizer" => Ok(CredentialKind::Authorizer),
             "direct" => Ok(CredentialKind::Direct),
+            "jsapi" => Ok(CredentialKind::Jsapi),
+            "wx_card" => Ok(CredentialKind::WxCard),
             _ => Err(InvalidValue::new("credential kind", "unknown")),
         }
     }
@@ -234,6 +265,17 @@ impl Credential {
             appid: appid.clone(),
         }
     }
+
+    /// The JS-SDK ticket of kind `kind` (`Jsapi` or `WxCard`) of the account `self` names (an
+    /// authorizer or direct account).
+    pub fn ticket(&self, kind: CredentialKind) -> Self {
+        debug_assert!(kind.is_ticket());
+        Self {
+            component: self.component.clone(),
+            kind,
+            appid: self.appid.clone(),
+        }
+    }
 }
 
 /// How an access token was obtained (reported to clients as `source`).
@@ -249,6 +291,8 @@ pub enum TokenSource {
     StableToken,
     /// `cgi-bin/token` (the same, when stable_token is unavailable).
     Token,
+    /// `cgi-bin/ticket/getticket` (a JS-SDK ticket).
+    GetTicket,
 }
 
 impl TokenSource {
@@ -259,6 +303,7 @@ impl TokenSource {
             TokenSource::QueryAuth => "api_query_auth",
             TokenSource::StableToken => "stable_token",
             TokenSource::Token => "token",
+            TokenSource::GetTicket => "getticket",
         }
     }
 
@@ -269,6 +314,7 @@ impl TokenSource {
             "api_query_auth" => Ok(TokenSource::QueryAuth),
             "stable_token" => Ok(TokenSource::StableToken),
             "token" => Ok(TokenSource::Token),
+            "getticket" => Ok(TokenSource::GetTicket),
             _ => Err(InvalidValue::new("token source", "unknown")),
         }
     }

@@ -35,6 +35,11 @@ pub fn init(log: &LogConfig) {
 /// Refreshes attempted, labelled `kind` (component, authorizer, direct) and `outcome` (ok or the
 /// error class).
 pub const REFRESH_TOTAL: &str = "wxtoken_refresh_total";
+/// Counter: getticket calls (JS-SDK tickets), by `type` (jsapi, wx_card) and `outcome` (ok, or the
+/// error class).
+pub const GETTICKET_TOTAL: &str = "wxtoken_getticket_total";
+/// Gauge (scraped): JS-SDK tickets held, by `type` and `state` (valid, failing, expired).
+pub const JS_TICKETS: &str = "wxtoken_js_tickets";
 /// Alerts raised, labelled `kind` (needs_reauth, revoked, ticket_silence, quota, configuration,
 /// event_failed, write_failed).
 pub const ALERTS_TOTAL: &str = "wxtoken_alerts_total";

@@ -32,6 +32,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print the current token of an authorizer or direct account (for scripts).
     Token(token::TokenArgs),
+    /// Print the current JS-SDK ticket (jsapi or wx_card) of an authorizer or direct account.
+    Ticket(token::TicketArgs),
     /// Run the WeChat simulator alone, for tests and offline integration work.
     Sim(sim::SimArgs),
     /// Operate on authorizers: list, show, import, export.
@@ -56,6 +58,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Token(args) => token::run(args).await,
+            Command::Ticket(args) => token::run_ticket(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Authorizers(c) => authorizers::run(c).await,
             Command::Accounts(c) => accounts::run(c).await,

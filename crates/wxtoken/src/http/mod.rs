@@ -7,7 +7,8 @@
 //!
 //! - [`public_router`]: `/wechat/events` ([`events`]), `/authorize` and `/authorize/callback`
 //!   ([`authorize`]); everything else is 404.
-//! - [`internal_router`]: `/v1/tokens/...` and `/v1/component/token` ([`tokens`]), `/v1/admin/...`
+//! - [`internal_router`]: `/v1/tokens/...` and `/v1/component/token` ([`tokens`]), `/v1/tickets/...`
+//!   and `/v1/jssdk/...` ([`tickets`]), `/v1/admin/...`
 //!   ([`admin`]), `/healthz`, `/readyz`, `/metrics`, `/openapi.json` ([`ops`]). The OpenAPI document
 //!   is generated from the handlers' annotations (utoipa), so it cannot drift from the routes.
 //! - Every route has a request timeout (503 past it) except the long-poll, which bounds itself by
@@ -22,6 +23,7 @@ pub mod events;
 pub mod limits;
 pub mod ops;
 pub mod serve;
+pub mod tickets;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -149,6 +151,7 @@ impl FromRef<AppState> for Arc<KeyIndex> {
     modifiers(&BearerScheme),
     tags(
         (name = "tokens", description = "Reading tokens and reporting invalid ones"),
+        (name = "jssdk", description = "JS-SDK tickets (jsapi, wx_card) and the wx.config and cardExt signatures"),
         (name = "admin", description = "Authorizers, accounts and clients (admin keys only)"),
         (name = "operations", description = "Health, readiness, metrics")
     )
@@ -171,9 +174,14 @@ impl utoipa::Modify for BearerScheme {
 /// The internal listener's routes and their OpenAPI document.
 fn internal_api(timeout: Duration) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     // The long-poll bounds its own wait; every other route gets the request timeout.
-    let long_poll = OpenApiRouter::new().routes(utoipa_axum::routes!(tokens::get_token));
+    let long_poll = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(tokens::get_token))
+        .routes(utoipa_axum::routes!(tickets::get_ticket));
     let bounded = OpenApiRouter::new()
         .routes(utoipa_axum::routes!(tokens::invalidate))
+        .routes(utoipa_axum::routes!(tickets::invalidate))
+        .routes(utoipa_axum::routes!(tickets::jssdk_config))
+        .routes(utoipa_axum::routes!(tickets::card_ext))
         .routes(utoipa_axum::routes!(tokens::component_token))
         .merge(admin::routes())
         .merge(ops::routes())

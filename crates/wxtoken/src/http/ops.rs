@@ -142,25 +142,34 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
                 .set(age.max(0.0));
         }
     }
-    let mut text = app.0.metrics.render();
-    let mut ttl = [
-        Histogram::default(),
-        Histogram::default(),
-        Histogram::default(),
-    ];
-    let mut age = [
-        Histogram::default(),
-        Histogram::default(),
-        Histogram::default(),
-    ];
+    let mut ttl: [Histogram; KINDS.len()] = Default::default();
+    let mut age: [Histogram; KINDS.len()] = Default::default();
+    // JS-SDK tickets by type (jsapi, wx_card) and state (valid, failing, expired).
+    let mut tickets = [[0u64; 3]; 2];
     app.0.engine.cache().for_each(|slot| {
+        let kind = slot.credential().kind;
+        let read = app.0.engine.read(slot);
+        if kind.is_ticket() {
+            let state = match (&read, slot.failing()) {
+                (Ok(_), _) => 0,
+                (Err(_), Some(_)) => 1,
+                (Err(_), None) => 2,
+            };
+            tickets[usize::from(kind == CredentialKind::WxCard)][state] += 1;
+        }
         // Servable tokens only: a lost authorizer's expired token is not "about to expire".
-        if let Ok(token) = app.0.engine.read(slot) {
-            let i = kind_index(slot.credential().kind);
+        if let Ok(token) = read {
+            let i = kind_index(kind);
             ttl[i].observe((token.expires_at.as_millis() - now.as_millis()) as f64 / 1000.0);
             age[i].observe((now.as_millis() - token.issued_at.as_millis()) as f64 / 1000.0);
         }
     });
+    for (ty, by_state) in ["jsapi", "wx_card"].into_iter().zip(tickets) {
+        for (state, n) in ["valid", "failing", "expired"].into_iter().zip(by_state) {
+            metrics::gauge!(telemetry::JS_TICKETS, "type" => ty, "state" => state).set(n as f64);
+        }
+    }
+    let mut text = app.0.metrics.render();
     write_histograms(
         &mut text,
         telemetry::TOKEN_TIME_TO_EXPIRY_SECONDS,
@@ -180,10 +189,12 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-const KINDS: [CredentialKind; 3] = [
+const KINDS: [CredentialKind; 5] = [
     CredentialKind::Component,
     CredentialKind::Authorizer,
     CredentialKind::Direct,
+    CredentialKind::Jsapi,
+    CredentialKind::WxCard,
 ];
 
 fn kind_index(kind: CredentialKind) -> usize {
@@ -211,7 +222,7 @@ impl Histogram {
 
 /// Appends one histogram family in the Prometheus text format (the recorder only knows
 /// observations as they happen; these are a snapshot of the cache).
-fn write_histograms(out: &mut String, name: &str, help: &str, by_kind: &[Histogram; 3]) {
+fn write_histograms(out: &mut String, name: &str, help: &str, by_kind: &[Histogram; KINDS.len()]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (kind, h) in KINDS.iter().zip(by_kind) {
@@ -235,11 +246,7 @@ mod tests {
 
     #[test]
     fn histogram_text_is_cumulative_with_an_inf_bucket() {
-        let mut h = [
-            Histogram::default(),
-            Histogram::default(),
-            Histogram::default(),
-        ];
+        let mut h: [Histogram; KINDS.len()] = Default::default();
         h[1].observe(45.0);
         h[1].observe(4000.0);
         let mut out = String::new();

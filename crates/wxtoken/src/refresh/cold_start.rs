@@ -36,6 +36,11 @@ impl Inner {
                 .load_tokens(None, Some(CredentialKind::Direct))
                 .await?,
         );
+        // JS-SDK tickets are served while valid, and refreshed only once read (`tickets.rs`).
+        let mut tickets = Vec::new();
+        for kind in [CredentialKind::Jsapi, CredentialKind::WxCard] {
+            tickets.extend(self.io.store.tokens().load_tokens(None, Some(kind)).await?);
+        }
         let authorizers = self.io.store.authorizers().load_authorizers(None).await?;
         let stored_budgets = self.io.store.direct().load_force_budgets().await?;
         {
@@ -82,6 +87,13 @@ impl Inner {
                 self.publish_stored(&credential, record.generation, stored)?;
             }
             due(self, &credential, record.token.as_ref());
+        }
+        for record in tickets {
+            if let Some(stored) = &record.token
+                && self.component.secrets.contains_key(&record.credential.component)
+            {
+                self.publish_stored(&record.credential, record.generation, stored)?;
+            }
         }
         for record in authorizers {
             let credential = Credential::authorizer(&record.component, &record.appid);

@@ -50,8 +50,8 @@ pub(crate) struct Flights {
 #[derive(Default)]
 pub(crate) struct FlightStats {
     pub(crate) refreshed: AtomicU64,
-    /// Landed flights by kind (component, authorizer, direct).
-    pub(crate) by_kind: [AtomicU64; 3],
+    /// Landed flights by kind (component, authorizer, direct, JS-SDK ticket).
+    pub(crate) by_kind: [AtomicU64; 4],
     pub(crate) failed: AtomicU64,
 }
 
@@ -172,6 +172,9 @@ impl Inner {
                         CredentialKind::Component => self.refresh_component(&credential).await,
                         CredentialKind::Authorizer => self.refresh_authorizer(&credential).await,
                         CredentialKind::Direct => self.refresh_direct(&credential, &mode).await,
+                        CredentialKind::Jsapi | CredentialKind::WxCard => {
+                            self.refresh_ticket(&credential).await
+                        }
                     }
                 };
                 // A panic must not leave the lease held and the credential off the schedule:
@@ -209,6 +212,7 @@ impl Inner {
                     CredentialKind::Component => 0,
                     CredentialKind::Authorizer => 1,
                     CredentialKind::Direct => 2,
+                    CredentialKind::Jsapi | CredentialKind::WxCard => 3,
                 };
                 self.flights.stats.by_kind[kind_index].fetch_add(1, Ordering::Relaxed);
                 self.forget_failures(credential);
@@ -371,6 +375,11 @@ impl Inner {
             .config
             .stable_token_lead
             .min(plan::STABLE_TOKEN_ROLLOVER);
+        let margin = if source == TokenSource::GetTicket {
+            self.config.ticket_serve_margin
+        } else {
+            self.config.serve_margin
+        };
         if source == TokenSource::StableToken && expires_in > lead * 2 {
             plan::stable_refresh_delay(expires_in, lead)
         } else {
@@ -379,7 +388,7 @@ impl Inner {
                 self.config.refresh_fraction,
                 self.config.jitter,
                 rand::random::<f64>(),
-                self.config.serve_margin,
+                margin,
             )
         }
     }

@@ -227,7 +227,12 @@ impl Engine {
     pub async fn reload_all(&self) -> Result<usize, EngineError> {
         let inner = self.inner();
         let mut changed = 0;
-        for kind in [CredentialKind::Component, CredentialKind::Direct] {
+        for kind in [
+            CredentialKind::Component,
+            CredentialKind::Direct,
+            CredentialKind::Jsapi,
+            CredentialKind::WxCard,
+        ] {
             for record in inner
                 .io
                 .store
@@ -298,7 +303,10 @@ impl Inner {
                     None => Ok(false),
                 }
             }
-            CredentialKind::Component | CredentialKind::Direct => {
+            CredentialKind::Component
+            | CredentialKind::Direct
+            | CredentialKind::Jsapi
+            | CredentialKind::WxCard => {
                 match self.io.store.tokens().get_token(credential).await? {
                     Some(record) => self.install_direct(credential, Some(&record)),
                     None => Ok(false),

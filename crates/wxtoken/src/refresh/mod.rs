@@ -42,6 +42,7 @@ mod recovery;
 mod reports;
 mod retry;
 mod schedule;
+mod tickets;
 mod write;
 
 use std::sync::Arc;
@@ -200,10 +201,12 @@ pub struct EngineStats {
     /// Refresh flights that ended with an error.
     pub failed: u64,
     /// Of `refreshed`: component tokens, authorizers (the appsecret fallback included), direct
-    /// accounts.
+    /// accounts, JS-SDK tickets.
     pub component_refreshed: u64,
     pub authorizer_refreshed: u64,
     pub direct_refreshed: u64,
+    /// JS-SDK tickets (jsapi, wx_card).
+    pub ticket_refreshed: u64,
 }
 
 pub(crate) type Outcome = Result<Arc<CachedToken>, RefreshError>;
@@ -440,8 +443,9 @@ impl Engine {
 
     /// Every credential due now, taken off the schedule.
     fn take_due(&self) -> Vec<Credential> {
-        let mut heap = self.inner.schedule.heap.lock();
-        heap.pop_due(Instant::now(), usize::MAX)
+        let mut due = self.inner.schedule.heap.lock().pop_due(Instant::now(), usize::MAX);
+        self.inner.drop_idle_tickets(&mut due);
+        due
     }
 
     /// Starts every due refresh on the tracker without waiting for them. Returns how many.
@@ -508,6 +512,7 @@ impl Engine {
             component_refreshed: by_kind(0),
             authorizer_refreshed: by_kind(1),
             direct_refreshed: by_kind(2),
+            ticket_refreshed: by_kind(3),
         }
     }
 

@@ -111,7 +111,12 @@ impl Engine {
     /// The token to hand out from `slot` now, or why there is none. No await, no database.
     pub fn read(&self, slot: &Slot) -> Result<Arc<CachedToken>, ReadError> {
         let inner = self.inner();
-        slot.read(inner.io.clock.now(), inner.config.serve_margin)
+        let margin = if slot.credential().kind.is_ticket() {
+            inner.config.ticket_serve_margin
+        } else {
+            inner.config.serve_margin
+        };
+        slot.read(inner.io.clock.now(), margin)
     }
 
     /// Like [`Engine::read`], but a credential that has never had a token (just authorized, just
@@ -154,7 +159,7 @@ impl Engine {
                     _ => counts.active += 1,
                 },
                 CredentialKind::Direct => counts.direct += 1,
-                CredentialKind::Component => {}
+                CredentialKind::Component | CredentialKind::Jsapi | CredentialKind::WxCard => {}
             });
         counts
     }

@@ -146,4 +146,7 @@ pub(crate) struct Scheduling {
     pub(crate) heap: parking_lot::Mutex<Schedule>,
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) failures: parking_lot::Mutex<std::collections::HashMap<Credential, u32>>,
+    /// When each JS-SDK ticket was last read: an idle one is let go when it comes due
+    /// (`tickets.rs`).
+    pub(crate) ticket_reads: super::tickets::TicketReads,
 }

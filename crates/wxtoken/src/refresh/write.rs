@@ -141,6 +141,20 @@ impl Inner {
     ) -> Outcome {
         let expires_in = Duration::from_secs(expires_in);
         let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
+        self.save_access(credential, expected_generation, token, access, refresh_token)
+            .await
+    }
+
+    /// [`Inner::save_token`] with the token already sealed and planned.
+    pub(super) async fn save_access(
+        self: &Arc<Self>,
+        credential: &Credential,
+        expected_generation: u64,
+        token: String,
+        access: NewAccessToken,
+        refresh_token: Option<CarriedRefreshToken>,
+    ) -> Outcome {
+        let source = access.source;
         let slot = self.cache.slot(credential);
         let refresh_at = access.refresh_at.unwrap_or(access.issued_at);
         // Pending before it is published: whoever sees the token and then calls `wait_stored`

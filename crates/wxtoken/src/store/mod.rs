@@ -105,6 +105,8 @@ impl LeaseKey {
                     CredentialKind::Component => "force_component",
                     CredentialKind::Authorizer => "force_authorizer",
                     CredentialKind::Direct => "force_direct",
+                    CredentialKind::Jsapi => "force_jsapi",
+                    CredentialKind::WxCard => "force_wx_card",
                 };
                 (c.component.as_str(), kind, c.appid.as_str())
             }

@@ -176,6 +176,8 @@ fn parse_change(payload: &str) -> Option<TokenChange> {
         "component" => Credential::component(&component),
         "authorizer" => Credential::authorizer(&component, &appid),
         "direct" => Credential::direct(&component, &appid),
+        "jsapi" | "wx_card" => Credential::direct(&component, &appid)
+            .ticket(CredentialKind::parse_ticket(kind).ok()?),
         _ => return None,
     };
     Some(TokenChange::Changed {

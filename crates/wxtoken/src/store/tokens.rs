@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 
 use crate::model::{
-    ComponentAppid, Credential, CredentialKind, RefreshResult, SaveOutcome, TokenRecord,
+    ComponentAppid, Credential, CredentialKind, RefreshResult, SaveOutcome, Timestamp,
+    TokenRecord,
 };
 use crate::store::{StoreError, TokenChanges};
 
@@ -27,6 +28,12 @@ pub trait TokenStore: Send + Sync {
         component: Option<&ComponentAppid>,
         kind: Option<CredentialKind>,
     ) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Creates a JS-SDK ticket's row (generation 0, or after the generation a removed one had) if
+    /// it has none yet, so its first fetch has a generation to fence on. Returns the stored
+    /// generation. `credential.kind` must be a ticket kind.
+    async fn ensure_ticket(&self, credential: &Credential, at: Timestamp)
+    -> Result<u64, StoreError>;
 
     /// Writes refresh results, each fenced by its expected generation: access token, refresh token
     /// (authorizers), history row and generation bump in one transaction for the whole slice, one
@@ -96,6 +103,36 @@ macro_rules! tokens_sql {
                     .fetch_all(self.read_pool())
                     .await?;
                 rows.into_iter().map(TokenRow::into_record).collect()
+            }
+
+            async fn ensure_ticket(
+                &self,
+                credential: &Credential,
+                at: Timestamp,
+            ) -> Result<u64, StoreError> {
+                if !credential.kind.is_ticket() {
+                    return Err(StoreError::InvalidInput("not a ticket credential"));
+                }
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO access_tokens (component_appid, kind, appid, generation, \
+                     updated_at) VALUES ($1, $2, $3, \
+                     COALESCE((SELECT generation + 1 FROM credential_tombstones \
+                     WHERE component_appid = $1 AND kind = $2 AND appid = $3), \
+                     CAST(0 AS BIGINT)), $4) \
+                     ON CONFLICT (component_appid, kind, appid) DO NOTHING",
+                )
+                .bind(credential.component.as_str())
+                .bind(credential.kind.as_str())
+                .bind(credential.appid.as_str())
+                .bind(at.as_millis())
+                .execute(&mut *tx)
+                .await?;
+                let generation = current_generation(&mut tx, credential)
+                    .await?
+                    .ok_or(StoreError::InvalidInput("ticket row not created"))?;
+                tx.commit().await?;
+                Ok(generation)
             }
 
             async fn save_refresh_results(

@@ -191,7 +191,10 @@ impl Slot {
     pub fn publish(&self, mut token: CachedToken) -> bool {
         {
             let mut state = self.state.write();
+            // (Not for JS-SDK tickets: the same ticket written again moves its schedule on every
+            // replica, and a replica waiting for another's refresh must see it as the answer.)
             if let Some(held) = &state.token
+                && !self.credential.kind.is_ticket()
                 && held.stored
                 && token.generation > held.generation
                 && held.is(token.access_token.expose_secret())
@@ -281,13 +284,15 @@ impl TokenCache {
             .cloned()
     }
 
-    /// An authorizer's or direct account's slot by appid, under `component` or, when `None`, under
-    /// whichever single component has it.
+    /// An authorizer's or direct account's slot by appid (never a component's or a ticket's),
+    /// under `component` or, when `None`, under whichever single component has it.
     pub fn find(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ReadError> {
         let slots = self.by_appid.get(appid).ok_or(ReadError::Unknown)?;
         let mut found = slots.iter().filter(|s| {
-            s.credential.kind != CredentialKind::Component
-                && component.is_none_or(|c| s.credential.component.as_str() == c)
+            matches!(
+                s.credential.kind,
+                CredentialKind::Authorizer | CredentialKind::Direct
+            ) && component.is_none_or(|c| s.credential.component.as_str() == c)
         });
         let first = found.next().ok_or(ReadError::Unknown)?;
         let mut chosen = first;

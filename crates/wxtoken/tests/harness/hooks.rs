@@ -223,6 +223,10 @@ impl TokenStore for HookStore {
     async fn token_changes(&self) -> Result<Option<TokenChanges>, StoreError> {
         self.inner.tokens().token_changes().await
     }
+
+    async fn ensure_ticket(&self, credential: &Credential, at: Timestamp) -> Result<u64, StoreError> {
+        self.inner.tokens().ensure_ticket(credential, at).await
+    }
 }
 
 #[async_trait]

@@ -57,6 +57,7 @@ conformance!(
     same_authorizer_appid_under_two_components_does_not_collide,
     direct_account_lifecycle_with_fenced_token,
     component_token_is_fenced_like_any_credential,
+    js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind,
     clients_are_found_by_key_hash_and_read_counts_accumulate,
     needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
     bulk_load_returns_every_authorizer_and_token_per_component_or_all,
@@ -1205,6 +1206,66 @@ async fn component_token_is_fenced_like_any_credential(h: &Harness) {
         .unwrap();
     assert_eq!(open_token(&v, &cred, &t.sealed), "cat-3");
     assert_eq!(cred.kind, CredentialKind::Component);
+}
+
+async fn js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    let account = Credential::authorizer(&c, &appid("wxauth0001"));
+    let jsapi = account.ticket(CredentialKind::Jsapi);
+    let card = account.ticket(CredentialKind::WxCard);
+    assert_eq!(s.tokens().ensure_ticket(&jsapi, at(0)).await.unwrap(), 0);
+    let mk = |g, value: &str| {
+        let mut t = crate::harness::store::access_token(&v, &jsapi, value, 0);
+        t.source = TokenSource::GetTicket;
+        RefreshResult {
+            credential: jsapi.clone(),
+            expected_generation: g,
+            access_token: t,
+            refresh_token: None,
+            at: at(0),
+        }
+    };
+    let outcomes = s
+        .tokens()
+        .save_refresh_results(&[mk(0, "ticket-1"), mk(0, "ticket-2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SaveOutcome::Saved { generation: 1 },
+            SaveOutcome::Stale {
+                current_generation: 1
+            },
+        ]
+    );
+    // Created once: asking again keeps the row and its generation.
+    assert_eq!(s.tokens().ensure_ticket(&jsapi, at(1)).await.unwrap(), 1);
+    assert_eq!(s.tokens().ensure_ticket(&card, at(1)).await.unwrap(), 0);
+    let stored = s.tokens().get_token(&jsapi).await.unwrap().unwrap();
+    let t = stored.token.unwrap();
+    assert_eq!(open_token(&v, &jsapi, &t.sealed), "ticket-1");
+    assert_eq!(t.source, TokenSource::GetTicket);
+    // Sealed for its own slot: the same bytes do not open as the account's access token.
+    assert!(
+        v.open_string(SecretSlot::AccessToken { credential: &account }, &t.sealed)
+            .is_err()
+    );
+    let loaded = s
+        .tokens()
+        .load_tokens(None, Some(CredentialKind::Jsapi))
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].credential, jsapi);
+    // Only ticket credentials get a row this way.
+    assert!(matches!(
+        s.tokens().ensure_ticket(&account, at(0)).await,
+        Err(StoreError::InvalidInput(_))
+    ));
 }
 
 async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {

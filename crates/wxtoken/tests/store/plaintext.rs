@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::harness::store::{Harness, Kind, appid, at, authorization, component, refresh};
 use secrecy::ExposeSecret;
 use wxtoken::model::{
-    AppKind, AppidGrant, Credential, DirectAccountWrite, Expected, NewClient, NewEvent,
+    AppKind, AppidGrant, Credential, CredentialKind, DirectAccountWrite, Expected, NewClient, NewEvent,
     RefreshResult, SecretSlot, TokenSource,
 };
 use wxtoken::transfer::{self, ExportOptions, Format, ImportOptions};
@@ -127,6 +127,27 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
         })
         .await
         .unwrap();
+
+    // JS-SDK tickets of an authorizer and of the direct account (both kinds), sealed like tokens.
+    for (owner, kind) in [
+        (Credential::authorizer(&c, &appid("wxauth0000")), CredentialKind::Jsapi),
+        (Credential::direct(&c, &d), CredentialKind::WxCard),
+    ] {
+        let tcred = owner.ticket(kind);
+        let generation = s.tokens().ensure_ticket(&tcred, at(0)).await.unwrap();
+        let mut ttok = crate::harness::store::access_token(v, &tcred, &mark("js-ticket"), 0);
+        ttok.source = TokenSource::GetTicket;
+        s.tokens()
+            .save_refresh_result(&RefreshResult {
+                credential: tcred,
+                expected_generation: generation,
+                access_token: ttok,
+                refresh_token: None,
+                at: at(0),
+            })
+            .await
+            .unwrap();
+    }
 
     let code = mark("authorization-code");
     let payload =

@@ -13,4 +13,5 @@ mod lifecycle;
 mod replicas;
 mod rotation;
 mod schedule;
+mod tickets;
 mod writes;
