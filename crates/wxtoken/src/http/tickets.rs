@@ -369,7 +369,9 @@ pub async fn card_ext(
     let ticket = read_ticket(&app, caller.id, &account, kind).await?;
     let timestamp = app.0.engine.now().as_millis().div_euclid(1000).to_string();
     let nonce_str = nonce();
-    let present = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty());
+    fn present(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
     let signature = jssdk::card_ext_signature(&jssdk::CardExtFields {
         api_ticket: ticket.access_token.expose_secret(),
         timestamp: &timestamp,

@@ -90,7 +90,10 @@ impl Inner {
         }
         for record in tickets {
             if let Some(stored) = &record.token
-                && self.component.secrets.contains_key(&record.credential.component)
+                && self
+                    .component
+                    .secrets
+                    .contains_key(&record.credential.component)
             {
                 self.publish_stored(&record.credential, record.generation, stored)?;
             }

@@ -306,12 +306,10 @@ impl Inner {
             CredentialKind::Component
             | CredentialKind::Direct
             | CredentialKind::Jsapi
-            | CredentialKind::WxCard => {
-                match self.io.store.tokens().get_token(credential).await? {
-                    Some(record) => self.install_direct(credential, Some(&record)),
-                    None => Ok(false),
-                }
-            }
+            | CredentialKind::WxCard => match self.io.store.tokens().get_token(credential).await? {
+                Some(record) => self.install_direct(credential, Some(&record)),
+                None => Ok(false),
+            },
         }
     }
 

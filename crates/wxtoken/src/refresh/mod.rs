@@ -443,7 +443,12 @@ impl Engine {
 
     /// Every credential due now, taken off the schedule.
     fn take_due(&self) -> Vec<Credential> {
-        let mut due = self.inner.schedule.heap.lock().pop_due(Instant::now(), usize::MAX);
+        let mut due = self
+            .inner
+            .schedule
+            .heap
+            .lock()
+            .pop_due(Instant::now(), usize::MAX);
         self.inner.drop_idle_tickets(&mut due);
         due
     }

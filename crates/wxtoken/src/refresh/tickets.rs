@@ -29,7 +29,9 @@ use wechat::errcode::ErrorClass;
 use wechat::wire::{TicketKind, TicketResponse};
 
 use super::{Engine, Inner, Outcome, RefreshError};
-use crate::model::{Credential, CredentialKind, NewAccessToken, SecretSlot, Timestamp, TokenSource};
+use crate::model::{
+    Credential, CredentialKind, NewAccessToken, SecretSlot, Timestamp, TokenSource,
+};
 use crate::telemetry;
 use crate::tokens::cache::{CachedToken, ReadError, Slot};
 
@@ -56,9 +58,7 @@ impl TicketReads {
     }
 
     fn idle(&self, credential: &Credential, idle: Duration) -> bool {
-        self.0
-            .get(credential)
-            .is_none_or(|at| at.elapsed() >= idle)
+        self.0.get(credential).is_none_or(|at| at.elapsed() >= idle)
     }
 }
 
@@ -75,7 +75,10 @@ impl Engine {
         let slot = self.ticket_slot(account, kind)?;
         let inner = self.inner();
         let credential = slot.credential();
-        let woke = inner.schedule.ticket_reads.note(credential, inner.config.ticket_idle);
+        let woke = inner
+            .schedule
+            .ticket_reads
+            .note(credential, inner.config.ticket_idle);
         match self.read(&slot) {
             Ok(ticket) => {
                 // Let go while idle: back on the schedule (an overdue one comes due at once).
@@ -103,7 +106,11 @@ impl Engine {
 
     /// The slot of the `kind` ticket of the account whose slot `account` is (long-polls wait on
     /// it; it is created empty if the ticket was never read).
-    pub fn ticket_slot(&self, account: &Slot, kind: CredentialKind) -> Result<Arc<Slot>, ReadError> {
+    pub fn ticket_slot(
+        &self,
+        account: &Slot,
+        kind: CredentialKind,
+    ) -> Result<Arc<Slot>, ReadError> {
         let owner = account.credential();
         if !kind.is_ticket()
             || !matches!(
@@ -146,14 +153,19 @@ impl Inner {
         // The account it belongs to must still be held (a removed account's ticket is not).
         let account = self
             .cache
-            .find(Some(credential.component.as_str()), credential.appid.as_str())
+            .find(
+                Some(credential.component.as_str()),
+                credential.appid.as_str(),
+            )
             .map_err(|_| RefreshError::Unknown)?;
         // The generation this refresh is computed from, read before WeChat is asked.
         let generation = match self.io.stored_generation(credential).await? {
             Some(generation) => generation,
             None => {
                 let tokens = self.io.store.tokens();
-                tokens.ensure_ticket(credential, self.io.clock.now()).await?
+                tokens
+                    .ensure_ticket(credential, self.io.clock.now())
+                    .await?
             }
         };
         let token = account_token(&engine, &account).await?;
@@ -210,7 +222,8 @@ impl Inner {
         }
         // Inside its last window: WeChat hands out the next ticket once this one has expired.
         let wait = same.expires_at.as_millis() - self.io.clock.now().as_millis();
-        let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(margin) + EXPIRY_SLACK;
+        let wait =
+            Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(margin) + EXPIRY_SLACK;
         tokio::time::sleep(wait).await;
         let (again, sent_at) = self.get_ticket(token, kind).await?;
         if same.is(&again.ticket) {

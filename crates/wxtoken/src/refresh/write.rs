@@ -141,8 +141,14 @@ impl Inner {
     ) -> Outcome {
         let expires_in = Duration::from_secs(expires_in);
         let access = self.new_access_token(credential, &token, expires_in, source, sent_at)?;
-        self.save_access(credential, expected_generation, token, access, refresh_token)
-            .await
+        self.save_access(
+            credential,
+            expected_generation,
+            token,
+            access,
+            refresh_token,
+        )
+        .await
     }
 
     /// [`Inner::save_token`] with the token already sealed and planned.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
-use crate::model::{Appid, ComponentAppid, Credential};
+use crate::model::{Appid, ComponentAppid, Credential, CredentialKind};
 
 use super::{StoreError, StoreOptions, check_schema_version};
 
@@ -176,8 +176,9 @@ fn parse_change(payload: &str) -> Option<TokenChange> {
         "component" => Credential::component(&component),
         "authorizer" => Credential::authorizer(&component, &appid),
         "direct" => Credential::direct(&component, &appid),
-        "jsapi" | "wx_card" => Credential::direct(&component, &appid)
-            .ticket(CredentialKind::parse_ticket(kind).ok()?),
+        "jsapi" | "wx_card" => {
+            Credential::direct(&component, &appid).ticket(CredentialKind::parse_ticket(kind).ok()?)
+        }
         _ => return None,
     };
     Some(TokenChange::Changed {

@@ -7,8 +7,7 @@
 use async_trait::async_trait;
 
 use crate::model::{
-    ComponentAppid, Credential, CredentialKind, RefreshResult, SaveOutcome, Timestamp,
-    TokenRecord,
+    ComponentAppid, Credential, CredentialKind, RefreshResult, SaveOutcome, Timestamp, TokenRecord,
 };
 use crate::store::{StoreError, TokenChanges};
 
@@ -32,8 +31,11 @@ pub trait TokenStore: Send + Sync {
     /// Creates a JS-SDK ticket's row (generation 0, or after the generation a removed one had) if
     /// it has none yet, so its first fetch has a generation to fence on. Returns the stored
     /// generation. `credential.kind` must be a ticket kind.
-    async fn ensure_ticket(&self, credential: &Credential, at: Timestamp)
-    -> Result<u64, StoreError>;
+    async fn ensure_ticket(
+        &self,
+        credential: &Credential,
+        at: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     /// Writes refresh results, each fenced by its expected generation: access token, refresh token
     /// (authorizers), history row and generation bump in one transaction for the whole slice, one

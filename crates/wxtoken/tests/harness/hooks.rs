@@ -224,7 +224,11 @@ impl TokenStore for HookStore {
         self.inner.tokens().token_changes().await
     }
 
-    async fn ensure_ticket(&self, credential: &Credential, at: Timestamp) -> Result<u64, StoreError> {
+    async fn ensure_ticket(
+        &self,
+        credential: &Credential,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
         self.inner.tokens().ensure_ticket(credential, at).await
     }
 }

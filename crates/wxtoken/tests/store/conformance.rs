@@ -1251,8 +1251,13 @@ async fn js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind(h: &Harne
     assert_eq!(t.source, TokenSource::GetTicket);
     // Sealed for its own slot: the same bytes do not open as the account's access token.
     assert!(
-        v.open_string(SecretSlot::AccessToken { credential: &account }, &t.sealed)
-            .is_err()
+        v.open_string(
+            SecretSlot::AccessToken {
+                credential: &account
+            },
+            &t.sealed
+        )
+        .is_err()
     );
     let loaded = s
         .tokens()

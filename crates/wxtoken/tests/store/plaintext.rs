@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use crate::harness::store::{Harness, Kind, appid, at, authorization, component, refresh};
 use secrecy::ExposeSecret;
 use wxtoken::model::{
-    AppKind, AppidGrant, Credential, CredentialKind, DirectAccountWrite, Expected, NewClient, NewEvent,
-    RefreshResult, SecretSlot, TokenSource,
+    AppKind, AppidGrant, Credential, CredentialKind, DirectAccountWrite, Expected, NewClient,
+    NewEvent, RefreshResult, SecretSlot, TokenSource,
 };
 use wxtoken::transfer::{self, ExportOptions, Format, ImportOptions};
 use wxtoken::vault::{self, MasterKey, Vault};
@@ -130,7 +130,10 @@ async fn store_every_secret(h: &Harness, v: &Vault, key: &MasterKey) -> Vec<Stri
 
     // JS-SDK tickets of an authorizer and of the direct account (both kinds), sealed like tokens.
     for (owner, kind) in [
-        (Credential::authorizer(&c, &appid("wxauth0000")), CredentialKind::Jsapi),
+        (
+            Credential::authorizer(&c, &appid("wxauth0000")),
+            CredentialKind::Jsapi,
+        ),
         (Credential::direct(&c, &d), CredentialKind::WxCard),
     ] {
         let tcred = owner.ticket(kind);

@@ -528,12 +528,20 @@ async fn prepare(
     h: &crate::harness::store::Harness,
     n: usize,
 ) -> (SimHandle, String, Vec<Credential>) {
-    let sim = wechat_sim::Simulator::start(SimConfig {
+    let sim = SimConfig {
         token_lifetime: Duration::from_secs(7200),
         ..sim_config()
-    })
-    .await
-    .expect("simulator");
+    };
+    prepare_with(h, n, sim).await
+}
+
+/// [`prepare`] with the simulator configured as `sim` says.
+async fn prepare_with(
+    h: &crate::harness::store::Harness,
+    n: usize,
+    sim: SimConfig,
+) -> (SimHandle, String, Vec<Credential>) {
+    let sim = wechat_sim::Simulator::start(sim).await.expect("simulator");
     sim.control()
         .create_component(component_spec(None))
         .expect("component");
@@ -1348,4 +1356,77 @@ async fn a_refresh_refused_the_lease_gets_the_holders_token_and_takes_over_once_
     assert_eq!(calls(), before + 1, "one upstream call after the takeover");
     app.engine.wait_stored(c).await;
     app.shutdown().await.expect("shutdown");
+}
+
+/// JS-SDK tickets across replicas: three replicas reading one ticket all the time refresh it with
+/// one getticket call per refresh between them (the lease, the fenced write and NOTIFY, as for
+/// tokens), and every ticket any of them serves is valid at WeChat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_reading_one_ticket_make_one_getticket_call_per_refresh_between_them() {
+    let _alone = crate::harness::alone().await;
+    let _serial = SERIAL.lock().await;
+    let Some(h) = database().await else {
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
+        return;
+    };
+    const LIFETIME: Duration = Duration::from_secs(8);
+    let sim = SimConfig {
+        token_lifetime: LIFETIME,
+        overlap: Duration::from_secs(4),
+        js_ticket_policy: wechat_sim::JsTicketPolicy::NewRetiringPrevious,
+        ..sim_config()
+    };
+    let (sim, key, credentials) = prepare_with(&h, 1, sim).await;
+    let short = |c: &mut Config| {
+        c.refresh.serve_margin = Duration::from_secs(2);
+        c.refresh.ticket_serve_margin = Duration::from_secs(1);
+    };
+    let apps = [
+        start_app_with(&h.url, &sim, &key, short).await,
+        start_app_with(&h.url, &sim, &key, short).await,
+        start_app_with(&h.url, &sim, &key, short).await,
+    ];
+    let appid = credentials[0].appid.as_str();
+    let run = LIFETIME * 3;
+    let until = Instant::now() + run;
+    let mut served = 0u32;
+    let mut round = 0usize;
+    while Instant::now() < until {
+        let app = &apps[round % apps.len()];
+        round += 1;
+        let account = app.engine.lookup(None, appid).await.expect("account");
+        let ticket = app
+            .engine
+            .ticket(&account, wxtoken::model::CredentialKind::Jsapi)
+            .await;
+        if let Ok(ticket) = ticket {
+            let validation = sim
+                .control()
+                .validate_ticket(ticket.access_token.expose_secret());
+            assert!(validation.valid, "served an invalid ticket: {validation:?}");
+            served += 1;
+        }
+        // Readers pace themselves (load, not synchronisation).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let calls = sim.control().stats().endpoints["getticket"].calls;
+    let refreshed: u64 = apps.iter().map(|a| a.engine.stats().ticket_refreshed).sum();
+    // One replica alone: the first fetch, then one refresh per half lifetime at most.
+    let one_replica = 1 + (run.as_secs_f64() / (LIFETIME.as_secs_f64() * 0.5)).ceil() as u64;
+    eprintln!(
+        "tickets across 3 replicas: {served} served in {round} reads, {calls} getticket calls \
+         ({refreshed} ticket flights landed; one replica alone would make at most {one_replica})"
+    );
+    for app in apps {
+        app.shutdown().await.expect("shutdown");
+    }
+    assert!(served as usize > round * 9 / 10, "readers are served");
+    assert!(calls >= 3, "the ticket is refreshed while read: {calls}");
+    assert!(
+        calls <= one_replica + 1,
+        "{calls} getticket calls: replicas did not share the refreshes (one alone: {one_replica})"
+    );
 }

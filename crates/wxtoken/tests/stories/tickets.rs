@@ -11,7 +11,7 @@ use wechat_sim::{AccountKind, Fault, FaultRule, FaultSet, JsTicketPolicy};
 use wxtoken::model::CredentialKind;
 
 use crate::harness::engine::{Harness, refresh_config};
-use crate::harness::server::{Server, sim_config};
+use crate::harness::server::Server;
 
 fn ticket_of(body: &serde_json::Value) -> String {
     body["ticket"].as_str().expect("a ticket").to_owned()
@@ -50,7 +50,11 @@ async fn a_ticket_read_by_a_thousand_concurrent_readers_costs_one_getticket_call
         assert_eq!(body["type"], "jsapi");
         assert_eq!(body["appid"], appid.as_str());
     }
-    assert_eq!(s.calls("getticket"), 1, "one getticket call for 1,000 readers");
+    assert_eq!(
+        s.calls("getticket"),
+        1,
+        "one getticket call for 1,000 readers"
+    );
     let validation = s.sim.control().validate_ticket(&first);
     assert!(validation.valid, "{validation:?}");
     assert_eq!(validation.ticket_type.as_deref(), Some("jsapi"));
@@ -63,14 +67,21 @@ async fn a_ticket_read_by_a_thousand_concurrent_readers_costs_one_getticket_call
     assert_ne!(ticket_of(&card), first);
     assert_eq!(s.calls("getticket"), 2);
     assert_eq!(
-        s.sim.control().validate_ticket(&ticket_of(&card)).ticket_type.as_deref(),
+        s.sim
+            .control()
+            .validate_ticket(&ticket_of(&card))
+            .ticket_type
+            .as_deref(),
         Some("wx_card")
     );
 
     // Served again from memory; a long-poll on the current generation answers at once with it.
     let generation = reads[0].1["generation"].as_u64().unwrap();
     let (status, again) = s
-        .get(Some(&key), &format!("{path}?after={}&wait=5", generation - 1))
+        .get(
+            Some(&key),
+            &format!("{path}?after={}&wait=5", generation - 1),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ticket_of(&again), first);
@@ -126,7 +137,12 @@ async fn wx_config_and_card_ext_are_signed_with_the_current_tickets_and_bad_urls
     assert_ne!(again["nonceStr"], config["nonceStr"]);
     assert_eq!(s.calls("getticket"), 1);
 
-    for bad in ["/relative/page", "ftp://shop.example.com/", "https:///nohost", "javascript:alert(1)"] {
+    for bad in [
+        "/relative/page",
+        "ftp://shop.example.com/",
+        "https:///nohost",
+        "javascript:alert(1)",
+    ] {
         let response = s
             .http
             .post(format!("{}/v1/jssdk/config", s.internal))
@@ -137,7 +153,13 @@ async fn wx_config_and_card_ext_are_signed_with_the_current_tickets_and_bad_urls
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
         let body: serde_json::Value = response.json().await.unwrap();
-        assert!(body["error"]["message"].as_str().unwrap().starts_with("url "), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("url "),
+            "{body}"
+        );
     }
 
     let ext = s
@@ -186,8 +208,14 @@ async fn a_key_not_granted_the_appid_gets_403_for_its_tickets_and_signatures_and
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     for (path, body) in [
-        ("/v1/jssdk/config", serde_json::json!({"appid": appid, "url": "https://a.example/"})),
-        ("/v1/jssdk/card-ext", serde_json::json!({"appid": appid, "card_id": "c1"})),
+        (
+            "/v1/jssdk/config",
+            serde_json::json!({"appid": appid, "url": "https://a.example/"}),
+        ),
+        (
+            "/v1/jssdk/card-ext",
+            serde_json::json!({"appid": appid, "card_id": "c1"}),
+        ),
         (
             &*format!("/v1/tickets/{appid}/jsapi/invalidate"),
             serde_json::json!({"ticket": "t"}),
@@ -256,7 +284,10 @@ async fn every_served_ticket_validates_while_tickets_are_refreshed_under_ten_per
                 assert_eq!(status, StatusCode::OK, "{body}");
                 let ticket = ticket_of(&body);
                 let validation = s.sim.control().validate_ticket(&ticket);
-                assert!(validation.valid, "{policy:?}: served an invalid ticket: {validation:?}");
+                assert!(
+                    validation.valid,
+                    "{policy:?}: served an invalid ticket: {validation:?}"
+                );
                 served += 1;
                 if distinct.last().is_none_or(|(t, _)| *t != ticket) {
                     let now = crate::harness::server::now_secs();
@@ -274,16 +305,25 @@ async fn every_served_ticket_validates_while_tickets_are_refreshed_under_ten_per
             "{policy:?}: {served} served, {unavailable} answered 503, {} distinct tickets, {calls} getticket calls",
             distinct.len()
         );
-        assert!(distinct.len() >= 2, "{policy:?}: a new ticket every lifetime");
+        assert!(
+            distinct.len() >= 2,
+            "{policy:?}: a new ticket every lifetime"
+        );
         assert!(
             served > 10 * unavailable,
             "{policy:?}: readers are served almost always"
         );
         // About two calls per lifetime (ahead of expiry, and at expiry when WeChat answers the
         // same ticket until then), plus retries of the injected failures.
-        assert!(calls <= 12, "{policy:?}: {calls} getticket calls in three lifetimes");
+        assert!(
+            calls <= 12,
+            "{policy:?}: {calls} getticket calls in three lifetimes"
+        );
         if policy == JsTicketPolicy::NewRetiringPrevious {
-            assert!(replaced_early, "a new ticket is served before the old one expires");
+            assert!(
+                replaced_early,
+                "a new ticket is served before the old one expires"
+            );
         }
         s.shutdown().await;
     }
@@ -292,13 +332,10 @@ async fn every_served_ticket_validates_while_tickets_are_refreshed_under_ten_per
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_ticket_is_no_longer_refreshed_and_its_next_read_fetches_it_again() {
     const LIFETIME: Duration = Duration::from_secs(4);
-    let s = Server::start_with(
-        short_lived(LIFETIME, JsTicketPolicy::SameWhileValid),
-        |c| {
-            short_margins(c);
-            c.refresh.ticket_idle = Duration::from_secs(1);
-        },
-    )
+    let s = Server::start_with(short_lived(LIFETIME, JsTicketPolicy::SameWhileValid), |c| {
+        short_margins(c);
+        c.refresh.ticket_idle = Duration::from_secs(1);
+    })
     .await;
     let appid = s.authorize_account(AccountKind::OfficialAccount).await;
     let key = s.client_key("h5-pages", &[&appid], false).await;
@@ -322,7 +359,11 @@ async fn an_idle_ticket_is_no_longer_refreshed_and_its_next_read_fetches_it_agai
         .await;
     assert!(waited.is_err(), "expired, not replaced: {waited:?}");
     assert_eq!(s.calls("getticket"), 1, "an idle ticket is not refreshed");
-    assert_eq!(engine.next_refresh(slot.credential()), None, "off the schedule");
+    assert_eq!(
+        engine.next_refresh(slot.credential()),
+        None,
+        "off the schedule"
+    );
     assert!(!s.sim.control().validate_ticket(&first).valid);
 
     // The next read fetches it (WeChat's expired, a new one) and puts it back on the schedule.
@@ -333,7 +374,10 @@ async fn an_idle_ticket_is_no_longer_refreshed_and_its_next_read_fetches_it_agai
     assert_ne!(ticket_of(&body), first);
     assert!(s.sim.control().validate_ticket(&ticket_of(&body)).valid);
     assert_eq!(s.calls("getticket"), 2);
-    assert!(engine.next_refresh(slot.credential()).is_some(), "read: scheduled again");
+    assert!(
+        engine.next_refresh(slot.credential()).is_some(),
+        "read: scheduled again"
+    );
     s.shutdown().await;
 }
 
@@ -358,7 +402,10 @@ async fn a_refused_account_token_on_getticket_recovers_with_one_token_refresh() 
             "{}/cgi-bin/component/api_authorizer_token",
             s.sim.base_url()
         ))
-        .query(&[("component_access_token", component["access_token"].as_str().unwrap())])
+        .query(&[(
+            "component_access_token",
+            component["access_token"].as_str().unwrap(),
+        )])
         .json(&serde_json::json!({
             "component_appid": s.comp(),
             "authorizer_appid": appid,
