@@ -193,6 +193,39 @@ async fn wx_config_and_card_ext_are_signed_with_the_current_tickets_and_bad_urls
         })
     );
     assert_eq!(s.calls("getticket"), 2, "one jsapi, one wx_card");
+
+    // The operator's view: `wxtoken ticket` prints the stored ticket, the jsapi one by default.
+    let out = s.cli(&["ticket", &appid], &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ticket_of(&ticket)
+    );
+    let out = s
+        .cli(&["ticket", &appid, "--type", "wx_card", "--json"], &[])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["ticket"], card_ticket.as_str());
+    assert_eq!(printed["type"], "wx_card");
+    // An account whose ticket nobody read has none stored: said, nothing on standard output.
+    let unread = s.authorize_account(AccountKind::MiniProgram).await;
+    let out = s.cli(&["ticket", &unread], &[]).await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fetched at its first read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.shutdown().await;
 }
 
