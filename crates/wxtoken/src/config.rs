@@ -236,7 +236,7 @@ pub struct RefreshConfig {
     /// a few accounts spends getticket calls (a "very limited" quota) on those accounts only.
     #[serde(with = "humantime_serde")]
     pub ticket_idle: Duration,
-    /// A ticket is served until this long before its expiry. Smaller than `serve_margin`: a
+    /// A ticket is served until this long before its expiry. Smaller than `serve_margin` by default: a
     /// ticket is consumed at once (wxtoken signs with it; the page's `wx.config` follows within
     /// seconds), and WeChat answers getticket with the same ticket until it expires, so the
     /// window in which no ticket can be served is this long.
@@ -542,12 +542,6 @@ impl Config {
             return Err(ConfigError::invalid(
                 "refresh.ticket_idle",
                 "must be at least 1s",
-            ));
-        }
-        if r.ticket_serve_margin > r.serve_margin {
-            return Err(ConfigError::invalid(
-                "refresh.ticket_serve_margin",
-                "must not be above refresh.serve_margin",
             ));
         }
         if r.backoff_initial.is_zero() || r.backoff_initial > r.backoff_max {

@@ -127,6 +127,7 @@ impl Inner {
         let (component, expected_owned, owned_code) =
             (component.clone(), expected.cloned(), code.to_owned());
         let appid = self
+            .events
             .codes
             .flights
             .run(digest(code), move || async move {
@@ -155,7 +156,7 @@ impl Inner {
         code: &str,
         appid: &Appid,
     ) {
-        self.codes.recent.insert(code, appid);
+        self.events.codes.recent.insert(code, appid);
         let now = self.io.clock.now();
         let forget_before = Timestamp::from_millis(
             now.as_millis() - i64::try_from(STORED_CODE_TTL.as_millis()).unwrap_or(i64::MAX),
@@ -183,7 +184,7 @@ impl Inner {
         component: &ComponentAppid,
         code: &str,
     ) -> Result<Option<Appid>, RefreshError> {
-        if let Some(appid) = self.codes.recent.get(code) {
+        if let Some(appid) = self.events.codes.recent.get(code) {
             return Ok(Some(appid));
         }
         Ok(self

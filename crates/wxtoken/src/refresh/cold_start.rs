@@ -44,7 +44,7 @@ impl Inner {
         let authorizers = self.io.store.authorizers().load_authorizers(None).await?;
         let stored_budgets = self.io.store.direct().load_force_budgets().await?;
         {
-            let mut budgets = self.force_budget.lock();
+            let mut budgets = self.reports.stable_token.lock();
             for b in stored_budgets {
                 budgets.insert(
                     b.credential,

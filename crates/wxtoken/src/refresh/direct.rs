@@ -73,7 +73,7 @@ impl Inner {
         let now = self.io.clock.now();
         let day = Duration::from_secs(86_400);
         let taken = {
-            let mut budgets = self.force_budget.lock();
+            let mut budgets = self.reports.stable_token.lock();
             let b = budgets.entry(credential.clone()).or_insert(ForceBudget {
                 day_start: now,
                 used: 0,

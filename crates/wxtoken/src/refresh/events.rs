@@ -69,8 +69,9 @@ fn authorization_subject(event: &Event) -> Option<(&str, i64)> {
 }
 
 /// Event processing's state.
-#[derive(Default)]
 pub(crate) struct EventState {
+    /// Authorization codes exchanged and being exchanged (`codes.rs`).
+    pub(crate) codes: super::codes::Codes,
     /// Serialises event processing (ingest spawns it; replay and tests call it).
     pub(crate) lock: tokio::sync::Mutex<()>,
     /// Stored events that failed transiently: (failures, not retried before) per (component,
@@ -81,6 +82,18 @@ pub(crate) struct EventState {
     pub(crate) last_received: parking_lot::Mutex<i64>,
     /// Some stored event failed to apply; the loop retries every `backoff_max`.
     pub(crate) pending: std::sync::atomic::AtomicBool,
+}
+
+impl EventState {
+    pub(crate) fn new(tracker: tokio_util::task::TaskTracker) -> Self {
+        Self {
+            codes: super::codes::Codes::new(tracker),
+            lock: tokio::sync::Mutex::default(),
+            retries: parking_lot::Mutex::default(),
+            last_received: parking_lot::Mutex::default(),
+            pending: std::sync::atomic::AtomicBool::default(),
+        }
+    }
 }
 
 impl Engine {

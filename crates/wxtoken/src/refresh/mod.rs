@@ -299,15 +299,13 @@ pub(crate) struct Inner {
     pub(crate) component: component::ComponentState,
     /// api_get_authorizer_list pagings for refresh-token recovery (`recovery.rs`).
     pub(crate) listings: recovery::Listings,
-    /// stable_token force_refresh budgets (`direct.rs`).
-    pub(crate) force_budget: direct::ForceBudgets,
-    /// Authorization codes exchanged and being exchanged (`codes.rs`).
-    pub(crate) codes: codes::Codes,
-    /// Event processing and its retries (`events.rs`).
+    /// Event processing and its retries, and authorization codes exchanged and being exchanged
+    /// (`events.rs`, `codes.rs`).
     pub(crate) events: events::EventState,
     /// Served-but-unstored writes and the group commit (`write.rs`, `commit.rs`).
     pub(crate) writes: write::Writes,
-    /// Force budgets and the tokens this process obtained (`reports.rs`).
+    /// Force budgets (reports', and stable_token's own) and the tokens this process obtained
+    /// (`reports.rs`, `direct.rs`).
     pub(crate) reports: reports::Reports,
 }
 
@@ -349,9 +347,7 @@ impl Engine {
             schedule: schedule::Scheduling::default(),
             component: component::ComponentState::new(deps.components, started_at),
             listings: recovery::Listings::new(deps.tracker.clone()),
-            force_budget: direct::ForceBudgets::default(),
-            codes: codes::Codes::new(deps.tracker),
-            events: events::EventState::default(),
+            events: events::EventState::new(deps.tracker),
             writes: write::Writes::default(),
             reports: reports::Reports::default(),
         });

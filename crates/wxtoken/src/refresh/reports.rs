@@ -59,6 +59,8 @@ pub(crate) struct Reports {
     /// Tokens obtained by this process within the rogue window, with no refresh attempt of
     /// unknown outcome since.
     obtained: Mutex<HashMap<Credential, Obtained>>,
+    /// stable_token's own `force_refresh` budget per direct account (`direct.rs`).
+    pub(crate) stable_token: super::direct::ForceBudgets,
     /// Keys the fingerprints (a random key per process: they are compared, never kept).
     hasher: std::collections::hash_map::RandomState,
 }
@@ -78,6 +80,7 @@ impl Default for Reports {
         Self {
             spent_until: Mutex::default(),
             obtained: Mutex::default(),
+            stable_token: super::direct::ForceBudgets::default(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
