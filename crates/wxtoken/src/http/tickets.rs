@@ -191,16 +191,7 @@ pub async fn invalidate(
     ApiJson(body): ApiJson<TicketInvalidateRequest>,
 ) -> Result<Response, ApiError> {
     let (account, kind) = account(&app, &caller, &appid, &kind, query.component.as_deref()).await?;
-    if let Err(wait) = app.0.reports.check(caller.id) {
-        metrics::counter!(crate::telemetry::REPORTS_TOTAL, "outcome" => "limited").increment(1);
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "client {} made more than {} invalidation reports a second",
-                caller.name, app.0.server.report_rate
-            ),
-            wait,
-        });
-    }
+    super::tokens::report_rate(&app, &caller)?;
     if body.ticket.is_empty() || body.ticket.len() > 2048 {
         return Err(ApiError::BadRequest(
             "ticket must be the ticket WeChat refused".into(),

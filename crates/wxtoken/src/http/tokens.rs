@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::Authenticated;
+use super::auth::{Authenticated, Caller};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::tokens::cache::CachedToken;
 
@@ -151,16 +151,7 @@ pub async fn invalidate(
     ApiJson(body): ApiJson<InvalidateRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_read(&appid)?;
-    if let Err(wait) = app.0.reports.check(caller.id) {
-        metrics::counter!(crate::telemetry::REPORTS_TOTAL, "outcome" => "limited").increment(1);
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "client {} made more than {} invalidation reports a second",
-                caller.name, app.0.server.report_rate
-            ),
-            wait,
-        });
-    }
+    report_rate(&app, &caller)?;
     if body.access_token.is_empty() || body.access_token.len() > 2048 {
         return Err(ApiError::BadRequest(
             "access_token must be the token WeChat refused".into(),
@@ -178,6 +169,21 @@ pub async fn invalidate(
         .await?;
     let token = served(&app, &slot, token)?;
     Ok(Json(TokenResponse::new(&appid, &token)).into_response())
+}
+
+/// The caller's invalidation-report rate (`server.report_rate`, burst `server.report_burst`):
+/// 429 with the wait past it. Shared by token and ticket reports.
+pub(super) fn report_rate(app: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    app.0.reports.check(caller.id).map_err(|wait| {
+        metrics::counter!(crate::telemetry::REPORTS_TOTAL, "outcome" => "limited").increment(1);
+        ApiError::TooManyRequests {
+            message: format!(
+                "client {} made more than {} invalidation reports a second",
+                caller.name, app.0.server.report_rate
+            ),
+            wait,
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

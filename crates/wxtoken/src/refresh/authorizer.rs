@@ -240,10 +240,23 @@ impl Inner {
             .io
             .vault
             .open_string(SecretSlot::AuthorizerAppsecret { component, appid }, sealed)?;
-        let (resp, source, sent_at) = self.own_token(appid, &secret, false).await?;
+        self.save_own_token(credential, record.generation, &secret, false)
+            .await
+    }
+
+    /// [`Inner::own_token`] for `credential`'s appid, served and stored as its token, fenced on
+    /// `generation` (a direct account, or an authorizer's appsecret fallback).
+    pub(super) async fn save_own_token(
+        self: &Arc<Self>,
+        credential: &Credential,
+        generation: u64,
+        secret: &SecretString,
+        force: bool,
+    ) -> Outcome {
+        let (resp, source, sent_at) = self.own_token(&credential.appid, secret, force).await?;
         self.save_token(
             credential,
-            record.generation,
+            generation,
             resp.access_token,
             resp.expires_in,
             source,

@@ -53,17 +53,8 @@ impl Inner {
         let force = matches!(mode, Mode::Forced { .. })
             && self.config.direct_token_api == DirectTokenApi::StableToken
             && self.take_force_budget(credential).await;
-        let (resp, source, sent_at) = self.own_token(appid, &secret, force).await?;
-        self.save_token(
-            credential,
-            generation,
-            resp.access_token,
-            resp.expires_in,
-            source,
-            None,
-            sent_at,
-        )
-        .await
+        self.save_own_token(credential, generation, &secret, force)
+            .await
     }
 
     /// Takes one `force_refresh` from the account's budget (20 a day, 30 s apart). The budget is

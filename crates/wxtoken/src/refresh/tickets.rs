@@ -202,15 +202,7 @@ impl Inner {
         let held = self.cache.get(credential).and_then(|s| s.current());
         let Some(same) = held.filter(|t| t.is(&answer.ticket)) else {
             return self
-                .save_token(
-                    credential,
-                    generation,
-                    answer.ticket,
-                    answer.expires_in,
-                    TokenSource::GetTicket,
-                    None,
-                    sent_at,
-                )
+                .save_new_ticket(credential, generation, answer, sent_at)
                 .await;
         };
         let margin = self.config.ticket_serve_margin;
@@ -232,14 +224,22 @@ impl Inner {
                 detail: "getticket still answers the expiring ticket".into(),
             });
         }
+        self.save_new_ticket(credential, generation, again, sent_at)
+            .await
+    }
+
+    /// A ticket WeChat just issued: served and stored like any new token.
+    async fn save_new_ticket(
+        self: &Arc<Self>,
+        credential: &Credential,
+        generation: u64,
+        answer: TicketResponse,
+        sent_at: Timestamp,
+    ) -> Outcome {
+        let source = TokenSource::GetTicket;
+        let (ticket, expires_in) = (answer.ticket, answer.expires_in);
         self.save_token(
-            credential,
-            generation,
-            again.ticket,
-            again.expires_in,
-            TokenSource::GetTicket,
-            None,
-            sent_at,
+            credential, generation, ticket, expires_in, source, None, sent_at,
         )
         .await
     }

@@ -251,6 +251,42 @@ impl Server {
         command.output().await.expect("the wxtoken binary runs")
     }
 
+    /// Refreshes `appid`'s token at the simulator with its refresh token, behind wxtoken's back,
+    /// as a forgotten refresher elsewhere would; returns WeChat's answer. The token wxtoken holds
+    /// is retired once the simulator's overlap is over.
+    pub async fn refresh_behind_wxtokens_back(&self, appid: &str) -> serde_json::Value {
+        let (_, component) = self.get(Some(&self.admin_key), "/v1/component/token").await;
+        let refresh_token = self
+            .sim
+            .control()
+            .authorizer(self.comp(), appid)
+            .unwrap()
+            .refresh_token;
+        let answer: serde_json::Value = self
+            .http
+            .post(format!(
+                "{}/cgi-bin/component/api_authorizer_token",
+                self.sim.base_url()
+            ))
+            .query(&[(
+                "component_access_token",
+                component["access_token"].as_str().unwrap(),
+            )])
+            .json(&serde_json::json!({
+                "component_appid": self.comp(),
+                "authorizer_appid": appid,
+                "authorizer_refresh_token": refresh_token,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer["authorizer_access_token"].is_string(), "{answer}");
+        answer
+    }
+
     /// Upstream calls of `endpoint` so far.
     pub fn calls(&self, endpoint: &str) -> u64 {
         self.sim.control().stats().endpoints[endpoint].calls

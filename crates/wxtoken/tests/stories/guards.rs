@@ -161,32 +161,7 @@ async fn a_refresh_behind_wxtokens_back_raises_one_rogue_refresher_alert_naming_
     // Another service refreshes `appid` with its refresh token, as a forgotten refresher would.
     let (_, body) = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
     let ours = token_of(&body);
-    let (_, component) = s.get(Some(&s.admin_key), "/v1/component/token").await;
-    let refresh_token = s
-        .sim
-        .control()
-        .authorizer(s.comp(), &appid)
-        .unwrap()
-        .refresh_token;
-    let rogue: serde_json::Value = s
-        .http
-        .post(format!(
-            "{}/cgi-bin/component/api_authorizer_token",
-            s.sim.base_url()
-        ))
-        .query(&[("component_access_token", token_of(&component))])
-        .json(&serde_json::json!({
-            "component_appid": s.comp(),
-            "authorizer_appid": appid,
-            "authorizer_refresh_token": refresh_token,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(rogue["authorizer_access_token"].is_string(), "{rogue}");
+    s.refresh_behind_wxtokens_back(&appid).await;
     // WeChat retires the replaced token once its overlap (30 s here) is over.
     s.sim.control().advance_clock(Duration::from_secs(31));
     assert!(!s.sim.control().validate(&ours).valid);

@@ -422,35 +422,7 @@ async fn a_refused_account_token_on_getticket_recovers_with_one_token_refresh() 
     let (_, body) = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
     let ours = body["access_token"].as_str().unwrap().to_owned();
     // Something outside wxtoken refreshes the account; WeChat retires ours after the overlap.
-    let (_, component) = s.get(Some(&s.admin_key), "/v1/component/token").await;
-    let refresh_token = s
-        .sim
-        .control()
-        .authorizer(s.comp(), &appid)
-        .unwrap()
-        .refresh_token;
-    let rogue: serde_json::Value = s
-        .http
-        .post(format!(
-            "{}/cgi-bin/component/api_authorizer_token",
-            s.sim.base_url()
-        ))
-        .query(&[(
-            "component_access_token",
-            component["access_token"].as_str().unwrap(),
-        )])
-        .json(&serde_json::json!({
-            "component_appid": s.comp(),
-            "authorizer_appid": appid,
-            "authorizer_refresh_token": refresh_token,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(rogue["authorizer_access_token"].is_string(), "{rogue}");
+    s.refresh_behind_wxtokens_back(&appid).await;
     s.sim.control().advance_clock(Duration::from_secs(31));
     assert!(!s.sim.control().validate(&ours).valid);
 
