@@ -72,6 +72,7 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         .route("/_sim/accounts/{appid}", get(get_account))
         .route("/_sim/accounts/{appid}/authorize", post(authorize))
         .route("/_sim/accounts/{appid}/unauthorize", post(unauthorize))
+        .route("/_sim/accounts/{appid}/retire_tokens", post(retire_tokens))
         .route(
             "/_sim/authorizers/{component_appid}/{appid}",
             get(get_authorizer),
@@ -101,6 +102,16 @@ async fn summary(State(sim): State<Arc<Sim>>) -> Json<serde_json::Value> {
         "consent_pages": crate::consent::PATHS,
         "control": crate::CONTROL_SUMMARY,
     }))
+}
+
+async fn retire_tokens(
+    State(sim): State<Arc<Sim>>,
+    Path(appid): Path<String>,
+) -> CtlResult<Json<serde_json::Value>> {
+    let retired = ctl(&sim).retire_tokens(&appid)?;
+    Ok(Json(
+        serde_json::json!({ "appid": appid, "retired_series": retired }),
+    ))
 }
 
 async fn create_component(State(sim): State<Arc<Sim>>, raw: Bytes) -> CtlResult<Response> {

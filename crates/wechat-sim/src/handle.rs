@@ -236,6 +236,17 @@ impl SimControl {
         })
     }
 
+    /// Retires every current access token of the account `appid` at once (its authorizer tokens
+    /// under every component, its own and stable tokens): the next call with one answers 40001,
+    /// as after a refresh elsewhere once the overlap is over. Returns how many token series.
+    pub fn retire_tokens(&self, appid: &str) -> Result<usize, ControlError> {
+        let mut st = self.sim.state.lock();
+        let account = st
+            .account_id(appid)
+            .ok_or_else(|| not_found("account", appid))?;
+        Ok(st.retire_account_tokens(account))
+    }
+
     /// Whether a token would be accepted right now, and why not.
     pub fn validate(&self, access_token: &str) -> Validation {
         let now = self.sim.clock.now_ms();

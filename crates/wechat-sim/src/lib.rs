@@ -73,6 +73,7 @@ POST   /_sim/accounts                           create an account {kind: officia
 GET    /_sim/accounts[/{appid}]                 accounts (?kind=&limit=)
 POST   /_sim/accounts/{appid}/authorize         {component_appid} -> {authorization_code, ...}; pushes authorized/updateauthorized
 POST   /_sim/accounts/{appid}/unauthorize       {component_appid}; pushes unauthorized
+POST   /_sim/accounts/{appid}/retire_tokens     retire the account's access tokens now (40001 next)
 GET    /_sim/authorizers/{component}/{appid}    the authorizer as WeChat holds it (current refresh token)
 POST   /_sim/bulk/authorizers                   {component_appid, count, kind?} -> JSON lines of refresh tokens
 GET    /_sim/stats (?appid=)  POST /_sim/stats/reset   calls per endpoint and appid, errors, pushes

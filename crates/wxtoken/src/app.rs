@@ -59,14 +59,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub struct RunningApp {
     pub public_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    /// The WeChat API gateway's address (`server.gateway_listen`), unless it is off.
+    pub gateway_addr: Option<SocketAddr>,
     pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub state: AppState,
     cancel: CancellationToken,
     tracker: TaskTracker,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
-    /// The public and the internal listener's connection discipline.
-    listeners: [http::serve::Discipline; 2],
+    /// The public, the internal and the gateway listener's connection discipline.
+    listeners: [http::serve::Discipline; 3],
     /// Held until the app is dropped (SQLite; `None` on PostgreSQL).
     _serve_lock: Option<crate::store::ServeLock>,
 }
@@ -195,12 +197,32 @@ impl App {
 
         let public_addr = public.local_addr()?;
         let internal_addr = internal.local_addr()?;
+        let gateway = match config.server.gateway_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding server.gateway_listen {addr} (set it to \"off\" to run without the gateway)")
+            })?),
+            None => None,
+        };
+        let gateway_addr = gateway.as_ref().map(TcpListener::local_addr).transpose()?;
         let mut servers = Vec::new();
         let timeout = config.server.header_read_timeout;
+        // The gateway has a cap of its own: a quarter of the internal listener's (each of its
+        // calls holds a second socket, upstream).
         let listeners = [
             http::serve::Discipline::new(public_cap, timeout),
             http::serve::Discipline::new(internal_cap, timeout),
+            http::serve::Discipline::new((internal_cap / 4).max(1), timeout),
         ];
+        if let Some(listener) = gateway {
+            let upstream = http::gateway::Gateway::new(&config.upstream, &config.gateway)
+                .context("building the gateway's HTTP client")?;
+            servers.push(tokio::spawn(http::serve::serve(
+                listener,
+                http::gateway::router(state.clone(), Arc::new(upstream)),
+                listeners[2].clone(),
+                cancel.clone(),
+            )));
+        }
         for (listener, router, discipline) in [
             (public, http::public_router(state.clone()), &listeners[0]),
             (
@@ -219,6 +241,7 @@ impl App {
         tracing::info!(
             public = %public_addr,
             internal = %internal_addr,
+            gateway = %gateway_addr.map_or("off".to_owned(), |a| a.to_string()),
             storage = store.backend().as_str(),
             credentials = engine.cache().len(),
             public_max_connections = public_cap,
@@ -228,6 +251,7 @@ impl App {
         Ok(RunningApp {
             public_addr,
             internal_addr,
+            gateway_addr,
             engine,
             store,
             state,

@@ -73,6 +73,44 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+}
+
+/// The WeChat API gateway (the third listener, `server.gateway_listen`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Largest request body forwarded (a media upload); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// A request body up to this size is kept, so a call WeChat refuses for its token (40001,
+    /// 42001, 40014) is sent again once with a new token; larger bodies are streamed and a
+    /// refused call is answered as WeChat answered it.
+    pub retry_body_max: usize,
+    /// Bound on one forwarded call (an upload or download included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 20 << 20,
+            retry_body_max: 1 << 20,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A listen address, or `off` (or an empty string) for none.
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("`{addr}` is not an address:port or `off`"))
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +118,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub public_listen: SocketAddr,
     pub internal_listen: SocketAddr,
+    /// The WeChat API gateway's listener (internal network only), or `off`.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub gateway_listen: Option<SocketAddr>,
     pub public_url: Option<Url>,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -127,6 +168,7 @@ impl Default for ServerConfig {
         Self {
             public_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             internal_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            gateway_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8082))),
             public_url: None,
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,

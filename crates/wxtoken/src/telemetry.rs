@@ -38,6 +38,12 @@ pub const REFRESH_TOTAL: &str = "wxtoken_refresh_total";
 /// Counter: getticket calls (JS-SDK tickets), by `type` (jsapi, wx_card) and `outcome` (ok, or the
 /// error class).
 pub const GETTICKET_TOTAL: &str = "wxtoken_getticket_total";
+/// Counter: calls through the WeChat API gateway, by `path` (the WeChat path; `other` past 256
+/// distinct ones), `errcode` (WeChat's, `0` for success, `http_<status>`, `timeout`,
+/// `unreachable`) and `client`.
+pub const GATEWAY_CALLS_TOTAL: &str = "wxtoken_gateway_calls_total";
+/// Counter: gateway calls sent again after WeChat refused the injected token.
+pub const GATEWAY_RETRIES_TOTAL: &str = "wxtoken_gateway_retries_total";
 /// Gauge (scraped): JS-SDK tickets held, by `type` and `state` (valid, failing, expired).
 pub const JS_TICKETS: &str = "wxtoken_js_tickets";
 /// Alerts raised, labelled `kind` (needs_reauth, revoked, ticket_silence, quota, configuration,

@@ -23,6 +23,9 @@ pub enum Api {
     ComponentClearQuota,
     QuotaGet,
     GetCallbackIp,
+    CustomSend,
+    MediaUpload,
+    MediaGet,
 }
 
 /// Who owns an API's quota: the third-party platform, or an account (direct or authorizer).
@@ -33,7 +36,7 @@ pub(crate) enum Owner {
 }
 
 impl Api {
-    pub const ALL: [Api; 16] = [
+    pub const ALL: [Api; 19] = [
         Api::StartPushTicket,
         Api::ComponentToken,
         Api::CreatePreauthcode,
@@ -50,6 +53,9 @@ impl Api {
         Api::ComponentClearQuota,
         Api::QuotaGet,
         Api::GetCallbackIp,
+        Api::CustomSend,
+        Api::MediaUpload,
+        Api::MediaGet,
     ];
 
     /// The path under the API host, exactly as WeChat serves it.
@@ -71,6 +77,9 @@ impl Api {
             Api::ComponentClearQuota => "/cgi-bin/component/clear_quota",
             Api::QuotaGet => "/cgi-bin/openapi/quota/get",
             Api::GetCallbackIp => "/cgi-bin/getcallbackip",
+            Api::CustomSend => "/cgi-bin/message/custom/send",
+            Api::MediaUpload => "/cgi-bin/media/upload",
+            Api::MediaGet => "/cgi-bin/media/get",
         }
     }
 
@@ -93,12 +102,18 @@ impl Api {
             Api::ComponentClearQuota => "component_clear_quota",
             Api::QuotaGet => "quota_get",
             Api::GetCallbackIp => "getcallbackip",
+            Api::CustomSend => "custom_send",
+            Api::MediaUpload => "media_upload",
+            Api::MediaGet => "media_get",
         }
     }
 
     /// `true` for GET APIs; every other API requires POST (43002 otherwise).
     pub const fn is_get(self) -> bool {
-        matches!(self, Api::Token | Api::GetTicket | Api::GetCallbackIp)
+        matches!(
+            self,
+            Api::Token | Api::GetTicket | Api::GetCallbackIp | Api::MediaGet
+        )
     }
 
     /// Daily limit per appid when the configuration does not override it; 0 = unlimited.
@@ -111,6 +126,14 @@ impl Api {
             Api::AuthorizerToken => 2000,
             Api::GetTicket => 1000,
             _ => 0,
+        }
+    }
+
+    /// Largest request body accepted: WeChat's temporary media may be up to 10 MB (video).
+    pub(crate) const fn max_body(self) -> usize {
+        match self {
+            Api::MediaUpload => 20 << 20,
+            _ => 1 << 20,
         }
     }
 
@@ -162,6 +185,6 @@ mod tests {
             assert_eq!(Api::from_name(a.path()), Some(a));
             assert_eq!(Api::ALL.iter().filter(|b| b.path() == a.path()).count(), 1);
         }
-        assert_eq!(Api::ALL.len(), Api::GetCallbackIp as usize + 1);
+        assert_eq!(Api::ALL.len(), Api::MediaGet as usize + 1);
     }
 }

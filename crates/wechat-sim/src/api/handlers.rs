@@ -27,11 +27,13 @@ pub(crate) fn handle(api: Api, sim: &Sim, call: &Call<'_>) -> Handled {
             appid: None,
             result: Err(wx(43002)),
             effect: None,
+            content_type: None,
         };
     }
     let now = sim.clock.now_ms();
     let mut appid = None;
     let mut effect = None;
+    let mut content_type = None;
     let result = {
         let mut st = sim.state.lock();
         let mut cx = Cx {
@@ -57,12 +59,19 @@ pub(crate) fn handle(api: Api, sim: &Sim, call: &Call<'_>) -> Handled {
             Api::ComponentClearQuota => cx.component_clear_quota(call),
             Api::QuotaGet => cx.quota_get(call),
             Api::GetCallbackIp => cx.getcallbackip(call),
+            Api::CustomSend => cx.custom_send(call),
+            Api::MediaUpload => cx.media_upload(call),
+            Api::MediaGet => cx.media_get(call).map(|(kind, bytes)| {
+                content_type = Some(kind);
+                bytes
+            }),
         }
     };
     Handled {
         appid,
         result,
         effect,
+        content_type,
     }
 }
 
@@ -422,6 +431,56 @@ impl Cx<'_, '_> {
         self.st
             .charge(Api::GetCallbackIp, AppRef::Account(account), self.now)?;
         to_json(&serde_json::json!({ "ip_list": CALLBACK_IPS }))
+    }
+
+    /// `message/custom/send`: a customer-service message (not delivered anywhere; checked and
+    /// counted). 44002/47001 for a bad body, 40003 without `touser`, 40008 without `msgtype`.
+    fn custom_send(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
+        let token = self.access_token_param(call)?;
+        let account = self.business_account(&token)?;
+        let body = call.json()?;
+        if field(&body, "touser").is_empty() {
+            return Err(wx(40003));
+        }
+        if field(&body, "msgtype").is_empty() {
+            return Err(wx(40008));
+        }
+        self.st
+            .charge(Api::CustomSend, AppRef::Account(account), self.now)?;
+        ok_json("ok")
+    }
+
+    /// `media/upload?type=`: a temporary media file from the multipart part `media` (41005 without
+    /// one, 40004 for an unknown type); answers `{type, media_id, created_at}`.
+    fn media_upload(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {
+        let token = self.access_token_param(call)?;
+        let account = self.business_account(&token)?;
+        let kind = call.query("type");
+        if !matches!(&*kind, "image" | "voice" | "video" | "thumb") {
+            return Err(wx(40004));
+        }
+        let media = call.media.ok_or_else(|| wx(41005))?;
+        self.st
+            .charge(Api::MediaUpload, AppRef::Account(account), self.now)?;
+        let media_id = self.st.store_media(account, media, self.now);
+        to_json(&serde_json::json!({
+            "type": kind, "media_id": media_id, "created_at": self.now / 1000
+        }))
+    }
+
+    /// `media/get?media_id=`: the stored file's bytes with its content type (40007 for an unknown
+    /// media id, or one of another account).
+    fn media_get(&mut self, call: &Call<'_>) -> Result<(String, Vec<u8>), WxErr> {
+        let token = self.access_token_param(call)?;
+        let account = self.business_account(&token)?;
+        let media_id = call.query("media_id");
+        let media = self
+            .st
+            .media(account, &media_id, self.now)
+            .ok_or_else(|| wx(40007))?;
+        self.st
+            .charge(Api::MediaGet, AppRef::Account(account), self.now)?;
+        Ok(media)
     }
 
     fn getticket(&mut self, call: &Call<'_>) -> Result<Vec<u8>, WxErr> {

@@ -31,15 +31,14 @@ use crate::sim::Sim;
 use crate::stats::CallOutcome;
 use crate::wxerr::{WxErr, wx};
 
-/// Largest request body read (WeChat's bodies here are a few hundred bytes).
-const MAX_BODY: usize = 1 << 20;
-
 /// What a handler produced: the appid to count the call under, the answer, and an optional
 /// follow-up for the pusher.
 pub(crate) struct Handled {
     pub appid: Option<String>,
     pub result: Result<Vec<u8>, WxErr>,
     pub effect: Option<Effect>,
+    /// The answer's content type when it is not JSON (a media download).
+    pub content_type: Option<String>,
 }
 
 /// Work a handler leaves for after the state lock is released.
@@ -53,6 +52,34 @@ pub(crate) struct Call<'a> {
     pub method: &'a Method,
     pub query: &'a str,
     pub body: &'a [u8],
+    /// The `media` part of a multipart body (media/upload), parsed before the state lock.
+    pub media: Option<&'a MediaPart>,
+}
+
+/// An uploaded file: its content type and bytes.
+pub(crate) struct MediaPart {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The `media` part of a `multipart/form-data` body, as WeChat's media/upload takes it.
+async fn media_part(content_type: &str, body: axum::body::Bytes) -> Option<MediaPart> {
+    let boundary = multer::parse_boundary(content_type).ok()?;
+    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    while let Ok(Some(field)) = parts.next_field().await {
+        if field.name() == Some("media") {
+            let content_type = field
+                .content_type()
+                .map_or("application/octet-stream".to_owned(), ToString::to_string);
+            let bytes = field.bytes().await.ok()?.to_vec();
+            return Some(MediaPart {
+                content_type,
+                bytes,
+            });
+        }
+    }
+    None
 }
 
 impl Call<'_> {
@@ -113,17 +140,28 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
         return fault_response(action, conn);
     }
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let body = match axum::body::to_bytes(body, api.max_body()).await {
         Ok(b) => b,
         Err(_) => {
             sim.stats.record(api, None, CallOutcome::Errcode(47001));
             return errcode_response(&wx(47001));
         }
     };
+    let media = if api == Api::MediaUpload {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        media_part(content_type, body.clone()).await
+    } else {
+        None
+    };
     let call = Call {
         method: &parts.method,
         query: parts.uri.query().unwrap_or(""),
         body: &body,
+        media: media.as_ref(),
     };
     let handled = handlers::handle(api, &sim, &call);
     let outcome = match &handled.result {
@@ -139,9 +177,20 @@ async fn serve(api: Api, sim: Arc<Sim>, req: Request) -> Response {
         let _held = sim.stats.hold_answer();
         tokio::time::sleep(hold).await;
     }
-    match handled.result {
-        Ok(bytes) => json_response(bytes),
-        Err(e) => errcode_response(&e),
+    match (handled.result, handled.content_type) {
+        (Ok(bytes), None) => json_response(bytes),
+        (Ok(bytes), Some(content_type)) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"media\"".to_owned(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        (Err(e), _) => errcode_response(&e),
     }
 }
 

@@ -139,6 +139,20 @@ pub(crate) struct Account {
     pub js_tickets: Option<Box<direct::JsTickets>>,
 }
 
+/// Files kept for media/get at most (each up to 20 MiB).
+const MEDIA_KEPT: usize = 32;
+/// WeChat keeps temporary media for 3 days.
+const MEDIA_LIFETIME_MS: Millis = 3 * 86_400_000;
+
+/// A temporary media file.
+#[derive(Debug)]
+pub(crate) struct Media {
+    pub account: u32,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    pub expires_ms: Millis,
+}
+
 /// A pre-auth code waiting for the consent page.
 #[derive(Debug)]
 pub(crate) struct PreAuth {
@@ -169,6 +183,9 @@ pub(crate) struct State {
     pub quota: QuotaBook,
     /// Every jsapi / wx_card ticket issued and not yet swept (for `/_sim/validate?ticket=`).
     pub js_ticket_index: HashMap<Box<str>, direct::JsTicket>,
+    /// Temporary media by media_id (media/upload, media/get), oldest evicted first.
+    pub media: HashMap<Box<str>, Media>,
+    pub media_order: VecDeque<Box<str>>,
     /// Inserts since the last sweep of expired codes.
     code_inserts: u32,
 }
@@ -186,6 +203,8 @@ impl State {
             auth_codes: HashMap::new(),
             quota: QuotaBook::default(),
             js_ticket_index: HashMap::new(),
+            media: HashMap::new(),
+            media_order: VecDeque::new(),
             code_inserts: 0,
         }
     }
@@ -395,6 +414,64 @@ impl State {
             },
             s.expires_ms,
         ))
+    }
+
+    /// Keeps an uploaded file (WeChat keeps temporary media 3 days); returns its media_id. At most
+    /// [`MEDIA_KEPT`] files are kept, the oldest dropped first.
+    pub(crate) fn store_media(
+        &mut self,
+        account: u32,
+        part: &crate::api::MediaPart,
+        now: Millis,
+    ) -> String {
+        let media_id = crate::mint::random_code("", 64);
+        while self.media_order.len() >= MEDIA_KEPT {
+            if let Some(old) = self.media_order.pop_front() {
+                self.media.remove(&old);
+            }
+        }
+        self.media_order.push_back(media_id.clone().into());
+        self.media.insert(
+            media_id.clone().into(),
+            Media {
+                account,
+                content_type: part.content_type.clone(),
+                bytes: part.bytes.clone(),
+                expires_ms: now + MEDIA_LIFETIME_MS,
+            },
+        );
+        media_id
+    }
+
+    /// An uploaded file of `account` still kept: its content type and bytes.
+    pub(crate) fn media(
+        &self,
+        account: u32,
+        media_id: &str,
+        now: Millis,
+    ) -> Option<(String, Vec<u8>)> {
+        self.media
+            .get(media_id)
+            .filter(|m| m.account == account && m.expires_ms > now)
+            .map(|m| (m.content_type.clone(), m.bytes.clone()))
+    }
+
+    /// Retires every access token of an account at once, as a refresh elsewhere would after the
+    /// overlap: its authorizer tokens under every component, its own token and its stable token.
+    /// Returns how many token series were retired.
+    pub(crate) fn retire_account_tokens(&mut self, account: u32) -> usize {
+        let mut series: Vec<u32> = self
+            .components
+            .iter()
+            .filter_map(|c| c.authorizations.get(&account).map(|a| a.series))
+            .collect();
+        let a = &self.accounts[account as usize];
+        series.extend(a.direct_series);
+        series.extend(a.stable.as_ref().map(|s| s.series));
+        for sid in &series {
+            self.retire_all(*sid);
+        }
+        series.len()
     }
 
     /// Kill every token of a series at once.

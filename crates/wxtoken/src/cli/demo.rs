@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// The internal listener (token API); port 0 picks a free one.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub internal_listen: SocketAddr,
+    /// The WeChat API gateway's listener; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8082")]
+    pub gateway_listen: SocketAddr,
     /// Simulated token lifetime (refreshes happen at about half of it).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub token_lifetime: Duration,
@@ -95,6 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.storage.url = SecretString::from(format!("sqlite://{}", db.display()));
     config.security.master_key_file = Some(key_file.clone());
     config.server.public_url = Some(public_url.parse()?);
+    config.server.gateway_listen = Some(args.gateway_listen);
     config.upstream.base_url = sim.base_url().parse()?;
     config.upstream.authorize_url = Some(sim.base_url().parse()?);
     config.refresh.serve_margin = Duration::from_secs(10);

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Override `server.internal_listen` (token API, admin API, metrics).
     #[arg(long, value_name = "ADDR")]
     pub internal_listen: Option<SocketAddr>,
+    /// Override `server.gateway_listen` (the WeChat API gateway), or `off`.
+    #[arg(long, value_name = "ADDR|off")]
+    pub gateway_listen: Option<String>,
     /// Override `storage.url` (prefer `WXTOKEN_STORAGE__URL` for a URL with a password).
     #[arg(long, value_name = "URL")]
     pub storage_url: Option<String>,
@@ -47,6 +50,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         overrides.push((
             "server.internal_listen".to_owned(),
             toml::Value::String(addr.to_string()),
+        ));
+    }
+    if let Some(addr) = args.gateway_listen {
+        overrides.push((
+            "server.gateway_listen".to_owned(),
+            toml::Value::String(addr),
         ));
     }
     if let Some(url) = args.storage_url {

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod authorize;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod limits;
 pub mod ops;
 pub mod serve;

@@ -555,6 +555,7 @@ fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_
         .command(&["serve"])
         .env("WXTOKEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:0")
         .env("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0")
+        .env("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0")
         .env("WXTOKEN_LOG__LEVEL", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -586,6 +587,7 @@ fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_
         .command(&["serve"])
         .env("WXTOKEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:0")
         .env("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0")
+        .env("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0")
         .output()
         .expect("second serve runs");
     assert!(
@@ -617,6 +619,8 @@ fn demo_runs_with_no_arguments_beyond_free_ports_and_shows_how_to_read_a_token()
             "--public-listen",
             "127.0.0.1:0",
             "--internal-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
             "127.0.0.1:0",
             "--run-for",
             "1s",

@@ -150,6 +150,7 @@ impl ServeConfig<'_> {
 [server]
 public_listen = "127.0.0.1:0"
 internal_listen = "127.0.0.1:0"
+gateway_listen = "127.0.0.1:0"
 
 [[components]]
 appid = "{component}"

@@ -23,6 +23,8 @@ pub struct Server {
     pub store: Arc<dyn Store>,
     pub public: String,
     pub internal: String,
+    /// The WeChat API gateway's base URL.
+    pub gateway: String,
     /// An admin key granted every appid.
     pub admin_key: String,
     pub http: reqwest::Client,
@@ -68,6 +70,7 @@ impl Server {
         config.storage.url =
             SecretString::from(format!("sqlite://{}", dir.path().join("w.db").display()));
         config.server.public_url = Some(public_url.parse().unwrap());
+        config.server.gateway_listen = Some("127.0.0.1:0".parse().unwrap());
         config.upstream.base_url = sim.base_url().parse().unwrap();
         config.upstream.authorize_url = Some(sim.base_url().parse().unwrap());
         config.refresh.serve_margin = Duration::from_secs(10);
@@ -121,8 +124,10 @@ impl Server {
             .await
             .expect("the component token is fetched once the ticket is stored")
             .expect("the slot lives as long as the engine");
+        let gateway = format!("http://{}", app.gateway_addr.expect("gateway on"));
         Server {
             sim,
+            gateway,
             app: Some(app),
             component,
             store,

@@ -7,6 +7,7 @@
 mod harness;
 
 mod events;
+mod gateway;
 mod guards;
 mod http;
 mod lifecycle;

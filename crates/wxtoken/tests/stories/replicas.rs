@@ -500,6 +500,7 @@ async fn start_app_with(
     crate::harness::init_logs();
     let mut config = Config::from_sources(Sources::default()).expect("defaults");
     config.storage.url = SecretString::from(db_url.to_owned());
+    config.server.gateway_listen = None;
     config.storage.max_connections = 4;
     config.storage.connect_timeout = Duration::from_secs(1);
     config.storage.lease_ttl = Duration::from_secs(3);

@@ -1,0 +1,655 @@
+//! The WeChat API gateway (SPEC.md "Gateway"): a third listener that speaks WeChat's own API and
+//! forwards every call to `upstream.base_url` with the current token of the appid it names, so a
+//! service calls WeChat without ever holding a token, and no service can retire another's.
+//!
+//! - `ANY /wx/{appid}/{wechat path}?{query}` with `Authorization: Bearer wxt_…`: forwarded to
+//!   `{upstream}/{wechat path}?{query}&access_token={the appid's token}`;
+//!   `ANY /wx/component/{component_appid}/{wechat path}` gets `component_access_token`. Any token
+//!   the caller put in the query is dropped. The key's per-appid grants apply; calls are counted
+//!   as token reads.
+//! - **Transparent retry.** WeChat refusing the injected token (40001, 42001, 40014) reports it
+//!   (one budgeted refresh, single flight, as `POST /v1/tokens/{appid}/invalidate`) and, when the
+//!   request body was kept (at most `gateway.retry_body_max`), sends the call once more with the
+//!   new token. WeChat does not execute a call whose token it refuses, so the retry cannot do
+//!   anything twice. A streamed (larger) body is not retried: the caller gets WeChat's answer,
+//!   and its next call the new token.
+//! - **A real proxy.** Bodies stream both ways (multipart uploads, binary downloads) within
+//!   `gateway.max_body_bytes`; JSON answers are read whole (to see their errcode), anything else
+//!   streams. Upstream connections are pooled; redirects are never followed.
+//! - **Never an open proxy.** The path is checked against WeChat's path alphabet (letters,
+//!   digits, `_`, `-`, `.`; no empty, `.` or `..` segment; so no percent-escape, backslash or
+//!   second host) and appended to the fixed upstream; absolute-form request targets are refused.
+//!   Only a short list of request and answer headers crosses (no hop-by-hop header, never the
+//!   caller's `Authorization`).
+//! - Errors of the gateway itself are WeChat-shaped (`{"errcode", "errmsg"}`) with an HTTP status,
+//!   so SDKs and logs read them like WeChat's: 401/41001 no key, 403/48001 appid not granted,
+//!   404/40013 unknown appid, 400/40066 refused path, 413/45002 body too large, 410/61003
+//!   authorization lost, 503 or 502/-1 no token now or upstream unreachable.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use secrecy::ExposeSecret;
+
+use super::AppState;
+use super::auth::{AuthError, Caller};
+use crate::config::{GatewayConfig, UpstreamConfig};
+use crate::model::{Appid, ComponentAppid};
+use crate::telemetry;
+use crate::tokens::cache::{CachedToken, ReadError, Slot};
+
+/// The errcodes of a refused token: retried once with a new token.
+const REFUSED_TOKEN: [i64; 3] = [40001, 42001, 40014];
+/// Longest WeChat path forwarded.
+const MAX_PATH: usize = 256;
+/// Distinct path labels on the calls metric; more are counted as `other`.
+const MAX_PATH_LABELS: usize = 256;
+/// Request headers forwarded upstream; everything else (hop-by-hop headers, `Authorization`,
+/// cookies, `Host`) stays here.
+const REQUEST_HEADERS: [header::HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+];
+/// Answer headers passed back (the body's length is the gateway's own).
+const ANSWER_HEADERS: [header::HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_DISPOSITION,
+    header::CACHE_CONTROL,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::EXPIRES,
+];
+
+/// The gateway's upstream client and settings.
+pub struct Gateway {
+    client: reqwest::Client,
+    base: String,
+    config: GatewayConfig,
+    path_labels: Mutex<HashSet<String>>,
+}
+
+impl Gateway {
+    pub fn new(upstream: &UpstreamConfig, config: &GatewayConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(upstream.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            client,
+            base: upstream.base_url.as_str().trim_end_matches('/').to_owned(),
+            config: config.clone(),
+            path_labels: Mutex::default(),
+        })
+    }
+
+    /// The label a path is counted under: itself while fewer than [`MAX_PATH_LABELS`] are known.
+    fn label(&self, path: &str) -> String {
+        let mut labels = self.path_labels.lock();
+        if labels.contains(path) || labels.len() < MAX_PATH_LABELS {
+            labels.insert(path.to_owned());
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+#[derive(Clone)]
+struct GatewayState {
+    app: AppState,
+    gateway: Arc<Gateway>,
+}
+
+/// The gateway listener's routes.
+pub fn router(app: AppState, gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/wx/{*rest}", axum::routing::any(call))
+        .fallback(|| async {
+            GatewayError::new(StatusCode::NOT_FOUND, 40066, "the gateway serves /wx/{appid}/{wechat path} and /wx/component/{component_appid}/{wechat path}")
+        })
+        .with_state(GatewayState { app, gateway })
+}
+
+/// An error of the gateway itself, shaped like WeChat's.
+#[derive(Debug)]
+struct GatewayError {
+    status: StatusCode,
+    errcode: i64,
+    message: String,
+}
+
+impl GatewayError {
+    fn new(status: StatusCode, errcode: i64, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            errcode,
+            message: message.into(),
+        }
+    }
+
+    fn path(reason: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            40066,
+            format!("path refused: {reason}"),
+        )
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errcode": self.errcode,
+            "errmsg": format!("wxtoken gateway: {}", self.message),
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<ReadError> for GatewayError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Unknown => Self::new(StatusCode::NOT_FOUND, 40013, "unknown appid"),
+            ReadError::Gone { .. } => Self::new(StatusCode::GONE, 61003, e.to_string()),
+            ReadError::Ambiguous | ReadError::Invalid(_) => {
+                Self::new(StatusCode::BAD_REQUEST, 40013, e.to_string())
+            }
+            ReadError::NoToken { .. } | ReadError::Storage(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, -1, e.to_string())
+            }
+        }
+    }
+}
+
+/// Whose token a call gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner<'a> {
+    Account(&'a str),
+    Component(&'a str),
+}
+
+/// `/wx/{appid}/{path}` or `/wx/component/{component}/{path}`, the raw (still percent-encoded)
+/// path checked against WeChat's path alphabet.
+fn parse_target(raw: &str) -> Result<(Owner<'_>, &str), GatewayError> {
+    let rest = raw
+        .strip_prefix("/wx/")
+        .ok_or_else(|| GatewayError::path("not under /wx/"))?;
+    let (first, rest) = rest
+        .split_once('/')
+        .ok_or_else(|| GatewayError::path("no WeChat path after the appid"))?;
+    let (owner, path) = if first == "component" {
+        let (component, path) = rest
+            .split_once('/')
+            .ok_or_else(|| GatewayError::path("no WeChat path after the component appid"))?;
+        (Owner::Component(component), path)
+    } else {
+        (Owner::Account(first), rest)
+    };
+    check_path(path)?;
+    Ok((owner, path))
+}
+
+fn check_path(path: &str) -> Result<(), GatewayError> {
+    if path.is_empty() || path.len() > MAX_PATH {
+        return Err(GatewayError::path("empty or longer than 256 bytes"));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(GatewayError::path("empty, `.` or `..` segment"));
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(GatewayError::path(
+                "only letters, digits, `_`, `-` and `.` (no percent-escape)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The caller's query without any token it carried, then `param=token`.
+fn query_with_token(query: Option<&str>, param: &str, token: &str) -> String {
+    let mut out = String::with_capacity(query.map_or(0, str::len) + token.len() + 24);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let key = url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default();
+        if key == "access_token" || key == "component_access_token" {
+            continue;
+        }
+        out.push_str(pair);
+        out.push('&');
+    }
+    out.push_str(param);
+    out.push('=');
+    out.extend(url::form_urlencoded::byte_serialize(token.as_bytes()));
+    out
+}
+
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, GatewayError> {
+    let missing = || {
+        GatewayError::new(
+            StatusCode::UNAUTHORIZED,
+            41001,
+            "no valid API key (Authorization: Bearer wxt_…)",
+        )
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(missing)?;
+    app.0
+        .keys
+        .authenticate(key.trim())
+        .await
+        .map_err(|e| match e {
+            AuthError::Missing | AuthError::Invalid => missing(),
+            AuthError::Unavailable(_) => GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -1,
+                "the key store is unavailable",
+            ),
+        })
+}
+
+/// The request body: kept whole (retryable) when small and of known length, else streamed
+/// within `max_body_bytes`.
+enum Outgoing {
+    Kept(Bytes),
+    Streamed(Option<Body>),
+}
+
+impl Outgoing {
+    async fn from_request(
+        headers: &HeaderMap,
+        body: Body,
+        config: &GatewayConfig,
+    ) -> Result<Self, GatewayError> {
+        let too_large = || {
+            GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                45002,
+                format!(
+                    "body larger than gateway.max_body_bytes ({})",
+                    config.max_body_bytes
+                ),
+            )
+        };
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        match length {
+            Some(n) if n > config.max_body_bytes => Err(too_large()),
+            Some(n) if n <= config.retry_body_max => axum::body::to_bytes(body, n)
+                .await
+                .map(Outgoing::Kept)
+                .map_err(|_| GatewayError::new(StatusCode::BAD_REQUEST, 44002, "body cut short")),
+            None if !chunked => Ok(Outgoing::Kept(Bytes::new())),
+            _ => Ok(Outgoing::Streamed(Some(body))),
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, Outgoing::Kept(_))
+    }
+
+    /// The body for one try (a streamed body can be sent once).
+    fn take(&mut self, limit: usize) -> reqwest::Body {
+        match self {
+            Outgoing::Kept(bytes) => reqwest::Body::from(bytes.clone()),
+            Outgoing::Streamed(body) => {
+                let mut sent = 0usize;
+                let stream = body.take().unwrap_or_default().into_data_stream().map(
+                    move |chunk| -> Result<Bytes, std::io::Error> {
+                        let chunk = chunk.map_err(std::io::Error::other)?;
+                        sent += chunk.len();
+                        if sent > limit {
+                            return Err(std::io::Error::other("body over gateway.max_body_bytes"));
+                        }
+                        Ok(chunk)
+                    },
+                );
+                reqwest::Body::wrap_stream(stream)
+            }
+        }
+    }
+}
+
+async fn call(State(gw): State<GatewayState>, request: Request) -> Response {
+    match forward(&gw, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(gw: &GatewayState, request: Request) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    if parts.uri.authority().is_some() {
+        return Err(GatewayError::path(
+            "absolute-form request targets are refused",
+        ));
+    }
+    let (owner, path) = parse_target(parts.uri.path())?;
+    let caller = authenticate(&gw.app, &parts.headers).await?;
+    let engine = &gw.app.0.engine;
+    let (slot, param) = match owner {
+        Owner::Account(appid) => {
+            Appid::parse(appid)
+                .map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, 40013, e.to_string()))?;
+            grant(&caller, appid)?;
+            (engine.lookup(None, appid).await?, "access_token")
+        }
+        Owner::Component(appid) => {
+            let component = ComponentAppid::parse(appid)
+                .map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, 40013, e.to_string()))?;
+            grant(&caller, appid)?;
+            let slot = engine.cache().component(&component).ok_or_else(|| {
+                GatewayError::new(StatusCode::NOT_FOUND, 40013, "unknown component")
+            })?;
+            (slot, "component_access_token")
+        }
+    };
+    let mut outgoing = Outgoing::from_request(&parts.headers, body, &gw.gateway.config).await?;
+    let label = gw.gateway.label(path);
+    let mut token = token_now(gw, &slot).await?;
+    gw.app.0.reads.record(caller.id, &slot);
+    let mut retried = false;
+    loop {
+        let url = format!(
+            "{}/{path}?{}",
+            gw.gateway.base,
+            query_with_token(parts.uri.query(), param, token.access_token.expose_secret())
+        );
+        let mut upstream = gw
+            .gateway
+            .client
+            .request(parts.method.clone(), url)
+            .timeout(gw.gateway.config.timeout)
+            .body(outgoing.take(gw.gateway.config.max_body_bytes));
+        for name in &REQUEST_HEADERS {
+            if let Some(value) = parts.headers.get(name) {
+                upstream = upstream.header(name, value);
+            }
+        }
+        let answer = match upstream.send().await {
+            Ok(answer) => answer,
+            Err(e) => {
+                count(
+                    &label,
+                    if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "unreachable"
+                    },
+                    &caller,
+                );
+                tracing::warn!(path, error = %without_url(&e), "gateway: upstream call failed");
+                let status = if e.is_timeout() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return Err(GatewayError::new(status, -1, "WeChat could not be reached"));
+            }
+        };
+        if !is_json(answer.headers()) {
+            count(&label, &http_label(answer.status()), &caller);
+            return Ok(streamed(answer));
+        }
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let bytes = read_limited(answer, gw.gateway.config.max_body_bytes).await?;
+        let errcode = errcode_of(&bytes);
+        count(
+            &label,
+            &errcode.map_or_else(|| http_label(status), |c| c.to_string()),
+            &caller,
+        );
+        if let Some(code) = errcode.filter(|c| *c != 0) {
+            tracing::info!(path, errcode = code, rid = rid_of(&bytes).unwrap_or("-"), client = %caller.name, "gateway: WeChat answered an error");
+        }
+        if errcode.is_some_and(|c| REFUSED_TOKEN.contains(&c)) && !retried {
+            // The injected token was refused: report it (budgeted, single flight). With the body
+            // kept, try once more with the new token.
+            let refused = token.access_token.expose_secret().to_owned();
+            let fresh = engine
+                .invalidate_for(slot.credential(), &refused, Some(&caller.name))
+                .await;
+            if let Ok(fresh) = fresh
+                && !fresh.is(&refused)
+                && outgoing.retryable()
+            {
+                token = fresh;
+                retried = true;
+                metrics::counter!(telemetry::GATEWAY_RETRIES_TOTAL).increment(1);
+                continue;
+            }
+        }
+        return Ok(kept(status, &headers, bytes));
+    }
+}
+
+fn grant(caller: &Caller, appid: &str) -> Result<(), GatewayError> {
+    if caller.may_read(appid) {
+        Ok(())
+    } else {
+        Err(GatewayError::new(
+            StatusCode::FORBIDDEN,
+            48001,
+            format!("this API key is not granted appid {appid}"),
+        ))
+    }
+}
+
+/// The token to inject now: the one held, or its first refresh, within the request timeout.
+async fn token_now(gw: &GatewayState, slot: &Slot) -> Result<Arc<CachedToken>, GatewayError> {
+    let limit = gw.app.0.server.request_timeout;
+    tokio::time::timeout(limit, gw.app.0.engine.read_or_refresh(slot))
+        .await
+        .map_err(|_| GatewayError::new(StatusCode::SERVICE_UNAVAILABLE, -1, "no token in time"))?
+        .map_err(GatewayError::from)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json") || ct.starts_with("text/plain"))
+}
+
+async fn read_limited(answer: reqwest::Response, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut body = Vec::new();
+    let mut stream = answer.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            GatewayError::new(StatusCode::BAD_GATEWAY, -1, "WeChat's answer was cut short")
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                -1,
+                "WeChat's answer is larger than gateway.max_body_bytes",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// A JSON answer's `errcode` (a missing one is success: 0), `None` when it is not a JSON object.
+fn errcode_of(bytes: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Errcode {
+        #[serde(default)]
+        errcode: i64,
+    }
+    serde_json::from_slice::<Errcode>(bytes)
+        .ok()
+        .map(|e| e.errcode)
+}
+
+/// The `rid: …` WeChat appends to an errmsg, for the log.
+fn rid_of(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let start = text.find("rid: ")? + 5;
+    let rid = &text[start..];
+    let end = rid
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or(rid.len());
+    Some(&rid[..end])
+}
+
+fn http_label(status: StatusCode) -> String {
+    if status.is_success() {
+        "0".to_owned()
+    } else {
+        format!("http_{}", status.as_u16())
+    }
+}
+
+fn count(path: &str, outcome: &str, caller: &Caller) {
+    metrics::counter!(
+        telemetry::GATEWAY_CALLS_TOTAL,
+        "path" => path.to_owned(),
+        "errcode" => outcome.to_owned(),
+        "client" => caller.name.clone(),
+    )
+    .increment(1);
+}
+
+/// A reqwest error without its URL (the URL carries the token).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "(upstream)");
+    }
+    text
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in &ANSWER_HEADERS {
+        if let Some(value) = from.get(name) {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+fn kept(status: StatusCode, headers: &HeaderMap, bytes: Bytes) -> Response {
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    copy_headers(headers, response.headers_mut());
+    response
+        .headers_mut()
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json; encoding=utf-8"));
+    response
+}
+
+fn streamed(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
+    *response.status_mut() = status;
+    copy_headers(&headers, response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wechat_shaped_paths_are_forwarded() {
+        assert_eq!(
+            parse_target("/wx/wxappid0001/cgi-bin/message/custom/send").unwrap(),
+            (Owner::Account("wxappid0001"), "cgi-bin/message/custom/send")
+        );
+        assert_eq!(
+            parse_target("/wx/component/wxcomp/cgi-bin/component/api_get_authorizer_list").unwrap(),
+            (
+                Owner::Component("wxcomp"),
+                "cgi-bin/component/api_get_authorizer_list"
+            )
+        );
+        for bad in [
+            "/wx/wxa/../_sim/stats",
+            "/wx/wxa/cgi-bin/../../etc",
+            "/wx/wxa//evil.example/x",
+            "/wx/wxa/cgi-bin/%2e%2e/x",
+            "/wx/wxa/cgi-bin%2Fx",
+            "/wx/wxa/cgi-bin\\x",
+            "/wx/wxa/cgi-bin/./x",
+            "/wx/wxa/",
+            "/wx/wxa",
+            "/wx/component/wxc/",
+            "/wx/wxa/cgi-bin/x@evil.example",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        assert!(parse_target(&format!("/wx/wxa/{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn the_callers_tokens_are_dropped_and_ours_appended() {
+        assert_eq!(
+            query_with_token(
+                Some("type=image&access_token=theirs&x=%20y"),
+                "access_token",
+                "T+1"
+            ),
+            "type=image&x=%20y&access_token=T%2B1"
+        );
+        assert_eq!(
+            query_with_token(
+                Some("access%5Ftoken=theirs&component_access_token=c"),
+                "access_token",
+                "T"
+            ),
+            "access_token=T"
+        );
+        assert_eq!(
+            query_with_token(None, "component_access_token", "C"),
+            "component_access_token=C"
+        );
+    }
+
+    #[test]
+    fn errcode_and_rid_are_read_from_wechats_answers() {
+        assert_eq!(
+            errcode_of(br#"{"errcode":40001,"errmsg":"invalid credential rid: 6571-ab12"}"#),
+            Some(40001)
+        );
+        assert_eq!(errcode_of(br#"{"ip_list":[]}"#), Some(0));
+        assert_eq!(errcode_of(b"\x89PNG"), None);
+        assert_eq!(
+            rid_of(br#"{"errmsg":"x rid: 6571a-bc12 more"}"#),
+            Some("6571a-bc12")
+        );
+    }
+}
