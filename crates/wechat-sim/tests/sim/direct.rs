@@ -321,3 +321,70 @@ async fn a_new_ticket_retires_the_previous_after_the_overlap_or_keeps_it_as_conf
         assert!(t.sim.control().validate_ticket(&second).valid);
     }
 }
+
+#[tokio::test]
+async fn business_endpoints_check_their_input_and_retired_tokens_answer_40001() {
+    let t = TestSim::start().await;
+    let a = t.oa();
+    let tok =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
+    let sim = &t;
+    let path = format!("/cgi-bin/message/custom/send?access_token={tok}");
+    let path = &path;
+    let send = |body: serde_json::Value| async move { sim.post_json(path, body).await };
+    assert_eq!(
+        send(serde_json::json!({"msgtype": "text"})).await["errcode"],
+        40003
+    );
+    assert_eq!(
+        send(serde_json::json!({"touser": "o1"})).await["errcode"],
+        40008
+    );
+    assert_eq!(
+        send(serde_json::json!({"touser": "o1", "msgtype": "text"})).await["errcode"],
+        0
+    );
+    let media = t
+        .get_json(&format!(
+            "/cgi-bin/media/get?access_token={tok}&media_id=nope"
+        ))
+        .await;
+    assert_eq!(media["errcode"], 40007);
+    // Without a multipart `media` part, and with an unknown type.
+    let upload = t
+        .post_raw(
+            &format!("/cgi-bin/media/upload?access_token={tok}&type=image"),
+            "x",
+        )
+        .await;
+    assert_eq!(upload["errcode"], 41005);
+    let upload = t
+        .post_raw(
+            &format!("/cgi-bin/media/upload?access_token={tok}&type=pdf"),
+            "x",
+        )
+        .await;
+    assert_eq!(upload["errcode"], 40004);
+
+    // Retired over the control API: the next call is refused with 40001, a new token works.
+    let retired = t
+        .post_json(
+            &format!("/_sim/accounts/{}/retire_tokens", a.appid),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(retired["retired_series"], 1, "{retired}");
+    assert_eq!(
+        send(serde_json::json!({"touser": "o1", "msgtype": "text"})).await["errcode"],
+        40001
+    );
+    let fresh =
+        t.wx.token(&a.appid, &a.appsecret)
+            .await
+            .unwrap()
+            .access_token;
+    assert!(t.wx.get_callback_ip(&fresh).await.is_ok());
+}
