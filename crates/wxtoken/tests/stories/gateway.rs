@@ -302,3 +302,172 @@ async fn every_path_trick_is_refused_and_nothing_reaches_wechat() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     s.shutdown().await;
 }
+
+/// SDK mode: a token the gateway did not hand out is refused with 40001 (never forwarded); one it
+/// handed out and that was superseded since is forwarded as the current token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_mode_rewrites_a_superseded_token_to_the_current_one_and_refuses_a_foreign_one() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let key = s.client_key("legacy-sdk", &[&appid], false).await;
+    let sdk = format!("{}/sdk/{key}", s.gateway);
+    let component_token: serde_json::Value = s
+        .http
+        .post(format!("{sdk}/cgi-bin/component/api_component_token"))
+        .body(format!(
+            r#"{{"component_appid":"{}","component_appsecret":"x","component_verify_ticket":"y"}}"#,
+            s.comp()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        component_token["errcode"], 48001,
+        "the key is not granted the component: {component_token}"
+    );
+    s.sim.control().reset_stats();
+    let answer: serde_json::Value = s
+        .http
+        .post(format!("{sdk}/cgi-bin/component/api_authorizer_token?component_access_token=whatever"))
+        .json(&serde_json::json!({"component_appid": s.comp(), "authorizer_appid": appid, "authorizer_refresh_token": "sdk-placeholder"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let handed = answer["authorizer_access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_owned();
+    assert_eq!(
+        answer["authorizer_refresh_token"], "sdk-placeholder",
+        "the real one never leaves"
+    );
+    assert!(answer["expires_in"].as_i64().unwrap() >= 1800);
+    assert_eq!(s.calls("api_authorizer_token"), 0, "answered from memory");
+
+    // wxtoken refreshes (its schedule, an operator): the SDK still holds the old token.
+    let credential = s
+        .app()
+        .engine
+        .slot(None, &appid)
+        .unwrap()
+        .credential()
+        .clone();
+    let current = s.app().engine.refresh_now(&credential).await.unwrap();
+    use secrecy::ExposeSecret;
+    assert_ne!(current.access_token.expose_secret(), handed);
+    s.sim.control().retire_tokens(&appid).unwrap();
+    // (Retiring killed the current one too; the gateway's one retry gets a fresh one.)
+    let ips: serde_json::Value = s
+        .http
+        .get(format!("{sdk}/cgi-bin/getcallbackip?access_token={handed}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ips["ip_list"].is_array(),
+        "forwarded with the current token: {ips}"
+    );
+
+    let before = total_calls(&s);
+    let foreign: serde_json::Value = s
+        .http
+        .get(format!(
+            "{sdk}/cgi-bin/getcallbackip?access_token=not-from-wxtoken"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(foreign["errcode"], 40001, "{foreign}");
+    assert_eq!(
+        total_calls(&s),
+        before,
+        "a foreign token is never forwarded"
+    );
+    let bad_key = s
+        .http
+        .get(format!(
+            "{}/sdk/wxt_not_a_key/cgi-bin/getcallbackip?access_token={handed}",
+            s.gateway
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), StatusCode::UNAUTHORIZED);
+    s.shutdown().await;
+}
+
+/// An independent SDK, wechatpy, runs unchanged but for its base URL: its token requests are
+/// answered by wxtoken (WeChat sees none), its business calls go through, and a token WeChat
+/// retired meanwhile costs one refresh and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechatpy_runs_through_the_gateway_unchanged_but_for_its_base_url() {
+    let Some(python) = std::env::var_os("WXTOKEN_TEST_PYTHON").filter(|p| !p.is_empty()) else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("WXTOKEN_TEST_PYTHON must name a Python with wechatpy installed when CI=true");
+        }
+        println!("SKIPPED wechatpy_runs_through_the_gateway: WXTOKEN_TEST_PYTHON is not set");
+        return;
+    };
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let key = s
+        .client_key("wechatpy-service", &[&appid, s.comp()], false)
+        .await;
+    let _ = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
+    s.sim.control().reset_stats();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wechatpy/gateway.py");
+    let envs = [
+        ("WXTOKEN_GATEWAY_SDK", format!("{}/sdk/{key}", s.gateway)),
+        ("WXSIM_BASE_URL", s.sim.base_url().to_owned()),
+        ("COMPONENT_APPID", s.comp().to_owned()),
+        ("AUTHORIZER_APPID", appid.clone()),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .envs(envs)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("the Python interpreter runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "gateway.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = s.sim.control().stats();
+    let calls = |e: &str| stats.endpoints.get(e).map_or(0, |s| s.calls);
+    assert_eq!(
+        calls("api_component_token"),
+        0,
+        "wechatpy's component token came from wxtoken"
+    );
+    assert_eq!(
+        calls("api_authorizer_token"),
+        1,
+        "one refresh: the retired token's"
+    );
+    assert_eq!(
+        calls("custom_send"),
+        3,
+        "two sends, one of them refused once and sent again"
+    );
+    assert_eq!(calls("media_upload"), 1);
+    assert_eq!(calls("media_get"), 1);
+    s.shutdown().await;
+}

@@ -21,6 +21,8 @@
 //!   second host) and appended to the fixed upstream; absolute-form request targets are refused.
 //!   Only a short list of request and answer headers crosses (no hop-by-hop header, never the
 //!   caller's `Authorization`).
+//! - **SDK mode** (`sdk.rs`): `/sdk/{api key}/{wechat path}` for SDKs that cannot send a header:
+//!   their token endpoints are answered by wxtoken, and every other call's token is rewritten.
 //! - Errors of the gateway itself are WeChat-shaped (`{"errcode", "errmsg"}`) with an HTTP status,
 //!   so SDKs and logs read them like WeChat's: 401/41001 no key, 403/48001 appid not granted,
 //!   404/40013 unknown appid, 400/40066 refused path, 413/45002 body too large, 410/61003
@@ -38,6 +40,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use secrecy::ExposeSecret;
+
+mod sdk;
 
 use super::AppState;
 use super::auth::{AuthError, Caller};
@@ -76,6 +80,8 @@ pub struct Gateway {
     base: String,
     config: GatewayConfig,
     path_labels: Mutex<HashSet<String>>,
+    /// The tokens handed to SDKs (SDK mode), to rewrite the ones they send.
+    sdk_tokens: sdk::TokenIndex,
 }
 
 impl Gateway {
@@ -91,6 +97,7 @@ impl Gateway {
             base: upstream.base_url.as_str().trim_end_matches('/').to_owned(),
             config: config.clone(),
             path_labels: Mutex::default(),
+            sdk_tokens: sdk::TokenIndex::default(),
         })
     }
 
@@ -116,6 +123,7 @@ struct GatewayState {
 pub fn router(app: AppState, gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/wx/{*rest}", axum::routing::any(call))
+        .route("/sdk/{*rest}", axum::routing::any(call))
         .fallback(|| async {
             GatewayError::new(StatusCode::NOT_FOUND, 40066, "the gateway serves /wx/{appid}/{wechat path} and /wx/component/{component_appid}/{wechat path}")
         })
@@ -355,6 +363,9 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
             "absolute-form request targets are refused",
         ));
     }
+    if parts.uri.path().starts_with("/sdk/") {
+        return sdk::forward(gw, parts, body).await;
+    }
     let (owner, path) = parse_target(parts.uri.path())?;
     let caller = authenticate(&gw.app, &parts.headers).await?;
     let engine = &gw.app.0.engine;
@@ -375,10 +386,26 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
             (slot, "component_access_token")
         }
     };
+    relay(gw, &caller, &slot, param, path, &parts, body).await
+}
+
+/// Sends the call to WeChat with `slot`'s current token as `param`, once more after a refused
+/// token when the body was kept, and answers what WeChat answered.
+async fn relay(
+    gw: &GatewayState,
+    caller: &Caller,
+    slot: &Arc<Slot>,
+    param: &str,
+    path: &str,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let engine = &gw.app.0.engine;
+    let caller_name = caller.name.as_str();
     let mut outgoing = Outgoing::from_request(&parts.headers, body, &gw.gateway.config).await?;
     let label = gw.gateway.label(path);
-    let mut token = token_now(gw, &slot).await?;
-    gw.app.0.reads.record(caller.id, &slot);
+    let mut token = token_now(gw, slot).await?;
+    gw.app.0.reads.record(caller.id, slot);
     let mut retried = false;
     loop {
         let url = format!(
@@ -407,7 +434,7 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
                     } else {
                         "unreachable"
                     },
-                    &caller,
+                    caller,
                 );
                 tracing::warn!(path, error = %without_url(&e), "gateway: upstream call failed");
                 let status = if e.is_timeout() {
@@ -419,7 +446,7 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
             }
         };
         if !is_json(answer.headers()) {
-            count(&label, &http_label(answer.status()), &caller);
+            count(&label, &http_label(answer.status()), caller);
             return Ok(streamed(answer));
         }
         let status = answer.status();
@@ -429,17 +456,23 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
         count(
             &label,
             &errcode.map_or_else(|| http_label(status), |c| c.to_string()),
-            &caller,
+            caller,
         );
         if let Some(code) = errcode.filter(|c| *c != 0) {
-            tracing::info!(path, errcode = code, rid = rid_of(&bytes).unwrap_or("-"), client = %caller.name, "gateway: WeChat answered an error");
+            tracing::info!(
+                path,
+                errcode = code,
+                rid = rid_of(&bytes).unwrap_or("-"),
+                client = caller_name,
+                "gateway: WeChat answered an error"
+            );
         }
         if errcode.is_some_and(|c| REFUSED_TOKEN.contains(&c)) && !retried {
             // The injected token was refused: report it (budgeted, single flight). With the body
             // kept, try once more with the new token.
             let refused = token.access_token.expose_secret().to_owned();
             let fresh = engine
-                .invalidate_for(slot.credential(), &refused, Some(&caller.name))
+                .invalidate_for(slot.credential(), &refused, Some(caller_name))
                 .await;
             if let Ok(fresh) = fresh
                 && !fresh.is(&refused)
