@@ -41,6 +41,8 @@ const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Processed pushes are kept this long (pushes older than `server.push_max_skew` are refused
 /// anyway, so a replay cannot re-apply a pruned one while that check is on).
 const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Gateway call counts are kept 31 days.
+const GATEWAY_CALLS_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// Opens the store `config.storage` names, with its pool settings, running migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -303,6 +305,9 @@ impl RunningApp {
         if let Err(e) = self.state.0.reads.flush(&*self.store).await {
             tracing::warn!(error = %e, "the last read counts were not written");
         }
+        if let Err(e) = self.state.0.gateway_calls.flush(&*self.store).await {
+            tracing::warn!(error = %e, "the last gateway call counts were not written");
+        }
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -322,8 +327,15 @@ fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationTok
                     if let Err(e) = state.0.reads.flush(&*state.0.store).await {
                         tracing::warn!(error = %e, "read counts not written; kept for the next flush");
                     }
+                    if let Err(e) = state.0.gateway_calls.flush(&*state.0.store).await {
+                        tracing::warn!(error = %e, "gateway call counts not written; kept for the next flush");
+                    }
                 }
                 _ = prune.tick() => {
+                    let days = Timestamp::now().minus(GATEWAY_CALLS_RETENTION).beijing_day();
+                    if let Err(e) = state.0.store.ops().prune_gateway_calls(&days).await {
+                        tracing::warn!(error = %e, "pruning gateway call counts failed");
+                    }
                     let before = Timestamp::now().minus(EVENT_RETENTION);
                     match state.0.store.events().prune_events(before).await {
                         Ok(0) => {}

@@ -233,3 +233,20 @@ pub async fn create_client(
         ClientCreate::NameTaken => Err(ManageError::NameTaken(name.to_owned())),
     }
 }
+
+/// A Beijing day as `YYYY-MM-DD` (the gateway's call counts), checked.
+pub fn check_day(day: &str) -> Result<String, String> {
+    let shaped = day.len() == 10
+        && day.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if shaped {
+        Ok(day.to_owned())
+    } else {
+        Err(format!("day `{day}` is not YYYY-MM-DD"))
+    }
+}

@@ -395,6 +395,13 @@ impl Timestamp {
     }
 
     /// `self - d`, saturating.
+    /// The calendar day in Beijing (UTC+8), `YYYY-MM-DD`: the day WeChat's daily quotas count.
+    pub fn beijing_day(self) -> String {
+        let ms = u64::try_from(self.0.saturating_add(8 * 3_600_000)).unwrap_or(0);
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        humantime::format_rfc3339_seconds(at).to_string()[..10].to_owned()
+    }
+
     pub fn minus(self, d: Duration) -> Self {
         Self(
             self.0
@@ -861,6 +868,20 @@ pub struct ReadCount {
     pub last_read_at: Timestamp,
 }
 
+/// Calls one appid made through the gateway on one Beijing day (WeChat's quotas reset at
+/// midnight UTC+8), on one WeChat path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayCallCount {
+    /// `YYYY-MM-DD`, UTC+8.
+    pub day: String,
+    /// The authorizer's, direct account's or component's appid.
+    pub appid: String,
+    pub path: String,
+    pub calls: u64,
+    /// Of `calls`: answered with a WeChat errcode, an HTTP error or not at all.
+    pub errors: u64,
+}
+
 /// The stored key-check value of one master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyCheck {
@@ -875,6 +896,17 @@ pub struct KeyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quota_day_changes_at_midnight_in_beijing() {
+        // 2026-12-06 15:59:59 UTC is 23:59:59 in Beijing; a second later it is the 7th there.
+        let before = Timestamp::from_millis(1_796_572_799_000);
+        assert_eq!(before.beijing_day(), "2026-12-06");
+        assert_eq!(
+            Timestamp::from_millis(1_796_572_800_000).beijing_day(),
+            "2026-12-07"
+        );
+    }
 
     #[test]
     fn appid_accepts_wechat_shapes_and_rejects_separators() {

@@ -8,6 +8,7 @@ pub mod authorizers;
 pub mod clients;
 pub mod context;
 pub mod demo;
+pub mod gateway;
 pub mod keys;
 pub mod serve;
 pub mod sim;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Internal services allowed to read tokens: add (prints the API key once), list, revoke.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// The WeChat API gateway: calls per appid and WeChat path (`stats`).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// The master key: generate one, or rotate every secret onto a new one.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -64,6 +68,7 @@ impl Cli {
             Command::Accounts(c) => accounts::run(c).await,
             Command::Clients(c) => clients::run(c).await,
             Command::Keys(c) => keys::run(c).await,
+            Command::Gateway(c) => gateway::run(c).await,
         }
     }
 }

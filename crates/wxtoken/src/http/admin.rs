@@ -36,6 +36,71 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(remove_account))
         .routes(routes!(list_clients, add_client))
         .routes(routes!(revoke_client))
+        .routes(routes!(gateway_calls))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GatewayCallsQuery {
+    /// The Beijing day (`YYYY-MM-DD`, UTC+8: WeChat's quota day); today by default.
+    pub day: Option<String>,
+    /// One appid only.
+    pub appid: Option<String>,
+}
+
+/// Calls of one appid (or all) through the gateway on one day, by WeChat path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayCallsView {
+    pub day: String,
+    /// Most calls first. (Counts are written every few seconds.)
+    pub calls: Vec<GatewayCallView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayCallView {
+    pub appid: String,
+    pub path: String,
+    pub calls: u64,
+    /// Answered with a WeChat errcode, an HTTP error or not at all.
+    pub errors: u64,
+}
+
+/// Gateway calls per appid and WeChat path on one Beijing day, so a daily quota (45009) is seen
+/// coming; `cgi-bin/openapi/quota/get` through the gateway says the quota itself.
+#[utoipa::path(get, path = "/v1/admin/gateway/calls", tag = "admin", params(GatewayCallsQuery),
+    responses((status = 200, body = GatewayCallsView), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn gateway_calls(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiQuery(q): ApiQuery<GatewayCallsQuery>,
+) -> Result<Json<GatewayCallsView>, ApiError> {
+    caller.require_admin()?;
+    let day = match q.day {
+        Some(day) => crate::manage::check_day(&day).map_err(ApiError::BadRequest)?,
+        None => crate::model::Timestamp::now().beijing_day(),
+    };
+    // What this server counted but has not written yet counts too.
+    app.0.gateway_calls.flush(&*app.0.store).await?;
+    let counts = app
+        .0
+        .store
+        .ops()
+        .gateway_calls(&day, q.appid.as_deref())
+        .await?;
+    Ok(Json(GatewayCallsView {
+        day,
+        calls: counts
+            .into_iter()
+            .map(|c| GatewayCallView {
+                appid: c.appid,
+                path: c.path,
+                calls: c.calls,
+                errors: c.errors,
+            })
+            .collect(),
+    }))
 }
 
 impl From<ManageError> for ApiError {

@@ -61,6 +61,8 @@ pub struct Shared {
     pub vault: Arc<Vault>,
     pub keys: Arc<KeyIndex>,
     pub reads: Arc<ReadCounter>,
+    /// Calls through the gateway per appid, day and path (`gateway_calls`).
+    pub gateway_calls: Arc<gateway::CallCounter>,
     /// Each configured component's push crypto (its previous EncodingAESKey included).
     pub pushes: HashMap<ComponentAppid, MsgCrypt>,
     pub wechat: WechatClient,
@@ -91,6 +93,7 @@ impl Shared {
         Self {
             keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
             reads: Arc::new(ReadCounter::default()),
+            gateway_calls: Arc::new(gateway::CallCounter::default()),
             limits: limits::AnonymousLimits::new(&server),
             reports: limits::ReportLimits::new(&server),
             engine,

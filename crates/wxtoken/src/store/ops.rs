@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use crate::model::{ComponentAppid, Credential, Timestamp};
+use crate::model::{ComponentAppid, Credential, GatewayCallCount, Timestamp};
 use crate::store::StoreError;
 
 /// Refreshes of one credential that wxtoken did not make, as WeChat showed them.
@@ -134,6 +134,21 @@ pub trait OpsStore: Send + Sync {
 
     /// Forgets changes recorded before `before`.
     async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Adds batched gateway call counts (one transaction, in (day, appid, path) order). A
+    /// transient `Err`: nothing was added; retry with the same counts.
+    async fn add_gateway_calls(&self, counts: &[GatewayCallCount]) -> Result<(), StoreError>;
+
+    /// The gateway call counts of one Beijing day (`YYYY-MM-DD`), of one appid or all, most
+    /// calls first.
+    async fn gateway_calls(
+        &self,
+        day: &str,
+        appid: Option<&str>,
+    ) -> Result<Vec<GatewayCallCount>, StoreError>;
+
+    /// Forgets the gateway call counts of days before `day` (`YYYY-MM-DD`).
+    async fn prune_gateway_calls(&self, day: &str) -> Result<u64, StoreError>;
 }
 
 /// `impl OpsStore` for a backend type (see `sql::impl_store!`).
@@ -315,6 +330,70 @@ macro_rules! ops_sql {
             async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError> {
                 Ok(sqlx::query("DELETE FROM store_changes WHERE at < $1")
                     .bind(before.as_millis())
+                    .execute(self.write_pool())
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn add_gateway_calls(
+                &self,
+                counts: &[crate::model::GatewayCallCount],
+            ) -> Result<(), StoreError> {
+                if counts.is_empty() {
+                    return Ok(());
+                }
+                let order = lock_order(counts, |c| {
+                    (c.day.as_str(), c.appid.as_str(), c.path.as_str())
+                });
+                let mut tx = self.begin_write().await?;
+                for c in order.iter().map(|&i| &counts[i]) {
+                    sqlx::query(
+                        "INSERT INTO gateway_calls (day, appid, path, calls, errors) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (day, appid, path) DO UPDATE \
+                         SET calls = gateway_calls.calls + excluded.calls, \
+                         errors = gateway_calls.errors + excluded.errors",
+                    )
+                    .bind(c.day.as_str())
+                    .bind(c.appid.as_str())
+                    .bind(c.path.as_str())
+                    .bind(db_count(c.calls)?)
+                    .bind(db_count(c.errors)?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn gateway_calls(
+                &self,
+                day: &str,
+                appid: Option<&str>,
+            ) -> Result<Vec<crate::model::GatewayCallCount>, StoreError> {
+                let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT day, appid, path, calls, errors FROM gateway_calls \
+                     WHERE day = $1 AND ($2 IS NULL OR appid = $2) \
+                     ORDER BY calls DESC, appid, path",
+                )
+                .bind(day)
+                .bind(appid)
+                .fetch_all(self.read_pool())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(day, appid, path, calls, errors)| crate::model::GatewayCallCount {
+                        day,
+                        appid,
+                        path,
+                        calls: u64::try_from(calls).unwrap_or(0),
+                        errors: u64::try_from(errors).unwrap_or(0),
+                    })
+                    .collect())
+            }
+
+            async fn prune_gateway_calls(&self, day: &str) -> Result<u64, StoreError> {
+                Ok(sqlx::query("DELETE FROM gateway_calls WHERE day < $1")
+                    .bind(day)
                     .execute(self.write_pool())
                     .await?
                     .rows_affected())

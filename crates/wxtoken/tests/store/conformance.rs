@@ -58,6 +58,7 @@ conformance!(
     direct_account_lifecycle_with_fenced_token,
     component_token_is_fenced_like_any_credential,
     js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind,
+    gateway_call_counts_add_up_per_day_appid_and_path_and_old_days_are_pruned,
     clients_are_found_by_key_hash_and_read_counts_accumulate,
     needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
     bulk_load_returns_every_authorizer_and_token_per_component_or_all,
@@ -1271,6 +1272,57 @@ async fn js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind(h: &Harne
         s.tokens().ensure_ticket(&account, at(0)).await,
         Err(StoreError::InvalidInput(_))
     ));
+}
+
+async fn gateway_call_counts_add_up_per_day_appid_and_path_and_old_days_are_pruned(h: &Harness) {
+    let s = &h.store;
+    let count =
+        |day: &str, appid: &str, path: &str, calls, errors| wxtoken::model::GatewayCallCount {
+            day: day.into(),
+            appid: appid.into(),
+            path: path.into(),
+            calls,
+            errors,
+        };
+    let send = "cgi-bin/message/custom/send";
+    s.ops()
+        .add_gateway_calls(&[
+            count("2026-12-06", "wxa", send, 5, 1),
+            count("2026-12-07", "wxa", send, 2, 0),
+            count("2026-12-07", "wxb", "cgi-bin/getcallbackip", 9, 0),
+        ])
+        .await
+        .unwrap();
+    // A second server adds to the same rows.
+    s.ops()
+        .add_gateway_calls(&[count("2026-12-07", "wxa", send, 3, 2)])
+        .await
+        .unwrap();
+    let today = s.ops().gateway_calls("2026-12-07", None).await.unwrap();
+    assert_eq!(
+        today,
+        vec![
+            count("2026-12-07", "wxb", "cgi-bin/getcallbackip", 9, 0),
+            count("2026-12-07", "wxa", send, 5, 2),
+        ],
+        "most calls first"
+    );
+    assert_eq!(
+        s.ops()
+            .gateway_calls("2026-12-07", Some("wxa"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.ops().prune_gateway_calls("2026-12-07").await.unwrap(), 1);
+    assert!(
+        s.ops()
+            .gateway_calls("2026-12-06", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {

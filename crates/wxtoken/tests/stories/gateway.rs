@@ -95,6 +95,42 @@ async fn a_token_free_call_reaches_wechat_with_the_current_token_and_the_callers
     assert_eq!(response.status(), StatusCode::OK);
     let list: serde_json::Value = response.json().await.unwrap();
     assert_eq!(list["total_count"], 1, "{list}");
+
+    // Each appid's calls by WeChat path today (Beijing time): the admin API and the CLI.
+    let (status, calls) = s.get(Some(&s.admin_key), "/v1/admin/gateway/calls").await;
+    assert_eq!(status, StatusCode::OK, "{calls}");
+    let of = |path: &str| {
+        calls["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} in {calls}"))
+    };
+    assert_eq!(of("cgi-bin/getcallbackip")["calls"], 1);
+    assert_eq!(of("cgi-bin/getcallbackip")["appid"], appid.as_str());
+    assert_eq!(of("cgi-bin/message/custom/send")["errors"], 0);
+    assert_eq!(
+        of("cgi-bin/component/api_get_authorizer_list")["appid"],
+        s.comp()
+    );
+    let out = s.cli(&["gateway", "stats", "--appid", &appid], &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("cgi-bin/message/custom/send"), "{printed}");
+    assert!(
+        !printed.contains("api_get_authorizer_list"),
+        "one appid only: {printed}"
+    );
+    let (status, _) = s
+        .get(Some(&s.admin_key), "/v1/admin/gateway/calls?day=yesterday")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     s.shutdown().await;
 }
 

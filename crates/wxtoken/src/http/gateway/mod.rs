@@ -427,15 +427,12 @@ async fn relay(
         let answer = match upstream.send().await {
             Ok(answer) => answer,
             Err(e) => {
-                count(
-                    &label,
-                    if e.is_timeout() {
-                        "timeout"
-                    } else {
-                        "unreachable"
-                    },
-                    caller,
-                );
+                let outcome = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                count(gw, slot, path, &label, outcome, caller);
                 tracing::warn!(path, error = %without_url(&e), "gateway: upstream call failed");
                 let status = if e.is_timeout() {
                     StatusCode::GATEWAY_TIMEOUT
@@ -446,18 +443,15 @@ async fn relay(
             }
         };
         if !is_json(answer.headers()) {
-            count(&label, &http_label(answer.status()), caller);
+            count(gw, slot, path, &label, &http_label(answer.status()), caller);
             return Ok(streamed(answer));
         }
         let status = answer.status();
         let headers = answer.headers().clone();
         let bytes = read_limited(answer, gw.gateway.config.max_body_bytes).await?;
         let errcode = errcode_of(&bytes);
-        count(
-            &label,
-            &errcode.map_or_else(|| http_label(status), |c| c.to_string()),
-            caller,
-        );
+        let outcome = errcode.map_or_else(|| http_label(status), |c| c.to_string());
+        count(gw, slot, path, &label, &outcome, caller);
         if let Some(code) = errcode.filter(|c| *c != 0) {
             tracing::info!(
                 path,
@@ -566,14 +560,74 @@ fn http_label(status: StatusCode) -> String {
     }
 }
 
-fn count(path: &str, outcome: &str, caller: &Caller) {
+/// Counts one forwarded call: the metric (by path label, outcome and client) and the appid's
+/// daily count by path (`outcome` other than `0` is an error).
+fn count(gw: &GatewayState, slot: &Slot, path: &str, label: &str, outcome: &str, caller: &Caller) {
     metrics::counter!(
         telemetry::GATEWAY_CALLS_TOTAL,
-        "path" => path.to_owned(),
+        "path" => label.to_owned(),
         "errcode" => outcome.to_owned(),
         "client" => caller.name.clone(),
     )
     .increment(1);
+    gw.app
+        .0
+        .gateway_calls
+        .record(slot.credential().appid.as_str(), path, outcome != "0");
+}
+
+/// Each appid's gateway calls by Beijing day and WeChat path, kept in memory and added to the
+/// store in batches (`gateway_calls`), like read counts.
+#[derive(Default)]
+pub struct CallCounter {
+    counts: dashmap::DashMap<(String, String, String), (u64, u64)>,
+}
+
+impl CallCounter {
+    pub fn record(&self, appid: &str, path: &str, error: bool) {
+        let day = crate::model::Timestamp::now().beijing_day();
+        let mut entry = self
+            .counts
+            .entry((day, appid.to_owned(), path.to_owned()))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(error);
+    }
+
+    /// Adds the counts gathered so far to the store; on failure they are put back.
+    pub async fn flush(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<usize, crate::store::StoreError> {
+        let keys: Vec<_> = self.counts.iter().map(|e| e.key().clone()).collect();
+        let batch: Vec<crate::model::GatewayCallCount> = keys
+            .into_iter()
+            .filter_map(|k| self.counts.remove(&k))
+            .map(
+                |((day, appid, path), (calls, errors))| crate::model::GatewayCallCount {
+                    day,
+                    appid,
+                    path,
+                    calls,
+                    errors,
+                },
+            )
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match store.ops().add_gateway_calls(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                for c in batch {
+                    let mut entry = self.counts.entry((c.day, c.appid, c.path)).or_default();
+                    entry.0 += c.calls;
+                    entry.1 += c.errors;
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 /// A reqwest error without its URL (the URL carries the token).

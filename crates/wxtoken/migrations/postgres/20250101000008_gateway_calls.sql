@@ -1,0 +1,11 @@
+-- wxtoken schema 8 (PostgreSQL): calls through the WeChat API gateway, per Beijing day
+-- (WeChat's daily quotas reset at midnight UTC+8), appid and WeChat path, so a quota (45009) is
+-- seen coming. Added to in batches by every server; rows older than 31 days are pruned.
+CREATE TABLE gateway_calls (
+    day    TEXT   NOT NULL,
+    appid  TEXT   NOT NULL,
+    path   TEXT   NOT NULL,
+    calls  BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    PRIMARY KEY (day, appid, path)
+);
