@@ -21,7 +21,7 @@ pub type MakeRequest = Arc<dyn Fn(u64, u64, &mut Vec<u8>) + Send + Sync>;
 pub type Check = Arc<dyn Fn(u16, &[u8]) -> bool + Send + Sync>;
 
 /// What a run measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     pub ok: u64,
     pub bad: u64,

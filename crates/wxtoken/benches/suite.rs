@@ -14,11 +14,13 @@
 //!    decrypt every token) and reports the time and its RSS; SQLite, then PostgreSQL.
 //! 4. Upstream economy: 1,000 authorizers on 6 s tokens for 30 s with readers and invalidation
 //!    storms; api_authorizer_token calls divided by the new tokens they had to produce.
+//! 5. The gateway: `getcallbackip` through `/wx/{appid}/…` against straight to the simulator,
+//!    same load generator, 64 connections (run with the token reads' server).
 //!
 //! Settings (environment): `WXTOKEN_BENCH_AUTHORIZERS` (default 100000), `WXTOKEN_BENCH_SECS` per
 //! read run (default 10), `WXTOKEN_BENCH_PG_URL` (default the local PostgreSQL; a fresh database is
 //! created and dropped; `none` skips PostgreSQL), `WXTOKEN_BENCH_ONLY` (a comma-separated subset of
-//! `reads,refresh,economy`; cold starts go with `refresh`), e.g. to profile one part.
+//! `reads,gateway,refresh,economy`; cold starts go with `refresh`), e.g. to profile one part.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -84,8 +86,12 @@ fn main() {
 
     let only = std::env::var("WXTOKEN_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
-    if part("reads") {
-        reads(&sim_rt, &rt, secs, &mut rows);
+    if part("reads") || part("gateway") {
+        let parts = ReadParts {
+            reads: part("reads"),
+            gateway: part("gateway"),
+        };
+        reads(&sim_rt, &rt, secs, parts, &mut rows);
     }
     let sqlite_dir = tempfile::tempdir().expect("tempdir");
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
@@ -163,10 +169,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Which measures of [`reads`] run: the token reads (with their references), the gateway.
+struct ReadParts {
+    reads: bool,
+    gateway: bool,
+}
+
 fn reads(
     sim_rt: &tokio::runtime::Runtime,
     rt: &tokio::runtime::Runtime,
     secs: u64,
+    parts: ReadParts,
     rows: &mut Vec<Row>,
 ) {
     const READ_AUTHORIZERS: usize = 1000;
@@ -207,6 +220,7 @@ fn reads(
             format!("127.0.0.1:{public_port}"),
         ),
         ("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0".to_owned()),
+        ("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0".to_owned()),
         ("WXTOKEN_REFRESH__CONCURRENCY", "64".to_owned()),
         ("WXTOKEN_LOG__LEVEL", "info".to_owned()),
     ]
@@ -250,7 +264,7 @@ fn reads(
     );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
-    let (mut server, internal) = start_serve(&env);
+    let (mut server, internal, gateway_addr) = start_serve(&env);
     sim.control()
         .set_push_url(
             &comp,
@@ -304,14 +318,27 @@ fn reads(
         })
     };
     let ok_200: loadgen::Check = Arc::new(|status, _| status == 200);
-    let wx = rt.block_on(loadgen::drive(
-        internal,
-        CONNS,
-        Duration::from_secs(secs),
-        make,
-        ok_200.clone(),
-    ));
+    let wx = if parts.reads {
+        rt.block_on(loadgen::drive(
+            internal,
+            CONNS,
+            Duration::from_secs(secs),
+            make,
+            ok_200.clone(),
+        ))
+    } else {
+        loadgen::LoadReport::default()
+    };
     let server_rss = rss_kb(server.id());
+    if parts.gateway {
+        let gateway_addr = gateway_addr.expect("the gateway is on");
+        gateway_bench(rt, &sim, internal, gateway_addr, &auth, &appids, secs, rows);
+    }
+    if !parts.reads {
+        stop(&mut server);
+        sim_rt.block_on(sim.shutdown());
+        return;
+    }
     stop(&mut server);
     sim_rt.block_on(sim.shutdown());
 
@@ -402,8 +429,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Starts `wxtoken serve` and reads its internal address from its log.
-fn start_serve(env: &[(String, String)]) -> (Child, SocketAddr) {
+/// Starts `wxtoken serve` and reads its internal address, and the gateway's if it is on, from its
+/// log.
+fn start_serve(env: &[(String, String)]) -> (Child, SocketAddr, Option<SocketAddr>) {
     let mut child = wxtoken(env, &["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -415,17 +443,22 @@ fn start_serve(env: &[(String, String)]) -> (Child, SocketAddr) {
             .next()
             .expect("serve exited before serving")
             .expect("utf-8");
-        if let Some(at) = line.find("internal=") {
-            let addr: String = line[at + 9..]
+        let field = |name: &str| {
+            let at = line.find(name)? + name.len();
+            let addr: String = line[at..]
                 .chars()
                 .take_while(|c| !c.is_whitespace())
                 .collect();
-            break addr.parse().expect("address");
+            addr.parse::<SocketAddr>().ok()
+        };
+        if let Some(internal) = field("internal=") {
+            break (internal, field("gateway="));
         }
     };
+    let (internal, gateway) = internal;
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, internal)
+    (child, internal, gateway)
 }
 
 fn stop(child: &mut Child) {
@@ -509,6 +542,107 @@ fn bare_server() {
             .await
             .expect("serve");
     });
+}
+
+/// 5. The gateway: `GET cgi-bin/getcallbackip` on 64 connections, straight to the simulator with
+/// each appid's token, then through the gateway (`/wx/{appid}/…`, key, grant, token injected,
+/// call counted) to the same simulator; the same load generator and appids for both.
+#[allow(clippy::too_many_arguments)]
+fn gateway_bench(
+    rt: &tokio::runtime::Runtime,
+    sim: &SimHandle,
+    internal: SocketAddr,
+    gateway: SocketAddr,
+    auth: &str,
+    appids: &Arc<Vec<String>>,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) {
+    const APPIDS: usize = 100;
+    let appids: Arc<Vec<String>> = Arc::new(appids.iter().take(APPIDS).cloned().collect());
+    let tokens: Arc<Vec<String>> = Arc::new(rt.block_on(async {
+        let mut tokens = Vec::new();
+        for appid in appids.iter() {
+            let mut req = Vec::new();
+            loadgen::get(&format!("/v1/tokens/{appid}"), auth, &mut req);
+            let (_, body) = loadgen::call(internal, &req).await.expect("token");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            tokens.push(body["access_token"].as_str().expect("token").to_owned());
+        }
+        tokens
+    }));
+    let sim_addr: SocketAddr = sim
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("simulator address");
+    let ok: loadgen::Check =
+        Arc::new(|status, body| status == 200 && body.windows(7).any(|w| w == b"ip_list"));
+    let direct_make: loadgen::MakeRequest = {
+        let tokens = tokens.clone();
+        Arc::new(move |c, i, out| {
+            let token = &tokens[((c * 7919 + i * 31) % tokens.len() as u64) as usize];
+            loadgen::get(
+                &format!("/cgi-bin/getcallbackip?access_token={token}"),
+                "",
+                out,
+            );
+        })
+    };
+    let gateway_make: loadgen::MakeRequest = {
+        let (appids, auth) = (appids.clone(), auth.to_owned());
+        Arc::new(move |c, i, out| {
+            let appid = &appids[((c * 7919 + i * 31) % appids.len() as u64) as usize];
+            loadgen::get(&format!("/wx/{appid}/cgi-bin/getcallbackip"), &auth, out);
+        })
+    };
+    let run = Duration::from_secs(secs);
+    let direct = rt.block_on(loadgen::drive(
+        sim_addr,
+        CONNS,
+        run,
+        direct_make,
+        ok.clone(),
+    ));
+    let through = rt.block_on(loadgen::drive(gateway, CONNS, run, gateway_make, ok));
+    println!(
+        "gateway: direct {:.0} req/s p50 {:?} p99 {:?} ({} errors); through the gateway {:.0} req/s p50 {:?} p99 {:?} ({} errors)",
+        direct.rps(),
+        direct.p50,
+        direct.p99,
+        direct.bad,
+        through.rps(),
+        through.p50,
+        through.p99,
+        through.bad
+    );
+    let ratio = through.rps() / direct.rps();
+    let added_p50 = ms(through.p50) - ms(direct.p50);
+    rows.push(Row(
+        format!("Gateway, `GET /wx/{{appid}}/cgi-bin/getcallbackip`, {CONNS} connections"),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; gateway/direct = {ratio:.2}, added p50 {added_p50:.2} ms, p99 {:.2} ms",
+            through.rps(),
+            ms(through.p50),
+            ms(through.p99),
+            through.bad,
+            ms(through.p99) - ms(direct.p99),
+        ),
+        "≥ 0.8× direct, ≤ 0.3 ms added p50".into(),
+        verdict(ratio >= 0.8 && added_p50 <= 0.3 && through.bad == 0),
+    ));
+    rows.push(Row(
+        "  reference: straight to the simulator, same load generator".into(),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            direct.rps(),
+            ms(direct.p50),
+            ms(direct.p99),
+            direct.bad
+        ),
+        "—".into(),
+        String::new(),
+    ));
 }
 
 // --- 2. refresh cost ---------------------------------------------------------------------------
