@@ -544,9 +544,9 @@ fn bare_server() {
     });
 }
 
-/// 5. The gateway: `GET cgi-bin/getcallbackip` on 64 connections, straight to the simulator with
-/// each appid's token, then through the gateway (`/wx/{appid}/…`, key, grant, token injected,
-/// call counted) to the same simulator; the same load generator and appids for both.
+/// The gateway (measure 5): `GET cgi-bin/getcallbackip` on 64 connections, straight to the
+/// simulator with each appid's token, then through the gateway (`/wx/{appid}/…`, key, grant,
+/// token injected, call counted) to the same simulator; the same load generator and appids.
 #[allow(clippy::too_many_arguments)]
 fn gateway_bench(
     rt: &tokio::runtime::Runtime,

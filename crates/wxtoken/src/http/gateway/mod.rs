@@ -38,7 +38,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use secrecy::ExposeSecret;
 
 mod sdk;
@@ -74,12 +74,17 @@ const ANSWER_HEADERS: [header::HeaderName; 6] = [
     header::EXPIRES,
 ];
 
+/// A cached calls-counter handle: (path label, outcome, client, handle).
+type CounterEntry = (Arc<str>, Box<str>, Box<str>, metrics::Counter);
+
 /// The gateway's upstream client and settings.
 pub struct Gateway {
     client: reqwest::Client,
     base: String,
     config: GatewayConfig,
-    path_labels: Mutex<HashSet<String>>,
+    path_labels: RwLock<HashSet<Arc<str>>>,
+    /// Handles of the calls counter by (path label, outcome, client).
+    counters: RwLock<Vec<CounterEntry>>,
     /// The tokens handed to SDKs (SDK mode), to rewrite the ones they send.
     sdk_tokens: sdk::TokenIndex,
 }
@@ -96,20 +101,55 @@ impl Gateway {
             client,
             base: upstream.base_url.as_str().trim_end_matches('/').to_owned(),
             config: config.clone(),
-            path_labels: Mutex::default(),
+            path_labels: RwLock::default(),
+            counters: RwLock::default(),
             sdk_tokens: sdk::TokenIndex::default(),
         })
     }
 
-    /// The label a path is counted under: itself while fewer than [`MAX_PATH_LABELS`] are known.
-    fn label(&self, path: &str) -> String {
-        let mut labels = self.path_labels.lock();
-        if labels.contains(path) || labels.len() < MAX_PATH_LABELS {
-            labels.insert(path.to_owned());
-            path.to_owned()
-        } else {
-            "other".to_owned()
+    /// The label a path is counted under: itself while fewer than [`MAX_PATH_LABELS`] are known,
+    /// interned (a known path costs a read lock, no allocation).
+    fn label(&self, path: &str) -> Arc<str> {
+        if let Some(known) = self.path_labels.read().get(path) {
+            return Arc::clone(known);
         }
+        let mut labels = self.path_labels.write();
+        if labels.len() >= MAX_PATH_LABELS {
+            return Arc::from("other");
+        }
+        let label: Arc<str> = Arc::from(path);
+        labels.insert(Arc::clone(&label));
+        label
+    }
+
+    /// The calls counter of (path label, outcome, client), its handle cached: the recorder hashes
+    /// a label set on every `counter!`, which a call per request cannot afford.
+    fn counter(&self, label: &Arc<str>, outcome: &str, client: &str) -> metrics::Counter {
+        let find = |list: &[CounterEntry]| {
+            list.iter()
+                .find(|(l, o, c, _)| Arc::ptr_eq(l, label) && **o == *outcome && **c == *client)
+                .map(|(_, _, _, counter)| counter.clone())
+        };
+        if let Some(counter) = find(&self.counters.read()) {
+            return counter;
+        }
+        let mut list = self.counters.write();
+        if let Some(counter) = find(&list) {
+            return counter;
+        }
+        let counter = metrics::counter!(
+            telemetry::GATEWAY_CALLS_TOTAL,
+            "path" => label.to_string(),
+            "errcode" => outcome.to_owned(),
+            "client" => client.to_owned(),
+        );
+        list.push((
+            Arc::clone(label),
+            outcome.into(),
+            client.into(),
+            counter.clone(),
+        ));
+        counter
     }
 }
 
@@ -432,7 +472,7 @@ async fn relay(
                 } else {
                     "unreachable"
                 };
-                count(gw, slot, path, &label, outcome, caller);
+                count(gw, slot, &label, outcome, caller);
                 tracing::warn!(path, error = %without_url(&e), "gateway: upstream call failed");
                 let status = if e.is_timeout() {
                     StatusCode::GATEWAY_TIMEOUT
@@ -443,7 +483,7 @@ async fn relay(
             }
         };
         if !is_json(answer.headers()) {
-            count(gw, slot, path, &label, &http_label(answer.status()), caller);
+            count(gw, slot, &label, &http_label(answer.status()), caller);
             return Ok(streamed(answer));
         }
         let status = answer.status();
@@ -451,7 +491,7 @@ async fn relay(
         let bytes = read_limited(answer, gw.gateway.config.max_body_bytes).await?;
         let errcode = errcode_of(&bytes);
         let outcome = errcode.map_or_else(|| http_label(status), |c| c.to_string());
-        count(gw, slot, path, &label, &outcome, caller);
+        count(gw, slot, &label, &outcome, caller);
         if let Some(code) = errcode.filter(|c| *c != 0) {
             tracing::info!(
                 path,
@@ -562,36 +602,38 @@ fn http_label(status: StatusCode) -> String {
 
 /// Counts one forwarded call: the metric (by path label, outcome and client) and the appid's
 /// daily count by path (`outcome` other than `0` is an error).
-fn count(gw: &GatewayState, slot: &Slot, path: &str, label: &str, outcome: &str, caller: &Caller) {
-    metrics::counter!(
-        telemetry::GATEWAY_CALLS_TOTAL,
-        "path" => label.to_owned(),
-        "errcode" => outcome.to_owned(),
-        "client" => caller.name.clone(),
-    )
-    .increment(1);
-    gw.app
-        .0
-        .gateway_calls
-        .record(slot.credential().appid.as_str(), path, outcome != "0");
+fn count(gw: &GatewayState, slot: &Arc<Slot>, label: &Arc<str>, outcome: &str, caller: &Caller) {
+    gw.gateway
+        .counter(label, outcome, &caller.name)
+        .increment(1);
+    gw.app.0.gateway_calls.record(slot, label, outcome != "0");
 }
 
 /// Each appid's gateway calls by Beijing day and WeChat path, kept in memory and added to the
-/// store in batches (`gateway_calls`), like read counts.
+/// store in batches (`gateway_calls`), like read counts. Keyed by the day number, the credential's
+/// cache slot (held, so its address is not reused before a flush) and the interned path label:
+/// counting a call allocates nothing once its key exists.
 #[derive(Default)]
 pub struct CallCounter {
-    counts: dashmap::DashMap<(String, String, String), (u64, u64)>,
+    #[allow(clippy::type_complexity)]
+    counts: dashmap::DashMap<(i64, usize, Arc<str>), (Arc<Slot>, u64, u64)>,
+}
+
+/// Days since 1970-01-01 in Beijing time (UTC+8).
+fn beijing_day_number(now: crate::model::Timestamp) -> i64 {
+    (now.as_millis() + 8 * 3_600_000).div_euclid(86_400_000)
 }
 
 impl CallCounter {
-    pub fn record(&self, appid: &str, path: &str, error: bool) {
-        let day = crate::model::Timestamp::now().beijing_day();
+    pub fn record(&self, slot: &Arc<Slot>, path: &Arc<str>, error: bool) {
+        let day = beijing_day_number(crate::model::Timestamp::now());
+        let key = (day, Arc::as_ptr(slot) as usize, Arc::clone(path));
         let mut entry = self
             .counts
-            .entry((day, appid.to_owned(), path.to_owned()))
-            .or_default();
-        entry.0 += 1;
-        entry.1 += u64::from(error);
+            .entry(key)
+            .or_insert_with(|| (Arc::clone(slot), 0, 0));
+        entry.1 += 1;
+        entry.2 += u64::from(error);
     }
 
     /// Adds the counts gathered so far to the store; on failure they are put back.
@@ -600,29 +642,32 @@ impl CallCounter {
         store: &dyn crate::store::Store,
     ) -> Result<usize, crate::store::StoreError> {
         let keys: Vec<_> = self.counts.iter().map(|e| e.key().clone()).collect();
-        let batch: Vec<crate::model::GatewayCallCount> = keys
+        let drained: Vec<_> = keys
             .into_iter()
             .filter_map(|k| self.counts.remove(&k))
+            .collect();
+        if drained.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<crate::model::GatewayCallCount> = drained
+            .iter()
             .map(
-                |((day, appid, path), (calls, errors))| crate::model::GatewayCallCount {
-                    day,
-                    appid,
-                    path,
-                    calls,
-                    errors,
+                |((day, _, path), (slot, calls, errors))| crate::model::GatewayCallCount {
+                    day: crate::model::Timestamp::from_millis(day * 86_400_000).beijing_day(),
+                    appid: slot.credential().appid.to_string(),
+                    path: path.to_string(),
+                    calls: *calls,
+                    errors: *errors,
                 },
             )
             .collect();
-        if batch.is_empty() {
-            return Ok(0);
-        }
         match store.ops().add_gateway_calls(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
-                for c in batch {
-                    let mut entry = self.counts.entry((c.day, c.appid, c.path)).or_default();
-                    entry.0 += c.calls;
-                    entry.1 += c.errors;
+                for (key, (slot, calls, errors)) in drained {
+                    let mut entry = self.counts.entry(key).or_insert_with(|| (slot, 0, 0));
+                    entry.1 += calls;
+                    entry.2 += errors;
                 }
                 Err(e)
             }
