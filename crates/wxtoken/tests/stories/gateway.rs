@@ -507,3 +507,72 @@ async fn wechatpy_runs_through_the_gateway_unchanged_but_for_its_base_url() {
     assert_eq!(calls("media_get"), 1);
     s.shutdown().await;
 }
+
+/// The same with a Node SDK from npm: node-easywechat (a port of EasyWeChat 6), unmodified but for
+/// its `http.baseURL`. `WXTOKEN_TEST_NODE_PATH` names a `node_modules` holding it (`.ci/run`
+/// installs it); without it the test is skipped with a notice, except under `CI=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_easywechat_runs_through_the_gateway_unchanged_but_for_its_base_url() {
+    let Some(modules) = std::env::var_os("WXTOKEN_TEST_NODE_PATH").filter(|p| !p.is_empty()) else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "WXTOKEN_TEST_NODE_PATH must name a node_modules with node-easywechat when CI=true"
+            );
+        }
+        println!(
+            "SKIPPED node_easywechat_runs_through_the_gateway: WXTOKEN_TEST_NODE_PATH is not set"
+        );
+        return;
+    };
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let key = s
+        .client_key("node-service", &[&appid, s.comp()], false)
+        .await;
+    let _ = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
+    s.sim.control().reset_stats();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/gateway.js");
+    let envs = [
+        ("NODE_PATH", modules.to_string_lossy().into_owned()),
+        ("WXTOKEN_GATEWAY_SDK", format!("{}/sdk/{key}", s.gateway)),
+        ("WXSIM_BASE_URL", s.sim.base_url().to_owned()),
+        ("COMPONENT_APPID", s.comp().to_owned()),
+        ("AUTHORIZER_APPID", appid.clone()),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .envs(envs)
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "gateway.js failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = s.sim.control().stats();
+    let calls = |e: &str| stats.endpoints.get(e).map_or(0, |s| s.calls);
+    assert_eq!(
+        calls("api_component_token"),
+        0,
+        "its component token came from wxtoken"
+    );
+    assert_eq!(
+        calls("api_authorizer_token"),
+        1,
+        "one refresh: the retired token's"
+    );
+    assert_eq!(
+        calls("custom_send"),
+        3,
+        "two sends, one refused once and sent again"
+    );
+    s.shutdown().await;
+}
