@@ -464,29 +464,7 @@ async fn wechatpy_runs_through_the_gateway_unchanged_but_for_its_base_url() {
     let _ = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
     s.sim.control().reset_stats();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/wechatpy/gateway.py");
-    let envs = [
-        ("WXTOKEN_GATEWAY_SDK", format!("{}/sdk/{key}", s.gateway)),
-        ("WXSIM_BASE_URL", s.sim.base_url().to_owned()),
-        ("COMPONENT_APPID", s.comp().to_owned()),
-        ("AUTHORIZER_APPID", appid.clone()),
-    ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .envs(envs)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("the Python interpreter runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "gateway.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stats = s.sim.control().stats();
+    let stats = run_sdk(&s, &key, &appid, python, script, Vec::new()).await;
     let calls = |e: &str| stats.endpoints.get(e).map_or(0, |s| s.calls);
     assert_eq!(
         calls("api_component_token"),
@@ -532,32 +510,8 @@ async fn node_easywechat_runs_through_the_gateway_unchanged_but_for_its_base_url
     let _ = s.get(Some(&key), &format!("/v1/tokens/{appid}")).await;
     s.sim.control().reset_stats();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/gateway.js");
-    let envs = [
-        ("NODE_PATH", modules.to_string_lossy().into_owned()),
-        ("WXTOKEN_GATEWAY_SDK", format!("{}/sdk/{key}", s.gateway)),
-        ("WXSIM_BASE_URL", s.sim.base_url().to_owned()),
-        ("COMPONENT_APPID", s.comp().to_owned()),
-        ("AUTHORIZER_APPID", appid.clone()),
-    ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .envs(envs)
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "gateway.js failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stats = s.sim.control().stats();
+    let node_path = vec![("NODE_PATH", modules.to_string_lossy().into_owned())];
+    let stats = run_sdk(&s, &key, &appid, "node".into(), script, node_path).await;
     let calls = |e: &str| stats.endpoints.get(e).map_or(0, |s| s.calls);
     assert_eq!(
         calls("api_component_token"),
@@ -575,4 +529,44 @@ async fn node_easywechat_runs_through_the_gateway_unchanged_but_for_its_base_url
         "two sends, one refused once and sent again"
     );
     s.shutdown().await;
+}
+
+/// Runs an SDK's script (`program script`) against this server's gateway in SDK mode, the base URL
+/// (with `key`), the simulator, the component and `appid` in its environment, `extra` added;
+/// fails the test with its output unless it succeeds. Returns the simulator's counters after it.
+async fn run_sdk(
+    s: &Server,
+    key: &str,
+    appid: &str,
+    program: std::ffi::OsString,
+    script: &'static str,
+    extra: Vec<(&'static str, String)>,
+) -> wechat_sim::StatsSnapshot {
+    let mut envs = vec![
+        ("WXTOKEN_GATEWAY_SDK", format!("{}/sdk/{key}", s.gateway)),
+        ("WXSIM_BASE_URL", s.sim.base_url().to_owned()),
+        ("COMPONENT_APPID", s.comp().to_owned()),
+        ("AUTHORIZER_APPID", appid.to_owned()),
+    ];
+    envs.extend(extra);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program)
+            .arg(script)
+            .envs(envs)
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("the SDK's interpreter runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    s.sim.control().stats()
 }
