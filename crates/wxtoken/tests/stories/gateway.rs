@@ -11,15 +11,21 @@ use wechat_sim::AccountKind;
 
 use crate::harness::server::Server;
 
-/// Every upstream call the simulator counted.
+/// Upstream calls of the endpoints a call through the gateway could reach in these stories (not
+/// the engine's own background calls: a refresh, the details asked after an authorization).
 fn total_calls(s: &Server) -> u64 {
-    s.sim
-        .control()
-        .stats()
-        .endpoints
-        .values()
-        .map(|e| e.calls)
-        .sum()
+    let stats = s.sim.control().stats();
+    [
+        "getcallbackip",
+        "custom_send",
+        "media_upload",
+        "media_get",
+        "api_get_authorizer_list",
+        "getticket",
+    ]
+    .iter()
+    .map(|e| stats.endpoints.get(*e).map_or(0, |s| s.calls))
+    .sum()
 }
 
 async fn send_custom(s: &Server, key: &str, appid: &str) -> (StatusCode, serde_json::Value) {
