@@ -54,7 +54,13 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         },
     )
     .await
-    .with_context(|| format!("opening the {} store", config.storage.backend()))
+    .map_err(|e| match e {
+        // It names the database and the cause already.
+        e @ store::StoreError::Open { .. } => anyhow::Error::new(e),
+        e => {
+            anyhow::Error::new(e).context(format!("opening the {} store", config.storage.backend()))
+        }
+    })
 }
 
 /// A started server.

@@ -32,13 +32,19 @@ const ENV_SEPARATOR: &str = "__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The OS error is the `source`, printed once by the error chain.
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} is not valid TOML at line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("config key `{key}`: {message}")]
@@ -633,14 +639,28 @@ fn check_aes_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The 1-based line and column (in characters) of byte `offset` in `text` (a parser's span start,
+/// always on a character boundary; anything else counts as the end).
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 fn read_toml(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: e.message().to_owned(),
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
     })?;
     Ok(Value::Table(table))
 }
@@ -1085,6 +1105,6 @@ mod tests {
     #[test]
     fn toml_syntax_error_names_the_file() {
         let err = from_toml("[refresh\n", &[]).unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        assert!(matches!(err, ConfigError::Syntax { line: 1, .. }), "{err}");
     }
 }

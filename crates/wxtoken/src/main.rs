@@ -7,6 +7,8 @@ async fn main() -> std::process::ExitCode {
     let cli = wxtoken::cli::Cli::parse();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
+        Err(err) if wxtoken::cli::is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("wxtoken: {err:#}");
             std::process::ExitCode::FAILURE

@@ -56,6 +56,8 @@ pub enum VaultError {
     MalformedKey(&'static str),
     #[error("no master key: set {MASTER_KEY_ENV} or security.master_key_file")]
     NoKey,
+    #[error("the master key file {path} holds no key (one base64 or hex key per line)")]
+    EmptyKeyFile { path: PathBuf },
     #[error("cannot read the master key file {path}")]
     KeyFile {
         path: PathBuf,
@@ -170,7 +172,11 @@ impl MasterKey {
         match file {
             Some(path) => {
                 let keys = read_key_file(path)?;
-                keys.into_iter().next().ok_or(VaultError::NoKey)
+                keys.into_iter()
+                    .next()
+                    .ok_or_else(|| VaultError::EmptyKeyFile {
+                        path: path.to_owned(),
+                    })
             }
             None => Err(VaultError::NoKey),
         }
@@ -293,7 +299,12 @@ impl Vault {
             Some(v) => (MasterKey::parse(&v)?, from_file),
             None => {
                 let mut keys = from_file.into_iter();
-                let primary = keys.next().ok_or(VaultError::NoKey)?;
+                let primary = keys.next().ok_or_else(|| match file {
+                    Some(path) => VaultError::EmptyKeyFile {
+                        path: path.to_owned(),
+                    },
+                    None => VaultError::NoKey,
+                })?;
                 (primary, keys.collect())
             }
         };

@@ -75,7 +75,7 @@ async fn add(args: StoreArgs, appid: String, kind: String) -> anyhow::Result<()>
         UpsertOutcome::Created => "added",
         UpsertOutcome::Updated => "updated",
     };
-    println!(
+    outln!(
         "{verb} direct account {appid} ({}) under {component}; a running server serves it \
          within {}",
         kind.as_str(),
@@ -91,7 +91,7 @@ async fn remove(args: StoreArgs, appid: String) -> anyhow::Result<()> {
     if !manage::remove_direct_account(&*ctx.store, &component, &appid).await? {
         bail!("no direct account {appid} under component {component}");
     }
-    println!(
+    outln!(
         "removed direct account {appid} from {component}; a running server stops serving it \
          within {}",
         manage::PROPAGATION

@@ -144,7 +144,7 @@ async fn set_appsecret(args: StoreArgs, appid: String, clear: bool) -> anyhow::R
     {
         bail!("no authorizer {appid} under component {component}");
     }
-    println!(
+    outln!(
         "{} the fallback appsecret of authorizer {appid}; a running server applies it within {}",
         if clear { "cleared" } else { "set" },
         crate::manage::PROPAGATION
@@ -191,7 +191,7 @@ async fn refresh(args: StoreArgs, appid: String, server: Option<url::Url>) -> an
             body["error"]["message"].as_str().unwrap_or("no details")
         );
     }
-    println!(
+    outln!(
         "refreshed {appid}: generation {}, expires {}",
         body["generation"],
         body["token_expires_at"]
@@ -270,22 +270,25 @@ async fn show(args: StoreArgs, appid: String) -> anyhow::Result<()> {
         .authorizers()
         .refresh_token_history(&component, &appid)
         .await?;
-    print_authorizer(&a, history.len());
+    print_authorizer(&a, history.len())?;
     let rogue = ctx
         .store
         .ops()
         .rogue_refresh(&crate::model::Credential::authorizer(&component, &appid))
         .await?;
     match rogue {
-        Some(r) => println!(
+        Some(r) => outln!(
             "rogue refresh  {} time(s), last {} (revealed by client {}), first {}: something \
              outside wxtoken refreshes this appid",
-            r.times, r.last_at, r.last_client, r.first_at
+            r.times,
+            r.last_at,
+            r.last_client,
+            r.first_at
         ),
-        None => println!("rogue refresh  none seen"),
+        None => outln!("rogue refresh  none seen"),
     }
     for h in &history {
-        println!(
+        outln!(
             "  refresh token received {} from {} (generation {}{})",
             h.received_at,
             h.source.as_str(),
@@ -300,48 +303,48 @@ async fn show(args: StoreArgs, appid: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_authorizer(a: &AuthorizerRecord, history: usize) {
-    println!("authorizer     {}", a.appid);
-    println!("component      {}", a.component);
-    println!(
+fn print_authorizer(a: &AuthorizerRecord, history: usize) -> std::io::Result<()> {
+    outln!("authorizer     {}", a.appid);
+    outln!("component      {}", a.component);
+    outln!(
         "kind           {}",
         a.kind.map_or("unknown", |k| k.as_str())
     );
     let d = &a.details;
     if d.fetched_at.is_some() {
-        println!("nick name      {}", d.nick_name.as_deref().unwrap_or("-"));
-        println!(
+        outln!("nick name      {}", d.nick_name.as_deref().unwrap_or("-"));
+        outln!(
             "principal      {}",
             d.principal_name.as_deref().unwrap_or("-")
         );
-        println!(
+        outln!(
             "service type   {}",
             d.service_type
                 .map_or_else(|| "-".to_owned(), |t| t.to_string())
         );
     } else {
-        println!("details        not asked of WeChat yet (the next reconciliation does)");
+        outln!("details        not asked of WeChat yet (the next reconciliation does)");
     }
-    println!(
+    outln!(
         "status         {} since {}",
         a.status.as_str(),
         a.status_changed_at
     );
     if let Some(reason) = &a.status_reason {
-        println!("reason         {reason}");
+        outln!("reason         {reason}");
     }
-    println!("generation     {}", a.generation);
+    outln!("generation     {}", a.generation);
     match &a.token {
-        Some(t) => println!(
+        Some(t) => outln!(
             "access token   expires {} (refresh planned {}), source {}",
             t.expires_at,
             t.refresh_at
                 .map_or_else(|| "-".to_owned(), |r| r.to_string()),
             t.source.as_str()
         ),
-        None => println!("access token   none yet"),
+        None => outln!("access token   none yet"),
     }
-    println!(
+    outln!(
         "appsecret      {}",
         if a.appsecret.is_some() {
             "on file (fallback)"
@@ -349,9 +352,10 @@ fn print_authorizer(a: &AuthorizerRecord, history: usize) {
             "none"
         }
     );
-    println!("refresh tokens {history} received (history kept, values never shown)");
-    println!("created        {}", a.created_at);
-    println!("updated        {}", a.updated_at);
+    outln!("refresh tokens {history} received (history kept, values never shown)");
+    outln!("created        {}", a.created_at);
+    outln!("updated        {}", a.updated_at);
+    Ok(())
 }
 
 async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyhow::Result<()> {
@@ -396,7 +400,7 @@ async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyho
         )
         .await;
     }
-    println!(
+    outln!(
         "imported into {component}: {} created, {} updated, {} unchanged, {} failed; a running \
          server serves them within {}",
         p.created,
@@ -443,7 +447,7 @@ async fn export(
     .await;
     bar.finish_and_clear();
     let report = report?;
-    println!(
+    outln!(
         "exported {} authorizers of {component} to {} (mode 0600: it holds refresh tokens in clear)",
         report.rows,
         file.display()

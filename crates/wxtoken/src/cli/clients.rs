@@ -64,7 +64,7 @@ async fn add(
         client.name,
         if client.admin { "admin" } else { "token reads" }
     );
-    println!("{}", key.key.expose_secret());
+    outln!("{}", key.key.expose_secret());
     Ok(())
 }
 
@@ -99,7 +99,7 @@ async fn revoke(args: StoreArgs, name: String) -> anyhow::Result<()> {
     if !manage::revoke_client(&*ctx.store, &name).await? {
         bail!("no active client named {name}");
     }
-    println!(
+    outln!(
         "revoked client {name}; running servers refuse its key within {}",
         manage::PROPAGATION
     );

@@ -80,7 +80,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let public = bind(args.public_listen).await?;
     let internal = bind(args.internal_listen).await?;
     let public_url = format!("http://{}", public.local_addr()?);
-    let internal_url = format!("http://{}", internal.local_addr()?);
     // The component's credentials, as the Open Platform console would show them. It is created at
     // the simulator only once wxtoken listens, so the simulator's first ticket push lands.
     let component = ComponentSpec {
@@ -156,70 +155,89 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     wait_for_tokens(&running, &authorized).await?;
 
     let api_key = key.key.expose_secret().to_owned();
+    let shown = show(&args, &running, &authorized, &api_key, &sim, &public_url).await;
+    running.shutdown().await?;
+    sim.shutdown().await;
+    match shown {
+        // The reader of the output went away (`wxtoken demo | head`): a normal end.
+        Err(e) if super::is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Prints what a new user needs, then each refresh as it happens until Ctrl-C or `--run-for`.
+/// The commands it prints read the current token and generation first, so they keep working
+/// after any number of refreshes.
+async fn show(
+    args: &DemoArgs,
+    running: &crate::app::RunningApp,
+    authorized: &[(String, AccountKind)],
+    api_key: &str,
+    sim: &wechat_sim::SimHandle,
+    public_url: &str,
+) -> anyhow::Result<()> {
+    let internal_url = format!("http://{}", running.internal_addr);
     let first = &authorized[0].0;
-    let sample = running
-        .engine
-        .token(None, first)
-        .map_err(|e| anyhow::anyhow!("reading {first}: {e}"))?;
-    println!(
+    let sim_url = sim.base_url();
+    outln!(
         "\nwxtoken demo is running: a WeChat simulator, wxtoken, and {} authorized accounts.\n",
         authorized.len()
     );
-    println!("  token API (internal)   {internal_url}   (OpenAPI: {internal_url}/openapi.json)");
-    println!("  API key (admin, *)     {api_key}");
-    println!("  accounts               {}", list_accounts(&authorized));
-    println!();
-    println!("Read a token:");
-    println!("  curl -s -H 'Authorization: Bearer {api_key}' {internal_url}/v1/tokens/{first}");
-    println!("Report it invalid (what a client does when WeChat answers 40001/42001):");
-    println!(
-        "  curl -s -X POST -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n       -d '{{\"access_token\":\"{}\"}}' {internal_url}/v1/tokens/{first}/invalidate",
-        sample.access_token.expose_secret()
+    outln!("  token API (internal)   {internal_url}   (OpenAPI: {internal_url}/openapi.json)");
+    outln!("  API key (admin, *)     {api_key}");
+    outln!("  accounts               {}", list_accounts(authorized));
+    outln!();
+    outln!("Try it in another shell (needs curl and sed):");
+    outln!("  K={api_key} U={internal_url} S={sim_url} A={first}");
+    outln!("  # read the current token: cache it until refresh_at");
+    outln!("  curl -s -H \"Authorization: Bearer $K\" $U/v1/tokens/$A; echo");
+    outln!("  # make WeChat refuse it, as when something else refreshed the account");
+    outln!(
+        "  T=$(curl -s -H \"Authorization: Bearer $K\" $U/v1/tokens/$A | sed -E 's/.*\"access_token\":\"([^\"]*)\".*/\\1/')"
     );
-    println!("Wait for the next token (long-poll):");
-    println!(
-        "  curl -s -H 'Authorization: Bearer {api_key}' '{internal_url}/v1/tokens/{first}?after={}'",
-        sample.generation
+    outln!("  curl -s -X POST $S/_sim/accounts/$A/retire_tokens; echo");
+    outln!("  curl -s \"$S/cgi-bin/getcallbackip?access_token=$T\"; echo");
+    outln!(
+        "  # report it, as a client does on 40001/42001: wxtoken checks, refreshes once, answers the new one"
     );
-    println!("Ask the simulator whether a token is valid:");
-    println!(
-        "  curl -s '{}/_sim/validate?access_token=TOKEN'",
-        sim.base_url()
+    outln!(
+        "  curl -s -X POST -H \"Authorization: Bearer $K\" -H 'Content-Type: application/json' -d \"{{\\\"access_token\\\":\\\"$T\\\"}}\" $U/v1/tokens/$A/invalidate; echo"
     );
-    println!();
-    println!(
-        "  authorize another account  {public_url}/authorize   (the simulator's consent page)"
+    outln!("  # wait for the next generation (long-poll; answers at the next refresh)");
+    outln!(
+        "  G=$(curl -s -H \"Authorization: Bearer $K\" $U/v1/tokens/$A | sed -E 's/.*\"generation\":([0-9]+).*/\\1/')"
     );
-    println!(
-        "  WeChat simulator           {}   (docs/SIMULATOR.md)",
-        sim.base_url()
+    outln!("  curl -s -H \"Authorization: Bearer $K\" \"$U/v1/tokens/$A?after=$G&wait=60\"; echo");
+    outln!();
+    outln!(
+        "  authorization page         {public_url}/authorize   (wxtoken's; it leads to the simulator's consent page)"
     );
-    println!("  metrics                    {internal_url}/metrics");
-    println!("  data                       {}", args.dir.display());
-    println!(
+    outln!("  WeChat simulator           {sim_url}   (docs/SIMULATOR.md)");
+    outln!("  metrics                    {internal_url}/metrics");
+    outln!("  data                       {}", args.dir.display());
+    outln!(
         "\nRefreshes as they happen (tokens live {}; Ctrl-C stops):",
         humantime::format_duration(args.token_lifetime)
     );
 
-    let watch = print_refreshes(&running);
-    match args.run_for {
+    let watch = print_refreshes(running);
+    let printed = match args.run_for {
         Some(limit) => {
             tokio::select! {
-                () = watch => {}
-                () = tokio::time::sleep(limit) => {}
-                () = crate::app::shutdown_signal() => {}
+                r = watch => r,
+                () = tokio::time::sleep(limit) => Ok(()),
+                () = crate::app::shutdown_signal() => Ok(()),
             }
         }
         None => {
             tokio::select! {
-                () = watch => {}
-                () = crate::app::shutdown_signal() => {}
+                r = watch => r,
+                () = crate::app::shutdown_signal() => Ok(()),
             }
         }
-    }
-    println!("\nstopping");
-    running.shutdown().await?;
-    sim.shutdown().await;
+    };
+    printed?;
+    outln!("\nstopping");
     Ok(())
 }
 
@@ -331,7 +349,7 @@ async fn wait_for_tokens(
 }
 
 /// Prints each new token generation of every authorizer and direct account as it appears.
-async fn print_refreshes(running: &crate::app::RunningApp) {
+async fn print_refreshes(running: &crate::app::RunningApp) -> std::io::Result<()> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     running.engine.cache().for_each(|slot| {
         if let Some(t) = slot.current() {
@@ -358,7 +376,7 @@ async fn print_refreshes(running: &crate::app::RunningApp) {
             let now = running.engine.now();
             let left = (t.expires_at.as_millis() - now.as_millis()).max(0) / 1000;
             let next = (t.refresh_at.as_millis() - now.as_millis()).max(0) / 1000;
-            println!(
+            outln!(
                 "  {} {appid} generation {} from {} — valid {left}s, next refresh in {next}s",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
                 t.generation,

@@ -33,7 +33,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Generate => {
             let key = MasterKey::generate();
             eprintln!("new master key, id {}:", key.id());
-            println!("{}", key.to_base64().expose_secret());
+            outln!("{}", key.to_base64().expose_secret());
             Ok(())
         }
         KeysCommand::Rotate { store, force } => {
@@ -77,18 +77,18 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             .context("rotating the master key")?;
             eprintln!();
             crate::manage::announce(&*ctx.store, crate::store::ChangeScope::Keys, None, None).await;
-            println!(
+            outln!(
                 "re-sealed {} values under key {}",
                 report.resealed,
                 ctx.vault.primary_id()
             );
             for id in &report.retired {
-                println!(
+                outln!(
                     "key {id} no longer seals anything: it may be removed from the configuration"
                 );
             }
             for (id, n) in &report.remaining {
-                println!("  {n} values under key {id}");
+                outln!("  {n} values under key {id}");
             }
             Ok(())
         }

@@ -3,6 +3,33 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for command output that stops quietly when stdout is closed (`wxtoken … | head`):
+/// the write error (EPIPE) is returned with `?` and `main` exits 0 on it, the Unix way, instead of
+/// `println!`'s panic. The enclosing function must return a `Result` taking `std::io::Error`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+/// `print!` with the same EPIPE handling as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+/// Whether `err` is (caused by) a write to a closed pipe: the reader went away, which is not a
+/// failure of the command (`wxtoken authorizers list | head -1`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub mod accounts;
 pub mod authorizers;
 pub mod clients;

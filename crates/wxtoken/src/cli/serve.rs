@@ -36,7 +36,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.print_config {
-        print!("{}", config::EXAMPLE);
+        out!("{}", config::EXAMPLE);
         return Ok(());
     }
     let mut overrides = Vec::new();

@@ -170,44 +170,45 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let sim = Simulator::start(config)
         .await
         .context("cannot start the WeChat simulator")?;
-    println!("WeChat simulator listening on {}", sim.base_url());
-    println!("  API base URL (for WeChat clients): {}", sim.base_url());
-    println!(
+    outln!("WeChat simulator listening on {}", sim.base_url());
+    outln!("  API base URL (for WeChat clients): {}", sim.base_url());
+    outln!(
         "  consent page: {}/cgi-bin/componentloginpage and {}/wxaopen/safe/bindcomponent",
         sim.base_url(),
         sim.base_url()
     );
     if let Some(c) = sim.initial_component() {
-        print_component(c);
+        print_component(c)?;
     }
-    println!("Control API (JSON; docs/SIMULATOR.md):");
+    outln!("Control API (JSON; docs/SIMULATOR.md):");
     for line in CONTROL_SUMMARY.lines() {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("Press Ctrl-C to stop.");
+    outln!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c()
         .await
         .context("cannot listen for Ctrl-C")?;
-    println!("stopping the simulator");
+    outln!("stopping the simulator");
     sim.shutdown().await;
     Ok(())
 }
 
-fn print_component(c: &ComponentInfo) {
-    println!("Component (third-party platform):");
-    println!("  component_appid     {}", c.component_appid);
-    println!("  component_appsecret {}", c.component_appsecret);
-    println!("  token               {}", c.token);
-    println!("  encoding_aes_key    {}", c.encoding_aes_key);
-    println!(
+fn print_component(c: &ComponentInfo) -> std::io::Result<()> {
+    outln!("Component (third-party platform):");
+    outln!("  component_appid     {}", c.component_appid);
+    outln!("  component_appsecret {}", c.component_appsecret);
+    outln!("  token               {}", c.token);
+    outln!("  encoding_aes_key    {}", c.encoding_aes_key);
+    outln!(
         "  push_url            {}",
         c.push_url
             .as_deref()
             .unwrap_or("(none: tickets via GET /_sim/components)")
     );
     if let Some(t) = &c.latest_ticket {
-        println!("  latest ticket       {t}");
+        outln!("  latest ticket       {t}");
     }
+    Ok(())
 }
 
 #[cfg(test)]

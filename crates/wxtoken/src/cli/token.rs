@@ -58,7 +58,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     }
     let token = open_servable(&ctx, &credential, &stored, ctx.config.refresh.serve_margin)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "appid": appid.as_str(),
@@ -68,7 +68,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("{}", token.expose_secret());
+        outln!("{}", token.expose_secret());
     }
     Ok(())
 }
@@ -93,7 +93,7 @@ pub async fn run_ticket(args: TicketArgs) -> anyhow::Result<()> {
     let margin = ctx.config.refresh.ticket_serve_margin;
     let ticket = open_servable(&ctx, &credential, &stored, margin)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "appid": appid.as_str(),
@@ -103,7 +103,7 @@ pub async fn run_ticket(args: TicketArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("{}", ticket.expose_secret());
+        outln!("{}", ticket.expose_secret());
     }
     Ok(())
 }

@@ -275,8 +275,9 @@ impl Inner {
                         None => self.code_exchanged_for(component, code).await?,
                     };
                     let Some(appid) = appid else {
+                        // WeChat's errors name their endpoint already.
                         return Err(RefreshError::Gone {
-                            reason: format!("api_query_auth: {e}"),
+                            reason: e.to_string(),
                         });
                     };
                     return if self.exchanged_since(component, &appid, since).await? {
@@ -284,9 +285,7 @@ impl Inner {
                     } else {
                         // Spent, and its answer never stored: retrying cannot bring it back.
                         Err(RefreshError::Gone {
-                            reason: format!(
-                                "api_query_auth: {e}; its refresh token was not stored"
-                            ),
+                            reason: format!("{e}; its refresh token was not stored"),
                         })
                     };
                 }
@@ -305,7 +304,7 @@ impl Inner {
                     ) =>
                 {
                     return Err(RefreshError::Gone {
-                        reason: format!("api_query_auth: {e}"),
+                        reason: e.to_string(),
                     });
                 }
                 Err(e) => return Err(e.into()),

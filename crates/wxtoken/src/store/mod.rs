@@ -157,6 +157,10 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("storage backend error")]
     Backend(#[source] sqlx::Error),
+    /// The database could not be opened at start. `target` names what was tried (file, or host,
+    /// port and database — never a password) and `reason` the cause, each once.
+    #[error("cannot open {target}: {reason}")]
+    Open { target: String, reason: String },
     /// The database was migrated by a newer wxtoken.
     #[error(
         "database schema version {database} is newer than this wxtoken supports (latest known: \
@@ -486,6 +490,18 @@ fn shown_scheme(url: &str) -> String {
         }
         _ => "(unrecognised)".to_owned(),
     }
+}
+
+/// [`StoreError::Open`] for `target` from the driver's error, worded once: the OS error of a
+/// refused or failed connection, the server's message for a refused login or missing database.
+fn open_error(target: String, err: sqlx::Error) -> StoreError {
+    let reason = match &err {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        other => other.to_string(),
+    };
+    StoreError::Open { target, reason }
 }
 
 /// The newest migration version this binary knows, and the check that refuses a newer database.

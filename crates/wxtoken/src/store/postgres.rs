@@ -17,7 +17,8 @@ use std::str::FromStr;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 
 use crate::model::{Appid, ComponentAppid, Credential, CredentialKind};
 
@@ -46,6 +47,34 @@ impl PgStore {
     /// Connects to `url` and migrates the database.
     pub(crate) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url)?.application_name("wxtoken");
+        // One direct connection first: when the database cannot be reached, the pool says only
+        // "pool timed out while waiting for an open connection", without host, port or cause.
+        let target = format!(
+            "PostgreSQL at {}:{} (database {})",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or("named after the user")
+        );
+        match tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(super::open_error(target, e)),
+            Err(_) => {
+                return Err(StoreError::Open {
+                    target,
+                    reason: format!(
+                        "no answer within {} (storage.connect_timeout)",
+                        humantime::format_duration(options.acquire_timeout)
+                    ),
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)

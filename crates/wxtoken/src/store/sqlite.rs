@@ -46,6 +46,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.acquire_timeout)
             .foreign_keys(true);
+        let target = format!("the SQLite database {}", connect.get_filename().display());
+        if !memory {
+            // SQLite's own error for a missing directory is only "unable to open database file".
+            let dir = connect.get_filename().parent();
+            if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                return Err(StoreError::Open {
+                    target,
+                    reason: format!("the directory {} does not exist", dir.display()),
+                });
+            }
+        }
         let mut write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout);
@@ -56,7 +67,10 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let write = write.connect_with(connect.clone()).await?;
+        let write = write
+            .connect_with(connect.clone())
+            .await
+            .map_err(|e| super::open_error(target, e))?;
         let read = if memory {
             write.clone()
         } else {
