@@ -1,11 +1,13 @@
 //! The operations the CLI and the admin API share (adding a direct account, creating a client), so
 //! both apply the same rules. Depends on `store`, `vault` and `model` only.
 
+use std::time::Duration;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::model::{
     AppKind, Appid, AppidGrant, ClientCreate, ClientRecord, ComponentAppid, DirectAccountWrite,
-    NewClient, SecretSlot, Timestamp, UpsertOutcome,
+    KeyRotation, NewClient, SecretSlot, Timestamp, UpsertOutcome,
 };
 use crate::store::{ChangeScope, Store, StoreChange, StoreError};
 use crate::vault::{NewApiKey, Vault, VaultError, generate_api_key};
@@ -16,9 +18,12 @@ pub enum ManageError {
     /// Bad input; the message names it.
     #[error("{0}")]
     Invalid(String),
-    /// The name is taken (clients).
-    #[error("a client named {0} already exists")]
+    /// The name is taken by a live client (a revoked client's name can be reused).
+    #[error("a client named {0} already exists (revoke it first to reuse the name)")]
     NameTaken(String),
+    /// No live client has this name.
+    #[error("no active client named {0}")]
+    NoSuchClient(String),
     /// The appid is an authorizer of the component: a direct account beside it would make every
     /// read of it ambiguous.
     #[error(
@@ -162,6 +167,39 @@ pub async fn revoke_client(store: &dyn Store, name: &str) -> Result<bool, Manage
         announce(store, ChangeScope::Client, None, Some(name)).await;
     }
     Ok(revoked)
+}
+
+/// The longest a rotated-out key keeps working: a grace without end is no rotation.
+pub const MAX_KEY_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Gives the live client `name` a new key (returned, shown once). The previous key keeps working
+/// for `grace` (zero: it stops at once), replacing the grace of an earlier rotation.
+pub async fn rotate_client(
+    store: &dyn Store,
+    name: &str,
+    grace: Duration,
+) -> Result<(ClientRecord, NewApiKey), ManageError> {
+    if grace > MAX_KEY_GRACE {
+        return Err(ManageError::Invalid(format!(
+            "the grace period is at most {}",
+            humantime::format_duration(MAX_KEY_GRACE)
+        )));
+    }
+    let key = generate_api_key();
+    let now = Timestamp::now();
+    let rotation = KeyRotation {
+        key_hash: key.hash,
+        key_hint: key.hint.clone(),
+        previous_until: (!grace.is_zero()).then(|| now.plus(grace)),
+        at: now,
+    };
+    let record = store
+        .clients()
+        .rotate_client_key(name, &rotation)
+        .await?
+        .ok_or_else(|| ManageError::NoSuchClient(name.to_owned()))?;
+    announce(store, ChangeScope::Client, None, Some(name)).await;
+    Ok((record, key))
 }
 
 /// How soon running servers apply a change made through the store (what the CLI tells the

@@ -849,6 +849,28 @@ pub struct ClientRecord {
     pub admin: bool,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// After a rotation with a grace period: the previous key's hint and when it stops working.
+    pub previous_key: Option<PreviousKey>,
+    /// When the key this record was found by stops working: `Some` only for a lookup by a
+    /// rotated-out key still in its grace period.
+    pub key_expires_at: Option<Timestamp>,
+}
+
+/// A rotated-out key that keeps working until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousKey {
+    pub key_hint: String,
+    pub expires_at: Timestamp,
+}
+
+/// What `clients rotate` stores: the new key, and the grace of the previous one.
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    pub key_hash: ApiKeyHash,
+    pub key_hint: String,
+    /// Until when the previous key keeps working; `None` ends it at once.
+    pub previous_until: Option<Timestamp>,
+    pub at: Timestamp,
 }
 
 /// Whether a client was created.

@@ -1,5 +1,5 @@
-//! `wxtoken clients add|list|revoke`: the internal services allowed to read tokens. A new API key
-//! is printed once, at creation; only its SHA-256 hash is stored.
+//! `wxtoken clients add|list|rotate|revoke`: the internal services allowed to read tokens. A new
+//! API key is printed once, at creation or rotation; only its SHA-256 hash is stored.
 
 use std::io::Write;
 
@@ -29,7 +29,19 @@ pub enum ClientsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Revoke a client's key; its requests are refused from then on.
+    /// Give a client a new API key (printed once); with --grace the previous key keeps working
+    /// that long, so its services can move to the new one.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+        /// How long the previous key keeps working, e.g. `1h` (default: it stops at once; at
+        /// most 30 days).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Revoke a client's key; its requests are refused from then on. Its name can then be given
+    /// to a new client.
     Revoke {
         #[command(flatten)]
         store: StoreArgs,
@@ -46,6 +58,7 @@ pub async fn run(command: ClientsCommand) -> anyhow::Result<()> {
             admin,
         } => add(store, name, appids, admin).await,
         ClientsCommand::List { store } => list(store).await,
+        ClientsCommand::Rotate { store, name, grace } => rotate(store, name, grace).await,
         ClientsCommand::Revoke { store, name } => revoke(store, name).await,
     }
 }
@@ -71,6 +84,7 @@ async fn add(
 async fn list(args: StoreArgs) -> anyhow::Result<()> {
     let ctx = args.open().await?;
     let clients = ctx.store.clients().list_clients().await?;
+    let now = crate::model::Timestamp::now();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -85,12 +99,33 @@ async fn list(args: StoreArgs) -> anyhow::Result<()> {
             format!("{}…", c.key_hint),
             if c.admin { "yes" } else { "no" },
             c.grant.to_stored(),
-            c.revoked_at.map_or_else(
-                || format!("active since {}", c.created_at),
-                |at| format!("revoked {at}")
-            ),
+            match (&c.revoked_at, &c.previous_key) {
+                (Some(at), _) => format!("revoked {at}"),
+                (None, Some(p)) if p.expires_at > now => format!(
+                    "active since {}; previous key {}… works until {}",
+                    c.created_at, p.key_hint, p.expires_at
+                ),
+                (None, _) => format!("active since {}", c.created_at),
+            },
         )?;
     }
+    Ok(())
+}
+
+async fn rotate(args: StoreArgs, name: String, grace: std::time::Duration) -> anyhow::Result<()> {
+    let ctx = args.open().await?;
+    let (client, key) = manage::rotate_client(&*ctx.store, &name, grace).await?;
+    match &client.previous_key {
+        Some(p) => eprintln!(
+            "rotated the key of {name}; the previous key ({}…) works until {}; the new key follows, shown only this once:",
+            p.key_hint, p.expires_at
+        ),
+        None => eprintln!(
+            "rotated the key of {name}; the previous key stops working within {}; the new key follows, shown only this once:",
+            manage::PROPAGATION
+        ),
+    }
+    outln!("{}", key.key.expose_secret());
     Ok(())
 }
 

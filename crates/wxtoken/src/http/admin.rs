@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(remove_account))
         .routes(routes!(list_clients, add_client))
         .routes(routes!(revoke_client))
+        .routes(routes!(rotate_client))
         .routes(routes!(gateway_calls))
 }
 
@@ -107,9 +108,9 @@ impl From<ManageError> for ApiError {
     fn from(e: ManageError) -> Self {
         match e {
             ManageError::Invalid(m) => ApiError::BadRequest(m),
-            e @ (ManageError::NameTaken(_) | ManageError::IsAuthorizer { .. }) => {
-                ApiError::BadRequest(e.to_string())
-            }
+            e @ ManageError::NameTaken(_) => ApiError::Conflict(e.to_string()),
+            e @ ManageError::IsAuthorizer { .. } => ApiError::BadRequest(e.to_string()),
+            e @ ManageError::NoSuchClient(_) => ApiError::NotFound(e.to_string()),
             ManageError::Store(e) => e.into(),
             ManageError::Vault(e) => ApiError::internal(e),
         }
@@ -567,6 +568,10 @@ pub struct ClientView {
     pub admin: bool,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// After a rotation with a grace period: the previous key's hint, while it still works.
+    pub previous_key_hint: Option<String>,
+    /// When the previous key stops working (Unix seconds).
+    pub previous_key_expires_at: Option<i64>,
 }
 
 impl From<&ClientRecord> for ClientView {
@@ -581,6 +586,8 @@ impl From<&ClientRecord> for ClientView {
             admin: c.admin,
             created_at: seconds(c.created_at),
             revoked_at: c.revoked_at.map(seconds),
+            previous_key_hint: c.previous_key.as_ref().map(|p| p.key_hint.clone()),
+            previous_key_expires_at: c.previous_key.as_ref().map(|p| seconds(p.expires_at)),
         }
     }
 }
@@ -636,6 +643,37 @@ pub async fn add_client(
             api_key: key.key.expose_secret().to_owned(),
         }),
     ))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RotateRequest {
+    /// How long the previous key keeps working, in seconds (0, the default: it stops at once;
+    /// at most 30 days).
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+/// Give a client a new key; the answer carries it, once. The previous key keeps working for
+/// `grace_seconds` (replacing an earlier rotation's grace), so services can move to the new key.
+#[utoipa::path(post, path = "/v1/admin/clients/{name}/rotate", tag = "admin",
+    params(("name" = String, Path)), request_body = RotateRequest,
+    responses((status = 200, body = CreatedClient), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn rotate_client(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<RotateRequest>,
+) -> Result<Json<CreatedClient>, ApiError> {
+    caller.require_admin()?;
+    let grace = std::time::Duration::from_secs(body.grace_seconds);
+    let (record, key) = manage::rotate_client(&*app.0.store, &name, grace).await?;
+    app.0.keys.forget_all();
+    tracing::info!(client = %name, grace = %humantime::format_duration(grace), by = %caller.name, "client key rotated");
+    Ok(Json(CreatedClient {
+        client: ClientView::from(&record),
+        api_key: key.key.expose_secret().to_owned(),
+    }))
 }
 
 /// Revoke a client's key; its requests are refused at once on this server (within

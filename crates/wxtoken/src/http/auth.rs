@@ -41,6 +41,8 @@ pub struct Caller {
     pub name: String,
     pub admin: bool,
     grant: Grant,
+    /// A rotated-out key in its grace period stops working at this time.
+    expires_at: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -50,6 +52,12 @@ enum Grant {
 }
 
 impl Caller {
+    /// Whether the key this caller authenticated with still works (a rotated-out key stops at the
+    /// end of its grace period).
+    fn key_works(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+
     /// Whether this client may read the tokens of `appid`.
     pub fn may_read(&self, appid: &str) -> bool {
         match &self.grant {
@@ -135,7 +143,9 @@ impl KeyIndex {
         }
         let hash = hash_api_key(key);
         let stale = match self.entries.get(&hash).as_deref() {
-            Some(Entry::Known { caller, checked }) if checked.elapsed() < self.ttl => {
+            Some(Entry::Known { caller, checked })
+                if checked.elapsed() < self.ttl && caller.key_works(Timestamp::now()) =>
+            {
                 return Ok(caller.clone());
             }
             Some(Entry::Unknown { checked }) if checked.elapsed() < self.ttl => {
@@ -145,11 +155,15 @@ impl KeyIndex {
             _ => None,
         };
         match self.store.clients().find_client_by_key(&hash).await {
-            Ok(Some(record)) if record.revoked_at.is_none() => {
+            Ok(Some(record))
+                if record.revoked_at.is_none()
+                    && record.key_expires_at.is_none_or(|at| Timestamp::now() < at) =>
+            {
                 let caller = Arc::new(Caller {
                     id: record.id,
                     name: record.name,
                     admin: record.admin,
+                    expires_at: record.key_expires_at,
                     grant: match record.grant {
                         AppidGrant::All => Grant::All,
                         AppidGrant::Only(list) => Grant::Only(list.into_iter().collect()),
@@ -171,7 +185,8 @@ impl KeyIndex {
             // The database is down: a key that was valid keeps working (the read path never
             // depends on the database); an unknown one cannot be checked.
             Err(e) => match stale {
-                Some(caller) => Ok(caller),
+                Some(caller) if caller.key_works(Timestamp::now()) => Ok(caller),
+                Some(_) => Err(AuthError::Invalid),
                 None => Err(AuthError::Unavailable(e)),
             },
         }

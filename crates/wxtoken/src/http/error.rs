@@ -20,6 +20,7 @@ pub const BAD_REQUEST: &str = "bad_request";
 pub const UNAUTHORIZED: &str = "unauthorized";
 pub const FORBIDDEN: &str = "forbidden";
 pub const NOT_FOUND: &str = "not_found";
+pub const CONFLICT: &str = "conflict";
 pub const AUTHORIZATION_LOST: &str = "authorization_lost";
 pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
@@ -37,7 +38,7 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: bad_request, unauthorized, forbidden, not_found, authorization_lost,
-    /// payload_too_large, too_many_requests, no_valid_token, timeout, unavailable,
+    /// conflict, payload_too_large, too_many_requests, no_valid_token, timeout, unavailable,
     /// internal_error.
     pub code: String,
     /// What went wrong, for people; never a secret.
@@ -58,6 +59,9 @@ pub enum ApiError {
     /// 404: no such appid (or resource).
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with what exists (a live client has that name).
+    #[error("{0}")]
+    Conflict(String),
     /// 410: the authorizer's authorization is lost and it has no token left.
     #[error("{0}")]
     Gone(String),
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -107,6 +112,7 @@ impl ApiError {
             ApiError::Unauthorized => UNAUTHORIZED,
             ApiError::Forbidden(_) => FORBIDDEN,
             ApiError::NotFound(_) => NOT_FOUND,
+            ApiError::Conflict(_) => CONFLICT,
             ApiError::Gone(_) => AUTHORIZATION_LOST,
             ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => TOO_MANY_REQUESTS,

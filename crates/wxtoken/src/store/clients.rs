@@ -5,15 +5,29 @@
 
 use async_trait::async_trait;
 
-use crate::model::{ApiKeyHash, ClientCreate, ClientRecord, NewClient, ReadCount, Timestamp};
+use crate::model::{
+    ApiKeyHash, ClientCreate, ClientRecord, KeyRotation, NewClient, ReadCount, Timestamp,
+};
 use crate::store::StoreError;
 
 /// API clients (by key hash) and their batched read counters.
 #[async_trait]
 pub trait ClientStore: Send + Sync {
+    /// Creates a client; `NameTaken` only if a live (unrevoked) client has the name.
     async fn create_client(&self, client: &NewClient) -> Result<ClientCreate, StoreError>;
 
-    /// The client holding this API key hash (revoked ones too: the caller refuses them).
+    /// Gives the live client `name` a new key. The previous key keeps working until
+    /// `rotation.previous_until` (replacing any earlier previous key), or stops at once. `None` if
+    /// no live client has that name.
+    async fn rotate_client_key(
+        &self,
+        name: &str,
+        rotation: &KeyRotation,
+    ) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// The client holding this API key hash, as its current key or as a previous key (then
+    /// `key_expires_at` says until when; the caller refuses it after that, and refuses revoked
+    /// clients).
     async fn find_client_by_key(
         &self,
         hash: &ApiKeyHash,
@@ -41,7 +55,7 @@ macro_rules! clients_sql {
                 let id: Option<(i64,)> = sqlx::query_as(
                     "INSERT INTO clients (name, key_hash, key_hint, grant_appids, admin, \
                      created_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (name) DO NOTHING RETURNING id",
+                     ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING RETURNING id",
                 )
                 .bind(client.name.as_str())
                 .bind(&client.key_hash.0[..])
@@ -60,6 +74,8 @@ macro_rules! clients_sql {
                         admin: client.admin,
                         created_at: client.created_at,
                         revoked_at: None,
+                        previous_key: None,
+                        key_expires_at: None,
                     }),
                     None => ClientCreate::NameTaken,
                 })
@@ -69,10 +85,39 @@ macro_rules! clients_sql {
                 &self,
                 hash: &ApiKeyHash,
             ) -> Result<Option<ClientRecord>, StoreError> {
-                let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE key_hash = $1");
+                let sql = format!(
+                    "SELECT {CLIENT_COLUMNS}, CASE WHEN key_hash = $1 THEN NULL \
+                     ELSE previous_key_expires_at END AS key_expires_at \
+                     FROM clients WHERE key_hash = $1 OR previous_key_hash = $1"
+                );
                 let row: Option<ClientRow> = sqlx::query_as(&sql)
                     .bind(&hash.0[..])
                     .fetch_optional(self.read_pool())
+                    .await?;
+                row.map(ClientRow::into_record).transpose()
+            }
+
+            async fn rotate_client_key(
+                &self,
+                name: &str,
+                rotation: &KeyRotation,
+            ) -> Result<Option<ClientRecord>, StoreError> {
+                let sql = format!(
+                    "UPDATE clients SET \
+                     previous_key_hash = CASE WHEN $4 THEN key_hash ELSE NULL END, \
+                     previous_key_hint = CASE WHEN $4 THEN key_hint ELSE NULL END, \
+                     previous_key_expires_at = $5, \
+                     key_hash = $2, key_hint = $3, rotated_at = $6 \
+                     WHERE name = $1 AND revoked_at IS NULL RETURNING {CLIENT_COLUMNS}"
+                );
+                let row: Option<ClientRow> = sqlx::query_as(&sql)
+                    .bind(name)
+                    .bind(&rotation.key_hash.0[..])
+                    .bind(rotation.key_hint.as_str())
+                    .bind(rotation.previous_until.is_some())
+                    .bind(rotation.previous_until.map(Timestamp::as_millis))
+                    .bind(rotation.at.as_millis())
+                    .fetch_optional(self.write_pool())
                     .await?;
                 row.map(ClientRow::into_record).transpose()
             }

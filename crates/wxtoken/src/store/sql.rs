@@ -21,8 +21,8 @@
 use crate::model::{
     AppKind, Appid, AppidGrant, AuthorizerRecord, AuthorizerStatus, ClientRecord, ComponentAppid,
     Credential, CredentialKind, DirectAccountRecord, KeyCheck, KeyId, NONCE_LEN, NewAccessToken,
-    ReadCount, RefreshTokenHistoryEntry, RefreshTokenSource, Sealed, StoredEvent, StoredTicket,
-    Timestamp, TokenRecord, TokenSource,
+    PreviousKey, ReadCount, RefreshTokenHistoryEntry, RefreshTokenSource, Sealed, StoredEvent,
+    StoredTicket, Timestamp, TokenRecord, TokenSource,
 };
 use crate::store::{CellKey, SealedCell, StoreError};
 
@@ -342,8 +342,8 @@ impl EventRow {
     }
 }
 
-pub(super) const CLIENT_COLUMNS: &str =
-    "id, name, key_hint, grant_appids, admin, created_at, revoked_at";
+pub(super) const CLIENT_COLUMNS: &str = "id, name, key_hint, grant_appids, admin, created_at, \
+     revoked_at, previous_key_hint, previous_key_expires_at";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ClientRow {
@@ -354,6 +354,11 @@ pub(super) struct ClientRow {
     pub admin: bool,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    pub previous_key_hint: Option<String>,
+    pub previous_key_expires_at: Option<i64>,
+    /// Only in a lookup by key: the expiry of the previous key when that is what matched.
+    #[sqlx(default)]
+    pub key_expires_at: Option<i64>,
 }
 
 impl ClientRow {
@@ -366,6 +371,14 @@ impl ClientRow {
             admin: self.admin,
             created_at: ts(self.created_at),
             revoked_at: self.revoked_at.map(ts),
+            previous_key: match (self.previous_key_hint, self.previous_key_expires_at) {
+                (Some(key_hint), Some(expires_at)) => Some(PreviousKey {
+                    key_hint,
+                    expires_at: ts(expires_at),
+                }),
+                _ => None,
+            },
+            key_expires_at: self.key_expires_at.map(ts),
         })
     }
 }
@@ -589,10 +602,10 @@ macro_rules! impl_store {
                 ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord,
                 AuthorizerStatus, ClientCreate, ClientRecord, ComponentAppid, Credential,
                 CredentialKind, DirectAccountRecord, DirectAccountWrite, EventInsert, Expected,
-                ForceBudgetRecord, KeyCheck, KeyId, NewAccessToken, NewClient, NewEvent, ReadCount,
-                RefreshResult, RefreshTokenHistoryEntry, RefreshTokenSource, SaveOutcome, Sealed,
-                StatusChange, StoredEvent, StoredTicket, TicketOutcome, Timestamp, TokenRecord,
-                UpsertOutcome,
+                ForceBudgetRecord, KeyCheck, KeyId, KeyRotation, NewAccessToken, NewClient,
+                NewEvent, ReadCount, RefreshResult, RefreshTokenHistoryEntry, RefreshTokenSource,
+                SaveOutcome, Sealed, StatusChange, StoredEvent, StoredTicket, TicketOutcome,
+                Timestamp, TokenRecord, UpsertOutcome,
             };
             use crate::store::sql::{
                 AUTHORIZER_SELECT, AuthorizerRow, CLIENT_COLUMNS, COUNT_SEALED_BY_KEY, CellRow,
