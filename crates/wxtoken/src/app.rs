@@ -179,6 +179,12 @@ impl App {
         .await
         .context("loading tokens and authorizers (cold start)")?;
         engine.spawn(cancel.clone());
+        spawn_summary(
+            engine.clone(),
+            config.log.summary_interval,
+            &tracker,
+            cancel.clone(),
+        );
         if let Some(changes) = changes {
             engine.spawn_follow(changes, cancel.clone());
         }
@@ -350,6 +356,47 @@ fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationTok
                     }
                 }
             }
+        }
+    });
+}
+
+/// One info line every `every` (`log.summary_interval`): refreshes ok and failed since the last
+/// line, credentials held, and the next one due; a healthy server's log says it is working.
+fn spawn_summary(
+    engine: Engine,
+    every: Duration,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    if every.is_zero() {
+        return;
+    }
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut last = engine.stats();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = engine.stats();
+            let (next_in, next) = match engine.next_due() {
+                Some((d, c)) => (
+                    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
+                    format!("{} {}", c.kind.as_str(), c.appid),
+                ),
+                None => ("-".to_owned(), "nothing scheduled".to_owned()),
+            };
+            tracing::info!(
+                refreshed = now.refreshed - last.refreshed,
+                failed = now.failed - last.failed,
+                credentials = engine.cache().len(),
+                next_in = %next_in,
+                next = %next,
+                "refreshes in the last {}",
+                humantime::format_duration(every)
+            );
+            last = now;
         }
     });
 }

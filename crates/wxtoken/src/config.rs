@@ -389,6 +389,9 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// One info line per interval with the refreshes since the last one; zero turns it off.
+    #[serde(with = "humantime_serde")]
+    pub summary_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -396,6 +399,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            summary_interval: Duration::from_secs(300),
         }
     }
 }

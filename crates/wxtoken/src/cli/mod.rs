@@ -38,13 +38,24 @@ pub mod demo;
 pub mod gateway;
 pub mod keys;
 pub mod serve;
+pub mod shell;
 pub mod sim;
 pub mod token;
+
+/// `wxtoken --version`: the version, the git commit and the build date (from `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WXTOKEN_GIT_COMMIT"),
+    ", built ",
+    env!("WXTOKEN_BUILD_DATE"),
+    ")"
+);
 
 /// wxtoken: the token central-control server (中控服务器) for a WeChat Open Platform
 /// third-party platform.
 #[derive(Debug, Parser)]
-#[command(name = "wxtoken", version, about, long_about = None, propagate_version = true)]
+#[command(name = "wxtoken", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -79,6 +90,12 @@ pub enum Command {
     /// The master key: generate one, or rotate every secret onto a new one.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Exit 0 if the server's /healthz answers (for a container HEALTHCHECK), 1 otherwise.
+    Healthcheck(shell::HealthcheckArgs),
+    /// Print the shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page, or write one per command into a directory (--dir).
+    Man(shell::ManArgs),
 }
 
 impl Cli {
@@ -96,6 +113,9 @@ impl Cli {
             Command::Clients(c) => clients::run(c).await,
             Command::Keys(c) => keys::run(c).await,
             Command::Gateway(c) => gateway::run(c).await,
+            Command::Healthcheck(args) => shell::healthcheck(args).await,
+            Command::Completions(args) => shell::completions(args),
+            Command::Man(args) => shell::man(args),
         }
     }
 }

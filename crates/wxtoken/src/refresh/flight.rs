@@ -218,6 +218,8 @@ impl Inner {
                 self.forget_failures(credential);
                 metrics::counter!(telemetry::REFRESH_TOTAL, "kind" => kind, "outcome" => "ok")
                     .increment(1);
+                // Each refresh at debug; `log.summary_interval` sums them up at info.
+                tracing::debug!(kind, appid = %credential.appid, "refreshed");
             }
             // Not a failure: another replica refreshes. Look again soon; its token usually lands
             // first and moves the schedule. If it died, its lease runs out and this one takes over.

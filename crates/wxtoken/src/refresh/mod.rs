@@ -500,6 +500,12 @@ impl Engine {
         self.inner.settle_pending_write(credential).await;
     }
 
+    /// How long until the next scheduled refresh, and of what (the summary log line).
+    pub fn next_due(&self) -> Option<(Duration, Credential)> {
+        let (at, credential) = self.inner.schedule.heap.lock().next()?;
+        Some((at.saturating_duration_since(Instant::now()), credential))
+    }
+
     /// When the credential is next due, if scheduled (for tests and admin views).
     pub fn next_refresh(&self, credential: &Credential) -> Option<Instant> {
         self.inner.schedule.heap.lock().deadline(credential)

@@ -412,7 +412,7 @@ impl Inner {
             credential.component.as_str(),
             Some(credential.appid.as_str()),
             format!(
-                "WeChat refused a {} token wxtoken obtained {}s ago: something outside wxtoken \
+                "WeChat refused the {} token wxtoken obtained {}s ago: something outside wxtoken \
                  refreshed {} (find the service still holding its appsecret or refresh token); \
                  reported by client {client}",
                 credential.kind.as_str(),

@@ -54,6 +54,14 @@ impl Schedule {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// The earliest live deadline and its credential.
+    pub(crate) fn next(&mut self) -> Option<(Instant, Credential)> {
+        self.drop_stale();
+        self.heap
+            .peek()
+            .map(|Reverse((t, _, credential))| (*t, Credential::clone(credential)))
+    }
+
     /// Removes and returns every credential due at `now`, earliest first, at most `limit`.
     pub(crate) fn pop_due(&mut self, now: Instant, limit: usize) -> Vec<Credential> {
         let mut due = Vec::new();
