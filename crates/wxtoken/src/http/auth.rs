@@ -447,6 +447,111 @@ mod tests {
         ));
     }
 
+    fn rotation(previous_until: Option<Timestamp>) -> (crate::model::KeyRotation, String) {
+        let key = generate_api_key();
+        let rotation = crate::model::KeyRotation {
+            key_hash: key.hash,
+            key_hint: key.hint.clone(),
+            previous_until,
+            at: Timestamp::now(),
+        };
+        (rotation, key.key.expose_secret().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_works_through_its_grace_and_is_refused_after_it() {
+        let (store, old) = store_with_client(AppidGrant::All, false).await;
+        let index = KeyIndex::new(store.clone(), Duration::from_secs(3600));
+        index
+            .authenticate(&old)
+            .await
+            .expect("valid before the rotation");
+
+        // A grace that has not ended: both keys work, and the old one carries its end.
+        let until = Timestamp::now().plus(Duration::from_secs(3600));
+        let (r, new) = rotation(Some(until));
+        let record = store
+            .clients()
+            .rotate_client_key("svc", &r)
+            .await
+            .expect("rotate")
+            .expect("a live client");
+        assert_eq!(record.previous_key.map(|p| p.expires_at), Some(until));
+        index.forget_all();
+        assert!(index.authenticate(&new).await.is_ok(), "the new key");
+        assert!(
+            index.authenticate(&old).await.is_ok(),
+            "the old key in its grace"
+        );
+
+        // A grace that ended (set in the past, so no clock has to move): the old key is refused,
+        // from memory too, though it is cached for an hour.
+        let (r, newer) = rotation(Some(Timestamp::now().minus(Duration::from_secs(1))));
+        store
+            .clients()
+            .rotate_client_key("svc", &r)
+            .await
+            .expect("rotate")
+            .expect("live");
+        index.forget_all();
+        assert!(index.authenticate(&newer).await.is_ok());
+        assert!(
+            matches!(index.authenticate(&new).await, Err(AuthError::Invalid)),
+            "grace over"
+        );
+        assert!(
+            matches!(index.authenticate(&old).await, Err(AuthError::Invalid)),
+            "two rotations ago"
+        );
+
+        // No grace: the previous key stops at once.
+        let (r, newest) = rotation(None);
+        store
+            .clients()
+            .rotate_client_key("svc", &r)
+            .await
+            .expect("rotate")
+            .expect("live");
+        index.forget_all();
+        assert!(index.authenticate(&newest).await.is_ok());
+        assert!(matches!(
+            index.authenticate(&newer).await,
+            Err(AuthError::Invalid)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cached_key_whose_grace_ended_is_refused_though_its_cache_entry_is_fresh() {
+        let (store, old) = store_with_client(AppidGrant::All, false).await;
+        let index = KeyIndex::new(store.clone(), Duration::from_secs(3600));
+        let ended = Timestamp::now().minus(Duration::from_secs(1));
+        let (r, _new) = rotation(Some(ended));
+        store
+            .clients()
+            .rotate_client_key("svc", &r)
+            .await
+            .expect("rotate")
+            .expect("live");
+        // As if it was authenticated during its grace a moment ago and cached for an hour.
+        index.entries.insert(
+            hash_api_key(&old),
+            Entry::Known {
+                caller: Arc::new(Caller {
+                    id: 1,
+                    name: "svc".into(),
+                    admin: false,
+                    grant: Grant::All,
+                    expires_at: Some(ended),
+                }),
+                checked: Instant::now(),
+            },
+        );
+        assert!(matches!(
+            index.authenticate(&old).await,
+            Err(AuthError::Invalid)
+        ));
+    }
+
     #[tokio::test]
     async fn revocation_takes_effect_after_the_ttl_or_forget() {
         let (store, key) = store_with_client(AppidGrant::All, false).await;

@@ -338,7 +338,7 @@ fn client_key_is_printed_once_and_only_its_hint_is_listed() {
     assert!(list.contains("order-service"));
     assert!(!list.contains(key), "the key itself is never listed");
     let dup = env.run(&["clients", "add", "order-service", "--appid", "*"], None);
-    assert!(!dup.status.success(), "names are unique");
+    assert!(!dup.status.success(), "live names are unique");
     env.ok(&["clients", "revoke", "order-service"]);
     assert!(env.ok(&["clients", "list"]).contains("revoked"));
     let bad = env.run(&["clients", "add", "x", "--appid", "not valid!"], None);
@@ -548,7 +548,7 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 #[test]
-fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_and_exits_0_on_sigterm()
+fn serve_answers_health_checks_and_healthcheck_creates_its_files_private_refuses_a_second_serve_and_exits_0_on_sigterm()
  {
     let env = Env::new();
     let mut child = env
@@ -564,6 +564,29 @@ fn serve_answers_health_checks_creates_its_files_private_refuses_a_second_serve_
     let (internal, _stderr) = internal_address(child.stderr.take().expect("stderr"));
     let health = http_get(&internal, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The container health check: 0 for this server, 1 with the cause for a closed port.
+    let check = env.run(
+        &[
+            "healthcheck",
+            "--url",
+            &format!("http://{internal}/healthz"),
+        ],
+        None,
+    );
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let check = env.run(
+        &["healthcheck", "--url", &format!("http://{closed}/healthz")],
+        None,
+    );
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(
+        text(&check.stderr).trim(),
+        format!("wxtoken: GET http://{closed}/healthz: Connection refused (os error 111)")
+    );
     let unauthenticated = http_get(&internal, "/v1/tokens/wxauthorizer00001");
     assert!(
         unauthenticated.starts_with("HTTP/1.1 401"),
@@ -633,10 +656,283 @@ fn demo_runs_with_no_arguments_beyond_free_ports_and_shows_how_to_read_a_token()
     assert!(
         first_screen
             .iter()
-            .any(|l| l.contains("curl -s -H 'Authorization: Bearer wxt_")
-                && l.contains("/v1/tokens/")),
+            .any(|l| l.contains("curl -s -H \"Authorization: Bearer $K\" $U/v1/tokens/$A")),
         "{stdout}"
     );
     assert!(stdout.contains("/invalidate"), "{stdout}");
     assert!(env.path("demo-data").join("wxtoken.db").exists());
+}
+
+/// The commands the demo prints are run as printed, after the demo has refreshed: they read the
+/// current token and generation first, so they keep working (they once carried generation 1's
+/// token and `after=1`).
+#[test]
+fn the_commands_the_demo_prints_work_as_printed_after_refreshes() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let mut demo = env
+        .command(&[
+            "demo",
+            "--public-listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--token-lifetime",
+            "20s",
+            "--run-for",
+            "120s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the demo");
+    let mut lines = std::io::BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let mut script = String::new();
+    let mut in_script = false;
+    for line in lines.by_ref() {
+        let line = line.expect("demo output");
+        if line.starts_with("  K=") {
+            in_script = true;
+        }
+        if in_script {
+            if line.trim().is_empty() {
+                break;
+            }
+            script.push_str(line.trim_start());
+            script.push('\n');
+        }
+    }
+    // Wait (on the demo's own output, no sleep) until it has refreshed once: the first token
+    // the script reads is then not generation 1.
+    for line in lines.by_ref() {
+        if line.expect("demo output").contains(" generation 2 from ") {
+            break;
+        }
+    }
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let answers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(answers.len(), 5, "{stdout}");
+    let generation = |json: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(json).expect("json");
+        v["generation"].as_u64().expect("generation")
+    };
+    let first = generation(answers[0]);
+    assert!(first >= 2, "the demo had refreshed: {stdout}");
+    assert!(answers[1].contains("retired_series"), "{stdout}");
+    assert!(
+        answers[2].contains("40001"),
+        "WeChat refuses the retired token: {stdout}"
+    );
+    let reported = generation(answers[3]);
+    assert!(reported > first, "the report got a new token: {stdout}");
+    assert!(
+        generation(answers[4]) > reported,
+        "the long-poll answered the next one: {stdout}"
+    );
+}
+
+/// `wxtoken … | head` closes stdout early: the command stops quietly and exits 0 (no panic, no
+/// "Broken pipe" message). The pipe's reading end is closed before the command starts, so every
+/// write of it fails.
+#[test]
+fn listing_commands_exit_0_without_a_message_when_stdout_is_closed() {
+    let env = Env::new();
+    let csv = env.path("authorizers.csv");
+    write(
+        &csv,
+        "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
+    );
+    env.ok(&[
+        "authorizers",
+        "import",
+        "--component",
+        COMPONENT,
+        csv.to_str().expect("utf-8"),
+    ]);
+    env.ok(&["clients", "add", "svc", "--appid", "*"]);
+    let commands: &[&[&str]] = &[
+        &["authorizers", "list"],
+        &["authorizers", "show", "wxauthorizer00001"],
+        &["clients", "list"],
+        &["accounts", "list", "--component", COMPONENT],
+        &["gateway", "stats"],
+        &["completions", "bash"],
+        &["man"],
+        &["serve", "--print-config"],
+        &[
+            "demo",
+            "--public-listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--run-for",
+            "60s",
+        ],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = env
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("runs");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "wxtoken {args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "wxtoken {args:?}: {stderr}"
+        );
+    }
+}
+
+/// Each start-up error states its cause once and names the file, directory, host or key involved.
+#[test]
+fn start_up_errors_name_their_cause_once() {
+    let env = Env::new();
+    let dir = env.dir.path().display().to_string();
+    let last_line = |out: &Output| -> String {
+        assert!(!out.status.success());
+        text(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let out = env.run(&["authorizers", "list", "--config", "missing.toml"], None);
+    assert_eq!(
+        last_line(&out),
+        "wxtoken: cannot read config file missing.toml: No such file or directory (os error 2)"
+    );
+
+    write(&env.path("bad.toml"), "[log]\nlevel = \"info\"\n[server\n");
+    let out = env.run(&["authorizers", "list", "--config", "bad.toml"], None);
+    assert_eq!(
+        last_line(&out),
+        "wxtoken: config file bad.toml is not valid TOML at line 3, column 8: unclosed table, expected `]`"
+    );
+
+    let out = env.run(
+        &[
+            "authorizers",
+            "list",
+            "--storage-url",
+            &format!("sqlite://{dir}/nowhere/wx.db"),
+        ],
+        None,
+    );
+    assert_eq!(
+        last_line(&out),
+        format!(
+            "wxtoken: cannot open the SQLite database {dir}/nowhere/wx.db: the directory {dir}/nowhere does not exist"
+        )
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = env.run(
+        &[
+            "authorizers",
+            "list",
+            "--storage-url",
+            &format!("postgres://postgres@127.0.0.1:{port}/wx"),
+        ],
+        None,
+    );
+    assert_eq!(
+        last_line(&out),
+        format!(
+            "wxtoken: cannot open PostgreSQL at 127.0.0.1:{port} (database wx): Connection refused (os error 111)"
+        )
+    );
+
+    write(&env.path("empty.key"), "\n");
+    let out = env
+        .command(&["authorizers", "list"])
+        .env_remove("WXTOKEN_MASTER_KEY")
+        .env("WXTOKEN_SECURITY__MASTER_KEY_FILE", env.path("empty.key"))
+        .output()
+        .expect("runs");
+    assert_eq!(
+        last_line(&out),
+        format!(
+            "wxtoken: loading the master key (WXTOKEN_MASTER_KEY or security.master_key_file): the master key file {dir}/empty.key holds no key (one base64 or hex key per line)"
+        )
+    );
+}
+
+/// A client's key rotated with a grace: the new key is printed once, the listing names the
+/// previous key until its end; a revoked client's name can be given to a new client.
+#[test]
+fn clients_rotate_with_grace_and_a_revoked_name_is_reused() {
+    let env = Env::new();
+    let first = env.ok(&["clients", "add", "svc", "--appid", "*"]);
+    let rotated = env.run(&["clients", "rotate", "svc", "--grace", "1h"], None);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let second = text(&rotated.stdout);
+    assert!(second.trim().starts_with("wxt_") && second.trim() != first.trim());
+    assert!(
+        text(&rotated.stderr).contains(&format!("the previous key ({}…) works until", &first[..8])),
+        "{}",
+        text(&rotated.stderr)
+    );
+    let list = env.ok(&["clients", "list"]);
+    assert!(
+        list.contains(&format!("previous key {}…", &first[..8])),
+        "{list}"
+    );
+    assert!(
+        !list.contains(first.trim()) && !list.contains(second.trim()),
+        "hints only"
+    );
+
+    let taken = env.run(&["clients", "add", "svc", "--appid", "*"], None);
+    assert_eq!(
+        text(&taken.stderr).trim(),
+        "wxtoken: a client named svc already exists (revoke it first to reuse the name)"
+    );
+    let too_long = env.run(&["clients", "rotate", "svc", "--grace", "31d"], None);
+    assert_eq!(
+        text(&too_long.stderr).trim(),
+        "wxtoken: the grace period is at most 30days"
+    );
+    let unknown = env.run(&["clients", "rotate", "nobody"], None);
+    assert_eq!(
+        text(&unknown.stderr).trim(),
+        "wxtoken: no active client named nobody"
+    );
+
+    env.ok(&["clients", "revoke", "svc"]);
+    let third = env.ok(&["clients", "add", "svc", "--appid", "wxauthorizer00001"]);
+    assert!(third.trim().starts_with("wxt_"));
+    let list = env.ok(&["clients", "list"]);
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("svc ")).count(),
+        2,
+        "{list}"
+    );
 }

@@ -11,9 +11,9 @@ use crate::harness::store::{
 };
 use wxtoken::model::{
     AppKind, AppidGrant, AuthorizerCounts, AuthorizerStatus, ClientCreate, Credential,
-    CredentialKind, DirectAccountWrite, EventInsert, Expected, NewClient, NewEvent, ReadCount,
-    RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot, StatusChange, TicketOutcome,
-    TokenSource, UpsertOutcome,
+    CredentialKind, DirectAccountWrite, EventInsert, Expected, KeyRotation, NewClient, NewEvent,
+    PreviousKey, ReadCount, RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot,
+    StatusChange, TicketOutcome, TokenSource, UpsertOutcome,
 };
 use wxtoken::store::{SealedColumn, Store, StoreError};
 use wxtoken::vault::{self, MasterKey, Vault, VaultError};
@@ -60,6 +60,7 @@ conformance!(
     js_sdk_ticket_rows_are_created_once_fenced_and_loaded_by_kind,
     gateway_call_counts_add_up_per_day_appid_and_path_and_old_days_are_pruned,
     clients_are_found_by_key_hash_and_read_counts_accumulate,
+    a_rotated_key_is_found_with_its_grace_and_a_revoked_name_is_reused,
     needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
     bulk_load_returns_every_authorizer_and_token_per_component_or_all,
     authorizer_pages_cover_every_authorizer_once,
@@ -1418,6 +1419,147 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
     assert_eq!(counts[0].count, 12);
     assert_eq!(counts[0].last_read_at, at(100), "the latest read wins");
     assert_eq!(counts[1].count, 2);
+}
+
+async fn a_rotated_key_is_found_with_its_grace_and_a_revoked_name_is_reused(h: &Harness) {
+    use secrecy::ExposeSecret;
+    let s = &h.store;
+    let first = vault::generate_api_key();
+    let new = |key: &wxtoken::vault::NewApiKey, t| NewClient {
+        name: "billing".into(),
+        key_hash: key.hash,
+        key_hint: key.hint.clone(),
+        grant: AppidGrant::All,
+        admin: false,
+        created_at: at(t),
+    };
+    let created = match s.clients().create_client(&new(&first, 0)).await.unwrap() {
+        ClientCreate::Created(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let c = component("wxcomp0001");
+    s.clients()
+        .add_read_counts(&[ReadCount {
+            client_id: created.id,
+            component: c.clone(),
+            appid: appid("wxa"),
+            count: 3,
+            last_read_at: at(1),
+        }])
+        .await
+        .unwrap();
+
+    // Rotation with a grace: the new key is the client's, the old one found with its end.
+    let second = vault::generate_api_key();
+    let rotated = s
+        .clients()
+        .rotate_client_key(
+            "billing",
+            &KeyRotation {
+                key_hash: second.hash,
+                key_hint: second.hint.clone(),
+                previous_until: Some(at(3600)),
+                at: at(2),
+            },
+        )
+        .await
+        .unwrap()
+        .expect("a live client");
+    assert_eq!(rotated.id, created.id);
+    assert_eq!(rotated.key_hint, second.hint);
+    assert_eq!(
+        rotated.previous_key,
+        Some(PreviousKey {
+            key_hint: first.hint.clone(),
+            expires_at: at(3600)
+        })
+    );
+    let by_new = s
+        .clients()
+        .find_client_by_key(&second.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((by_new.id, by_new.key_expires_at), (created.id, None));
+    let by_old = s
+        .clients()
+        .find_client_by_key(&vault::hash_api_key(first.key.expose_secret()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (by_old.id, by_old.key_expires_at),
+        (created.id, Some(at(3600)))
+    );
+
+    // Without a grace the previous key is gone at once (and the one before it too).
+    let third = vault::generate_api_key();
+    let rotation = KeyRotation {
+        key_hash: third.hash,
+        key_hint: third.hint.clone(),
+        previous_until: None,
+        at: at(3),
+    };
+    let rotated = s
+        .clients()
+        .rotate_client_key("billing", &rotation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.previous_key, None);
+    for gone in [&first.hash, &second.hash] {
+        assert!(
+            s.clients()
+                .find_client_by_key(gone)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(
+        s.clients()
+            .rotate_client_key("nobody", &rotation)
+            .await
+            .unwrap()
+            .is_none(),
+        "an unknown name"
+    );
+
+    // A live name is taken; once revoked it can be given to a new client, whose key is its own.
+    let fourth = vault::generate_api_key();
+    assert_eq!(
+        s.clients().create_client(&new(&fourth, 4)).await.unwrap(),
+        ClientCreate::NameTaken
+    );
+    assert!(s.clients().revoke_client("billing", at(5)).await.unwrap());
+    assert!(
+        s.clients()
+            .rotate_client_key("billing", &rotation)
+            .await
+            .unwrap()
+            .is_none(),
+        "a revoked client is not rotated"
+    );
+    let reused = match s.clients().create_client(&new(&fourth, 6)).await.unwrap() {
+        ClientCreate::Created(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(reused.id, created.id);
+    let list = s.clients().list_clients().await.unwrap();
+    let billing: Vec<_> = list.iter().filter(|c| c.name == "billing").collect();
+    assert_eq!(billing.len(), 2, "{list:?}");
+    assert_eq!(billing.iter().filter(|c| c.revoked_at.is_none()).count(), 1);
+    let revoked = s
+        .clients()
+        .find_client_by_key(&third.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((revoked.id, revoked.revoked_at), (created.id, Some(at(5))));
+    // The revoked client's read counts stayed with it.
+    let counts = s.clients().read_counts(Some(created.id)).await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].count, 3);
 }
 
 async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h: &Harness) {
