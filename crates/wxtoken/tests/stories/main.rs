@@ -6,6 +6,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod clients;
 mod events;
 mod gateway;
 mod guards;

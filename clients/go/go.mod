@@ -1,0 +1,3 @@
+module wxtoken
+
+go 1.19
