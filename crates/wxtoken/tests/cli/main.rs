@@ -936,3 +936,146 @@ fn clients_rotate_with_grace_and_a_revoked_name_is_reused() {
         "{list}"
     );
 }
+
+/// The fenced blocks of docs/SIMULATOR.md's section `heading`, in order: (language, text).
+fn doc_blocks(doc: &str, heading: &str) -> Vec<(String, String)> {
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("no section {heading}"));
+    let mut blocks = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if let Some(lang) = line.strip_prefix("```") {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            blocks.push((lang.to_owned(), body.join("\n") + "\n"));
+        }
+    }
+    blocks
+}
+
+/// A shell block of the recipe run by bash in `dir`, `wxtoken` being this build, in its own
+/// process group (so the servers it starts are stopped with it).
+fn recipe_shell(dir: &Path, script: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("RUST_LOG")
+        .process_group(0);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("WXTOKEN_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd
+}
+
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.0.id()))
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// docs/SIMULATOR.md's "Running `wxtoken serve` against it", followed literally (the simulator,
+/// the config file, the key, serve, then the commands of the third terminal) with only the ports
+/// changed to free ones: the last command prints a token the simulator issued.
+#[test]
+fn the_serve_against_sim_recipe_in_the_simulator_docs_works_as_written() {
+    use std::io::BufRead;
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/SIMULATOR.md"),
+    )
+    .expect("docs/SIMULATOR.md");
+    let blocks = doc_blocks(&doc, "Running `wxtoken serve` against it");
+    let langs: Vec<&str> = blocks.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(langs, ["sh", "toml", "sh", "sh"], "the recipe's shape");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+            .to_string()
+    };
+    let ports: Vec<(&str, String)> = ["8080", "8081", "8082", "8090"]
+        .into_iter()
+        .map(|p| (p, free()))
+        .collect();
+    let literal = |text: &str| {
+        ports.iter().fold(text.to_owned(), |t, (from, to)| {
+            t.replace(&format!(":{from}"), &format!(":{to}"))
+        })
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim_url = format!("http://127.0.0.1:{}", ports[3].1);
+
+    let mut sim = recipe_shell(dir.path(), &literal(&blocks[0].1));
+    let mut sim = Group(
+        sim.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sim"),
+    );
+    let mut out = std::io::BufReader::new(sim.0.stdout.take().expect("stdout")).lines();
+    assert!(
+        out.by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("WeChat simulator listening on")),
+        "the simulator started"
+    );
+
+    let config = &blocks[1].1;
+    assert!(
+        doc.contains("`wxtoken-sim.toml`:"),
+        "the config file's name"
+    );
+    write(&dir.path().join("wxtoken-sim.toml"), &literal(config));
+
+    let mut serve = recipe_shell(dir.path(), &literal(&blocks[2].1));
+    let mut serve = Group(
+        serve
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve"),
+    );
+    let (internal, _log) = internal_address(serve.0.stderr.take().expect("stderr"));
+    assert_eq!(internal, format!("127.0.0.1:{}", ports[1].1));
+
+    eprintln!("serve is up at {internal}; running the third terminal's commands");
+    let used = recipe_shell(dir.path(), &literal(&blocks[3].1))
+        .stdin(Stdio::null())
+        .output()
+        .expect("the third terminal's commands run");
+    let stdout = text(&used.stdout);
+    assert!(used.status.success(), "{stdout}\n{}", text(&used.stderr));
+    let token: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a token")).expect("json");
+    let access_token = token["access_token"].as_str().expect("access_token");
+    assert_eq!(token["source"], "api_query_auth", "{token}");
+    let valid = http_get(
+        &sim_url["http://".len()..],
+        &format!("/_sim/validate?access_token={access_token}"),
+    );
+    assert!(valid.contains("\"valid\":true"), "{valid}");
+    drop(serve);
+    drop(sim);
+}
