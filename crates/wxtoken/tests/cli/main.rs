@@ -1079,3 +1079,44 @@ fn the_serve_against_sim_recipe_in_the_simulator_docs_works_as_written() {
     drop(serve);
     drop(sim);
 }
+
+/// `wxtoken completions SHELL` prints a script for each shell (bash's parses), `wxtoken man`
+/// prints the page and `--dir` writes one per command; `--version` names the commit.
+#[test]
+fn completions_man_pages_and_version_are_generated() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let script = env.ok(&["completions", shell]);
+        assert!(
+            script.contains("wxtoken") && script.contains("authorizers"),
+            "{shell}"
+        );
+    }
+    let bash = env.path("wxtoken.bash");
+    write(&bash, &env.ok(&["completions", "bash"]));
+    let parsed = Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .status()
+        .expect("bash");
+    assert!(parsed.success(), "the bash completion script parses");
+
+    let page = env.ok(&["man"]);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH wxtoken 1"),
+        "{page}"
+    );
+    assert!(page.contains("serve"), "the page lists the commands");
+    let out = env.run(&["man", "--dir", "man1"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for page in ["wxtoken.1", "wxtoken-serve.1", "wxtoken-clients-rotate.1"] {
+        assert!(env.path("man1").join(page).is_file(), "{page}");
+    }
+
+    let version = env.ok(&["--version"]);
+    assert!(
+        version.starts_with(&format!("wxtoken {} (commit ", env!("CARGO_PKG_VERSION")))
+            && version.contains(", built "),
+        "{version}"
+    );
+}
