@@ -795,3 +795,96 @@ async fn anonymous_authorize_requests_are_limited_per_client_ip_and_overall_and_
     assert_eq!(s.sim.control().stats().calls(Api::CreatePreauthcode), 5);
     s.shutdown().await;
 }
+
+/// The admin API rotates a client's key with a grace period (both keys read meanwhile; a second
+/// rotation without grace ends the previous key at once), answers 409 `conflict` for a live
+/// duplicate name and lets a revoked client's name be reused; a non-admin key may do none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_rotate_with_a_grace_and_a_revoked_name_is_reused_over_the_admin_api() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let first = s.client_key("billing", &[&appid], false).await;
+    let path = format!("/v1/tokens/{appid}");
+    let admin = |method: reqwest::Method, p: &str| {
+        s.http
+            .request(method, format!("{}{p}", s.internal))
+            .bearer_auth(&s.admin_key)
+    };
+
+    let dup = admin(reqwest::Method::POST, "/v1/admin/clients")
+        .json(&serde_json::json!({"name": "billing", "appids": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), StatusCode::CONFLICT);
+    let body: serde_json::Value = dup.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+
+    let not_admin = s
+        .http
+        .post(format!("{}/v1/admin/clients/billing/rotate", s.internal))
+        .bearer_auth(&first)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_admin.status(), StatusCode::FORBIDDEN);
+
+    let rotate = |grace: u64| {
+        admin(reqwest::Method::POST, "/v1/admin/clients/billing/rotate")
+            .json(&serde_json::json!({"grace_seconds": grace}))
+            .send()
+    };
+    let answer: serde_json::Value = rotate(3600).await.unwrap().json().await.unwrap();
+    let second = answer["api_key"].as_str().expect("a new key").to_owned();
+    assert_ne!(second, first);
+    assert_eq!(answer["client"]["previous_key_hint"], &first[..8]);
+    assert!(
+        answer["client"]["previous_key_expires_at"]
+            .as_i64()
+            .is_some()
+    );
+    assert_eq!(
+        s.get(Some(&first), &path).await.0,
+        StatusCode::OK,
+        "in its grace"
+    );
+    assert_eq!(s.get(Some(&second), &path).await.0, StatusCode::OK);
+
+    let answer: serde_json::Value = rotate(0).await.unwrap().json().await.unwrap();
+    let third = answer["api_key"].as_str().expect("a new key").to_owned();
+    assert_eq!(
+        answer["client"]["previous_key_hint"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        s.get(Some(&second), &path).await.0,
+        StatusCode::UNAUTHORIZED,
+        "no grace"
+    );
+    assert_eq!(s.get(Some(&first), &path).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get(Some(&third), &path).await.0, StatusCode::OK);
+    let too_long = rotate(31 * 24 * 3600).await.unwrap();
+    assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+    let nobody = admin(reqwest::Method::POST, "/v1/admin/clients/nobody/rotate")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+
+    let revoked = admin(reqwest::Method::DELETE, "/v1/admin/clients/billing")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s.get(Some(&third), &path).await.0, StatusCode::UNAUTHORIZED);
+    let reused = s.client_key("billing", &[&appid], false).await;
+    assert_eq!(s.get(Some(&reused), &path).await.0, StatusCode::OK);
+    assert_eq!(
+        s.get(Some(&third), &path).await.0,
+        StatusCode::UNAUTHORIZED,
+        "still revoked"
+    );
+    s.shutdown().await;
+}
