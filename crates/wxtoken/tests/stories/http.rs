@@ -888,3 +888,29 @@ async fn client_keys_rotate_with_a_grace_and_a_revoked_name_is_reused_over_the_a
     );
     s.shutdown().await;
 }
+
+/// A merchant back from WeChat with a code WeChat refuses sees WeChat's error once, named by its
+/// endpoint once (it once read "api_query_auth: api_query_auth: errcode …").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_authorization_code_shows_the_merchant_wechats_error_once() {
+    let s = Server::start().await;
+    let page = s
+        .http
+        .get(format!(
+            "{}/authorize/callback?auth_code=queryauthcode@@@unknown",
+            s.public
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.status().is_client_error() || page.status().is_server_error());
+    let html = page.text().await.unwrap();
+    let start = html.find("<p id=\"error\">").expect("an error paragraph") + 14;
+    let message = &html[start..start + html[start..].find("</p>").expect("end")];
+    assert_eq!(
+        message.split(" rid: ").next(),
+        Some("authorization lost: api_query_auth: errcode 61009 (configuration): code is invalid"),
+        "{message}"
+    );
+    s.shutdown().await;
+}
