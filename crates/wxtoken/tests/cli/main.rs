@@ -72,6 +72,19 @@ impl Env {
         child.wait_with_output().expect("wxtoken runs")
     }
 
+    /// Imports `csv` (authorizers, with a header line) under [`COMPONENT`].
+    fn import(&self, csv: &str) {
+        let path = self.path("authorizers.csv");
+        write(&path, csv);
+        self.ok(&[
+            "authorizers",
+            "import",
+            "--component",
+            COMPONENT,
+            path.to_str().expect("utf-8"),
+        ]);
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, None);
         assert!(
@@ -198,18 +211,7 @@ fn import_list_show_export_round_trip_without_printing_secrets() {
 #[test]
 fn database_file_holds_no_plaintext_secret_after_commands() {
     let env = Env::new();
-    let csv = env.path("a.csv");
-    write(
-        &csv,
-        "appid,refresh_token\nwxauthorizer00001,refreshtoken@@@PLAINTEXT-CANARY\n",
-    );
-    env.ok(&[
-        "authorizers",
-        "import",
-        "--component",
-        COMPONENT,
-        csv.to_str().expect("utf-8"),
-    ]);
+    env.import("appid,refresh_token\nwxauthorizer00001,refreshtoken@@@PLAINTEXT-CANARY\n");
     let add = env.run(
         &[
             "accounts",
@@ -253,18 +255,9 @@ fn wrong_master_key_is_refused_and_changes_nothing() {
 #[test]
 fn token_command_prints_the_stored_token_and_refuses_a_revoked_authorizers_own_token() {
     let env = Env::new();
-    let csv = env.path("one.csv");
-    write(
-        &csv,
+    env.import(
         "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
     );
-    env.ok(&[
-        "authorizers",
-        "import",
-        "--component",
-        COMPONENT,
-        csv.to_str().expect("utf-8"),
-    ]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let store = runtime
         .block_on(wxtoken::store::open(&env.db()))
@@ -349,18 +342,9 @@ fn client_key_is_printed_once_and_only_its_hint_is_listed() {
 #[test]
 fn a_direct_account_for_an_authorizers_appid_is_refused_and_changes_nothing() {
     let env = Env::new();
-    let csv = env.path("one.csv");
-    write(
-        &csv,
+    env.import(
         "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
     );
-    env.ok(&[
-        "authorizers",
-        "import",
-        "--component",
-        COMPONENT,
-        csv.to_str().expect("utf-8"),
-    ]);
     let add = env.run(
         &[
             "accounts",
@@ -438,18 +422,7 @@ fn direct_account_secret_comes_from_stdin_and_accounts_can_be_removed() {
 #[test]
 fn rotation_moves_every_secret_to_the_new_key() {
     let mut env = Env::new();
-    let csv = env.path("a.csv");
-    write(
-        &csv,
-        "appid,refresh_token\nwxauthorizer00001,refreshtoken@@@one\n",
-    );
-    env.ok(&[
-        "authorizers",
-        "import",
-        "--component",
-        COMPONENT,
-        csv.to_str().expect("utf-8"),
-    ]);
+    env.import("appid,refresh_token\nwxauthorizer00001,refreshtoken@@@one\n");
     let old = env.key.clone();
     env.key = Env::new().key;
     let mut rotate = env.command(&["keys", "rotate"]);
@@ -753,18 +726,9 @@ fn the_commands_the_demo_prints_work_as_printed_after_refreshes() {
 #[test]
 fn listing_commands_exit_0_without_a_message_when_stdout_is_closed() {
     let env = Env::new();
-    let csv = env.path("authorizers.csv");
-    write(
-        &csv,
+    env.import(
         "appid,refresh_token,kind\nwxauthorizer00001,refreshtoken@@@SECRET-ONE,official_account\n",
     );
-    env.ok(&[
-        "authorizers",
-        "import",
-        "--component",
-        COMPONENT,
-        csv.to_str().expect("utf-8"),
-    ]);
     env.ok(&["clients", "add", "svc", "--appid", "*"]);
     let commands: &[&[&str]] = &[
         &["authorizers", "list"],
