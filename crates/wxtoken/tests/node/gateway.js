@@ -8,8 +8,14 @@
 // Uses only loopback.
 'use strict';
 
+const fs = require('fs');
 const http = require('http');
+const os = require('os');
+const path = require('path');
 const { OpenPlatform } = require('node-easywechat');
+
+// The SDK's default file cache writes into the working directory: keep it out of the repository.
+process.chdir(fs.mkdtempSync(path.join(os.tmpdir(), 'wxtoken-node-sdk-')));
 
 const GATEWAY = process.env.WXTOKEN_GATEWAY_SDK.replace(/\/$/, '');
 const SIM = process.env.WXSIM_BASE_URL.replace(/\/$/, '');
