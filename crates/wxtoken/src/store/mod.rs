@@ -158,9 +158,15 @@ pub enum StoreError {
     #[error("storage backend error")]
     Backend(#[source] sqlx::Error),
     /// The database could not be opened at start. `target` names what was tried (file, or host,
-    /// port and database — never a password) and `reason` the cause, each once.
+    /// port and database — never a password) and `reason` the cause, each once. `unavailable`:
+    /// it could not be reached (refused, timed out), which may pass later, as opposed to a
+    /// refusal by the database itself (no such database, bad login) or a missing directory.
     #[error("cannot open {target}: {reason}")]
-    Open { target: String, reason: String },
+    Open {
+        target: String,
+        reason: String,
+        unavailable: bool,
+    },
     /// The database was migrated by a newer wxtoken.
     #[error(
         "database schema version {database} is newer than this wxtoken supports (latest known: \
@@ -183,17 +189,21 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::Open {
+                    unavailable: true,
+                    ..
+                }
+        )
     }
 
     /// Whether the same call can pass later: the database away or busy, or a concurrent
     /// transaction in the way. The one answer to "can this store error pass?"; nothing outside
     /// `store/` looks at sqlx errors.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::Contention { .. }
-        )
+        self.is_unavailable() || matches!(self, StoreError::Contention { .. })
     }
 }
 
@@ -495,13 +505,21 @@ fn shown_scheme(url: &str) -> String {
 /// [`StoreError::Open`] for `target` from the driver's error, worded once: the OS error of a
 /// refused or failed connection, the server's message for a refused login or missing database.
 fn open_error(target: String, err: sqlx::Error) -> StoreError {
+    let unavailable = matches!(
+        err,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    );
     let reason = match &err {
         sqlx::Error::Io(io) => io.to_string(),
         sqlx::Error::Database(db) => db.message().to_owned(),
         sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
         other => other.to_string(),
     };
-    StoreError::Open { target, reason }
+    StoreError::Open {
+        target,
+        reason,
+        unavailable,
+    }
 }
 
 /// The newest migration version this binary knows, and the check that refuses a newer database.

@@ -72,6 +72,7 @@ impl PgStore {
                         "no answer within {} (storage.connect_timeout)",
                         humantime::format_duration(options.acquire_timeout)
                     ),
+                    unavailable: true,
                 });
             }
         }

@@ -54,6 +54,7 @@ impl SqliteStore {
                 return Err(StoreError::Open {
                     target,
                     reason: format!("the directory {} does not exist", dir.display()),
+                    unavailable: false,
                 });
             }
         }

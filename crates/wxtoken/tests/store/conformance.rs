@@ -2447,7 +2447,11 @@ async fn unreachable_database_is_reported_unavailable() {
         Ok(_) => panic!("connected"),
         Err(e) => e,
     };
-    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.is_unavailable() && err.is_transient(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "cannot open PostgreSQL at 127.0.0.1:1 (database x): Connection refused (os error 111)"
+    );
 }
 
 async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness) {
