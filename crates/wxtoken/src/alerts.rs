@@ -92,7 +92,12 @@ impl Alert {
 #[derive(Debug, Clone, Default)]
 pub struct Alerts {
     webhook: Option<mpsc::Sender<Alert>>,
+    /// The latest alerts of this process, newest last (the dashboard shows them).
+    recent: std::sync::Arc<parking_lot::Mutex<std::collections::VecDeque<Alert>>>,
 }
+
+/// How many alerts [`Alerts::recent`] keeps.
+const RECENT: usize = 50;
 
 impl Alerts {
     /// Log and metric only.
@@ -107,7 +112,15 @@ impl Alerts {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tracker.spawn(deliver(url, rx, cancel));
-        Self { webhook: Some(tx) }
+        Self {
+            webhook: Some(tx),
+            recent: Default::default(),
+        }
+    }
+
+    /// The latest alerts raised in this process (at most 50), newest first.
+    pub fn recent(&self) -> Vec<Alert> {
+        self.recent.lock().iter().rev().cloned().collect()
     }
 
     pub fn raise(&self, alert: Alert) {
@@ -119,6 +132,13 @@ impl Alerts {
             "alert"
         );
         metrics::counter!(telemetry::ALERTS_TOTAL, "kind" => alert.kind.as_str()).increment(1);
+        {
+            let mut recent = self.recent.lock();
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(alert.clone());
+        }
         if let Some(tx) = &self.webhook
             && tx.try_send(alert).is_err()
         {

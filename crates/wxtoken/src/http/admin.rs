@@ -178,7 +178,7 @@ pub struct RogueView {
 }
 
 impl AuthorizerView {
-    fn new(app: &AppState, r: &AuthorizerRecord) -> Self {
+    pub(crate) fn new(app: &AppState, r: &AuthorizerRecord) -> Self {
         // Memory is newer than the store for tokens refreshed since the record was read.
         let held = app
             .0
@@ -271,7 +271,7 @@ pub async fn list_authorizers(
     }))
 }
 
-async fn authorizer(
+pub(crate) async fn authorizer(
     app: &AppState,
     component: &ComponentAppid,
     appid: &Appid,
@@ -338,18 +338,28 @@ pub async fn refresh_authorizer(
     caller.require_admin()?;
     let component = app.0.component(q.component.as_deref())?;
     let appid = parse_appid(&appid)?;
-    authorizer(&app, &component, &appid).await?;
+    Ok(Json(refresh_now(&app, &component, &appid).await?))
+}
+
+/// Refreshes an authorizer's token now (sharing a refresh already running) and returns its view
+/// once the new token is stored (the admin API and the dashboard).
+pub(crate) async fn refresh_now(
+    app: &AppState,
+    component: &ComponentAppid,
+    appid: &Appid,
+) -> Result<AuthorizerView, ApiError> {
+    authorizer(app, component, appid).await?;
     app.0
         .engine
-        .load(Some(&component), &appid)
+        .load(Some(component), appid)
         .await
         .map_err(ApiError::internal)?;
-    let credential = Credential::authorizer(&component, &appid);
+    let credential = Credential::authorizer(component, appid);
     app.0.engine.refresh_now(&credential).await?;
     // The new token is served before it is stored; the view is read from the store.
     app.0.engine.wait_stored(&credential).await;
-    let record = authorizer(&app, &component, &appid).await?;
-    Ok(Json(AuthorizerView::new(&app, &record)))
+    let record = authorizer(app, component, appid).await?;
+    Ok(AuthorizerView::new(app, &record))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

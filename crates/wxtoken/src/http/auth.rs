@@ -141,7 +141,12 @@ impl KeyIndex {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > MAX_KEY_LEN {
             return Err(AuthError::Invalid);
         }
-        let hash = hash_api_key(key);
+        self.authenticate_hash(hash_api_key(key)).await
+    }
+
+    /// [`KeyIndex::authenticate`] by the key's hash: what a dashboard session keeps (never the key),
+    /// so a revoked or rotated-out key ends its sessions too.
+    pub async fn authenticate_hash(&self, hash: ApiKeyHash) -> Result<Arc<Caller>, AuthError> {
         let stale = match self.entries.get(&hash).as_deref() {
             Some(Entry::Known { caller, checked })
                 if checked.elapsed() < self.ttl && caller.key_works(Timestamp::now()) =>

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod serve;
 pub mod tickets;
 pub mod tokens;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The dashboard's signed-in sessions.
+    pub ui: ui::Sessions,
 }
 
 impl Shared {
@@ -105,6 +108,7 @@ impl Shared {
             server,
             metrics,
             shutdown,
+            ui: ui::Sessions::default(),
         }
     }
 
@@ -206,6 +210,10 @@ pub fn internal_router(state: AppState) -> Router {
     let (router, api) = internal_api(state.0.server.request_timeout);
     let api = Arc::new(api);
     router
+        .merge(ui::routes().route_layer(middleware::from_fn_with_state(
+            state.0.server.request_timeout,
+            request_timeout,
+        )))
         .route(
             "/openapi.json",
             axum::routing::get(move || {

@@ -528,6 +528,11 @@ impl Engine {
         self.inner.io.alerts.raise(alert);
     }
 
+    /// The latest alerts this process raised, newest first (the dashboard).
+    pub fn recent_alerts(&self) -> Vec<crate::alerts::Alert> {
+        self.inner.io.alerts.recent()
+    }
+
     /// The in-memory cache (readers and tests).
     pub fn cache(&self) -> &TokenCache {
         &self.inner.cache

@@ -7,6 +7,7 @@
 mod harness;
 
 mod clients;
+mod dashboard;
 mod events;
 mod gateway;
 mod guards;

@@ -1,0 +1,314 @@
+//! The operator dashboard (`/ui/` on the internal listener) over real HTTP: sign-in with an admin
+//! key only (a session cookie, never the key in a URL), pages that match the server's state,
+//! search, details, a CSRF-checked refresh that grows the generation, the re-bind link of an
+//! authorizer that needs re-authorization, sign-out, and the headers every page carries.
+
+use reqwest::StatusCode;
+use reqwest::header::{LOCATION, SET_COOKIE};
+use wechat_sim::AccountKind;
+use wxtoken::model::{Appid, AuthorizerStatus, ComponentAppid, StatusChange, Timestamp};
+
+use crate::harness::server::Server;
+
+/// A browser without redirects or a cookie jar: each step's cookie and redirect are asserted.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The text of the element with `id` (its first text, tags stripped).
+fn by_id(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\"");
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let open_end = at + html[at..].find('>').expect("tag end") + 1;
+    let mut depth = 0usize;
+    let mut out = String::new();
+    let mut in_tag = false;
+    for (i, c) in html[open_end..].char_indices() {
+        match c {
+            '<' => {
+                in_tag = true;
+                let rest = &html[open_end + i..];
+                if rest.starts_with("</") {
+                    if depth == 0 {
+                        break;
+                    }
+                    depth -= 1;
+                } else {
+                    depth += 1;
+                }
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// The value of the hidden `csrf` input of a page.
+fn csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..at + html[at..].find('"').expect("end")].to_owned()
+}
+
+async fn sign_in(s: &Server, http: &reqwest::Client, key: &str) -> reqwest::Response {
+    http.post(format!("{}/ui/login", s.internal))
+        .form(&[("api_key", key)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_link_and_signs_out() {
+    let s = Server::start().await;
+    let mut appids = Vec::new();
+    for kind in [
+        AccountKind::OfficialAccount,
+        AccountKind::MiniProgram,
+        AccountKind::OfficialAccount,
+    ] {
+        appids.push(s.authorize_account(kind).await);
+    }
+    let comp = ComponentAppid::parse(s.comp()).unwrap();
+    // One needs re-authorization (as after WeChat refused its refresh token).
+    let lost = Appid::parse(&appids[2]).unwrap();
+    s.app()
+        .store
+        .authorizers()
+        .set_authorizer_status(&StatusChange {
+            component: comp.clone(),
+            appid: lost.clone(),
+            status: AuthorizerStatus::NeedsReauth,
+            reason: Some("61023 (reauthorize)".into()),
+            expected_generation: None,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    let http = browser();
+    let ui = |p: &str| format!("{}{p}", s.internal);
+
+    // Not signed in: every page leads to the sign-in form, which asks for the key in a form.
+    let r = http.get(ui("/ui/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/ui/login");
+    let form = http.get(ui("/ui/login")).send().await.unwrap();
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(form.headers()[name], value, "{name}");
+    }
+    let csp = form.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = form.text().await.unwrap();
+    assert!(
+        html.contains("type=\"password\"") && html.contains("lang=\"zh-CN\""),
+        "{html}"
+    );
+
+    // A key that is not an admin key, and one that is not a key: refused, no cookie.
+    let reader = s.client_key("reader", &[&appids[0]], false).await;
+    for (key, status) in [
+        (reader.as_str(), StatusCode::FORBIDDEN),
+        ("wxt_nope", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = sign_in(&s, &http, key).await;
+        assert_eq!(r.status(), status);
+        assert!(r.headers().get(SET_COOKIE).is_none());
+    }
+
+    // The admin key: a session cookie, HttpOnly, SameSite=Strict, for /ui only.
+    let r = sign_in(&s, &http, &s.admin_key).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains(&s.admin_key), "the key is not the cookie");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let get = |p: &str| {
+        http.get(ui(p))
+            .header("cookie", &session)
+            .header("accept-language", "en-US,en;q=0.9,zh;q=0.5")
+            .send()
+    };
+
+    // The overview's counts are the store's.
+    let page = get("/ui/").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("lang=\"en\"") && html.contains("Overview"),
+        "English on request"
+    );
+    let counts = s
+        .app()
+        .store
+        .authorizers()
+        .count_authorizers(&comp)
+        .await
+        .unwrap();
+    assert_eq!((counts.active, counts.needs_reauth), (2, 1));
+    assert_eq!(by_id(&html, &format!("count-active-{comp}")), "2");
+    assert_eq!(by_id(&html, &format!("count-needs_reauth-{comp}")), "1");
+    assert_eq!(by_id(&html, &format!("count-revoked-{comp}")), "0");
+    assert!(html.contains("<svg"), "the timeline");
+
+    // Search by appid prefix finds the one account, and only it.
+    let prefix = &appids[1][..10];
+    let html = get(&format!("/ui/authorizers?q={prefix}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let table = by_id(&html, "authorizers");
+    assert!(table.contains(&appids[1]), "{table}");
+    let others = appids.iter().filter(|a| !a.starts_with(prefix));
+    for other in others {
+        assert!(!table.contains(other.as_str()), "{other} in {table}");
+    }
+
+    // Details, then a refresh: without the CSRF token, with a forged one, then for real.
+    let detail = format!("/ui/authorizers/{}", appids[0]);
+    let html = get(&detail).await.unwrap().text().await.unwrap();
+    let before: u64 = by_id(&html, "generation").parse().unwrap();
+    let token = csrf(&html);
+    let refresh = ui(&format!("{detail}/refresh"));
+    let calls = s
+        .sim
+        .control()
+        .stats()
+        .calls(wechat_sim::Api::AuthorizerToken);
+    for forged in ["", "forged-token"] {
+        let r = http
+            .post(&refresh)
+            .header("cookie", &session)
+            .form(&[("csrf", forged)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "csrf {forged:?}");
+    }
+    let cross_site = http
+        .post(&refresh)
+        .header("cookie", &session)
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN, "another origin");
+    assert_eq!(
+        s.sim
+            .control()
+            .stats()
+            .calls(wechat_sim::Api::AuthorizerToken),
+        calls,
+        "nothing refreshed by a refused form"
+    );
+    let r = http
+        .post(&refresh)
+        .header("cookie", &session)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = get(&detail).await.unwrap().text().await.unwrap();
+    let after: u64 = by_id(&html, "generation").parse().unwrap();
+    assert!(after > before, "generation {before} → {after}");
+
+    // The authorizer that needs re-authorization shows the link to send to its merchant, and the
+    // link leads to the authorization page.
+    let html = get(&format!("/ui/authorizers/{lost}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(by_id(&html, "status").starts_with("needs_reauth"));
+    let link = by_id(&html, "rebind");
+    assert_eq!(link, format!("{}/authorize?biz_appid={lost}", s.public));
+    let authorize = http.get(&link).send().await.unwrap();
+    assert!(
+        authorize.status().is_success() || authorize.status().is_redirection(),
+        "{}",
+        authorize.status()
+    );
+
+    // Signing out ends the session on the server: the old cookie no longer works.
+    let html = get("/ui/").await.unwrap().text().await.unwrap();
+    let r = http
+        .post(ui("/ui/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let again = get("/ui/").await.unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(again.headers()[LOCATION], "/ui/login");
+    assert!(s.app().state.0.ui.is_empty());
+
+    // Nothing of the dashboard answers on the public listener.
+    let public = http
+        .get(format!("{}/ui/login", s.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    s.shutdown().await;
+}
+
+/// Revoking the admin key ends its dashboard sessions at once on this server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_admin_key_ends_its_dashboard_sessions() {
+    let s = Server::start().await;
+    let ops = s.client_key("ops", &["*"], true).await;
+    let http = browser();
+    let r = sign_in(&s, &http, &ops).await;
+    let session = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |h: &reqwest::Client| {
+        h.get(format!("{}/ui/", s.internal))
+            .header("cookie", &session)
+            .send()
+    };
+    assert_eq!(page(&http).await.unwrap().status(), StatusCode::OK);
+    let revoked = http
+        .delete(format!("{}/v1/admin/clients/ops", s.internal))
+        .bearer_auth(&s.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let after = page(&http).await.unwrap();
+    assert_eq!(
+        after.status(),
+        StatusCode::SEE_OTHER,
+        "signed out by the revocation"
+    );
+    s.shutdown().await;
+}
