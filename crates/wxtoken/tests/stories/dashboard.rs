@@ -102,7 +102,7 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
     for (name, value) in [
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
         assert_eq!(form.headers()[name], value, "{name}");
@@ -310,5 +310,104 @@ async fn revoking_the_admin_key_ends_its_dashboard_sessions() {
         StatusCode::SEE_OTHER,
         "signed out by the revocation"
     );
+    s.shutdown().await;
+}
+
+/// The dashboard in headless Chromium (Debian's, driven by playwright-core over the DevTools
+/// protocol): sign-in refused for a reader key, the overview's counts, a search, the details,
+/// refresh now, a forged CSRF token refused, the re-bind link followed, sign-out. Screenshots of
+/// each page go to `target/tmp/dashboard-screenshots/`. `WXTOKEN_TEST_BROWSER_NODE_PATH` names a
+/// node_modules holding playwright-core (`.ci/run` installs it and Chromium); without it the test
+/// is skipped with a notice, except under `CI=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_headless_chromium() {
+    let modules = std::env::var_os("WXTOKEN_TEST_BROWSER_NODE_PATH").filter(|p| !p.is_empty());
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let (Some(modules), Some(chromium)) = (modules, chromium) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "WXTOKEN_TEST_BROWSER_NODE_PATH (playwright-core) and Debian's chromium are needed when CI=true"
+        );
+        println!(
+            "SKIPPED the_dashboard_works_in_headless_chromium: no playwright-core or chromium"
+        );
+        return;
+    };
+    let s = Server::start().await;
+    let mut appids = Vec::new();
+    for kind in [
+        AccountKind::OfficialAccount,
+        AccountKind::MiniProgram,
+        AccountKind::OfficialAccount,
+    ] {
+        appids.push(s.authorize_account(kind).await);
+    }
+    let comp = ComponentAppid::parse(s.comp()).unwrap();
+    let lost = appids.pop().unwrap();
+    s.app()
+        .store
+        .authorizers()
+        .set_authorizer_status(&StatusChange {
+            component: comp.clone(),
+            appid: Appid::parse(&lost).unwrap(),
+            status: AuthorizerStatus::NeedsReauth,
+            reason: Some("61023 (reauthorize)".into()),
+            expected_generation: None,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    let reader = s.client_key("reader", &[&appids[0]], false).await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let envs = vec![
+        ("NODE_PATH", modules.to_string_lossy().into_owned()),
+        ("WXTOKEN_UI", s.internal.clone()),
+        ("WXTOKEN_ADMIN_KEY", s.admin_key.clone()),
+        ("WXTOKEN_READER_KEY", reader),
+        ("WXTOKEN_COMPONENT", s.comp().to_owned()),
+        ("WXTOKEN_APPIDS", appids.join(",")),
+        ("WXTOKEN_LOST_APPID", lost),
+        ("WXTOKEN_ACTIVE_COUNT", appids.len().to_string()),
+        ("CHROMIUM", chromium.to_owned()),
+        ("SCREENSHOTS", shots.to_string_lossy().into_owned()),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .envs(envs)
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("all steps passed"),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for shot in [
+        "1-sign-in",
+        "2-overview",
+        "3-authorizers",
+        "4-authorizer",
+        "5-needs-reauth",
+    ] {
+        let path = shots.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{}",
+            path.display()
+        );
+    }
     s.shutdown().await;
 }

@@ -10,7 +10,8 @@
 //!   ends its sessions. Sign-out deletes the session. Sessions live in this process's memory: behind
 //!   a load balancer over several replicas, pin the dashboard to one (sticky sessions).
 //! - **CSRF**: every state change is a POST carrying the session's random token, compared in
-//!   constant time; the cookie is `SameSite=Strict` too, and a cross-site `Origin` is refused.
+//!   constant time; the cookie is `SameSite=Strict` too, and a browser's `Origin` must be this
+//!   host (`Referrer-Policy: same-origin`, so the browser sends it rather than `null`).
 //! - **Pages** are server-rendered HTML (maud, escaped by default) with one stylesheet, no script
 //!   and nothing from another origin, so they work offline; the response headers forbid framing,
 //!   sniffing, referrers and caching. The language follows `Accept-Language` (Chinese by default,
@@ -344,7 +345,9 @@ pub(crate) fn page(
         ),
         (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-        (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        // Not no-referrer: under it a browser sends `Origin: null` with the dashboard's own forms,
+        // which the origin check must refuse. Nothing is sent to other sites either way.
+        (REFERRER_POLICY, HeaderValue::from_static("same-origin")),
         (CONTENT_LANGUAGE, HeaderValue::from_static(lang.code())),
     ];
     (status, headers, markup).into_response()

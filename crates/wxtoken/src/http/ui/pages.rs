@@ -516,7 +516,7 @@ async fn detail_body(
             p { (lang.t("把此链接发给商户，用其管理员微信扫码重新授权：", "Send this link to the merchant, to authorize again with their admin's WeChat:")) }
             p.rebind { a id="rebind" href=(link) { (link) } }
         }
-        form method="post" action={ "/ui/authorizers/" (appid) "/refresh?component=" (component) } {
+        form id="refresh-form" method="post" action={ "/ui/authorizers/" (appid) "/refresh?component=" (component) } {
             input type="hidden" name="csrf" value=(s.csrf);
             button id="refresh" type="submit" { (lang.t("立即刷新", "Refresh now")) }
         }
