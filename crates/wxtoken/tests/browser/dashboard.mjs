@@ -104,6 +104,17 @@ try {
   step('the re-bind link leads to the authorization page');
 
   await page.goto(UI + '/ui/');
+  await page.getByRole('link', { name: 'Clients' }).click();
+  await page.getByLabel('Name (e.g. order-service)').fill('billing-service');
+  await page.getByLabel('Appids it may read (space or comma separated; * for all)').fill(APPIDS.join(' '));
+  await page.getByRole('button', { name: 'Add' }).click();
+  assert((await text(page, '#new-key')).startsWith('wxt_'), 'the new key is shown once');
+  await page.goto(UI + '/ui/clients');
+  assert((await text(page, '#clients')).includes('billing-service'), 'the new client is listed');
+  await page.screenshot({ path: join(SHOTS, '7-clients.png'), fullPage: true });
+  step('a client added from the clients page');
+
+  await page.goto(UI + '/ui/');
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.waitForURL(UI + '/ui/login');
   await page.goto(UI + '/ui/');

@@ -411,3 +411,123 @@ async fn the_dashboard_works_in_headless_chromium() {
     }
     s.shutdown().await;
 }
+
+/// The clients page adds a client (its key shown once and working), rotates its key and revokes
+/// it after a confirmation page, each form CSRF-checked; a one-time sign-in link (what
+/// `wxtoken demo` prints) works once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_added_rotated_and_revoked_from_the_dashboard_and_a_one_time_link_works_once() {
+    let s = Server::start().await;
+    let appid = s.authorize_account(AccountKind::OfficialAccount).await;
+    let http = browser();
+    let ui = |p: &str| format!("{}{p}", s.internal);
+
+    // The one-time link: a session the first time, the sign-in form after.
+    let key_hash = wxtoken::vault::hash_api_key(&s.admin_key);
+    let token = s.app().state.0.ui.one_time_token(key_hash, "admin".into());
+    let link = ui(&format!("/ui/login/once?token={token}"));
+    let r = http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let session = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        http.get(&link).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "used"
+    );
+
+    let get = |p: &str| http.get(ui(p)).header("cookie", &session).send();
+    let post = |p: &str, form: Vec<(&'static str, String)>| {
+        http.post(ui(p))
+            .header("cookie", &session)
+            .form(&form)
+            .send()
+    };
+    let html = get("/ui/clients").await.unwrap().text().await.unwrap();
+    let token = csrf(&html);
+    assert!(by_id(&html, "clients").contains("admin"));
+
+    let refused = post(
+        "/ui/clients",
+        vec![
+            ("csrf", "forged".into()),
+            ("name", "svc".into()),
+            ("appids", appid.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let added = post(
+        "/ui/clients",
+        vec![
+            ("csrf", token.clone()),
+            ("name", "svc".into()),
+            ("appids", appid.clone()),
+        ],
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let key = by_id(&added, "new-key");
+    assert_eq!(
+        s.get(Some(&key), &format!("/v1/tokens/{appid}")).await.0,
+        StatusCode::OK
+    );
+    let list = get("/ui/clients").await.unwrap().text().await.unwrap();
+    assert!(!list.contains(&key), "a key is shown only once");
+
+    let rotated = post(
+        "/ui/clients/svc/rotate",
+        vec![("csrf", token.clone()), ("grace_seconds", "0".into())],
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let new_key = by_id(&rotated, "new-key");
+    assert_eq!(
+        s.get(Some(&key), &format!("/v1/tokens/{appid}")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        s.get(Some(&new_key), &format!("/v1/tokens/{appid}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let confirm = get("/ui/clients/svc/revoke")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(confirm.contains("confirm-revoke"), "a confirmation first");
+    assert_eq!(
+        s.get(Some(&new_key), &format!("/v1/tokens/{appid}"))
+            .await
+            .0,
+        StatusCode::OK,
+        "not yet"
+    );
+    let revoked = post("/ui/clients/svc/revoke", vec![("csrf", token.clone())])
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        s.get(Some(&new_key), &format!("/v1/tokens/{appid}"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    s.shutdown().await;
+}

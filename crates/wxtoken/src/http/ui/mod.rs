@@ -17,6 +17,7 @@
 //!   sniffing, referrers and caching. The language follows `Accept-Language` (Chinese by default,
 //!   like the authorization pages; English when the browser prefers it).
 
+mod clients;
 mod pages;
 
 use std::time::{Duration, Instant};
@@ -54,18 +55,32 @@ pub fn routes() -> Router<AppState> {
         .route("/ui", get(|| async { see_other("/ui/") }))
         .route("/ui/", get(pages::overview))
         .route("/ui/login", get(login_form).post(login))
+        .route("/ui/login/once", get(login_once))
         .route("/ui/logout", post(logout))
         .route("/ui/authorizers", get(pages::authorizers))
         .route("/ui/authorizers/{appid}", get(pages::authorizer))
         .route("/ui/authorizers/{appid}/refresh", post(pages::refresh))
+        .route("/ui/clients", get(clients::list).post(clients::add))
+        .route("/ui/clients/{name}/rotate", post(clients::rotate))
+        .route(
+            "/ui/clients/{name}/revoke",
+            get(clients::confirm_revoke).post(clients::revoke),
+        )
         .route("/ui/style.css", get(style))
+        .route("/ui/live.js", get(live_js))
 }
 
 /// The signed-in sessions of this process, by the SHA-256 of their id.
 #[derive(Default)]
 pub struct Sessions {
     map: DashMap<[u8; 32], Session>,
+    /// One-time sign-in links (`wxtoken demo`): the SHA-256 of the token → the key's hash, the
+    /// client's name, and when the link was made.
+    once: DashMap<[u8; 32], (ApiKeyHash, String, Instant)>,
 }
+
+/// A one-time sign-in link works this long.
+const ONCE: Duration = Duration::from_secs(10 * 60);
 
 struct Session {
     key: ApiKeyHash,
@@ -104,6 +119,17 @@ impl Sessions {
             },
         );
         Some(id)
+    }
+
+    /// A one-time sign-in token for the admin key `key` of client `name` (`wxtoken demo` prints it
+    /// as a link): exchanged once, within 10 minutes, for a session; the key never is in a URL.
+    pub fn one_time_token(&self, key: ApiKeyHash, name: String) -> String {
+        let now = Instant::now();
+        self.once
+            .retain(|_, (_, _, at)| now.duration_since(*at) < ONCE);
+        let token = random_token();
+        self.once.insert(Self::digest(&token), (key, name, now));
+        token
     }
 
     fn remove(&self, id: &str) {
@@ -322,6 +348,7 @@ pub(crate) fn page(
                         nav aria-label=(lang.t("主导航", "Main")) {
                             a href="/ui/" { (lang.t("概览", "Overview")) }
                             a href="/ui/authorizers" { (lang.t("授权方", "Authorizers")) }
+                            a href="/ui/clients" { (lang.t("客户端", "Clients")) }
                         }
                         form.signout method="post" action="/ui/logout" {
                             input type="hidden" name="csrf" value=(s.csrf);
@@ -339,8 +366,8 @@ pub(crate) fn page(
         (
             CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
-                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                 frame-ancestors 'none'; base-uri 'none'",
+                "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; \
+                 img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
         ),
         (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
@@ -445,6 +472,91 @@ async fn login(
         response.headers_mut().insert(SET_COOKIE, v);
     }
     response
+}
+
+/// Signs in with a session for `key` (a checked admin key's hash) and sends the browser to the
+/// overview with its cookie.
+fn start_session(
+    app: &AppState,
+    headers: &HeaderMap,
+    key: ApiKeyHash,
+    name: String,
+) -> Option<Response> {
+    let id = app.0.ui.create(key, name)?;
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{COOKIE_NAME}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = see_other("/ui/");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(SET_COOKIE, v);
+    }
+    Some(response)
+}
+
+#[derive(Deserialize)]
+struct OnceQuery {
+    token: String,
+}
+
+/// `GET /ui/login/once?token=…`: a one-time link (see [`Sessions::one_time_token`]) exchanged for
+/// a session; used or expired, it leads to the sign-in form.
+async fn login_once(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<OnceQuery>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let entry = app.0.ui.once.remove(&Sessions::digest(&q.token));
+    let Some((_, (key, name, at))) = entry.filter(|(_, (_, _, at))| at.elapsed() < ONCE) else {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            lang,
+            Some(lang.t(
+                "此登录链接已用过或已过期。",
+                "This sign-in link was used or has expired.",
+            )),
+        );
+    };
+    let _ = at;
+    match app.0.keys.authenticate_hash(key).await {
+        Ok(caller) if caller.admin => {
+            start_session(&app, &headers, key, name).unwrap_or_else(|| {
+                login_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    lang,
+                    Some(lang.t(
+                        "会话过多，请稍后再试。",
+                        "Too many sessions; try again later.",
+                    )),
+                )
+            })
+        }
+        _ => login_page(
+            StatusCode::UNAUTHORIZED,
+            lang,
+            Some(lang.t("密钥无效。", "That key is not valid.")),
+        ),
+    }
+}
+
+async fn live_js() -> Response {
+    (
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (CACHE_CONTROL, HeaderValue::from_static("max-age=300")),
+            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        ],
+        include_str!("live.js"),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -126,6 +126,32 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
     failing.sort();
     let alerts = engine.recent_alerts();
     Ok(html! {
+        p.hint { (lang.t("每 10 秒自动更新", "Updates every 10 s")) " · " span id="live-stamp" aria-live="polite" {} }
+        div id="live-region" { (overview_live(lang, &components, &stats, held, failing_total, expired, overdue, &due, &failing, &alerts, now_s)) }
+        script src="/ui/live.js" defer {}
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn overview_live(
+    lang: Lang,
+    components: &[(
+        ComponentAppid,
+        crate::model::AuthorizerCounts,
+        Option<i64>,
+        Option<std::sync::Arc<crate::tokens::cache::CachedToken>>,
+    )],
+    stats: &crate::refresh::EngineStats,
+    held: u64,
+    failing_total: usize,
+    expired: u64,
+    overdue: u64,
+    due: &[u64; BUCKETS],
+    failing: &[(String, String, String)],
+    alerts: &[crate::alerts::Alert],
+    now_s: i64,
+) -> Markup {
+    html! {
         h2 { (lang.t("授权方", "Authorizers")) }
         table {
             thead { tr {
@@ -137,7 +163,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
                 th scope="col" { "component_access_token" }
             } }
             tbody {
-                @for (c, counts, ticket_age, token) in &components {
+                @for (c, counts, ticket_age, token) in components {
                     tr {
                         td { code { (c) } }
                         td.num id={ "count-active-" (c) } { (counts.active) }
@@ -188,7 +214,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
             }
         }
         h2 { (lang.t("未来两小时的刷新", "Refreshes due in the next two hours")) }
-        (timeline(lang, &due, overdue + expired))
+        (timeline(lang, due, overdue + expired))
         @if !failing.is_empty() {
             h2 { (lang.t("刷新失败", "Failing")) }
             table {
@@ -198,7 +224,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
                     th scope="col" { (lang.t("原因", "Reason")) }
                 } }
                 tbody {
-                    @for (kind, appid, reason) in &failing {
+                    @for (kind, appid, reason) in failing {
                         tr { td { (kind) } td { code { (appid) } } td { (reason) } }
                     }
                 }
@@ -227,7 +253,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
                 }
             }
         }
-    })
+    }
 }
 
 /// A bar per five minutes of how many tokens come due; what is already overdue or expired is the
