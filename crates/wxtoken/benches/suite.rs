@@ -16,11 +16,15 @@
 //!    storms; api_authorizer_token calls divided by the new tokens they had to produce.
 //! 5. The gateway: `getcallbackip` through `/wx/{appid}/…` against straight to the simulator,
 //!    same load generator, 64 connections (run with the token reads' server).
+//! 6. The dashboard: the whole app on the SQLite database of step 2 (every authorizer with a
+//!    token), signed in; each page requested 20 times in a row, p50 and slowest on loopback (an
+//!    upper bound of the server time).
 //!
 //! Settings (environment): `WXTOKEN_BENCH_AUTHORIZERS` (default 100000), `WXTOKEN_BENCH_SECS` per
 //! read run (default 10), `WXTOKEN_BENCH_PG_URL` (default the local PostgreSQL; a fresh database is
 //! created and dropped; `none` skips PostgreSQL), `WXTOKEN_BENCH_ONLY` (a comma-separated subset of
-//! `reads,gateway,refresh,economy`; cold starts go with `refresh`), e.g. to profile one part.
+//! `reads,gateway,refresh,economy,dashboard`; cold starts go with `refresh`; `dashboard` runs the
+//! SQLite refresh step for its database), e.g. to profile one part.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -96,9 +100,14 @@ fn main() {
     let sqlite_dir = tempfile::tempdir().expect("tempdir");
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
     let master = MasterKey::generate();
-    if part("refresh") {
+    if part("refresh") || part("dashboard") {
         refresh_cost(&sim_rt, &rt, "sqlite", &sqlite_url, &master, n, &mut rows);
+    }
+    if part("refresh") {
         cold_start("sqlite", &sqlite_url, &master, &mut rows);
+    }
+    if part("dashboard") {
+        dashboard(&sim_rt, &rt, &sqlite_url, &master, n, &mut rows);
     }
     if part("refresh") && pg != "none" {
         match rt.block_on(fresh_pg_database(&pg)) {
@@ -868,6 +877,136 @@ fn refresh_cost(
         tracker.close();
         tracker.wait().await;
         store.close().await;
+    });
+    sim_rt.block_on(sim.shutdown());
+}
+
+// --- 6. the dashboard ---------------------------------------------------------------------------
+
+/// The app on the refreshed SQLite database (`url`), an admin signed in to the dashboard, each
+/// page timed.
+fn dashboard(
+    sim_rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    master: &MasterKey,
+    n: usize,
+    rows: &mut Vec<Row>,
+) {
+    use wxtoken::config::{ComponentConfig, Config, Sources};
+    // An upstream for anything the app asks (every token is valid for two hours: nothing is).
+    let sim = sim_rt
+        .block_on(Simulator::start(sim_config(Duration::from_secs(7200))))
+        .expect("simulator");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("master.key");
+        std::fs::write(&key_file, master.to_base64().expose_secret()).expect("key file");
+        let spec = component_spec(None);
+        let mut config = Config::from_sources(Sources::default()).expect("config");
+        config.storage.url = SecretString::from(url.to_owned());
+        config.security.master_key_file = Some(key_file);
+        config.server.public_url = Some("http://127.0.0.1:8080".parse().expect("url"));
+        config.server.gateway_listen = None;
+        config.upstream.base_url = sim.base_url().parse().expect("url");
+        config.components = vec![ComponentConfig {
+            appid: spec.component_appid.clone().expect("appid"),
+            appsecret: SecretString::from(spec.component_appsecret.clone().expect("secret")),
+            token: SecretString::from(spec.token.clone().expect("token")),
+            encoding_aes_key: SecretString::from(spec.encoding_aes_key.clone().expect("key")),
+            previous_encoding_aes_key: None,
+        }];
+        let store = store::open(url).await.expect("store");
+        let comp = ComponentAppid::parse(&config.components[0].appid).expect("appid");
+        let mut appids: Vec<String> = store
+            .authorizers()
+            .load_authorizers(Some(&comp))
+            .await
+            .expect("authorizers")
+            .into_iter()
+            .map(|r| r.appid.to_string())
+            .collect();
+        appids.sort();
+        let vault = Vault::new(master, &[]);
+        let (_, key) = wxtoken::manage::create_client(
+            &*store,
+            "bench-ops",
+            wxtoken::model::AppidGrant::All,
+            true,
+        )
+        .await
+        .expect("admin key");
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let running = wxtoken::app::App::start(&config, store, vault, public, internal)
+            .await
+            .expect("app");
+        let base = format!("http://{}", running.internal_addr);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let signed = http
+            .post(format!("{base}/ui/login"))
+            .form(&[("api_key", key.key.expose_secret())])
+            .send()
+            .await
+            .expect("sign in");
+        let cookie = signed.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("cookie")
+            .to_owned();
+        let mid = &appids[appids.len() / 2];
+        let pages = [
+            ("overview", "/ui/".to_owned()),
+            ("authorizers, first page", "/ui/authorizers".to_owned()),
+            (
+                "authorizers, a middle page",
+                format!("/ui/authorizers?after={mid}"),
+            ),
+            (
+                "search by appid prefix",
+                format!("/ui/authorizers?q={}", &mid[..8]),
+            ),
+            ("one authorizer", format!("/ui/authorizers/{mid}")),
+            ("clients", "/ui/clients".to_owned()),
+        ];
+        for (name, path) in pages {
+            let mut times = Vec::new();
+            for i in 0..22 {
+                let t0 = Instant::now();
+                let r = http
+                    .get(format!("{base}{path}"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .expect("page");
+                assert!(r.status().is_success(), "{path}: {}", r.status());
+                let body = r.bytes().await.expect("body");
+                if i >= 2 {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                if i == 0 {
+                    println!("[dashboard] {path}: {} bytes", body.len());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let (p50, max) = (times[times.len() / 2], times[times.len() - 1]);
+            rows.push(Row(
+                format!("Dashboard page, {n} authorizers (sqlite): {name}"),
+                format!("p50 {p50:.1} ms, slowest {max:.1} ms (20 requests)"),
+                "≤ 300 ms".into(),
+                verdict(max <= 300.0),
+            ));
+        }
+        running.shutdown().await.expect("shutdown");
     });
     sim_rt.block_on(sim.shutdown());
 }

@@ -132,15 +132,18 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
     })
 }
 
+/// A component's row of the overview: its counts, its ticket's age (s) and its token.
+type ComponentRow = (
+    ComponentAppid,
+    crate::model::AuthorizerCounts,
+    Option<i64>,
+    Option<std::sync::Arc<crate::tokens::cache::CachedToken>>,
+);
+
 #[allow(clippy::too_many_arguments)]
 fn overview_live(
     lang: Lang,
-    components: &[(
-        ComponentAppid,
-        crate::model::AuthorizerCounts,
-        Option<i64>,
-        Option<std::sync::Arc<crate::tokens::cache::CachedToken>>,
-    )],
+    components: &[ComponentRow],
     stats: &crate::refresh::EngineStats,
     held: u64,
     failing_total: usize,
