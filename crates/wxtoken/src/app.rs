@@ -332,9 +332,13 @@ fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationTok
     tracker.spawn(async move {
         let mut flush = tokio::time::interval(READ_COUNT_FLUSH);
         let mut prune = tokio::time::interval(EVENT_PRUNE_EVERY);
+        let mut minute = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = minute.tick() => {
+                    state.0.refresh_rates.sample(&state.0.engine.stats());
+                }
                 _ = flush.tick() => {
                     if let Err(e) = state.0.reads.flush(&*state.0.store).await {
                         tracing::warn!(error = %e, "read counts not written; kept for the next flush");

@@ -78,6 +78,8 @@ pub struct Shared {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The dashboard's signed-in sessions.
     pub ui: ui::Sessions,
+    /// Refreshes per minute for the dashboard's chart.
+    pub refresh_rates: ui::RefreshRates,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             metrics,
             shutdown,
             ui: ui::Sessions::default(),
+            refresh_rates: ui::RefreshRates::default(),
         }
     }
 

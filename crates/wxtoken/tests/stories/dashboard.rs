@@ -148,6 +148,32 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
             .send()
     };
 
+    // A JS-SDK ticket and a call through the gateway, for the overview's lower half.
+    let (status, _) = s
+        .get(
+            Some(&s.admin_key),
+            &format!("/v1/tickets/{}/jsapi", appids[0]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let call = http
+        .get(format!(
+            "{}/wx/{}/cgi-bin/getcallbackip",
+            s.gateway, appids[0]
+        ))
+        .bearer_auth(&s.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::OK);
+    s.app()
+        .state
+        .0
+        .gateway_calls
+        .flush(&*s.app().store)
+        .await
+        .unwrap();
+
     // The overview's counts are the store's.
     let page = get("/ui/").await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -168,6 +194,13 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
     assert_eq!(by_id(&html, &format!("count-needs_reauth-{comp}")), "1");
     assert_eq!(by_id(&html, &format!("count-revoked-{comp}")), "0");
     assert!(html.contains("<svg"), "the timeline");
+    assert_eq!(by_id(&html, "tickets-held"), "1");
+    let calls = by_id(&html, "gateway-calls");
+    assert!(
+        calls.contains(&appids[0]) && calls.contains("cgi-bin/getcallbackip"),
+        "{calls}"
+    );
+    assert!(html.contains("no-rates"), "no minute sampled yet");
 
     // Search by appid prefix finds the one account, and only it.
     let prefix = &appids[1][..10];

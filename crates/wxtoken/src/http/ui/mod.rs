@@ -79,6 +79,43 @@ pub struct Sessions {
     once: DashMap<[u8; 32], (ApiKeyHash, String, Instant)>,
 }
 
+/// How many minutes of refresh counts the overview charts (three hours).
+const RATE_MINUTES: usize = 180;
+
+/// Refreshes per minute over the last three hours, ok and failed, sampled once a minute from the
+/// engine's counters (`app.rs`'s upkeep calls [`RefreshRates::sample`]).
+#[derive(Default)]
+pub struct RefreshRates {
+    inner: parking_lot::Mutex<RateWindow>,
+}
+
+#[derive(Default)]
+struct RateWindow {
+    minutes: std::collections::VecDeque<(u64, u64)>,
+    last: Option<(u64, u64)>,
+}
+
+impl RefreshRates {
+    /// Records the minute since the last sample (the first sample only sets the baseline).
+    pub fn sample(&self, stats: &crate::refresh::EngineStats) {
+        let now = (stats.refreshed, stats.failed);
+        let mut w = self.inner.lock();
+        if let Some((ok, failed)) = w.last {
+            if w.minutes.len() == RATE_MINUTES {
+                w.minutes.pop_front();
+            }
+            w.minutes
+                .push_back((now.0.saturating_sub(ok), now.1.saturating_sub(failed)));
+        }
+        w.last = Some(now);
+    }
+
+    /// The sampled minutes, oldest first: (refreshed, failed).
+    pub fn minutes(&self) -> Vec<(u64, u64)> {
+        self.inner.lock().minutes.iter().copied().collect()
+    }
+}
+
 /// A one-time sign-in link works this long.
 const ONCE: Duration = Duration::from_secs(10 * 60);
 
@@ -138,8 +175,11 @@ impl Sessions {
 
     /// The live session `id` (its use recorded), or `None` (expired ones are removed).
     fn touch(&self, id: &str) -> Option<(ApiKeyHash, String, String)> {
+        self.touch_at(id, Instant::now())
+    }
+
+    fn touch_at(&self, id: &str, now: Instant) -> Option<(ApiKeyHash, String, String)> {
         let digest = Self::digest(id);
-        let now = Instant::now();
         let live = {
             let s = self.map.get(&digest)?;
             if s.expired(now) {
@@ -603,4 +643,80 @@ async fn style() -> Response {
         include_str!("style.css"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_language_follows_the_browsers_first_choice_between_chinese_and_english() {
+        let lang = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                axum::http::header::ACCEPT_LANGUAGE,
+                HeaderValue::from_str(accept).unwrap(),
+            );
+            Lang::of(&headers)
+        };
+        assert_eq!(Lang::of(&HeaderMap::new()), Lang::Zh, "Chinese by default");
+        assert_eq!(lang("en-US,en;q=0.9"), Lang::En);
+        assert_eq!(lang("zh-CN,zh;q=0.9,en;q=0.8"), Lang::Zh);
+        assert_eq!(lang("fr-FR,en;q=0.5,zh;q=0.3"), Lang::En);
+        assert_eq!(lang("fr-FR"), Lang::Zh);
+    }
+
+    #[test]
+    fn refresh_rates_count_each_minute_since_the_last_sample_and_keep_three_hours() {
+        let rates = RefreshRates::default();
+        let stats = |refreshed, failed| crate::refresh::EngineStats {
+            refreshed,
+            failed,
+            ..Default::default()
+        };
+        rates.sample(&stats(10, 1));
+        assert!(
+            rates.minutes().is_empty(),
+            "the first sample is the baseline"
+        );
+        rates.sample(&stats(15, 1));
+        rates.sample(&stats(15, 4));
+        assert_eq!(rates.minutes(), [(5, 0), (0, 3)]);
+        for i in 0..RATE_MINUTES as u64 {
+            rates.sample(&stats(15 + i, 4));
+        }
+        assert_eq!(rates.minutes().len(), RATE_MINUTES);
+    }
+
+    #[test]
+    fn sessions_expire_when_idle_or_old_and_a_one_time_token_is_unknown_to_them() {
+        let sessions = Sessions::default();
+        let key = hash_api_key("wxt_test");
+        let id = sessions.create(key, "ops".into()).expect("room");
+        assert!(sessions.touch(&id).is_some());
+        assert!(sessions.touch("not-a-session").is_none());
+        // Used again within its idle limit it lives on; after it, it is gone, and removed.
+        let later = Instant::now() + IDLE - Duration::from_secs(60);
+        assert!(sessions.touch_at(&id, later).is_some());
+        assert!(
+            sessions
+                .touch_at(&id, later + IDLE + Duration::from_secs(1))
+                .is_none()
+        );
+        assert!(sessions.is_empty());
+        // However used, it ends at its lifetime.
+        let id = sessions.create(key, "ops".into()).expect("room");
+        let mut at = Instant::now();
+        while at < Instant::now() + LIFETIME - IDLE {
+            at += IDLE - Duration::from_secs(1);
+            assert!(sessions.touch_at(&id, at).is_some());
+        }
+        assert!(sessions.touch_at(&id, Instant::now() + LIFETIME).is_none());
+        let once = sessions.one_time_token(key, "ops".into());
+        assert!(
+            sessions.touch(&once).is_none(),
+            "a sign-in link is not a session"
+        );
+        sessions.remove(&once);
+    }
 }

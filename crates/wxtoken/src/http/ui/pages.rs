@@ -125,11 +125,101 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
     });
     failing.sort();
     let alerts = engine.recent_alerts();
+    let rates = app.0.refresh_rates.minutes();
+    let mut tickets = 0u64;
+    engine.cache().for_each(|slot| {
+        if slot.credential().kind.is_ticket() && slot.current().is_some() {
+            tickets += 1;
+        }
+    });
+    let today = now.beijing_day();
+    let mut gateway = app.0.store.ops().gateway_calls(&today, None).await?;
+    gateway.sort_by(|a, b| b.calls.cmp(&a.calls));
+    gateway.truncate(10);
+    let extra = Extra {
+        rates,
+        tickets,
+        today,
+        gateway,
+    };
     Ok(html! {
         p.hint { (lang.t("每 10 秒自动更新", "Updates every 10 s")) " · " span id="live-stamp" aria-live="polite" {} }
-        div id="live-region" { (overview_live(lang, &components, &stats, held, failing_total, expired, overdue, &due, &failing, &alerts, now_s)) }
+        div id="live-region" { (overview_live(lang, &components, &stats, held, failing_total, expired, overdue, &due, &failing, &alerts, now_s)) (overview_extra(lang, &extra)) }
         script src="/ui/live.js" defer {}
     })
+}
+
+/// The overview's lower half: refreshes per minute, JS-SDK tickets held, today's gateway calls.
+struct Extra {
+    rates: Vec<(u64, u64)>,
+    tickets: u64,
+    today: String,
+    gateway: Vec<crate::model::GatewayCallCount>,
+}
+
+fn overview_extra(lang: Lang, x: &Extra) -> Markup {
+    html! {
+        h2 { (lang.t("每分钟刷新（最近三小时）", "Refreshes per minute (last three hours)")) }
+        (rates_chart(lang, &x.rates))
+        p.hint { (lang.t("持有的 JS-SDK 票据：", "JS-SDK tickets held: ")) span id="tickets-held" { (x.tickets) } }
+        h2 { (lang.t("今日网关调用（北京时间 ", "Gateway calls today (Beijing time, ")) (x.today) ")" }
+        @if x.gateway.is_empty() {
+            p.hint id="no-gateway-calls" { (lang.t("今天还没有经过网关的调用。", "No call through the gateway today.")) }
+        } @else {
+            table id="gateway-calls" {
+                thead { tr {
+                    th scope="col" { "appid" }
+                    th scope="col" { (lang.t("微信接口", "WeChat path")) }
+                    th scope="col" { (lang.t("调用", "Calls")) }
+                    th scope="col" { (lang.t("错误", "Errors")) }
+                } }
+                tbody {
+                    @for c in &x.gateway {
+                        tr {
+                            td { code { (c.appid) } }
+                            td { code { (c.path) } }
+                            td.num { (c.calls) }
+                            td.num .bad[c.errors > 0] { (c.errors) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A bar per minute, refreshes in blue with failures stacked in red; empty until the first
+/// minute has been sampled.
+fn rates_chart(lang: Lang, minutes: &[(u64, u64)]) -> Markup {
+    const W: u64 = 720;
+    const H: u64 = 120;
+    let max = minutes
+        .iter()
+        .map(|(ok, failed)| ok + failed)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let height = |n: u64| (n * (H - 20)) / max;
+    let offset = 180u64.saturating_sub(minutes.len() as u64);
+    html! {
+        @if minutes.is_empty() {
+            p.hint id="no-rates" { (lang.t("启动后第一分钟结束时开始记录。", "Recorded from the end of the first minute after start.")) }
+        } @else {
+            svg.timeline viewBox={ "0 0 " (W) " " (H) } role="img"
+                aria-label=(lang.t("最近三小时每分钟的刷新（蓝）与失败（红）", "Refreshes (blue) and failures (red) per minute, last three hours")) {
+                title { (lang.t("每分钟刷新", "Refreshes per minute")) }
+                line x1="0" y1=(H - 10) x2=(W) y2=(H - 10) stroke="#4a5360" {}
+                text x="2" y="10" font-size="10" fill="#4a5360" { (max) "/min" }
+                @for (i, (ok, failed)) in minutes.iter().enumerate() {
+                    @let x = (offset + i as u64) * 4;
+                    rect x=(x) y=(H - 10 - height(*ok)) width="3" height=(height(*ok)) fill="#0b5cad" {}
+                    @if *failed > 0 {
+                        rect x=(x) y=(H - 10 - height(*ok) - height(*failed)) width="3" height=(height(*failed)) fill="#b42318" {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A component's row of the overview: its counts, its ticket's age (s) and its token.
