@@ -134,7 +134,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
     });
     let today = now.beijing_day();
     let mut gateway = app.0.store.ops().gateway_calls(&today, None).await?;
-    gateway.sort_by(|a, b| b.calls.cmp(&a.calls));
+    gateway.sort_by_key(|c| std::cmp::Reverse(c.calls));
     gateway.truncate(10);
     let extra = Extra {
         rates,
