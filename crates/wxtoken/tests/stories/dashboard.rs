@@ -56,6 +56,35 @@ fn csrf(html: &str) -> String {
     html[at..at + html[at..].find('"').expect("end")].to_owned()
 }
 
+/// Three authorized accounts, the last marked as needing re-authorization (as after WeChat refused
+/// its refresh token): the component, the two active appids, and that one.
+async fn fleet(s: &Server) -> (ComponentAppid, Vec<String>, String) {
+    let mut appids = Vec::new();
+    for kind in [
+        AccountKind::OfficialAccount,
+        AccountKind::MiniProgram,
+        AccountKind::OfficialAccount,
+    ] {
+        appids.push(s.authorize_account(kind).await);
+    }
+    let comp = ComponentAppid::parse(s.comp()).unwrap();
+    let lost = appids.pop().unwrap();
+    s.app()
+        .store
+        .authorizers()
+        .set_authorizer_status(&StatusChange {
+            component: comp.clone(),
+            appid: Appid::parse(&lost).unwrap(),
+            status: AuthorizerStatus::NeedsReauth,
+            reason: Some("61023 (reauthorize)".into()),
+            expected_generation: None,
+            at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    (comp, appids, lost)
+}
+
 async fn sign_in(s: &Server, http: &reqwest::Client, key: &str) -> reqwest::Response {
     http.post(format!("{}/ui/login", s.internal))
         .form(&[("api_key", key)])
@@ -67,30 +96,7 @@ async fn sign_in(s: &Server, http: &reqwest::Client, key: &str) -> reqwest::Resp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_link_and_signs_out() {
     let s = Server::start().await;
-    let mut appids = Vec::new();
-    for kind in [
-        AccountKind::OfficialAccount,
-        AccountKind::MiniProgram,
-        AccountKind::OfficialAccount,
-    ] {
-        appids.push(s.authorize_account(kind).await);
-    }
-    let comp = ComponentAppid::parse(s.comp()).unwrap();
-    // One needs re-authorization (as after WeChat refused its refresh token).
-    let lost = Appid::parse(&appids[2]).unwrap();
-    s.app()
-        .store
-        .authorizers()
-        .set_authorizer_status(&StatusChange {
-            component: comp.clone(),
-            appid: lost.clone(),
-            status: AuthorizerStatus::NeedsReauth,
-            reason: Some("61023 (reauthorize)".into()),
-            expected_generation: None,
-            at: Timestamp::now(),
-        })
-        .await
-        .unwrap();
+    let (comp, appids, lost) = fleet(&s).await;
     let http = browser();
     let ui = |p: &str| format!("{}{p}", s.internal);
 
@@ -369,29 +375,7 @@ async fn the_dashboard_works_in_headless_chromium() {
         return;
     };
     let s = Server::start().await;
-    let mut appids = Vec::new();
-    for kind in [
-        AccountKind::OfficialAccount,
-        AccountKind::MiniProgram,
-        AccountKind::OfficialAccount,
-    ] {
-        appids.push(s.authorize_account(kind).await);
-    }
-    let comp = ComponentAppid::parse(s.comp()).unwrap();
-    let lost = appids.pop().unwrap();
-    s.app()
-        .store
-        .authorizers()
-        .set_authorizer_status(&StatusChange {
-            component: comp.clone(),
-            appid: Appid::parse(&lost).unwrap(),
-            status: AuthorizerStatus::NeedsReauth,
-            reason: Some("61023 (reauthorize)".into()),
-            expected_generation: None,
-            at: Timestamp::now(),
-        })
-        .await
-        .unwrap();
+    let (_, appids, lost) = fleet(&s).await;
     let reader = s.client_key("reader", &[&appids[0]], false).await;
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();

@@ -11,33 +11,19 @@ use maud::{Markup, html};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{Lang, Signed, check_csrf, page, signed};
+use super::{Lang, Signed, check_csrf, page};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::manage;
 use crate::model::{AppidGrant, Timestamp};
 
-macro_rules! signed_or_return {
-    ($app:expr, $headers:expr) => {
-        match signed($app, $headers).await {
-            Ok(s) => s,
-            Err(response) => return response,
-        }
-    };
-}
-
 fn title(lang: Lang) -> &'static str {
     lang.t("客户端", "Clients")
 }
 
+/// An error page leading back to the clients.
 fn error_page(s: &Signed, e: ApiError) -> Response {
-    page(
-        e.status(),
-        s.lang,
-        title(s.lang),
-        Some(s),
-        html! { p id="error" role="alert" { (e.to_string()) } p { a href="/ui/clients" { (s.lang.t("返回", "Back")) } } },
-    )
+    super::error_page(s, e, "/ui/clients")
 }
 
 /// The clients, their reads and the forms.

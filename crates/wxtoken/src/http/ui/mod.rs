@@ -17,6 +17,17 @@
 //!   sniffing, referrers and caching. The language follows `Accept-Language` (Chinese by default,
 //!   like the authorization pages; English when the browser prefers it).
 
+/// The signed-in caller of a page handler, or `return` the response that replaces the page (the
+/// sign-in form).
+macro_rules! signed_or_return {
+    ($app:expr, $headers:expr) => {
+        match super::signed($app, $headers).await {
+            Ok(s) => s,
+            Err(response) => return response,
+        }
+    };
+}
+
 mod clients;
 mod pages;
 
@@ -366,6 +377,21 @@ pub(crate) fn see_other(location: &str) -> Response {
         .into_response()
 }
 
+/// An error shown as a page with a way back (the API's message: never a secret).
+pub(crate) fn error_page(signed: &Signed, e: super::error::ApiError, back: &str) -> Response {
+    let lang = signed.lang;
+    page(
+        e.status(),
+        lang,
+        lang.t("出错了", "Something went wrong"),
+        Some(signed),
+        html! {
+            p id="error" role="alert" { (e.to_string()) }
+            p { a href=(back) { (lang.t("返回", "Back")) } }
+        },
+    )
+}
+
 /// A dashboard page: the shared layout and the headers every page carries.
 pub(crate) fn page(
     status: StatusCode,
@@ -587,18 +613,7 @@ async fn login_once(
 }
 
 async fn live_js() -> Response {
-    (
-        [
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/javascript; charset=utf-8"),
-            ),
-            (CACHE_CONTROL, HeaderValue::from_static("max-age=300")),
-            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-        ],
-        include_str!("live.js"),
-    )
-        .into_response()
+    asset("text/javascript; charset=utf-8", include_str!("live.js"))
 }
 
 #[derive(Deserialize)]
@@ -631,16 +646,18 @@ async fn logout(
 }
 
 async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("style.css"))
+}
+
+/// One of the dashboard's two files, built into the binary.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/css; charset=utf-8"),
-            ),
+            (CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (CACHE_CONTROL, HeaderValue::from_static("max-age=300")),
             (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         ],
-        include_str!("style.css"),
+        body,
     )
         .into_response()
 }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{CsrfForm, Lang, Signed, check_csrf, page, see_other, signed};
+use super::{CsrfForm, Lang, Signed, check_csrf, page, see_other};
 use crate::http::AppState;
 use crate::http::admin::{self, AuthorizerView, refresh_now};
 use crate::http::error::ApiError;
@@ -24,25 +24,9 @@ const TICKET_VALIDITY_SECS: i64 = 12 * 3600;
 const BUCKETS: usize = 24;
 const BUCKET_MINUTES: i64 = 5;
 
-macro_rules! signed_or_return {
-    ($app:expr, $headers:expr) => {
-        match signed($app, $headers).await {
-            Ok(s) => s,
-            Err(response) => return response,
-        }
-    };
-}
-
-/// An error shown as a page (the API's message: never a secret).
+/// An error page leading back to the overview.
 fn error_page(signed: &Signed, e: ApiError) -> Response {
-    let lang = signed.lang;
-    page(
-        e.status(),
-        lang,
-        lang.t("出错了", "Something went wrong"),
-        Some(signed),
-        html! { p id="error" role="alert" { (e.to_string()) } },
-    )
+    super::error_page(signed, e, "/ui/")
 }
 
 /// "3m 12s" (or "-3m 12s" in the past), to the second.
