@@ -23,6 +23,8 @@ pub mod store;
 /// Held by the tests that measure under load (rates, "never without a token", propagation
 /// latency) for their whole run, so no two of them share the machine's two cores: the test
 /// binary runs two tests at a time, and two load tests side by side starve each other's engine.
+/// The tests that run a heavy external program (a browser, a compiler: `go test`, `javac`) hold
+/// it too, so they never starve a load test.
 pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
     static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOAD.lock().await

@@ -374,6 +374,8 @@ async fn the_dashboard_works_in_headless_chromium() {
         );
         return;
     };
+    // A browser takes both cores while it starts: never beside a load test.
+    let _alone = crate::harness::alone().await;
     let s = Server::start().await;
     let (_, appids, lost) = fleet(&s).await;
     let reader = s.client_key("reader", &[&appids[0]], false).await;
