@@ -158,14 +158,21 @@ impl Inner {
                         }
                     }
                 }
-                if let Gate::Answer(token) =
-                    self.report_gate(&credential, &mode, rogue_evidence).await
-                {
-                    self.io.lease.release(&lease_key).await;
-                    // The scheduler may have joined this flight: the credential stays on the
-                    // schedule (an overdue token comes due at once).
-                    self.schedule_at(&credential, token.refresh_at);
-                    return Ok(token);
+                match self.report_gate(&credential, &mode, rogue_evidence).await {
+                    Gate::Refresh => {}
+                    Gate::Answer(token) => {
+                        self.io.lease.release(&lease_key).await;
+                        // The scheduler may have joined this flight: the credential stays on
+                        // the schedule (an overdue token comes due at once).
+                        self.schedule_at(&credential, token.refresh_at);
+                        return Ok(token);
+                    }
+                    Gate::Budgeted(token) => {
+                        // The lease released first: the refresh this may wait for can need it.
+                        self.io.lease.release(&lease_key).await;
+                        self.schedule_at(&credential, token.refresh_at);
+                        return Ok(self.newer_than_refused(&credential, token).await);
+                    }
                 }
                 let work = async {
                     match credential.kind {

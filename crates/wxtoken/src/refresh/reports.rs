@@ -59,6 +59,10 @@ pub(crate) struct Reports {
     /// Tokens obtained by this process within the rogue window, with no refresh attempt of
     /// unknown outcome since.
     obtained: Mutex<HashMap<Credential, Obtained>>,
+    /// The generation of the token a report's flight last went to refresh because it was refused
+    /// (or old enough to be): a later report of that same token, inside the budget, waits a moment
+    /// for the new one rather than being handed a token known to be refused.
+    refreshing: Mutex<HashMap<Credential, u64>>,
     /// stable_token's own `force_refresh` budget per direct account (`direct.rs`).
     pub(crate) stable_token: super::direct::ForceBudgets,
     /// Keys the fingerprints (a random key per process: they are compared, never kept).
@@ -80,6 +84,7 @@ impl Default for Reports {
         Self {
             spent_until: Mutex::default(),
             obtained: Mutex::default(),
+            refreshing: Mutex::default(),
             stable_token: super::direct::ForceBudgets::default(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -89,6 +94,20 @@ impl Default for Reports {
 impl Reports {
     fn fingerprint(&self, token: &str) -> u64 {
         self.hasher.hash_one(token)
+    }
+
+    /// Records that a report's flight refreshes the credential's token of `generation`.
+    fn note_refreshing(&self, credential: &Credential, generation: u64) {
+        let mut refreshing = self.refreshing.lock();
+        if refreshing.len() > PRUNE_ABOVE {
+            refreshing.clear();
+        }
+        refreshing.insert(credential.clone(), generation);
+    }
+
+    /// Whether a report's flight went to refresh the credential's token of `generation`.
+    fn refreshing(&self, credential: &Credential, generation: u64) -> bool {
+        self.refreshing.lock().get(credential) == Some(&generation)
     }
 
     /// Whether the credential's force budget is spent at `now`, as far as memory knows.
@@ -148,6 +167,35 @@ impl Reports {
     }
 }
 
+/// How long a report inside the force budget waits for the token a refresh under way brings,
+/// rather than be handed the token WeChat refused.
+const REPORT_WAIT: Duration = Duration::from_secs(5);
+
+impl Inner {
+    /// `held` (the reported token, inside the force budget), or — when this process already went
+    /// to refresh that very token for a report, so WeChat refused it — the token that refresh
+    /// brings within [`REPORT_WAIT`] (a recovery after 61023 can take a moment). Without such a
+    /// refresh, `held` at once: a report of a token WeChat accepts must not wait.
+    pub(super) async fn newer_than_refused(
+        &self,
+        credential: &Credential,
+        held: Arc<CachedToken>,
+    ) -> Arc<CachedToken> {
+        let slot = self.cache.slot(credential);
+        if let Some(current) = slot.current().filter(|t| t.generation > held.generation) {
+            return current;
+        }
+        if !self.reports.refreshing(credential, held.generation) {
+            return held;
+        }
+        let mut landed = slot.subscribe();
+        let _ = tokio::time::timeout(REPORT_WAIT, landed.wait_for(|g| *g > held.generation)).await;
+        slot.current()
+            .filter(|t| t.generation > held.generation)
+            .unwrap_or(held)
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -156,8 +204,11 @@ fn millis(d: Duration) -> i64 {
 pub(super) enum Gate {
     /// Refresh upstream.
     Refresh,
-    /// Answer with this token, no refresh (budget spent, or WeChat accepts the reported token).
+    /// Answer with this token, no refresh (WeChat accepts the reported token, or it was replaced).
     Answer(Arc<CachedToken>),
+    /// The budget is spent: answer with this token (the reported one), or with the one a refresh
+    /// already under way for it brings within [`REPORT_WAIT`] (see [`Inner::newer_than_refused`]).
+    Budgeted(Arc<CachedToken>),
 }
 
 impl Engine {
@@ -201,7 +252,9 @@ impl Engine {
             if let Some(Ok(out)) = inner.flights.single.join(credential).await {
                 return out;
             }
-            return Ok(slot.current().unwrap_or_else(|| Arc::clone(reported)));
+            return Ok(inner
+                .newer_than_refused(credential, Arc::clone(reported))
+                .await);
         }
         // A report that joined a flight already under way (a scheduled refresh waiting on another
         // replica's lease, say) may get that flight's answer: if it is the reported token, the
@@ -309,13 +362,14 @@ impl Inner {
         if !self.claim_force(credential).await {
             count_report("budgeted");
             tracing::info!(appid = %credential.appid, "report inside refresh.min_force_interval: answered with the current token");
-            return Gate::Answer(current);
+            return Gate::Budgeted(current);
         }
         let now = self.io.clock.now();
         let age = now.as_millis() - current.issued_at.as_millis();
         // A ticket has no cheap check call; its report refreshes under the budget.
         if age >= millis(self.config.rogue_window) || credential.kind.is_ticket() {
             count_report("refreshed");
+            self.reports.note_refreshing(credential, current.generation);
             return Gate::Refresh;
         }
         match self.probe(&current).await {
@@ -328,16 +382,19 @@ impl Inner {
                 self.rogue_found(credential, reporter.as_deref(), age, now)
                     .await;
                 count_report("refreshed");
+                self.reports.note_refreshing(credential, current.generation);
                 Gate::Refresh
             }
             Probe::Refused => {
                 tracing::info!(appid = %credential.appid, "a token obtained {}s ago is refused; it may have been retired by a wxtoken process that died before storing its refresh, so no rogue refresher is concluded", age / 1000);
                 count_report("refreshed");
+                self.reports.note_refreshing(credential, current.generation);
                 Gate::Refresh
             }
             Probe::Inconclusive(detail) => {
                 tracing::debug!(appid = %credential.appid, detail, "reported token could not be checked");
                 count_report("refreshed");
+                self.reports.note_refreshing(credential, current.generation);
                 Gate::Refresh
             }
         }
