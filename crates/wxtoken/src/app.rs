@@ -337,7 +337,13 @@ fn spawn_upkeep(state: &AppState, tracker: &TaskTracker, cancel: CancellationTok
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = minute.tick() => {
-                    state.0.refresh_rates.sample(&state.0.engine.stats());
+                    let stats = state.0.engine.stats();
+                    if let Err(e) = state.0.refresh_rates.record(&*state.0.store, &stats, Timestamp::now()).await {
+                        tracing::debug!(error = %e, "refresh counts not written; kept for the next minute");
+                    }
+                    if let Err(e) = crate::http::ui::Sessions::prune(&*state.0.store).await {
+                        tracing::debug!(error = %e, "expired dashboard sessions not pruned");
+                    }
                 }
                 _ = flush.tick() => {
                     if let Err(e) = state.0.reads.flush(&*state.0.store).await {

@@ -394,7 +394,11 @@ impl Timestamp {
         )
     }
 
-    /// `self - d`, saturating.
+    /// How long after `earlier` this is (zero if it is not after it).
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
     /// The calendar day in Beijing (UTC+8), `YYYY-MM-DD`: the day WeChat's daily quotas count.
     pub fn beijing_day(self) -> String {
         let ms = u64::try_from(self.0.saturating_add(8 * 3_600_000)).unwrap_or(0);
@@ -402,6 +406,7 @@ impl Timestamp {
         humantime::format_rfc3339_seconds(at).to_string()[..10].to_owned()
     }
 
+    /// `self - d`, saturating.
     pub fn minus(self, d: Duration) -> Self {
         Self(
             self.0
@@ -725,12 +730,16 @@ pub struct AuthorizerDetails {
     pub fetched_at: Option<Timestamp>,
 }
 
-/// Authorizer counts of one component by status.
+/// Authorizer counts of one component by status, and (of every status) by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuthorizerCounts {
     pub active: u64,
     pub needs_reauth: u64,
     pub revoked: u64,
+    pub official_accounts: u64,
+    pub mini_programs: u64,
+    /// Kind not known yet (imported without one, details not fetched).
+    pub kind_unknown: u64,
 }
 
 /// One row of the refresh-token history (append-only).
@@ -902,6 +911,54 @@ pub struct GatewayCallCount {
     pub calls: u64,
     /// Of `calls`: answered with a WeChat errcode, an HTTP error or not at all.
     pub errors: u64,
+}
+
+/// What a dashboard session row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiSessionKind {
+    /// A signed-in browser's session.
+    Session,
+    /// A one-time sign-in link, exchanged once for a session.
+    Once,
+}
+
+impl UiSessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Once => "once",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "session" => Some(Self::Session),
+            "once" => Some(Self::Once),
+            _ => None,
+        }
+    }
+}
+
+/// A stored dashboard session or one-time sign-in link, shared by every replica. Holds no secret:
+/// the id's SHA-256 and the admin key's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSessionRecord {
+    /// SHA-256 of the session id or one-time token.
+    pub digest: [u8; 32],
+    pub kind: UiSessionKind,
+    pub key_hash: ApiKeyHash,
+    pub client_name: String,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+}
+
+/// Refreshes one server made in one wall-clock minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshMinute {
+    /// Minutes since the Unix epoch.
+    pub minute: i64,
+    pub refreshed: u64,
+    pub failed: u64,
 }
 
 /// The stored key-check value of one master key.

@@ -247,8 +247,14 @@ async fn list(args: StoreArgs, status: Option<String>) -> anyhow::Result<()> {
         .await?;
     writeln!(
         out,
-        "component {component}: {} active, {} needs_reauth, {} revoked",
-        counts.active, counts.needs_reauth, counts.revoked
+        "component {component}: {} active, {} needs_reauth, {} revoked; {} official accounts, \
+         {} mini programs, {} of unknown kind",
+        counts.active,
+        counts.needs_reauth,
+        counts.revoked,
+        counts.official_accounts,
+        counts.mini_programs,
+        counts.kind_unknown
     )?;
     Ok(())
 }

@@ -212,6 +212,20 @@ async fn show(
     outln!(
         "  authorization page         {public_url}/authorize   (wxtoken's; it leads to the simulator's consent page)"
     );
+    // A one-time link, not the key in a URL: it signs the browser in once, within 10 minutes.
+    let dashboard = match running
+        .state
+        .0
+        .ui
+        .one_time_token(crate::vault::hash_api_key(api_key), "demo".into())
+        .await
+    {
+        Ok(Some(token)) => format!(
+            "{internal_url}/ui/login/once?token={token}\n                             (a one-time sign-in link, 10 min; then sign in at {internal_url}/ui/ with the API key)"
+        ),
+        _ => format!("{internal_url}/ui/   (sign in with the API key)"),
+    };
+    outln!("  dashboard                  {dashboard}");
     outln!("  WeChat simulator           {sim_url}   (docs/SIMULATOR.md)");
     outln!("  metrics                    {internal_url}/metrics");
     outln!("  data                       {}", args.dir.display());

@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_authorizers))
         .routes(routes!(show_authorizer))
         .routes(routes!(refresh_authorizer))
+        .routes(routes!(revoke_authorizer))
         .routes(routes!(import_authorizers))
         .routes(routes!(list_accounts, add_account))
         .routes(routes!(remove_account))
@@ -339,6 +340,58 @@ pub async fn refresh_authorizer(
     let component = app.0.component(q.component.as_deref())?;
     let appid = parse_appid(&appid)?;
     Ok(Json(refresh_now(&app, &component, &appid).await?))
+}
+
+/// Revoke an authorizer, as WeChat's `unauthorized` push does: no more refreshes, clients are told
+/// `revoked` (410), every stored secret is kept, and the merchant authorizing again brings it
+/// back. For an account that left the platform before WeChat said so. Answers the authorizer's
+/// view; revoking a revoked authorizer changes nothing.
+#[utoipa::path(post, path = "/v1/admin/authorizers/{appid}/revoke", tag = "admin",
+    params(("appid" = String, Path), ComponentParam),
+    responses((status = 200, body = AuthorizerView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn revoke_authorizer(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(appid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ComponentParam>,
+) -> Result<Json<AuthorizerView>, ApiError> {
+    caller.require_admin()?;
+    let component = app.0.component(q.component.as_deref())?;
+    let appid = parse_appid(&appid)?;
+    Ok(Json(
+        revoke_now(&app, &component, &appid, &caller.name).await?,
+    ))
+}
+
+/// Revokes an authorizer for operator `by` (the admin API and the dashboard), tells the other
+/// replicas, and returns its view.
+pub(crate) async fn revoke_now(
+    app: &AppState,
+    component: &ComponentAppid,
+    appid: &Appid,
+    by: &str,
+) -> Result<AuthorizerView, ApiError> {
+    authorizer(app, component, appid).await?;
+    let reason = format!("revoked by operator {by}");
+    if app
+        .0
+        .engine
+        .revoke_authorizer(component, appid, &reason)
+        .await?
+    {
+        tracing::warn!(appid = %appid, by = %by, "authorizer revoked by an operator");
+        manage::announce(
+            &*app.0.store,
+            crate::store::ChangeScope::Authorizer,
+            Some(component),
+            Some(appid.as_str()),
+        )
+        .await;
+    }
+    let record = authorizer(app, component, appid).await?;
+    Ok(AuthorizerView::new(app, &record))
 }
 
 /// Refreshes an authorizer's token now (sharing a refresh already running) and returns its view

@@ -76,9 +76,9 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: long-polls answer at once so the listeners can close.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The dashboard's signed-in sessions.
+    /// The dashboard's signed-in sessions (in the store, shared by every replica).
     pub ui: ui::Sessions,
-    /// Refreshes per minute for the dashboard's chart.
+    /// This process's refreshes per minute, written for the dashboard's chart.
     pub refresh_rates: ui::RefreshRates,
 }
 
@@ -97,6 +97,7 @@ impl Shared {
     ) -> Self {
         Self {
             keys: Arc::new(KeyIndex::new(store.clone(), server.key_cache_ttl)),
+            ui: ui::Sessions::new(store.clone()),
             reads: Arc::new(ReadCounter::default()),
             gateway_calls: Arc::new(gateway::CallCounter::default()),
             limits: limits::AnonymousLimits::new(&server),
@@ -110,7 +111,6 @@ impl Shared {
             server,
             metrics,
             shutdown,
-            ui: ui::Sessions::default(),
             refresh_rates: ui::RefreshRates::default(),
         }
     }

@@ -97,6 +97,42 @@ impl EventState {
 }
 
 impl Engine {
+    /// Revokes an authorizer at an operator's request (the dashboard, the admin API): as an
+    /// `unauthorized` push does — no more refreshes, its tokens no longer served, clients told
+    /// `revoked` — keeping every stored secret (its refresh token included), so the merchant
+    /// authorizing again brings it back. `Ok(false)`: it was revoked already.
+    pub async fn revoke_authorizer(
+        &self,
+        component: &ComponentAppid,
+        appid: &Appid,
+        reason: &str,
+    ) -> Result<bool, RefreshError> {
+        let inner = self.inner();
+        let credential = Credential::authorizer(component, appid);
+        for _ in 0..UNAUTHORIZE_ATTEMPTS {
+            let record = inner
+                .io
+                .store
+                .authorizers()
+                .get_authorizer(component, appid)
+                .await?
+                .ok_or(RefreshError::Unknown)?;
+            if record.status == AuthorizerStatus::Revoked {
+                return Ok(false);
+            }
+            // Fenced on the generation just read: a refresh landing in between costs a re-read.
+            if inner
+                .revoke_fenced(&credential, record.generation, reason)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(RefreshError::Storage(
+            "the authorizer kept changing while it was revoked; try again".into(),
+        ))
+    }
+
     /// Stores a verified, decrypted push (payload sealed) and starts processing it. The HTTP layer
     /// answers `success` once this returns `Ok` (`Duplicate` included: WeChat repeats pushes).
     pub async fn ingest_push(

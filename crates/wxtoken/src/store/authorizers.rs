@@ -55,6 +55,17 @@ pub trait AuthorizerStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<AuthorizerRecord>, StoreError>;
 
+    /// A page of a component's authorizers whose nick name or principal name contains `text`
+    /// (ASCII letters in any case), ordered by appid, after `after`. A scan: for the dashboard's
+    /// search, not a hot path.
+    async fn search_authorizers(
+        &self,
+        component: &ComponentAppid,
+        text: &str,
+        after: Option<&Appid>,
+        limit: u32,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError>;
+
     /// Every authorizer of one component (or all) with its current token, in one query: the cold
     /// start.
     async fn load_authorizers(
@@ -446,6 +457,40 @@ macro_rules! authorizers_sql {
                 rows.into_iter().map(AuthorizerRow::into_record).collect()
             }
 
+            async fn search_authorizers(
+                &self,
+                component: &ComponentAppid,
+                text: &str,
+                after: Option<&Appid>,
+                limit: u32,
+            ) -> Result<Vec<AuthorizerRecord>, StoreError> {
+                // The text is matched literally: LIKE's wildcards and the escape are escaped.
+                let mut pattern = String::with_capacity(text.len() + 2);
+                pattern.push('%');
+                for c in text.to_lowercase().chars() {
+                    if matches!(c, '%' | '_' | '\\') {
+                        pattern.push('\\');
+                    }
+                    pattern.push(c);
+                }
+                pattern.push('%');
+                let sql = format!(
+                    "{AUTHORIZER_SELECT} WHERE a.component_appid = $1 \
+                     AND ($2 IS NULL OR a.appid > $2) \
+                     AND (LOWER(a.nick_name) LIKE $3 ESCAPE '\\' \
+                     OR LOWER(a.principal_name) LIKE $3 ESCAPE '\\') \
+                     ORDER BY a.appid LIMIT $4"
+                );
+                let rows: Vec<AuthorizerRow> = sqlx::query_as(&sql)
+                    .bind(component.as_str())
+                    .bind(after.map(Appid::as_str))
+                    .bind(pattern)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.read_pool())
+                    .await?;
+                rows.into_iter().map(AuthorizerRow::into_record).collect()
+            }
+
             async fn load_authorizers(
                 &self,
                 component: Option<&ComponentAppid>,
@@ -465,22 +510,30 @@ macro_rules! authorizers_sql {
                 &self,
                 component: &ComponentAppid,
             ) -> Result<AuthorizerCounts, StoreError> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT status, COUNT(*) FROM authorizers WHERE component_appid = $1 \
-                     GROUP BY status",
+                let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT status, kind, COUNT(*) FROM authorizers WHERE component_appid = $1 \
+                     GROUP BY status, kind",
                 )
                 .bind(component.as_str())
                 .fetch_all(self.read_pool())
                 .await?;
                 let mut counts = AuthorizerCounts::default();
-                for (status, n) in rows {
+                for (status, kind, n) in rows {
                     let n = u64::try_from(n).unwrap_or(0);
                     match AuthorizerStatus::parse(&status)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?
                     {
-                        AuthorizerStatus::Active => counts.active = n,
-                        AuthorizerStatus::NeedsReauth => counts.needs_reauth = n,
-                        AuthorizerStatus::Revoked => counts.revoked = n,
+                        AuthorizerStatus::Active => counts.active += n,
+                        AuthorizerStatus::NeedsReauth => counts.needs_reauth += n,
+                        AuthorizerStatus::Revoked => counts.revoked += n,
+                    }
+                    match kind.as_deref().map(crate::model::AppKind::parse) {
+                        Some(Ok(crate::model::AppKind::OfficialAccount)) => {
+                            counts.official_accounts += n
+                        }
+                        Some(Ok(crate::model::AppKind::MiniProgram)) => counts.mini_programs += n,
+                        Some(Err(e)) => return Err(StoreError::Corrupt(e.to_string())),
+                        None => counts.kind_unknown += n,
                     }
                 }
                 Ok(counts)

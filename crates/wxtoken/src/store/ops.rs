@@ -6,7 +6,9 @@
 
 use async_trait::async_trait;
 
-use crate::model::{ComponentAppid, Credential, GatewayCallCount, Timestamp};
+use crate::model::{
+    ComponentAppid, Credential, GatewayCallCount, RefreshMinute, Timestamp, UiSessionRecord,
+};
 use crate::store::StoreError;
 
 /// Refreshes of one credential that wxtoken did not make, as WeChat showed them.
@@ -149,6 +151,46 @@ pub trait OpsStore: Send + Sync {
 
     /// Forgets the gateway call counts of days before `day` (`YYYY-MM-DD`).
     async fn prune_gateway_calls(&self, day: &str) -> Result<u64, StoreError>;
+
+    /// Stores a new dashboard session or one-time sign-in link.
+    async fn create_ui_session(&self, session: &UiSessionRecord) -> Result<(), StoreError>;
+
+    /// The dashboard session or link whose id hashes to `digest`.
+    async fn ui_session(&self, digest: &[u8; 32]) -> Result<Option<UiSessionRecord>, StoreError>;
+
+    /// Records a use of a session.
+    async fn touch_ui_session(&self, digest: &[u8; 32], at: Timestamp) -> Result<(), StoreError>;
+
+    /// Deletes a session or link and returns it (a one-time link is taken exactly once, even by
+    /// two replicas at the same moment).
+    async fn take_ui_session(
+        &self,
+        digest: &[u8; 32],
+    ) -> Result<Option<UiSessionRecord>, StoreError>;
+
+    /// How many sessions and links are stored.
+    async fn count_ui_sessions(&self) -> Result<u64, StoreError>;
+
+    /// Deletes sessions and links created before `created_before` or unused since
+    /// `seen_before`.
+    async fn prune_ui_sessions(
+        &self,
+        created_before: Timestamp,
+        seen_before: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// Adds one server's refreshes of one minute (added to what it stored for that minute).
+    async fn add_refresh_minute(
+        &self,
+        server_id: &str,
+        minute: &RefreshMinute,
+    ) -> Result<(), StoreError>;
+
+    /// Refreshes per minute of every server together, from minute `since` on, oldest first.
+    async fn refresh_minutes(&self, since: i64) -> Result<Vec<RefreshMinute>, StoreError>;
+
+    /// Forgets the refresh counts of minutes before `before`.
+    async fn prune_refresh_minutes(&self, before: i64) -> Result<u64, StoreError>;
 }
 
 /// `impl OpsStore` for a backend type (see `sql::impl_store!`).
@@ -398,8 +440,166 @@ macro_rules! ops_sql {
                     .await?
                     .rows_affected())
             }
+
+            async fn create_ui_session(
+                &self,
+                session: &crate::model::UiSessionRecord,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO ui_sessions \
+                     (digest, kind, key_hash, client_name, created_at, last_seen_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&session.digest[..])
+                .bind(session.kind.as_str())
+                .bind(&session.key_hash.0[..])
+                .bind(session.client_name.as_str())
+                .bind(session.created_at.as_millis())
+                .bind(session.last_seen_at.as_millis())
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn ui_session(
+                &self,
+                digest: &[u8; 32],
+            ) -> Result<Option<crate::model::UiSessionRecord>, StoreError> {
+                let row: Option<crate::store::ops::UiSessionRow> = sqlx::query_as(
+                    "SELECT digest, kind, key_hash, client_name, created_at, last_seen_at \
+                     FROM ui_sessions WHERE digest = $1",
+                )
+                .bind(&digest[..])
+                .fetch_optional(self.read_pool())
+                .await?;
+                row.map(crate::store::ops::ui_session_record).transpose()
+            }
+
+            async fn touch_ui_session(
+                &self,
+                digest: &[u8; 32],
+                at: Timestamp,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE ui_sessions SET last_seen_at = $2 \
+                     WHERE digest = $1 AND last_seen_at < $2",
+                )
+                .bind(&digest[..])
+                .bind(at.as_millis())
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn take_ui_session(
+                &self,
+                digest: &[u8; 32],
+            ) -> Result<Option<crate::model::UiSessionRecord>, StoreError> {
+                let row: Option<crate::store::ops::UiSessionRow> = sqlx::query_as(
+                    "DELETE FROM ui_sessions WHERE digest = $1 RETURNING \
+                     digest, kind, key_hash, client_name, created_at, last_seen_at",
+                )
+                .bind(&digest[..])
+                .fetch_optional(self.write_pool())
+                .await?;
+                row.map(crate::store::ops::ui_session_record).transpose()
+            }
+
+            async fn count_ui_sessions(&self) -> Result<u64, StoreError> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ui_sessions")
+                    .fetch_one(self.read_pool())
+                    .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn prune_ui_sessions(
+                &self,
+                created_before: Timestamp,
+                seen_before: Timestamp,
+            ) -> Result<u64, StoreError> {
+                Ok(sqlx::query(
+                    "DELETE FROM ui_sessions WHERE created_at < $1 OR last_seen_at < $2",
+                )
+                .bind(created_before.as_millis())
+                .bind(seen_before.as_millis())
+                .execute(self.write_pool())
+                .await?
+                .rows_affected())
+            }
+
+            async fn add_refresh_minute(
+                &self,
+                server_id: &str,
+                minute: &crate::model::RefreshMinute,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO refresh_minutes (minute, server_id, refreshed, failed) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (minute, server_id) DO UPDATE \
+                     SET refreshed = refresh_minutes.refreshed + excluded.refreshed, \
+                     failed = refresh_minutes.failed + excluded.failed",
+                )
+                .bind(minute.minute)
+                .bind(server_id)
+                .bind(db_count(minute.refreshed)?)
+                .bind(db_count(minute.failed)?)
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn refresh_minutes(
+                &self,
+                since: i64,
+            ) -> Result<Vec<crate::model::RefreshMinute>, StoreError> {
+                // SUM of BIGINT is NUMERIC on PostgreSQL: cast back for one row type on both.
+                let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT minute, CAST(SUM(refreshed) AS BIGINT), CAST(SUM(failed) AS BIGINT) \
+                     FROM refresh_minutes WHERE minute >= $1 GROUP BY minute ORDER BY minute",
+                )
+                .bind(since)
+                .fetch_all(self.read_pool())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(minute, ok, failed)| crate::model::RefreshMinute {
+                        minute,
+                        refreshed: u64::try_from(ok).unwrap_or(0),
+                        failed: u64::try_from(failed).unwrap_or(0),
+                    })
+                    .collect())
+            }
+
+            async fn prune_refresh_minutes(&self, before: i64) -> Result<u64, StoreError> {
+                Ok(sqlx::query("DELETE FROM refresh_minutes WHERE minute < $1")
+                    .bind(before)
+                    .execute(self.write_pool())
+                    .await?
+                    .rows_affected())
+            }
         }
     };
 }
 
 pub(super) use ops_sql;
+
+/// A `ui_sessions` row as both backends return it.
+pub(super) type UiSessionRow = (Vec<u8>, String, Vec<u8>, String, i64, i64);
+
+pub(super) fn ui_session_record(row: UiSessionRow) -> Result<UiSessionRecord, StoreError> {
+    let (digest, kind, key_hash, client_name, created_at, last_seen_at) = row;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("ui_sessions: {what}"));
+    Ok(UiSessionRecord {
+        digest: digest
+            .try_into()
+            .map_err(|_| corrupt("digest is not 32 bytes"))?,
+        kind: crate::model::UiSessionKind::parse(&kind).ok_or_else(|| corrupt("unknown kind"))?,
+        key_hash: crate::model::ApiKeyHash(
+            key_hash
+                .try_into()
+                .map_err(|_| corrupt("key_hash is not 32 bytes"))?,
+        ),
+        client_name,
+        created_at: Timestamp::from_millis(created_at),
+        last_seen_at: Timestamp::from_millis(last_seen_at),
+    })
+}

@@ -664,6 +664,7 @@ fn the_commands_the_demo_prints_work_as_printed_after_refreshes() {
     let mut lines = std::io::BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let mut script = String::new();
     let mut in_script = false;
+    let mut dashboard = None;
     for line in lines.by_ref() {
         let line = line.expect("demo output");
         if line.starts_with("  K=") {
@@ -677,6 +678,31 @@ fn the_commands_the_demo_prints_work_as_printed_after_refreshes() {
             script.push('\n');
         }
     }
+    // The dashboard's sign-in link is printed after the script.
+    for line in lines.by_ref() {
+        let line = line.expect("demo output");
+        if let Some(link) = line.trim().strip_prefix("dashboard") {
+            dashboard = link.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    // The dashboard link signs a browser in once: a session cookie and on to the overview.
+    let link = dashboard.expect("the demo prints the dashboard's sign-in link");
+    assert!(link.contains("/ui/login/once?token="), "{link}");
+    let signed_in = |link: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", link])
+            .output()
+            .expect("curl runs");
+        text(&out.stdout)
+    };
+    let first_use = signed_in(&link);
+    assert!(first_use.starts_with("HTTP/1.1 303"), "{first_use}");
+    assert!(first_use.contains("wxtoken_ui="), "{first_use}");
+    assert!(
+        signed_in(&link).starts_with("HTTP/1.1 401"),
+        "the link works once"
+    );
     // Wait (on the demo's own output, no sleep) until it has refreshed once: the first token
     // the script reads is then not generation 1.
     for line in lines.by_ref() {

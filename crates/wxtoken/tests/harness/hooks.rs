@@ -266,6 +266,19 @@ impl AuthorizerStore for HookStore {
         authorizers.list_authorizers(component, after, limit).await
     }
 
+    async fn search_authorizers(
+        &self,
+        component: &ComponentAppid,
+        text: &str,
+        after: Option<&Appid>,
+        limit: u32,
+    ) -> Result<Vec<AuthorizerRecord>, StoreError> {
+        let authorizers = self.inner.authorizers();
+        authorizers
+            .search_authorizers(component, text, after, limit)
+            .await
+    }
+
     async fn load_authorizers(
         &self,
         component: Option<&ComponentAppid>,

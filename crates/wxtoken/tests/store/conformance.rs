@@ -80,7 +80,195 @@ conformance!(
     every_replica_hears_each_committed_generation_and_a_resume_after_a_cut,
     an_exchanged_code_is_known_to_another_replica_until_forgotten,
     store_errors_are_transient_exactly_when_the_same_call_can_pass,
+    authorizers_are_searched_by_name_literally_and_counted_by_kind,
+    dashboard_sessions_are_taken_once_touched_and_pruned,
+    refresh_minutes_add_up_across_servers_and_old_minutes_are_pruned,
 );
+
+/// The dashboard's name search: a part of the nick name or principal name, ASCII case ignored,
+/// LIKE's wildcards matched literally, paged by appid; and the counts by kind.
+async fn authorizers_are_searched_by_name_literally_and_counted_by_kind(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    let names = [
+        (
+            "wxa01",
+            AppKind::OfficialAccount,
+            Some("星巴克咖啡"),
+            Some("Starbucks China Ltd"),
+        ),
+        (
+            "wxa02",
+            AppKind::MiniProgram,
+            Some("Blue_Bottle 100%"),
+            None,
+        ),
+        (
+            "wxa03",
+            AppKind::OfficialAccount,
+            Some("Bluebottle"),
+            Some("咖啡公司"),
+        ),
+        ("wxa04", AppKind::MiniProgram, None, None),
+    ];
+    let writes: Vec<_> = names
+        .iter()
+        .map(|(a, ..)| authorization(&v, &c, &appid(a), "rt", None, Expected::Absent, 0))
+        .collect();
+    s.authorizers().save_authorizations(&writes).await.unwrap();
+    for (a, kind, nick, principal) in &names {
+        s.authorizers()
+            .set_authorizer_details(
+                &c,
+                &appid(a),
+                *kind,
+                &wxtoken::model::AuthorizerDetails {
+                    nick_name: nick.map(str::to_owned),
+                    principal_name: principal.map(str::to_owned),
+                    service_type: None,
+                    fetched_at: Some(at(1)),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let search = |text: &'static str, after: Option<&'static str>, limit| {
+        let s = s.clone();
+        let c = c.clone();
+        async move {
+            s.authorizers()
+                .search_authorizers(&c, text, after.map(appid).as_ref(), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.appid.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        search("咖啡", None, 10).await,
+        ["wxa01", "wxa03"],
+        "nick or principal"
+    );
+    assert_eq!(
+        search("BLUE", None, 10).await,
+        ["wxa02", "wxa03"],
+        "any case"
+    );
+    assert_eq!(search("starbucks", None, 10).await, ["wxa01"]);
+    assert_eq!(search("100%", None, 10).await, ["wxa02"]);
+    assert_eq!(
+        search("e_b", None, 10).await,
+        ["wxa02"],
+        "_ is not a wildcard"
+    );
+    assert_eq!(
+        search("%", None, 10).await,
+        ["wxa02"],
+        "% only where it is written"
+    );
+    assert_eq!(search("blue", None, 1).await, ["wxa02"], "paged");
+    assert_eq!(search("blue", Some("wxa02"), 1).await, ["wxa03"]);
+    assert!(search("nobody", None, 10).await.is_empty());
+    let counts = s.authorizers().count_authorizers(&c).await.unwrap();
+    assert_eq!(
+        (
+            counts.active,
+            counts.official_accounts,
+            counts.mini_programs,
+            counts.kind_unknown
+        ),
+        (4, 2, 2, 0)
+    );
+}
+
+/// Dashboard sessions in the store: found by digest, a one-time link taken exactly once (two
+/// takers race: one wins), touched forward only, pruned when old or idle.
+async fn dashboard_sessions_are_taken_once_touched_and_pruned(h: &Harness) {
+    use wxtoken::model::{ApiKeyHash, UiSessionKind, UiSessionRecord};
+    let ops = h.store.ops();
+    let session = |n: u8, kind, created: i64, seen: i64| UiSessionRecord {
+        digest: [n; 32],
+        kind,
+        key_hash: ApiKeyHash([7; 32]),
+        client_name: format!("ops{n}"),
+        created_at: at(created),
+        last_seen_at: at(seen),
+    };
+    ops.create_ui_session(&session(1, UiSessionKind::Session, 0, 0))
+        .await
+        .unwrap();
+    ops.create_ui_session(&session(2, UiSessionKind::Once, 0, 0))
+        .await
+        .unwrap();
+    ops.create_ui_session(&session(3, UiSessionKind::Session, 50, 100))
+        .await
+        .unwrap();
+    assert!(
+        ops.create_ui_session(&session(1, UiSessionKind::Session, 0, 0))
+            .await
+            .is_err(),
+        "a digest is unique"
+    );
+    assert_eq!(
+        ops.ui_session(&[1; 32]).await.unwrap(),
+        Some(session(1, UiSessionKind::Session, 0, 0))
+    );
+    assert_eq!(ops.count_ui_sessions().await.unwrap(), 3);
+    let (a, b) = tokio::join!(ops.take_ui_session(&[2; 32]), ops.take_ui_session(&[2; 32]));
+    let taken: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(taken, [session(2, UiSessionKind::Once, 0, 0)], "taken once");
+    ops.touch_ui_session(&[1; 32], at(40)).await.unwrap();
+    ops.touch_ui_session(&[1; 32], at(30)).await.unwrap();
+    assert_eq!(
+        ops.ui_session(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        at(40),
+        "never moved back"
+    );
+    // Created before 10 or unused since 45: the first goes, the third stays.
+    assert_eq!(ops.prune_ui_sessions(at(10), at(45)).await.unwrap(), 1);
+    assert!(ops.ui_session(&[1; 32]).await.unwrap().is_none());
+    assert!(ops.ui_session(&[3; 32]).await.unwrap().is_some());
+}
+
+/// Refreshes per minute: each server's counts add up within a minute, every server's are summed
+/// when read, and minutes before the cut are pruned.
+async fn refresh_minutes_add_up_across_servers_and_old_minutes_are_pruned(h: &Harness) {
+    use wxtoken::model::RefreshMinute;
+    let ops = h.store.ops();
+    let minute = |minute, refreshed, failed| RefreshMinute {
+        minute,
+        refreshed,
+        failed,
+    };
+    ops.add_refresh_minute("a", &minute(100, 5, 1))
+        .await
+        .unwrap();
+    ops.add_refresh_minute("a", &minute(100, 2, 0))
+        .await
+        .unwrap();
+    ops.add_refresh_minute("b", &minute(100, 3, 2))
+        .await
+        .unwrap();
+    ops.add_refresh_minute("b", &minute(102, 4, 0))
+        .await
+        .unwrap();
+    ops.add_refresh_minute("a", &minute(90, 9, 9))
+        .await
+        .unwrap();
+    assert_eq!(
+        ops.refresh_minutes(100).await.unwrap(),
+        [minute(100, 10, 3), minute(102, 4, 0)]
+    );
+    assert_eq!(ops.prune_refresh_minutes(100).await.unwrap(), 1);
+    assert_eq!(ops.refresh_minutes(0).await.unwrap().len(), 2);
+}
 
 /// The one answer to "can this store error pass?" (`StoreError::is_transient`), against the
 /// real databases: a writer holding the database is transient and the same call passes once it
@@ -380,7 +568,9 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
         AuthorizerCounts {
             active: 1,
             needs_reauth: 0,
-            revoked: 0
+            revoked: 0,
+            kind_unknown: 1,
+            ..AuthorizerCounts::default()
         }
     );
 }
@@ -1669,7 +1859,9 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
         AuthorizerCounts {
             active: 0,
             needs_reauth: 0,
-            revoked: 1
+            revoked: 1,
+            kind_unknown: 1,
+            ..AuthorizerCounts::default()
         }
     );
     let unknown = StatusChange {

@@ -68,6 +68,14 @@ async fn fleet(s: &Server) -> (ComponentAppid, Vec<String>, String) {
         appids.push(s.authorize_account(kind).await);
     }
     let comp = ComponentAppid::parse(s.comp()).unwrap();
+    // Their details (kind, nick name) now, not when the background ask lands: the same answer.
+    for appid in &appids {
+        s.app()
+            .engine
+            .describe(&comp, &Appid::parse(appid).unwrap())
+            .await
+            .unwrap();
+    }
     let lost = appids.pop().unwrap();
     s.app()
         .store
@@ -206,7 +214,12 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
         calls.contains(&appids[0]) && calls.contains("cgi-bin/getcallbackip"),
         "{calls}"
     );
-    assert!(html.contains("no-rates"), "no minute sampled yet");
+    assert_eq!(
+        (counts.official_accounts, counts.mini_programs),
+        (2, 1),
+        "{counts:?}"
+    );
+    assert_eq!(by_id(&html, &format!("count-kinds-{comp}")), "2 / 1");
 
     // Search by appid prefix finds the one account, and only it.
     let prefix = &appids[1][..10];
@@ -222,6 +235,38 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
     for other in others {
         assert!(!table.contains(other.as_str()), "{other} in {table}");
     }
+
+    // Search by a part of the nick name (the simulator's: "模拟小程序 <appid tail>") finds the
+    // one Mini Program; LIKE's wildcards are matched literally.
+    for (q, expected) in [
+        ("模拟小程序", vec![appids[1].as_str()]),
+        ("模拟公众号", vec![appids[0].as_str(), lost.as_str()]),
+    ] {
+        let html = get(&format!(
+            "/ui/authorizers?q={}",
+            url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let table = by_id(&html, "authorizers");
+        for appid in appids.iter().chain([&lost]) {
+            assert_eq!(
+                table.contains(appid.as_str()),
+                expected.contains(&appid.as_str()),
+                "{q}: {appid} in {table}"
+            );
+        }
+    }
+    let html = get("/ui/authorizers?q=%25")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("no-rows"), "'%' is not a wildcard");
 
     // Details, then a refresh: without the CSRF token, with a forged one, then for real.
     let detail = format!("/ui/authorizers/{}", appids[0]);
@@ -273,6 +318,17 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
     let after: u64 = by_id(&html, "generation").parse().unwrap();
     assert!(after > before, "generation {before} → {after}");
 
+    // The refresh is counted in the overview's per-minute chart (written once a minute; here now).
+    let app = s.app();
+    app.state
+        .0
+        .refresh_rates
+        .record(&*app.store, &app.engine.stats(), Timestamp::now())
+        .await
+        .unwrap();
+    let html = get("/ui/").await.unwrap().text().await.unwrap();
+    assert!(!html.contains("no-rates"), "the refreshes are charted");
+
     // The authorizer that needs re-authorization shows the link to send to its merchant, and the
     // link leads to the authorization page.
     let html = get(&format!("/ui/authorizers/{lost}"))
@@ -304,7 +360,7 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
     let again = get("/ui/").await.unwrap();
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
     assert_eq!(again.headers()[LOCATION], "/ui/login");
-    assert!(s.app().state.0.ui.is_empty());
+    assert_eq!(s.app().state.0.ui.count().await.unwrap(), 0);
 
     // Nothing of the dashboard answers on the public listener.
     let public = http
@@ -317,6 +373,137 @@ async fn an_admin_signs_in_sees_the_fleet_searches_refreshes_finds_the_rebind_li
 }
 
 /// Revoking the admin key ends its dashboard sessions at once on this server.
+/// An operator revokes an authorizer after a confirmation page (CSRF-checked): its clients are
+/// told it is revoked, nothing more is refreshed, and its refresh token is kept. The admin API
+/// does the same; revoking twice changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_revokes_an_authorizer_after_confirming_and_its_clients_are_told_so() {
+    let s = Server::start().await;
+    let (comp, appids, _) = fleet(&s).await;
+    let http = browser();
+    let ui = |p: &str| format!("{}{p}", s.internal);
+    let r = sign_in(&s, &http, &s.admin_key).await;
+    let session = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let get = |p: &str| http.get(ui(p)).header("cookie", &session).send();
+    let reader = s.client_key("reader", &[&appids[0]], false).await;
+    let (status, _) = s
+        .get(Some(&reader), &format!("/v1/tokens/{}", appids[0]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let detail = format!("/ui/authorizers/{}", appids[0]);
+    let html = get(&detail).await.unwrap().text().await.unwrap();
+    let confirm = by_id_attr(&html, "revoke", "href");
+    let html = get(&confirm).await.unwrap().text().await.unwrap();
+    assert!(html.contains("confirm-revoke"), "{html}");
+    let revoke = ui(&confirm);
+    let refused = http
+        .post(&revoke)
+        .header("cookie", &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let record = |appid: &str| {
+        let store = s.app().store.clone();
+        let (comp, appid) = (comp.clone(), Appid::parse(appid).unwrap());
+        async move {
+            store
+                .authorizers()
+                .get_authorizer(&comp, &appid)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(record(&appids[0]).await.status, AuthorizerStatus::Active);
+    let r = http
+        .post(&revoke)
+        .header("cookie", &session)
+        .form(&[("csrf", csrf(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = get(&detail).await.unwrap().text().await.unwrap();
+    assert!(by_id(&html, "status").starts_with("revoked"), "{html}");
+    assert!(
+        !html.contains("id=\"revoke\""),
+        "no revoke button once revoked"
+    );
+    let revoked = record(&appids[0]).await;
+    assert_eq!(revoked.status, AuthorizerStatus::Revoked);
+    assert!(
+        revoked
+            .status_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("operator"),
+        "{:?}",
+        revoked.status_reason
+    );
+    assert!(
+        !revoked.refresh_token.ciphertext.is_empty(),
+        "the refresh token is kept"
+    );
+    let (status, body) = s
+        .get(Some(&reader), &format!("/v1/tokens/{}", appids[0]))
+        .await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    let calls = s.calls("api_authorizer_token");
+    assert!(
+        s.app()
+            .engine
+            .refresh_now(&wxtoken::model::Credential::authorizer(
+                &comp,
+                &Appid::parse(&appids[0]).unwrap()
+            ))
+            .await
+            .is_err(),
+        "a revoked authorizer is not refreshed"
+    );
+    assert_eq!(s.calls("api_authorizer_token"), calls);
+
+    // The admin API: revoked once, then unchanged; an unknown appid is 404; readers may not.
+    let api = |appid: &str, key: &str| {
+        http.post(ui(&format!("/v1/admin/authorizers/{appid}/revoke")))
+            .bearer_auth(key)
+            .send()
+    };
+    let r = api(&appids[1], &reader).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for _ in 0..2 {
+        let r = api(&appids[1], &s.admin_key).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let view: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(view["status"], "revoked", "{view}");
+    }
+    let r = api("wxnosuchauthorizer", &s.admin_key).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// The value of attribute `attr` of the element with `id`.
+fn by_id_attr(html: &str, id: &str, attr: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let start = html[..at].rfind('<').expect("tag start");
+    let tag = &html[start..start + html[start..].find('>').expect("tag end")];
+    let marker = format!("{attr}=\"");
+    let from = tag
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {attr} in {tag}"))
+        + marker.len();
+    tag[from..from + tag[from..].find('"').expect("end")].replace("&amp;", "&")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_admin_key_ends_its_dashboard_sessions() {
     let s = Server::start().await;
@@ -443,7 +630,15 @@ async fn clients_are_added_rotated_and_revoked_from_the_dashboard_and_a_one_time
 
     // The one-time link: a session the first time, the sign-in form after.
     let key_hash = wxtoken::vault::hash_api_key(&s.admin_key);
-    let token = s.app().state.0.ui.one_time_token(key_hash, "admin".into());
+    let token = s
+        .app()
+        .state
+        .0
+        .ui
+        .one_time_token(key_hash, "admin".into())
+        .await
+        .unwrap()
+        .expect("room");
     let link = ui(&format!("/ui/login/once?token={token}"));
     let r = http.get(&link).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);

@@ -1431,3 +1431,111 @@ async fn three_replicas_reading_one_ticket_make_one_getticket_call_per_refresh_b
         "{calls} getticket calls: replicas did not share the refreshes (one alone: {one_replica})"
     );
 }
+
+/// The dashboard behind a load balancer without sticky sessions: a browser signed in through one
+/// replica is signed in on the other, signing out on either ends the session on both, and the
+/// overview's refresh chart counts every replica's refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_works_on_every_replica_and_signing_out_on_one_ends_it_on_all() {
+    let Some(h) = database().await else {
+        eprintln!(
+            "skipped: set {} to run the replica tests",
+            crate::harness::store::PG_ENV
+        );
+        return;
+    };
+    let (sim, key, credentials) = prepare(&h, 4).await;
+    let (_, admin) =
+        wxtoken::manage::create_client(&*h.store, "ops", wxtoken::model::AppidGrant::All, true)
+            .await
+            .expect("admin client");
+    let apps = [
+        start_app(&h, &sim, &key).await,
+        start_app(&h, &sim, &key).await,
+    ];
+    for c in &credentials {
+        let mut rx = apps[0].engine.cache().slot(c).subscribe();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|g| *g > 0))
+            .await
+            .expect("first token within 30 s")
+            .expect("slot");
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let url = |app: &RunningApp, path: &str| format!("http://{}{path}", app.internal_addr);
+    let signed_in = r#"action="/ui/logout""#;
+
+    // Sign in on the first replica; the overview answers on the second with the same cookie.
+    let r = http
+        .post(url(&apps[0], "/ui/login"))
+        .form(&[("api_key", admin.key.expose_secret())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+    let cookie = r.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let overview = |app: &RunningApp| http.get(url(app, "/ui/")).header("cookie", &cookie).send();
+    let page = overview(&apps[1]).await.expect("overview");
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains(signed_in), "signed in on the other replica");
+
+    // Both replicas' refreshes are charted, wherever the page is read.
+    for app in &apps {
+        app.state
+            .0
+            .refresh_rates
+            .record(
+                &*app.store,
+                &app.engine.stats(),
+                wxtoken::model::Timestamp::now(),
+            )
+            .await
+            .expect("record");
+    }
+    let charted: u64 = h
+        .store
+        .ops()
+        .refresh_minutes(0)
+        .await
+        .expect("minutes")
+        .iter()
+        .map(|m| m.refreshed)
+        .sum();
+    let made: u64 = apps.iter().map(|a| a.engine.stats().refreshed).sum();
+    assert_eq!(charted, made, "every replica's refreshes are stored");
+    assert!(made >= credentials.len() as u64);
+    let html = overview(&apps[0])
+        .await
+        .expect("overview")
+        .text()
+        .await
+        .expect("html");
+    assert!(!html.contains("no-rates"), "the chart shows the refreshes");
+
+    // Sign out on the second replica: the first no longer knows the session.
+    let at = html.find(r#"name="csrf" value=""#).expect("csrf field") + 19;
+    let csrf = &html[at..at + html[at..].find('"').expect("end")];
+    let r = http
+        .post(url(&apps[1], "/ui/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
+    let page = overview(&apps[0]).await.expect("overview");
+    assert_eq!(page.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()[reqwest::header::LOCATION], "/ui/login");
+    for app in apps {
+        app.shutdown().await.expect("shutdown");
+    }
+}

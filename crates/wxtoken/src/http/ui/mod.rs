@@ -1,17 +1,17 @@
 //! The operator dashboard, `/ui/` on the internal listener (never on the public one): sign-in with
 //! an admin API key, then the fleet at a glance, the authorizers (searchable, paginated, with their
-//! details, a refresh button and a re-bind link) and the refresh timeline.
+//! details, refresh and revoke actions and a re-bind link), the clients and the refresh timeline.
 //!
-//! - **Sessions** are server-side: signing in with an admin key gives a random session id in a
-//!   cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`, `Secure` when the request came over HTTPS
-//!   through a proxy saying `X-Forwarded-Proto: https`), idle for at most 30 minutes and alive for
-//!   at most 8 hours. The process keeps only the id's SHA-256 and the key's hash, never the key:
-//!   each request re-checks that hash against the key index, so revoking or rotating the key out
-//!   ends its sessions. Sign-out deletes the session. Sessions live in this process's memory: behind
-//!   a load balancer over several replicas, pin the dashboard to one (sticky sessions).
-//! - **CSRF**: every state change is a POST carrying the session's random token, compared in
-//!   constant time; the cookie is `SameSite=Strict` too, and a browser's `Origin` must be this
-//!   host (`Referrer-Policy: same-origin`, so the browser sends it rather than `null`).
+//! - **Sessions** are server-side, in the store (`sessions.rs`), so every replica knows them:
+//!   signing in with an admin key gives a random session id in a cookie (`HttpOnly`,
+//!   `SameSite=Strict`, `Path=/ui`, `Secure` when the request came over HTTPS through a proxy
+//!   saying `X-Forwarded-Proto: https`), idle for at most 30 minutes and alive for at most 8 hours.
+//!   The store keeps only the id's SHA-256 and the key's hash, never the key: each request
+//!   re-checks that hash against the key index, so revoking or rotating the key out ends its
+//!   sessions. Sign-out deletes the session, on every replica.
+//! - **CSRF**: every state change is a POST carrying the session's token (derived from its id),
+//!   compared in constant time; the cookie is `SameSite=Strict` too, and a browser's `Origin` must
+//!   be this host (`Referrer-Policy: same-origin`, so the browser sends it rather than `null`).
 //! - **Pages** are server-rendered HTML (maud, escaped by default) with one stylesheet, no script
 //!   and nothing from another origin, so they work offline; the response headers forbid framing,
 //!   sniffing, referrers and caching. The language follows `Accept-Language` (Chinese by default,
@@ -30,8 +30,10 @@ macro_rules! signed_or_return {
 
 mod clients;
 mod pages;
+mod sessions;
 
-use std::time::{Duration, Instant};
+use sessions::LIFETIME;
+pub use sessions::Sessions;
 
 use axum::Router;
 use axum::extract::{Form, State};
@@ -42,7 +44,6 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use dashmap::DashMap;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
@@ -52,13 +53,6 @@ use crate::vault::hash_api_key;
 
 /// The session cookie's name.
 const COOKIE_NAME: &str = "wxtoken_ui";
-/// A session unused this long ends.
-const IDLE: Duration = Duration::from_secs(30 * 60);
-/// A session ends this long after sign-in, however used.
-const LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// At most this many sessions are kept; past it, expired ones are dropped and, if still full, the
-/// sign-in is refused (a flood of sign-ins with a valid admin key cannot exhaust memory).
-const MAX_SESSIONS: usize = 10_000;
 
 /// The dashboard's routes, merged into the internal listener.
 pub fn routes() -> Router<AppState> {
@@ -71,6 +65,10 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/authorizers", get(pages::authorizers))
         .route("/ui/authorizers/{appid}", get(pages::authorizer))
         .route("/ui/authorizers/{appid}/refresh", post(pages::refresh))
+        .route(
+            "/ui/authorizers/{appid}/revoke",
+            get(pages::confirm_revoke).post(pages::revoke),
+        )
         .route("/ui/clients", get(clients::list).post(clients::add))
         .route("/ui/clients/{name}/rotate", post(clients::rotate))
         .route(
@@ -81,146 +79,82 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/live.js", get(live_js))
 }
 
-/// The signed-in sessions of this process, by the SHA-256 of their id.
-#[derive(Default)]
-pub struct Sessions {
-    map: DashMap<[u8; 32], Session>,
-    /// One-time sign-in links (`wxtoken demo`): the SHA-256 of the token → the key's hash, the
-    /// client's name, and when the link was made.
-    once: DashMap<[u8; 32], (ApiKeyHash, String, Instant)>,
-}
-
 /// How many minutes of refresh counts the overview charts (three hours).
-const RATE_MINUTES: usize = 180;
+pub(crate) const RATE_MINUTES: i64 = 180;
 
-/// Refreshes per minute over the last three hours, ok and failed, sampled once a minute from the
-/// engine's counters (`app.rs`'s upkeep calls [`RefreshRates::sample`]).
-#[derive(Default)]
+/// Refreshes per minute are kept this long (minutes).
+const RATE_RETENTION: i64 = 24 * 60;
+
+/// This process's refresh counts, written to the store once a minute (`refresh_minutes`) by
+/// `app.rs`'s upkeep, so the overview's chart shows every replica and survives restarts.
 pub struct RefreshRates {
-    inner: parking_lot::Mutex<RateWindow>,
+    /// Random per process start, like the heartbeat's server id.
+    server_id: String,
+    /// The engine's counters when last written (zero at start: the engine counts from zero).
+    /// Held across the write, so two writers never both add the same refreshes.
+    last: tokio::sync::Mutex<(u64, u64)>,
 }
 
-#[derive(Default)]
-struct RateWindow {
-    minutes: std::collections::VecDeque<(u64, u64)>,
-    last: Option<(u64, u64)>,
+impl Default for RefreshRates {
+    fn default() -> Self {
+        Self {
+            server_id: format!("{:016x}", rand::random::<u64>()),
+            last: tokio::sync::Mutex::new((0, 0)),
+        }
+    }
 }
 
 impl RefreshRates {
-    /// Records the minute since the last sample (the first sample only sets the baseline).
-    pub fn sample(&self, stats: &crate::refresh::EngineStats) {
-        let now = (stats.refreshed, stats.failed);
-        let mut w = self.inner.lock();
-        if let Some((ok, failed)) = w.last {
-            if w.minutes.len() == RATE_MINUTES {
-                w.minutes.pop_front();
-            }
-            w.minutes
-                .push_back((now.0.saturating_sub(ok), now.1.saturating_sub(failed)));
-        }
-        w.last = Some(now);
-    }
-
-    /// The sampled minutes, oldest first: (refreshed, failed).
-    pub fn minutes(&self) -> Vec<(u64, u64)> {
-        self.inner.lock().minutes.iter().copied().collect()
-    }
-}
-
-/// A one-time sign-in link works this long.
-const ONCE: Duration = Duration::from_secs(10 * 60);
-
-struct Session {
-    key: ApiKeyHash,
-    name: String,
-    csrf: String,
-    created: Instant,
-    last: parking_lot::Mutex<Instant>,
-}
-
-impl Sessions {
-    fn digest(id: &str) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(id.as_bytes()).into()
-    }
-
-    /// A new session for the key `key` of client `name`; returns its id (for the cookie), or
-    /// `None` when the table is full.
-    fn create(&self, key: ApiKeyHash, name: String) -> Option<String> {
-        if self.map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            self.map.retain(|_, s| !s.expired(now));
-            if self.map.len() >= MAX_SESSIONS {
-                return None;
-            }
-        }
-        let id = random_token();
-        let now = Instant::now();
-        self.map.insert(
-            Self::digest(&id),
-            Session {
-                key,
-                name,
-                csrf: random_token(),
-                created: now,
-                last: parking_lot::Mutex::new(now),
-            },
-        );
-        Some(id)
-    }
-
-    /// A one-time sign-in token for the admin key `key` of client `name` (`wxtoken demo` prints it
-    /// as a link): exchanged once, within 10 minutes, for a session; the key never is in a URL.
-    pub fn one_time_token(&self, key: ApiKeyHash, name: String) -> String {
-        let now = Instant::now();
-        self.once
-            .retain(|_, (_, _, at)| now.duration_since(*at) < ONCE);
-        let token = random_token();
-        self.once.insert(Self::digest(&token), (key, name, now));
-        token
-    }
-
-    fn remove(&self, id: &str) {
-        self.map.remove(&Self::digest(id));
-    }
-
-    /// The live session `id` (its use recorded), or `None` (expired ones are removed).
-    fn touch(&self, id: &str) -> Option<(ApiKeyHash, String, String)> {
-        self.touch_at(id, Instant::now())
-    }
-
-    fn touch_at(&self, id: &str, now: Instant) -> Option<(ApiKeyHash, String, String)> {
-        let digest = Self::digest(id);
-        let live = {
-            let s = self.map.get(&digest)?;
-            if s.expired(now) {
-                None
-            } else {
-                *s.last.lock() = now;
-                Some((s.key, s.name.clone(), s.csrf.clone()))
-            }
+    /// Writes the refreshes since the last call to the current minute; on a store error they are
+    /// kept for the next call. Prunes minutes older than a day.
+    pub async fn record(
+        &self,
+        store: &dyn crate::store::Store,
+        stats: &crate::refresh::EngineStats,
+        now: crate::model::Timestamp,
+    ) -> Result<(), crate::store::StoreError> {
+        let counters = (stats.refreshed, stats.failed);
+        let mut last = self.last.lock().await;
+        let minute = now.as_millis().div_euclid(60_000);
+        let delta = crate::model::RefreshMinute {
+            minute,
+            refreshed: counters.0.saturating_sub(last.0),
+            failed: counters.1.saturating_sub(last.1),
         };
-        if live.is_none() {
-            self.map.remove(&digest);
+        if delta.refreshed > 0 || delta.failed > 0 {
+            store
+                .ops()
+                .add_refresh_minute(&self.server_id, &delta)
+                .await?;
         }
-        live
-    }
-
-    /// How many sessions are held (tests, metrics).
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        *last = (last.0.max(counters.0), last.1.max(counters.1));
+        drop(last);
+        store
+            .ops()
+            .prune_refresh_minutes(minute - RATE_RETENTION)
+            .await?;
+        Ok(())
     }
 }
 
-impl Session {
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.created) >= LIFETIME
-            || now.duration_since(*self.last.lock()) >= IDLE
+/// The last [`RATE_MINUTES`] minutes up to `now`'s, oldest first, every replica's refreshes
+/// together: (refreshed, failed), zero where none were recorded.
+pub(crate) async fn rate_minutes(
+    store: &dyn crate::store::Store,
+    now: crate::model::Timestamp,
+) -> Result<Vec<(u64, u64)>, crate::store::StoreError> {
+    let current = now.as_millis().div_euclid(60_000);
+    let first = current - RATE_MINUTES + 1;
+    let mut minutes = vec![(0, 0); RATE_MINUTES as usize];
+    for m in store.ops().refresh_minutes(first).await? {
+        if let Some(slot) = usize::try_from(m.minute - first)
+            .ok()
+            .and_then(|i| minutes.get_mut(i))
+        {
+            *slot = (m.refreshed, m.failed);
+        }
     }
+    Ok(minutes)
 }
 
 /// 32 random bytes from the OS-seeded CSPRNG, base64url.
@@ -303,19 +237,46 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 /// page when there is no live session, or when its key no longer works or is no longer admin.
 pub(crate) async fn signed(app: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
     let to_login = || see_other("/ui/login");
+    let lang = Lang::of(headers);
     let id = cookie_value(headers).ok_or_else(to_login)?;
-    let (key, name, csrf) = app.0.ui.touch(&id).ok_or_else(to_login)?;
-    match app.0.keys.authenticate_hash(key).await {
+    let live = app
+        .0
+        .ui
+        .touch(&id)
+        .await
+        .map_err(|e| store_down(lang, &e))?
+        .ok_or_else(to_login)?;
+    match app.0.keys.authenticate_hash(live.key).await {
         Ok(caller) if caller.admin => Ok(Signed {
-            name,
-            csrf,
-            lang: Lang::of(headers),
+            name: live.name,
+            csrf: live.csrf,
+            lang,
         }),
         _ => {
-            app.0.ui.remove(&id);
+            app.0
+                .ui
+                .remove(&id)
+                .await
+                .map_err(|e| store_down(lang, &e))?;
             Err(to_login())
         }
     }
+}
+
+/// The page for a request the store could not serve (sessions live in it).
+fn store_down(lang: Lang, e: &crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "dashboard session not read or written");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        lang,
+        lang.t("暂时无法服务", "Temporarily unavailable"),
+        None,
+        html! {
+            p id="error" role="alert" {
+                (lang.t("存储暂时不可用，请稍后重试。", "The store is unavailable; try again shortly."))
+            }
+        },
+    )
 }
 
 /// A POST's CSRF check: the form's token must be the session's, and a browser's `Origin`, when
@@ -516,17 +477,33 @@ async fn login(
             Some(lang.t("此密钥不是管理员密钥。", "This key is not an admin key.")),
         );
     }
-    let Some(id) = app.0.ui.create(hash_api_key(key), caller.name.clone()) else {
-        return login_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            lang,
-            Some(lang.t(
-                "会话过多，请稍后再试。",
-                "Too many sessions; try again later.",
-            )),
-        );
+    tracing::info!(client = %caller.name, "signing in to the dashboard");
+    start_session(&app, &headers, lang, hash_api_key(key), caller.name.clone()).await
+}
+
+/// Signs in with a session for `key` (a checked admin key's hash) and sends the browser to the
+/// overview with its cookie.
+async fn start_session(
+    app: &AppState,
+    headers: &HeaderMap,
+    lang: Lang,
+    key: ApiKeyHash,
+    name: String,
+) -> Response {
+    let id = match app.0.ui.create(key, name).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang,
+                Some(lang.t(
+                    "会话过多，请稍后再试。",
+                    "Too many sessions; try again later.",
+                )),
+            );
+        }
+        Err(e) => return store_down(lang, &e),
     };
-    tracing::info!(client = %caller.name, "signed in to the dashboard");
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
@@ -542,30 +519,6 @@ async fn login(
     response
 }
 
-/// Signs in with a session for `key` (a checked admin key's hash) and sends the browser to the
-/// overview with its cookie.
-fn start_session(
-    app: &AppState,
-    headers: &HeaderMap,
-    key: ApiKeyHash,
-    name: String,
-) -> Option<Response> {
-    let id = app.0.ui.create(key, name)?;
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let cookie = format!(
-        "{COOKIE_NAME}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        LIFETIME.as_secs(),
-        if secure { "; Secure" } else { "" }
-    );
-    let mut response = see_other("/ui/");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(SET_COOKIE, v);
-    }
-    Some(response)
-}
-
 #[derive(Deserialize)]
 struct OnceQuery {
     token: String,
@@ -579,31 +532,22 @@ async fn login_once(
     axum::extract::Query(q): axum::extract::Query<OnceQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let entry = app.0.ui.once.remove(&Sessions::digest(&q.token));
-    let Some((_, (key, name, at))) = entry.filter(|(_, (_, _, at))| at.elapsed() < ONCE) else {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            lang,
-            Some(lang.t(
-                "此登录链接已用过或已过期。",
-                "This sign-in link was used or has expired.",
-            )),
-        );
-    };
-    let _ = at;
-    match app.0.keys.authenticate_hash(key).await {
-        Ok(caller) if caller.admin => {
-            start_session(&app, &headers, key, name).unwrap_or_else(|| {
-                login_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    lang,
-                    Some(lang.t(
-                        "会话过多，请稍后再试。",
-                        "Too many sessions; try again later.",
-                    )),
-                )
-            })
+    let (key, name) = match app.0.ui.take_once(&q.token).await {
+        Ok(Some(taken)) => taken,
+        Ok(None) => {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                lang,
+                Some(lang.t(
+                    "此登录链接已用过或已过期。",
+                    "This sign-in link was used or has expired.",
+                )),
+            );
         }
+        Err(e) => return store_down(lang, &e),
+    };
+    match app.0.keys.authenticate_hash(key).await {
+        Ok(caller) if caller.admin => start_session(&app, &headers, lang, key, name).await,
         _ => login_page(
             StatusCode::UNAUTHORIZED,
             lang,
@@ -634,8 +578,10 @@ async fn logout(
     if let Err(r) = check_csrf(&signed, &headers, &form.csrf) {
         return r;
     }
-    if let Some(id) = cookie_value(&headers) {
-        app.0.ui.remove(&id);
+    if let Some(id) = cookie_value(&headers)
+        && let Err(e) = app.0.ui.remove(&id).await
+    {
+        return store_down(signed.lang, &e);
     }
     let mut response = see_other("/ui/login");
     response.headers_mut().insert(
@@ -683,57 +629,36 @@ mod tests {
         assert_eq!(lang("fr-FR"), Lang::Zh);
     }
 
-    #[test]
-    fn refresh_rates_count_each_minute_since_the_last_sample_and_keep_three_hours() {
-        let rates = RefreshRates::default();
+    #[tokio::test]
+    async fn refresh_counts_are_written_per_minute_and_read_back_as_three_hours_of_every_server() {
+        let store = crate::store::open("sqlite::memory:").await.expect("store");
         let stats = |refreshed, failed| crate::refresh::EngineStats {
             refreshed,
             failed,
             ..Default::default()
         };
-        rates.sample(&stats(10, 1));
-        assert!(
-            rates.minutes().is_empty(),
-            "the first sample is the baseline"
+        let (a, b) = (RefreshRates::default(), RefreshRates::default());
+        let now = crate::model::Timestamp::from_millis(1_800_000_000_000);
+        let before = now.minus(std::time::Duration::from_secs(120));
+        a.record(&*store, &stats(10, 1), before).await.unwrap();
+        a.record(&*store, &stats(15, 1), now).await.unwrap();
+        b.record(&*store, &stats(2, 3), now).await.unwrap();
+        let minutes = rate_minutes(&*store, now).await.unwrap();
+        assert_eq!(minutes.len(), RATE_MINUTES as usize);
+        assert_eq!(
+            minutes[RATE_MINUTES as usize - 1],
+            (7, 3),
+            "both servers' last minute"
         );
-        rates.sample(&stats(15, 1));
-        rates.sample(&stats(15, 4));
-        assert_eq!(rates.minutes(), [(5, 0), (0, 3)]);
-        for i in 0..RATE_MINUTES as u64 {
-            rates.sample(&stats(15 + i, 4));
-        }
-        assert_eq!(rates.minutes().len(), RATE_MINUTES);
-    }
-
-    #[test]
-    fn sessions_expire_when_idle_or_old_and_a_one_time_token_is_unknown_to_them() {
-        let sessions = Sessions::default();
-        let key = hash_api_key("wxt_test");
-        let id = sessions.create(key, "ops".into()).expect("room");
-        assert!(sessions.touch(&id).is_some());
-        assert!(sessions.touch("not-a-session").is_none());
-        // Used again within its idle limit it lives on; after it, it is gone, and removed.
-        let later = Instant::now() + IDLE - Duration::from_secs(60);
-        assert!(sessions.touch_at(&id, later).is_some());
-        assert!(
-            sessions
-                .touch_at(&id, later + IDLE + Duration::from_secs(1))
-                .is_none()
+        assert_eq!(
+            minutes[RATE_MINUTES as usize - 3],
+            (10, 1),
+            "counted from zero at start"
         );
-        assert!(sessions.is_empty());
-        // However used, it ends at its lifetime.
-        let id = sessions.create(key, "ops".into()).expect("room");
-        let mut at = Instant::now();
-        while at < Instant::now() + LIFETIME - IDLE {
-            at += IDLE - Duration::from_secs(1);
-            assert!(sessions.touch_at(&id, at).is_some());
-        }
-        assert!(sessions.touch_at(&id, Instant::now() + LIFETIME).is_none());
-        let once = sessions.one_time_token(key, "ops".into());
-        assert!(
-            sessions.touch(&once).is_none(),
-            "a sign-in link is not a session"
-        );
-        sessions.remove(&once);
+        assert_eq!(minutes.iter().map(|m| m.0).sum::<u64>(), 17);
+        // A day later the old minutes are pruned.
+        let later = now.plus(std::time::Duration::from_secs(25 * 3600));
+        a.record(&*store, &stats(15, 1), later).await.unwrap();
+        assert!(store.ops().refresh_minutes(0).await.unwrap().is_empty());
     }
 }

@@ -109,7 +109,7 @@ async fn overview_body(app: &AppState, lang: Lang) -> Result<Markup, ApiError> {
     });
     failing.sort();
     let alerts = engine.recent_alerts();
-    let rates = app.0.refresh_rates.minutes();
+    let rates = super::rate_minutes(&*app.0.store, now).await?;
     let mut tickets = 0u64;
     engine.cache().for_each(|slot| {
         if slot.credential().kind.is_ticket() && slot.current().is_some() {
@@ -172,8 +172,8 @@ fn overview_extra(lang: Lang, x: &Extra) -> Markup {
     }
 }
 
-/// A bar per minute, refreshes in blue with failures stacked in red; empty until the first
-/// minute has been sampled.
+/// A bar per minute of the last three hours (every replica's), refreshes in blue with failures
+/// stacked in red.
 fn rates_chart(lang: Lang, minutes: &[(u64, u64)]) -> Markup {
     const W: u64 = 720;
     const H: u64 = 120;
@@ -186,8 +186,8 @@ fn rates_chart(lang: Lang, minutes: &[(u64, u64)]) -> Markup {
     let height = |n: u64| (n * (H - 20)) / max;
     let offset = 180u64.saturating_sub(minutes.len() as u64);
     html! {
-        @if minutes.is_empty() {
-            p.hint id="no-rates" { (lang.t("启动后第一分钟结束时开始记录。", "Recorded from the end of the first minute after start.")) }
+        @if minutes.iter().all(|m| *m == (0, 0)) {
+            p.hint id="no-rates" { (lang.t("最近三小时没有刷新记录（每分钟记录一次）。", "No refresh recorded in the last three hours (recorded once a minute).")) }
         } @else {
             svg.timeline viewBox={ "0 0 " (W) " " (H) } role="img"
                 aria-label=(lang.t("最近三小时每分钟的刷新（蓝）与失败（红）", "Refreshes (blue) and failures (red) per minute, last three hours")) {
@@ -236,6 +236,7 @@ fn overview_live(
                 th scope="col" { (lang.t("正常", "Active")) }
                 th scope="col" { (lang.t("需重新授权", "Needs re-authorization")) }
                 th scope="col" { (lang.t("已取消授权", "Revoked")) }
+                th scope="col" { (lang.t("公众号 / 小程序", "Official accounts / Mini programs")) }
                 th scope="col" { "component_verify_ticket" }
                 th scope="col" { "component_access_token" }
             } }
@@ -250,6 +251,12 @@ fn overview_live(
                             } @else { "0" }
                         }
                         td.num id={ "count-revoked-" (c) } { (counts.revoked) }
+                        td.num id={ "count-kinds-" (c) } {
+                            (counts.official_accounts) " / " (counts.mini_programs)
+                            @if counts.kind_unknown > 0 {
+                                " " span.hint { "(" (counts.kind_unknown) (lang.t(" 类型未知", " unknown")) ")" }
+                            }
+                        }
                         td {
                             @match ticket_age {
                                 Some(age) if *age < TICKET_VALIDITY_SECS => span.ok {
@@ -363,14 +370,15 @@ fn timeline(lang: Lang, due: &[u64; BUCKETS], late: u64) -> Markup {
 #[derive(Deserialize)]
 pub struct ListQuery {
     component: Option<String>,
-    /// An appid, or the start of one.
+    /// An appid, or the start of one; else a part of a nick name or principal name.
     q: Option<String>,
     after: Option<String>,
     /// Only this status (on the page shown).
     status: Option<String>,
 }
 
-/// The authorizers of a component, by appid, a page at a time, searchable by appid prefix.
+/// The authorizers of a component, by appid, a page at a time, searchable by appid prefix or by
+/// (a part of) the nick name or principal name.
 pub async fn authorizers(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -406,9 +414,11 @@ async fn authorizers_body(app: &AppState, lang: Lang, q: &ListQuery) -> Result<M
     let mut records = Vec::new();
     let mut next = None;
     match search {
-        // An appid prefix: the exact appid first, then every appid after it that starts with it.
+        // An appid prefix: the exact appid first, then every appid after it that starts with it;
+        // a name when nothing (or no appid) matches.
         Some(prefix) => {
-            if let Ok(start) = Appid::parse(prefix) {
+            let appid_like = prefix.starts_with("wx");
+            if appid_like && let Ok(start) = Appid::parse(prefix) {
                 if after.is_none()
                     && let Some(r) = store.get_authorizer(&component, &start).await?
                 {
@@ -427,6 +437,15 @@ async fn authorizers_body(app: &AppState, lang: Lang, q: &ListQuery) -> Result<M
                     next = matching.last().map(|r| r.appid.to_string());
                 }
                 records.extend(matching);
+            }
+            if records.is_empty() && (!appid_like || after.is_none()) {
+                let page = store
+                    .search_authorizers(&component, prefix, after.as_ref(), PAGE)
+                    .await?;
+                if page.len() == PAGE as usize {
+                    next = page.last().map(|r| r.appid.to_string());
+                }
+                records = page;
             }
         }
         None => {
@@ -460,15 +479,17 @@ async fn authorizers_body(app: &AppState, lang: Lang, q: &ListQuery) -> Result<M
         })
         .collect();
     let now = secs(Timestamp::now());
-    let base = format!(
-        "/ui/authorizers?component={component}&q={}&status={}",
-        search.unwrap_or(""),
-        q.status.as_deref().unwrap_or("")
-    );
+    let base = {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("component", component.as_str());
+        query.append_pair("q", search.unwrap_or(""));
+        query.append_pair("status", q.status.as_deref().unwrap_or(""));
+        format!("/ui/authorizers?{}", query.finish())
+    };
     Ok(html! {
         form.search method="get" action="/ui/authorizers" role="search" {
             input type="hidden" name="component" value=(component);
-            label for="q" { (lang.t("按 appid 查找", "Find by appid")) }
+            label for="q" { (lang.t("按 appid 或名称查找", "Find by appid or name")) }
             input id="q" name="q" type="search" value=(search.unwrap_or("")) placeholder="wx…";
             button type="submit" { (lang.t("查找", "Find")) }
         }
@@ -619,9 +640,14 @@ async fn detail_body(
             p { (lang.t("把此链接发给商户，用其管理员微信扫码重新授权：", "Send this link to the merchant, to authorize again with their admin's WeChat:")) }
             p.rebind { a id="rebind" href=(link) { (link) } }
         }
-        form id="refresh-form" method="post" action={ "/ui/authorizers/" (appid) "/refresh?component=" (component) } {
-            input type="hidden" name="csrf" value=(s.csrf);
-            button id="refresh" type="submit" { (lang.t("立即刷新", "Refresh now")) }
+        div.actions {
+            form id="refresh-form" method="post" action={ "/ui/authorizers/" (appid) "/refresh?component=" (component) } {
+                input type="hidden" name="csrf" value=(s.csrf);
+                button id="refresh" type="submit" { (lang.t("立即刷新", "Refresh now")) }
+            }
+            @if record.status != AuthorizerStatus::Revoked {
+                a.danger id="revoke" href={ "/ui/authorizers/" (appid) "/revoke?component=" (component) } { (lang.t("取消授权…", "Revoke…")) }
+            }
         }
         h2 { (lang.t("刷新令牌历史", "Refresh-token history")) }
         p.hint { (lang.t("值从不显示。", "Values are never shown.")) }
@@ -684,6 +710,77 @@ pub async fn refresh(
         let appid = Appid::parse(&appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         refresh_now(&app, &component, &appid).await?;
         tracing::info!(appid = %appid, by = %s.name, "refreshed from the dashboard");
+        Ok::<_, ApiError>(format!("/ui/authorizers/{appid}?component={component}"))
+    }
+    .await;
+    match result {
+        Ok(location) => see_other(&location),
+        Err(e) => error_page(&s, e),
+    }
+}
+
+/// The confirmation before revoking an authorizer.
+pub async fn confirm_revoke(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(appid): Path<String>,
+    Query(q): Query<ComponentQuery>,
+) -> Response {
+    let s = signed_or_return!(&app, &headers);
+    let lang = s.lang;
+    let target = async {
+        let component = app.0.component(q.component.as_deref())?;
+        let appid = Appid::parse(&appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let record = admin::authorizer(&app, &component, &appid).await?;
+        Ok::<_, ApiError>((component, record))
+    }
+    .await;
+    let (component, record) = match target {
+        Ok(t) => t,
+        Err(e) => return error_page(&s, e),
+    };
+    let appid = &record.appid;
+    page(
+        StatusCode::OK,
+        lang,
+        lang.t("取消授权方", "Revoke an authorizer"),
+        Some(&s),
+        html! {
+            p {
+                (lang.t("在 wxtoken 中取消 ", "Revoke "))
+                strong { code { (appid) } }
+                @if let Some(name) = &record.details.nick_name { " (" (name) ")" }
+                (lang.t(
+                    "？wxtoken 将停止刷新它的令牌，客户端会收到 revoked。已保存的刷新令牌会保留：商户重新授权即可恢复。这不会在微信侧解除授权。",
+                    "? wxtoken stops refreshing its tokens and clients are told it is revoked. Its stored refresh token is kept: the merchant authorizing again restores it. This does not end the authorization at WeChat."
+                ))
+            }
+            form method="post" action={ "/ui/authorizers/" (appid) "/revoke?component=" (component) } {
+                input type="hidden" name="csrf" value=(s.csrf);
+                button.danger id="confirm-revoke" type="submit" { (lang.t("取消授权", "Revoke")) }
+                " "
+                a href={ "/ui/authorizers/" (appid) "?component=" (component) } { (lang.t("取消", "Cancel")) }
+            }
+        },
+    )
+}
+
+/// Revoke an authorizer (CSRF-checked, after the confirmation page), then back to its details.
+pub async fn revoke(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(appid): Path<String>,
+    Query(q): Query<ComponentQuery>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let s = signed_or_return!(&app, &headers);
+    if let Err(r) = check_csrf(&s, &headers, &form.csrf) {
+        return r;
+    }
+    let result = async {
+        let component = app.0.component(q.component.as_deref())?;
+        let appid = Appid::parse(&appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        admin::revoke_now(&app, &component, &appid, &s.name).await?;
         Ok::<_, ApiError>(format!("/ui/authorizers/{appid}?component={component}"))
     }
     .await;

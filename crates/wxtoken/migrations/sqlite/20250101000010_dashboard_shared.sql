@@ -1,0 +1,24 @@
+-- wxtoken schema 10 (SQLite): what the operator dashboard shares between replicas.
+--
+-- ui_sessions: signed-in dashboard sessions and one-time sign-in links, by the SHA-256 of their
+-- id (the id itself is only in the browser's cookie or the link). key_hash is the admin key's
+-- hash, re-checked against the live keys on every request. Expired rows are pruned.
+CREATE TABLE ui_sessions (
+    digest       BLOB    NOT NULL PRIMARY KEY,
+    kind         TEXT    NOT NULL CHECK (kind IN ('session', 'once')),
+    key_hash     BLOB    NOT NULL,
+    client_name  TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+) STRICT;
+
+-- refresh_minutes: refreshes per wall-clock minute (epoch minutes) and server, ok and failed,
+-- written once a minute by every server, so the overview's chart covers every replica and
+-- survives a restart. Rows older than a day are pruned.
+CREATE TABLE refresh_minutes (
+    minute    INTEGER NOT NULL,
+    server_id TEXT    NOT NULL,
+    refreshed INTEGER NOT NULL,
+    failed    INTEGER NOT NULL,
+    PRIMARY KEY (minute, server_id)
+) STRICT;
