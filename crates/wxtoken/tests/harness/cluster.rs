@@ -15,6 +15,17 @@ pub struct Replica {
     pub internal: String,
 }
 
+/// A replica still running when its test ends (a failed assertion, a panic) is killed, so no
+/// `serve` outlives its test and loads the machine under the next one.
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Replica {
     /// `kill -9`, and reaps it.
     pub fn kill(&mut self) {
@@ -95,10 +106,17 @@ impl Cluster {
             .expect("spawn serve");
         let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
         let mut line = String::new();
+        let mut own = Vec::new();
         let (public, internal) = loop {
             line.clear();
             let n = reader.read_line(&mut line).expect("read stderr");
-            assert!(n > 0, "serve exited before serving");
+            assert!(
+                n > 0,
+                "serve exited before serving ({:?}):\n{}",
+                child.try_wait(),
+                own.concat()
+            );
+            own.push(line.clone());
             logs.lock().push(line.clone());
             if line.contains("wxtoken is serving") {
                 break (field(&line, "public="), field(&line, "internal="));

@@ -38,6 +38,8 @@ const REPLICAS: usize = 3;
 const CHAOS_RUN: Duration = Duration::from_secs(75);
 const KILL_EVERY: Duration = Duration::from_secs(5);
 const CLIENTS: usize = 12;
+/// Tokens a kill -9 may drop between WeChat's answer and their write: `refresh.concurrency`.
+const KILL_LOSS: u64 = 16;
 
 /// The two tests measure time: never both at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -196,7 +198,8 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         }
         assert!(
             Instant::now() < deadline,
-            "only {n} of {AUTHORIZERS} authorizers got a token within 60 s"
+            "only {n} of {AUTHORIZERS} authorizers got a token within 60 s; the replicas said:\n{}",
+            logs.lock().concat()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -424,6 +427,10 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
     let landed = u64::try_from(generations_after - generations_before).expect("generations grow");
     let ratio = endpoint.ok as f64 / landed as f64;
     let log_text = logs.lock().concat();
+    // For a post-mortem: WXTOKEN_CHAOS_LOG=FILE keeps every replica's log lines.
+    if let Ok(path) = std::env::var("WXTOKEN_CHAOS_LOG") {
+        std::fs::write(path, &log_text).expect("write the replicas' log");
+    }
     eprintln!(
         "chaos: warm-up {:.1}s, chaos {:.1}s, total {:.1}s; {kills} kills, 1 database cut\n\
          clients: {} reads ok, {} unavailable (503), {} other, {} unreachable; \
@@ -466,9 +473,17 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
         mismatched.len(),
         &mismatched[..mismatched.len().min(10)]
     );
+    // Duplicate refreshes would show as tokens issued that never landed. So does a kill -9 between
+    // WeChat's answer and the group commit that writes it: a kill drops what its replica had not
+    // written yet (on a machine whose database commits take ~10 ms, about ten tokens per kill;
+    // on a faster one, none). Allowed: 1% plus KILL_LOSS per kill; two replicas refreshing the
+    // same credentials would be thousands over.
+    let lost = endpoint.ok.saturating_sub(landed);
+    let allowed = landed / 100 + kills * KILL_LOSS;
     assert!(
-        ratio <= 1.01,
-        "api_authorizer_token issued {ratio:.4} tokens per token landed (goal ≤ 1.01)"
+        lost <= allowed,
+        "api_authorizer_token issued {lost} tokens more than landed ({ratio:.4} per token \
+         landed; allowed: 1% and {KILL_LOSS} per kill = {allowed})"
     );
     assert!(
         !log_text.contains("access_token=") && !log_text.contains("refreshtoken@@@"),
