@@ -569,7 +569,7 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
             active: 1,
             needs_reauth: 0,
             revoked: 0,
-            kind_unknown: 1,
+            official_accounts: 1,
             ..AuthorizerCounts::default()
         }
     );
@@ -1860,7 +1860,7 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
             active: 0,
             needs_reauth: 0,
             revoked: 1,
-            kind_unknown: 1,
+            official_accounts: 1,
             ..AuthorizerCounts::default()
         }
     );
