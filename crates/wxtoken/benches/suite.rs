@@ -1045,7 +1045,21 @@ fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>)
         .filter_map(|f| f.parse().ok())
         .collect();
     let (secs, rss_kb, held) = (v[0], v[1], v[2]);
+    let (heap, base_kb) = (
+        v.get(3).copied().unwrap_or(0.0),
+        v.get(4).copied().unwrap_or(0.0),
+    );
     println!("[{backend}] cold start: {secs:.3} s, RSS {rss_kb:.0} kB, {held:.0} credentials held");
+    let per_credential = (rss_kb - base_kb) * 1024.0 / held.max(1.0);
+    rows.push(Row(
+        format!("Memory per credential, {backend} (RSS beyond the baseline; heap in use)"),
+        format!(
+            "{per_credential:.0} B ({:.0} B of heap)",
+            heap / held.max(1.0)
+        ),
+        "≤ 400 B".into(),
+        verdict(per_credential <= 400.0),
+    ));
     rows.push(Row(
         format!("Cold start, {backend} ({held:.0} credentials, load + decrypt)"),
         format!("{secs:.2} s"),
@@ -1058,6 +1072,14 @@ fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>)
         "≤ 100 MB".into(),
         verdict(rss_kb / 1024.0 <= 100.0),
     ));
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: in-use chunks of the
+/// arenas and mmapped blocks).
+fn heap_bytes() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters; it takes no pointer.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
 }
 
 /// In a fresh process: open the store and the engine (the real cold start), report time and RSS.
@@ -1084,6 +1106,7 @@ fn cold_start_child() {
             .expect("vault");
         let tracker = TaskTracker::new();
         let base = rss_kb(std::process::id());
+        let heap_base = heap_bytes();
         let engine = open_engine(
             &sim,
             &component,
@@ -1096,7 +1119,51 @@ fn cold_start_child() {
         let secs = t0.elapsed().as_secs_f64();
         println!("NOTE RSS {base} kB before the engine opened (runtime, store, simulator)");
         let held = engine.cache().len();
-        println!("COLD {secs} {} {held}", rss_kb(std::process::id()));
+        let rss = rss_kb(std::process::id());
+        let heap = heap_bytes().saturating_sub(heap_base);
+        println!(
+            "NOTE per credential: {:.0} B of heap in use, {:.0} B of RSS (beyond the {base} kB before the engine opened)",
+            heap as f64 / held.max(1) as f64,
+            rss.saturating_sub(base) as f64 * 1024.0 / held.max(1) as f64
+        );
+        // Where the bytes go: the token cache alone (slots and tokens as served) for as many
+        // credentials, with tokens of the length the engine holds; the rest is the schedule,
+        // the engine's books and the allocator's slack.
+        let token_len = {
+            let mut len = 0;
+            engine.cache().for_each(|slot| {
+                if len == 0 && let Some(t) = slot.current() {
+                    len = t.access_token.expose_secret().len();
+                }
+            });
+            len
+        };
+        let cache_base = heap_bytes();
+        let cache = wxtoken::tokens::cache::TokenCache::new();
+        let component = ComponentAppid::parse("wxbenchcomponent0").expect("component");
+        let now = wxtoken::model::Timestamp::now();
+        for i in 0..held {
+            let appid = Appid::parse(&format!("wx{i:016x}")).expect("appid");
+            cache
+                .slot(&Credential::authorizer(&component, &appid))
+                .publish(wxtoken::tokens::cache::CachedToken {
+                    access_token: SecretString::from("t".repeat(token_len)),
+                    issued_at: now,
+                    expires_at: now,
+                    refresh_at: now,
+                    generation: 1,
+                    source: wxtoken::model::TokenSource::AuthorizerToken,
+                    stored: true,
+                });
+        }
+        let in_cache = heap_bytes().saturating_sub(cache_base);
+        println!(
+            "NOTE of which the token cache: {:.0} B per credential (token {token_len} B); the rest (schedule, the engine's books, slack): {:.0} B",
+            in_cache as f64 / held.max(1) as f64,
+            heap.saturating_sub(in_cache) as f64 / held.max(1) as f64
+        );
+        drop(cache);
+        println!("COLD {secs} {rss} {held} {heap} {base}");
         drop(engine);
         store.close().await;
     });

@@ -44,6 +44,54 @@ use crate::tokens::cache::CachedToken;
 /// Entries kept before expired ones are pruned.
 const PRUNE_ABOVE: usize = 4096;
 
+/// A map of credentials whose entries expire, pruned when it has doubled since the last pruning
+/// (never below [`PRUNE_ABOVE`]): with a million credentials, tens of thousands of entries can be
+/// live at once, and pruning at a fixed size would scan them all on every insert.
+pub(crate) struct Book<V> {
+    map: HashMap<Credential, V>,
+    prune_at: usize,
+}
+
+impl<V> Default for Book<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            prune_at: PRUNE_ABOVE,
+        }
+    }
+}
+
+impl<V> Book<V> {
+    /// Inserts, first dropping the entries `live` says are over when the map is due for it.
+    /// Amortized O(1).
+    pub(crate) fn insert(
+        &mut self,
+        credential: Credential,
+        value: V,
+        live: impl FnMut(&V) -> bool,
+    ) {
+        if self.map.len() >= self.prune_at {
+            let mut live = live;
+            self.map.retain(|_, v| live(v));
+            self.prune_at = (self.map.len() * 2).max(PRUNE_ABOVE);
+        }
+        self.map.insert(credential, value);
+    }
+
+    pub(crate) fn get(&self, credential: &Credential) -> Option<&V> {
+        self.map.get(credential)
+    }
+
+    pub(crate) fn remove(&mut self, credential: &Credential) -> Option<V> {
+        self.map.remove(credential)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 /// A token this process obtained from WeChat: when, and a fingerprint of it (never the token).
 #[derive(Clone, Copy)]
 struct Obtained {
@@ -55,10 +103,10 @@ struct Obtained {
 pub(crate) struct Reports {
     /// Until when a credential's force budget is known to be spent (claimed by this process, or
     /// by another as the store said).
-    spent_until: Mutex<HashMap<Credential, Timestamp>>,
+    spent_until: Mutex<Book<Timestamp>>,
     /// Tokens obtained by this process within the rogue window, with no refresh attempt of
     /// unknown outcome since.
-    obtained: Mutex<HashMap<Credential, Obtained>>,
+    obtained: Mutex<Book<Obtained>>,
     /// The generation of the token a report's flight last went to refresh because it was refused
     /// (or old enough to be): a later report of that same token, inside the budget, waits a moment
     /// for the new one rather than being handed a token known to be refused.
@@ -119,11 +167,9 @@ impl Reports {
     }
 
     fn note_spent(&self, credential: &Credential, until: Timestamp, now: Timestamp) {
-        let mut spent = self.spent_until.lock();
-        if spent.len() > PRUNE_ABOVE {
-            spent.retain(|_, u| *u > now);
-        }
-        spent.insert(credential.clone(), until);
+        self.spent_until
+            .lock()
+            .insert(credential.clone(), until, |u| *u > now);
     }
 
     /// A token WeChat just issued to this process for `credential`.
@@ -137,17 +183,15 @@ impl Reports {
         if window.is_zero() || !credential.kind.is_account_token() {
             return;
         }
-        let mut obtained = self.obtained.lock();
-        if obtained.len() > PRUNE_ABOVE {
-            let horizon = issued_at.as_millis() - millis(window);
-            obtained.retain(|_, o| o.issued_at.as_millis() > horizon);
-        }
-        obtained.insert(
+        let horizon = issued_at.as_millis() - millis(window);
+        let fingerprint = self.fingerprint(token);
+        self.obtained.lock().insert(
             credential.clone(),
             Obtained {
                 issued_at,
-                fingerprint: self.fingerprint(token),
+                fingerprint,
             },
+            |o| o.issued_at.as_millis() > horizon,
         );
     }
 
@@ -487,5 +531,38 @@ impl Inner {
         {
             tracing::warn!(error = %e, "rogue refresh not recorded in the store");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Appid, ComponentAppid};
+
+    fn credential(i: usize) -> Credential {
+        Credential::authorizer(
+            &ComponentAppid::parse("wxcomponent").unwrap(),
+            &Appid::parse(&format!("wx{i:016x}")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_book_keeps_live_entries_and_drops_expired_ones_once_it_has_doubled() {
+        let mut book = Book::default();
+        // Live entries are never dropped, however many; each pruning pass doubles the next point.
+        for i in 0..4 * PRUNE_ABOVE {
+            book.insert(credential(i), i, |_| true);
+        }
+        assert_eq!(book.len(), 4 * PRUNE_ABOVE);
+        assert_eq!(book.prune_at, 4 * PRUNE_ABOVE);
+        // At that point the expired ones go, and the next point is twice what is left.
+        book.insert(credential(usize::MAX), 0, |v| *v >= 3 * PRUNE_ABOVE);
+        assert_eq!(book.len(), PRUNE_ABOVE + 1);
+        assert_eq!(book.prune_at, 2 * PRUNE_ABOVE);
+        assert!(book.get(&credential(0)).is_none());
+        assert_eq!(
+            book.get(&credential(4 * PRUNE_ABOVE - 1)),
+            Some(&(4 * PRUNE_ABOVE - 1))
+        );
     }
 }

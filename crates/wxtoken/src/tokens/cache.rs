@@ -251,8 +251,9 @@ impl Slot {
 /// Every credential's slot, by appid.
 #[derive(Default)]
 pub struct TokenCache {
-    // A handful of slots per appid at most (one per component and kind).
-    by_appid: DashMap<Appid, Vec<Arc<Slot>>>,
+    // A handful of slots per appid at most (one per component and kind), almost always one:
+    // held inline, no allocation of its own.
+    by_appid: DashMap<Appid, smallvec::SmallVec<[Arc<Slot>; 1]>>,
     /// Appids found in neither memory nor the store, and when (see `Engine::lookup`).
     unknown: DashMap<String, std::time::Instant>,
 }
