@@ -975,6 +975,11 @@ fn dashboard(
                 "search by appid prefix",
                 format!("/ui/authorizers?q={}", &mid[..8]),
             ),
+            (
+                // Imported authorizers have no nick name: the scan finds nothing, its worst case.
+                "search by name (a scan)",
+                "/ui/authorizers?q=%E5%92%96%E5%95%A1".to_owned(),
+            ),
             ("one authorizer", format!("/ui/authorizers/{mid}")),
             ("clients", "/ui/clients".to_owned()),
         ];

@@ -90,10 +90,34 @@ pub enum ReadError {
 #[derive(Default)]
 struct SlotState {
     token: Option<Arc<CachedToken>>,
+    /// `None` for components and direct accounts.
+    status: Option<AuthorizerStatus>,
+    /// Why it fails, why it is not active: rare, so boxed (a slot with none pays 8 bytes, not 56:
+    /// at a million credentials, 48 MB).
+    notes: Option<Box<Notes>>,
+}
+
+#[derive(Default)]
+struct Notes {
     /// The last refresh failure, cleared by the next success.
     failing: Option<String>,
-    /// `None` for components and direct accounts.
-    status: Option<(AuthorizerStatus, String)>,
+    /// Why the authorizer is not active.
+    status_reason: Option<String>,
+}
+
+impl SlotState {
+    fn failing(&self) -> Option<&String> {
+        self.notes.as_ref()?.failing.as_ref()
+    }
+
+    /// Changes the notes, dropping the box once both are empty.
+    fn note(&mut self, change: impl FnOnce(&mut Notes)) {
+        let notes = self.notes.get_or_insert_with(Box::default);
+        change(notes);
+        if notes.failing.is_none() && notes.status_reason.is_none() {
+            self.notes = None;
+        }
+    }
 }
 
 /// One credential's entry.
@@ -139,23 +163,28 @@ impl Slot {
     ) -> Result<Arc<CachedToken>, ReadError> {
         let state = self.state.read();
         if let Some(token) = &state.token
-            && plan::serves(state.status.as_ref().map(|(s, _)| *s), token.source)
+            && plan::serves(state.status, token.source)
             && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
         {
             return Ok(Arc::clone(token));
         }
         // A fallback token (appsecret) counts above; here no token is left.
-        if let Some((status, reason)) = &state.status
-            && *status != AuthorizerStatus::Active
+        if let Some(status) = state.status
+            && status != AuthorizerStatus::Active
         {
+            let reason = state
+                .notes
+                .as_ref()
+                .and_then(|n| n.status_reason.as_deref())
+                .unwrap_or("");
             return Err(ReadError::Gone {
                 reason: format!("{}: {reason}", status.as_str()),
             });
         }
         Err(ReadError::NoToken {
             reason: state
-                .failing
-                .clone()
+                .failing()
+                .cloned()
                 .unwrap_or_else(|| "no token yet".to_owned()),
         })
     }
@@ -211,7 +240,9 @@ impl Slot {
                 return false;
             }
             state.token = Some(Arc::new(token));
-            state.failing = None;
+            if state.notes.is_some() {
+                state.note(|n| n.failing = None);
+            }
             if let Some(tx) = self.generation.get() {
                 tx.send_if_modified(|g| {
                     let newer = generation > *g;
@@ -227,11 +258,14 @@ impl Slot {
 
     /// The last refresh failure, if the last refresh failed.
     pub fn failing(&self) -> Option<String> {
-        self.state.read().failing.clone()
+        self.state.read().failing().cloned()
     }
 
     pub fn set_failing(&self, reason: Option<String>) {
-        self.state.write().failing = reason;
+        let mut state = self.state.write();
+        if reason.is_some() || state.notes.is_some() {
+            state.note(|n| n.failing = reason);
+        }
     }
 
     /// Records an authorizer's status. A revocation drops the token: WeChat retires it at once.
@@ -240,11 +274,16 @@ impl Slot {
         if status == AuthorizerStatus::Revoked {
             state.token = None;
         }
-        state.status = Some((status, reason.to_owned()));
+        state.status = Some(status);
+        // An active authorizer's reason is never shown.
+        let reason = (status != AuthorizerStatus::Active).then(|| reason.to_owned());
+        if reason.is_some() || state.notes.is_some() {
+            state.note(|n| n.status_reason = reason);
+        }
     }
 
     pub fn status(&self) -> Option<AuthorizerStatus> {
-        self.state.read().status.as_ref().map(|(s, _)| *s)
+        self.state.read().status
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - `three_replicas_under_kills_a_database_cut_and_upstream_faults_never_hand_out_a_stale_token`:
 //!   the chaos test. Three real `wxtoken serve` processes, the simulator in this process with 20 s
-//!   tokens, 1,000 imported authorizers, clients reading from random replicas and using each token
+//!   tokens, 500 imported authorizers, clients reading from random replicas and using each token
 //!   at the simulator's `getcallbackip`, while a random replica is killed (SIGKILL) and restarted
 //!   every few seconds, every database session is cut once, and 10% of the token calls fail (-1)
 //!   and 10% time out. Bounded by `CHAOS_RUN` plus warm-up (about 2 minutes in all).
@@ -32,7 +32,7 @@ const COMPONENT: &str = "wxchaoscomponent01";
 const COMPONENT_SECRET: &str = "chaos-component-secret";
 const PUSH_TOKEN: &str = "chaostoken";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-const AUTHORIZERS: usize = 1000;
+const AUTHORIZERS: usize = 500;
 const REPLICAS: usize = 3;
 /// How long the chaos lasts (kills, the cut, faults, clients).
 const CHAOS_RUN: Duration = Duration::from_secs(75);
@@ -141,7 +141,7 @@ async fn three_replicas_under_kills_a_database_cut_and_upstream_faults_never_han
     let cluster = Cluster::new(key.clone());
     cluster.write_config(&chaos_config(&h.url, sim.base_url()));
 
-    // 1,000 authorizers at the simulator, imported into the store, and a client key.
+    // 500 authorizers at the simulator, imported into the store, and a client key.
     sim.control()
         .create_component(component_spec(None))
         .expect("component");
