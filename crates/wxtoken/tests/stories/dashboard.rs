@@ -93,6 +93,17 @@ async fn fleet(s: &Server) -> (ComponentAppid, Vec<String>, String) {
     (comp, appids, lost)
 }
 
+/// The `name=value` of a response's session cookie.
+fn session_of(r: &reqwest::Response) -> String {
+    r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 async fn sign_in(s: &Server, http: &reqwest::Client, key: &str) -> reqwest::Response {
     http.post(format!("{}/ui/login", s.internal))
         .form(&[("api_key", key)])
@@ -383,13 +394,7 @@ async fn an_operator_revokes_an_authorizer_after_confirming_and_its_clients_are_
     let http = browser();
     let ui = |p: &str| format!("{}{p}", s.internal);
     let r = sign_in(&s, &http, &s.admin_key).await;
-    let session = r.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = session_of(&r);
     let get = |p: &str| http.get(ui(p)).header("cookie", &session).send();
     let reader = s.client_key("reader", &[&appids[0]], false).await;
     let (status, _) = s
@@ -510,13 +515,7 @@ async fn revoking_the_admin_key_ends_its_dashboard_sessions() {
     let ops = s.client_key("ops", &["*"], true).await;
     let http = browser();
     let r = sign_in(&s, &http, &ops).await;
-    let session = r.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = session_of(&r);
     let page = |h: &reqwest::Client| {
         h.get(format!("{}/ui/", s.internal))
             .header("cookie", &session)
@@ -642,13 +641,7 @@ async fn clients_are_added_rotated_and_revoked_from_the_dashboard_and_a_one_time
     let link = ui(&format!("/ui/login/once?token={token}"));
     let r = http.get(&link).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let session = r.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = session_of(&r);
     assert_eq!(
         http.get(&link).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED,

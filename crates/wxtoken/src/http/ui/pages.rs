@@ -693,13 +693,21 @@ async fn detail_body(
     })
 }
 
-/// Refresh now (CSRF-checked), then back to the details.
-pub async fn refresh(
-    State(app): State<AppState>,
+/// What the details page's buttons do.
+#[derive(Clone, Copy)]
+enum Action {
+    Refresh,
+    Revoke,
+}
+
+/// A button of the details page (CSRF-checked), then back to the details.
+async fn act(
+    app: AppState,
     headers: HeaderMap,
-    Path(appid): Path<String>,
-    Query(q): Query<ComponentQuery>,
-    Form(form): Form<CsrfForm>,
+    appid: String,
+    q: ComponentQuery,
+    form: CsrfForm,
+    action: Action,
 ) -> Response {
     let s = signed_or_return!(&app, &headers);
     if let Err(r) = check_csrf(&s, &headers, &form.csrf) {
@@ -708,8 +716,15 @@ pub async fn refresh(
     let result = async {
         let component = app.0.component(q.component.as_deref())?;
         let appid = Appid::parse(&appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        refresh_now(&app, &component, &appid).await?;
-        tracing::info!(appid = %appid, by = %s.name, "refreshed from the dashboard");
+        match action {
+            Action::Refresh => {
+                refresh_now(&app, &component, &appid).await?;
+                tracing::info!(appid = %appid, by = %s.name, "refreshed from the dashboard");
+            }
+            Action::Revoke => {
+                admin::revoke_now(&app, &component, &appid, &s.name).await?;
+            }
+        }
         Ok::<_, ApiError>(format!("/ui/authorizers/{appid}?component={component}"))
     }
     .await;
@@ -717,6 +732,17 @@ pub async fn refresh(
         Ok(location) => see_other(&location),
         Err(e) => error_page(&s, e),
     }
+}
+
+/// Refresh now, then back to the details.
+pub async fn refresh(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(appid): Path<String>,
+    Query(q): Query<ComponentQuery>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    act(app, headers, appid, q, form, Action::Refresh).await
 }
 
 /// The confirmation before revoking an authorizer.
@@ -765,7 +791,7 @@ pub async fn confirm_revoke(
     )
 }
 
-/// Revoke an authorizer (CSRF-checked, after the confirmation page), then back to its details.
+/// Revoke an authorizer (after the confirmation page), then back to its details.
 pub async fn revoke(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -773,19 +799,5 @@ pub async fn revoke(
     Query(q): Query<ComponentQuery>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = signed_or_return!(&app, &headers);
-    if let Err(r) = check_csrf(&s, &headers, &form.csrf) {
-        return r;
-    }
-    let result = async {
-        let component = app.0.component(q.component.as_deref())?;
-        let appid = Appid::parse(&appid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        admin::revoke_now(&app, &component, &appid, &s.name).await?;
-        Ok::<_, ApiError>(format!("/ui/authorizers/{appid}?component={component}"))
-    }
-    .await;
-    match result {
-        Ok(location) => see_other(&location),
-        Err(e) => error_page(&s, e),
-    }
+    act(app, headers, appid, q, form, Action::Revoke).await
 }
