@@ -20,10 +20,13 @@
 //!    token), signed in; each page requested 20 times in a row, p50 and slowest on loopback (an
 //!    upper bound of the server time).
 //!
+//! 7. Scale: the figures that grow with N at 1k, 100k and 1M side by side (`suite/scale.rs`);
+//!    only when `WXTOKEN_BENCH_ONLY` names `scale`.
+//!
 //! Settings (environment): `WXTOKEN_BENCH_AUTHORIZERS` (default 100000), `WXTOKEN_BENCH_SECS` per
 //! read run (default 10), `WXTOKEN_BENCH_PG_URL` (default the local PostgreSQL; a fresh database is
 //! created and dropped; `none` skips PostgreSQL), `WXTOKEN_BENCH_ONLY` (a comma-separated subset of
-//! `reads,gateway,refresh,economy,dashboard`; cold starts go with `refresh`; `dashboard` runs the
+//! `reads,gateway,refresh,economy,dashboard,scale`; cold starts go with `refresh`; `dashboard` runs the
 //! SQLite refresh step for its database), e.g. to profile one part.
 
 use std::collections::HashMap;
@@ -48,6 +51,9 @@ use wxtoken::refresh::lease::LocalLease;
 use wxtoken::refresh::{ComponentSecret, Engine, EngineDeps, SystemClock};
 use wxtoken::store::{self, Store};
 use wxtoken::vault::{MasterKey, Vault};
+
+#[path = "suite/scale.rs"]
+mod scale;
 
 const ROLE_ENV: &str = "WXTOKEN_BENCH_ROLE";
 const CONNS: u64 = 64;
@@ -122,8 +128,14 @@ fn main() {
     if part("economy") {
         economy(&sim_rt, &rt, &mut rows);
     }
+    // Only when asked for by name: at a million it takes minutes.
+    if only.split(',').any(|p| p.trim() == "scale") {
+        scale::scale(&sim_rt, &rt, secs, &pg);
+    }
 
-    println!("\n| measure | result | goal | |\n|---|---|---|---|");
+    if !rows.is_empty() {
+        println!("\n| measure | result | goal | |\n|---|---|---|---|");
+    }
     for Row(measure, result, goal, verdict) in &rows {
         println!("| {measure} | {result} | {goal} | {verdict} |");
     }
@@ -333,7 +345,7 @@ fn reads(
             CONNS,
             Duration::from_secs(secs),
             make,
-            ok_200.clone(),
+            ok_200,
         ))
     } else {
         loadgen::LoadReport::default()
@@ -351,33 +363,7 @@ fn reads(
     stop(&mut server);
     sim_rt.block_on(sim.shutdown());
 
-    // The bare handler: the same framework and body size, nothing else.
-    let exe = std::env::current_exe().expect("own path");
-    let mut bare = Command::new(exe)
-        .env(ROLE_ENV, "bare")
-        .env("WXTOKEN_BENCH_BODY", body_len.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("bare server");
-    let mut line = String::new();
-    BufReader::new(bare.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let bare_addr: SocketAddr = line.trim().parse().expect("address");
-    let bare_make: loadgen::MakeRequest = {
-        let auth = auth.clone();
-        Arc::new(move |_, _, out| loadgen::get("/v1/tokens/wxbare", &auth, out))
-    };
-    let bare_report = rt.block_on(loadgen::drive(
-        bare_addr,
-        CONNS,
-        Duration::from_secs(secs),
-        bare_make,
-        ok_200,
-    ));
-    drop(bare.stdin.take());
-    let _ = bare.wait();
+    let bare_report = bare_reference(rt, body_len, &auth, secs);
 
     let redis = redis_get(body_len, secs);
     println!(
@@ -432,6 +418,44 @@ fn reads(
             "not measured".into(),
         )),
     }
+}
+
+/// The bare handler (this binary re-run as a child): the same framework and body size, nothing
+/// else, driven like wxtoken's reads.
+fn bare_reference(
+    rt: &tokio::runtime::Runtime,
+    body_len: usize,
+    auth: &str,
+    secs: u64,
+) -> loadgen::LoadReport {
+    let exe = std::env::current_exe().expect("own path");
+    let mut bare = Command::new(exe)
+        .env(ROLE_ENV, "bare")
+        .env("WXTOKEN_BENCH_BODY", body_len.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bare server");
+    let mut line = String::new();
+    BufReader::new(bare.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let bare_addr: SocketAddr = line.trim().parse().expect("address");
+    let bare_make: loadgen::MakeRequest = {
+        let auth = auth.to_owned();
+        Arc::new(move |_, _, out| loadgen::get("/v1/tokens/wxbare", &auth, out))
+    };
+    let ok_200: loadgen::Check = Arc::new(|status, _| status == 200);
+    let report = rt.block_on(loadgen::drive(
+        bare_addr,
+        CONNS,
+        Duration::from_secs(secs),
+        bare_make,
+        ok_200,
+    ));
+    drop(bare.stdin.take());
+    let _ = bare.wait();
+    report
 }
 
 fn ms(d: Duration) -> f64 {
@@ -794,6 +818,80 @@ async fn feed_ticket(engine: &Engine, sim: &SimHandle, component: &ComponentInfo
         .expect("component token");
 }
 
+/// The cost of refreshing a set of credentials once each.
+struct RefreshCost {
+    n: usize,
+    wall: Duration,
+    /// CPU seconds of wxtoken's threads (the simulator's left out).
+    cpu: f64,
+    /// CPU µs per refresh by thread name, largest first.
+    split: Vec<(String, f64)>,
+    calls: u64,
+    failed: u64,
+}
+
+impl RefreshCost {
+    fn per_refresh_us(&self) -> f64 {
+        self.cpu / self.n.max(1) as f64 * 1e6
+    }
+
+    fn by_thread(&self) -> String {
+        self.split
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0} µs"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Refreshes every credential once, as the scheduler does (a task per due credential, 256 in
+/// flight at a time), until every write has landed; CPU read per thread.
+async fn refresh_all(engine: &Engine, sim: &SimHandle, credentials: &[Credential]) -> RefreshCost {
+    let n = credentials.len();
+    let before_calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
+    let cpu0 = cpu_excluding_sim();
+    let by0 = cpu_by_thread();
+    let t0 = Instant::now();
+    let mut failed = 0;
+    for chunk in credentials.chunks(256) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|c| {
+                let (engine, c) = (engine.clone(), c.clone());
+                tokio::spawn(async move { engine.refresh_now(&c).await.is_ok() })
+            })
+            .collect();
+        for task in tasks {
+            if !task.await.unwrap_or(false) {
+                failed += 1;
+            }
+        }
+    }
+    for c in credentials {
+        engine.wait_stored(c).await;
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_excluding_sim() - cpu0;
+    let calls = sim.control().stats().endpoints["api_authorizer_token"].calls - before_calls;
+    let mut split: Vec<(String, f64)> = cpu_by_thread()
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v - by0.get(&k).copied().unwrap_or(0.0);
+            (k, d / n.max(1) as f64 * 1e6)
+        })
+        .filter(|(_, d)| *d >= 1.0)
+        .collect();
+    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+    RefreshCost {
+        n,
+        wall,
+        cpu,
+        split,
+        calls,
+        failed,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn refresh_cost(
     sim_rt: &tokio::runtime::Runtime,
@@ -819,55 +917,20 @@ fn refresh_cost(
             .iter()
             .map(|a| Credential::authorizer(&comp, &Appid::parse(&a.authorizer_appid).expect("appid")))
             .collect();
-        let before_calls = sim.control().stats().endpoints["api_authorizer_token"].calls;
-        let cpu0 = cpu_excluding_sim();
-        let by0 = cpu_by_thread();
-        let t0 = Instant::now();
-        let failed = AtomicU64::new(0);
-        // As the scheduler does: a task per due credential (256 in flight at a time).
-        for chunk in credentials.chunks(256) {
-            let tasks: Vec<_> = chunk
-                .iter()
-                .map(|c| {
-                    let (engine, c) = (engine.clone(), c.clone());
-                    tokio::spawn(async move { engine.refresh_now(&c).await.is_ok() })
-                })
-                .collect();
-            for task in tasks {
-                if !task.await.unwrap_or(false) {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        for c in &credentials {
-            engine.wait_stored(c).await;
-        }
-        let wall = t0.elapsed();
-        let cpu = cpu_excluding_sim() - cpu0;
-        let calls = sim.control().stats().endpoints["api_authorizer_token"].calls - before_calls;
-        let per = cpu / n as f64 * 1e6;
-        let mut split: Vec<(String, f64)> = cpu_by_thread()
-            .into_iter()
-            .map(|(k, v)| {
-                let d = v - by0.get(&k).copied().unwrap_or(0.0);
-                (k, d / n as f64 * 1e6)
-            })
-            .filter(|(_, d)| *d >= 1.0)
-            .collect();
-        split.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cost = refresh_all(&engine, &sim, &credentials).await;
         println!(
             "[{backend}] CPU per refresh by thread: {}",
-            split
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.0} µs"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            cost.by_thread()
         );
         println!(
-            "[{backend}] {n} refreshes in {:.1} s wall, {cpu:.1} s CPU of wxtoken's threads: {per:.0} µs per refresh ({calls} upstream calls, {} failed)",
-            wall.as_secs_f64(),
-            failed.load(Ordering::Relaxed)
+            "[{backend}] {n} refreshes in {:.1} s wall, {:.1} s CPU of wxtoken's threads: {:.0} µs per refresh ({} upstream calls, {} failed)",
+            cost.wall.as_secs_f64(),
+            cost.cpu,
+            cost.per_refresh_us(),
+            cost.calls,
+            cost.failed
         );
+        let (per, wall) = (cost.per_refresh_us(), cost.wall);
         rows.push(Row(
             format!("CPU per refresh, {backend} ({n} authorizers)"),
             format!("{per:.0} µs ({:.0} refreshes/s wall)", n as f64 / wall.as_secs_f64()),
@@ -1029,7 +1092,30 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>) {
+/// What a cold start in a fresh process reported.
+struct ColdStart {
+    secs: f64,
+    rss_kb: f64,
+    held: f64,
+    /// Heap in use the engine's opening added, in bytes.
+    heap: f64,
+    /// RSS before the engine opened (runtime, store, simulator).
+    base_kb: f64,
+}
+
+impl ColdStart {
+    /// RSS the engine added, per credential held.
+    fn rss_per_credential(&self) -> f64 {
+        (self.rss_kb - self.base_kb) * 1024.0 / self.held.max(1.0)
+    }
+
+    fn heap_per_credential(&self) -> f64 {
+        self.heap / self.held.max(1.0)
+    }
+}
+
+/// Runs the cold start of the engine on `url` in a fresh child process (`cold_start_child`).
+fn measure_cold_start(backend: &str, url: &str, master: &MasterKey) -> ColdStart {
     let exe = std::env::current_exe().expect("own path");
     let out = Command::new(exe)
         .env(ROLE_ENV, "coldstart")
@@ -1049,33 +1135,46 @@ fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>)
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
         .collect();
-    let (secs, rss_kb, held) = (v[0], v[1], v[2]);
-    let (heap, base_kb) = (
-        v.get(3).copied().unwrap_or(0.0),
-        v.get(4).copied().unwrap_or(0.0),
+    let cold = ColdStart {
+        secs: v[0],
+        rss_kb: v[1],
+        held: v[2],
+        heap: v.get(3).copied().unwrap_or(0.0),
+        base_kb: v.get(4).copied().unwrap_or(0.0),
+    };
+    println!(
+        "[{backend}] cold start: {:.3} s, RSS {:.0} kB, {:.0} credentials held",
+        cold.secs, cold.rss_kb, cold.held
     );
-    println!("[{backend}] cold start: {secs:.3} s, RSS {rss_kb:.0} kB, {held:.0} credentials held");
-    let per_credential = (rss_kb - base_kb) * 1024.0 / held.max(1.0);
+    cold
+}
+
+fn cold_start(backend: &str, url: &str, master: &MasterKey, rows: &mut Vec<Row>) {
+    let cold = measure_cold_start(backend, url, master);
+    let per_credential = cold.rss_per_credential();
     rows.push(Row(
         format!("Memory per credential, {backend} (RSS beyond the baseline; heap in use)"),
         format!(
             "{per_credential:.0} B ({:.0} B of heap)",
-            heap / held.max(1.0)
+            cold.heap_per_credential()
         ),
         "≤ 400 B".into(),
         verdict(per_credential <= 400.0),
     ));
     rows.push(Row(
-        format!("Cold start, {backend} ({held:.0} credentials, load + decrypt)"),
-        format!("{secs:.2} s"),
+        format!(
+            "Cold start, {backend} ({:.0} credentials, load + decrypt)",
+            cold.held
+        ),
+        format!("{:.2} s", cold.secs),
         "≤ 2 s".into(),
-        verdict(secs <= 2.0),
+        verdict(cold.secs <= 2.0),
     ));
     rows.push(Row(
         format!("RSS after cold start, {backend}"),
-        format!("{:.0} MB", rss_kb / 1024.0),
+        format!("{:.0} MB", cold.rss_kb / 1024.0),
         "≤ 100 MB".into(),
-        verdict(rss_kb / 1024.0 <= 100.0),
+        verdict(cold.rss_kb / 1024.0 <= 100.0),
     ));
 }
 
