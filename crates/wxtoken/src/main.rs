@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// mimalloc, not glibc's malloc: see the workspace Cargo.toml (cross-thread frees).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = wxtoken::cli::Cli::parse();

@@ -718,6 +718,36 @@ pub struct AuthorizerRecord {
     pub updated_at: Timestamp,
 }
 
+/// What a cold start needs of an authorizer ([`crate::store::AuthorizerStore::scan_authorizer_states`]):
+/// no refresh token, no details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerState {
+    pub component: ComponentAppid,
+    pub appid: Appid,
+    pub status: AuthorizerStatus,
+    pub status_reason: Option<String>,
+    /// An appsecret is on file for its fallback.
+    pub has_appsecret: bool,
+    /// The generation of its access-token credential.
+    pub generation: u64,
+    pub token: Option<NewAccessToken>,
+}
+
+impl AuthorizerState {
+    /// The state part of a full record.
+    pub fn of(record: &AuthorizerRecord) -> Self {
+        AuthorizerState {
+            component: record.component.clone(),
+            appid: record.appid.clone(),
+            status: record.status,
+            status_reason: record.status_reason.clone(),
+            has_appsecret: record.appsecret.is_some(),
+            generation: record.generation,
+            token: record.token.clone(),
+        }
+    }
+}
+
 /// What api_get_authorizer_info says of an authorizer (its kind is [`AuthorizerRecord::kind`]).
 /// Public facts about the account, never a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -312,6 +312,16 @@ fn one_size(
     });
 
     let cold = measure_cold_start(&format!("scale {n} sqlite"), &url, &master);
+    if std::env::var_os("WXTOKEN_BENCH_SCALE_KEEP").is_some() {
+        // For profiling a cold start by hand: WXTOKEN_BENCH_ROLE=coldstart with these two.
+        let kept = std::env::temp_dir().join(format!("wxtoken-scale-{n}.db"));
+        std::fs::copy(dir.path().join("scale.db"), &kept).expect("copy");
+        println!(
+            "[scale {n}] kept: WXTOKEN_BENCH_URL=sqlite://{} WXTOKEN_BENCH_KEY={}",
+            kept.display(),
+            master.to_base64().expose_secret()
+        );
+    }
 
     // PostgreSQL: import and cold start.
     let pg_figures = (pg != "none").then(|| {

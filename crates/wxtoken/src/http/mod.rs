@@ -80,6 +80,8 @@ pub struct Shared {
     pub ui: ui::Sessions,
     /// This process's refreshes per minute, written for the dashboard's chart.
     pub refresh_rates: ui::RefreshRates,
+    /// The last pass over the token cache for `/metrics`.
+    pub cache_pass: ops::CachePasses,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             metrics,
             shutdown,
             refresh_rates: ui::RefreshRates::default(),
+            cache_pass: ops::CachePasses::default(),
         }
     }
 

@@ -2,11 +2,14 @@
 //! store answers and every component has a ticket), `/metrics` (Prometheus text).
 //!
 //! `/metrics` renders the recorder's counters and histograms, then adds what is computed from the
-//! in-memory cache at scrape time: authorizers by status, and the distributions of token age and
-//! time to expiry over every held token (a histogram per credential kind, no appid label), plus
-//! each component's ticket age from the store.
+//! in-memory cache: authorizers by status, and the distributions of token age and time to expiry
+//! over every held token (a histogram per credential kind, no appid label), plus each component's
+//! ticket age from the store. The cache pass is made at the scrape up to 50,000 credentials and
+//! at most every 10 s off the scrape above that ([`CachePasses`]).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -20,7 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::model::CredentialKind;
+use crate::model::{AuthorizerStatus, CredentialKind};
+use crate::refresh::{CredentialCounts, Engine};
 use crate::telemetry;
 
 /// Readiness checks give up after this long (a hung database is "not ready", not a hung probe).
@@ -120,15 +124,6 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let counts = app.0.engine.counts();
-    for (status, n) in [
-        ("active", counts.active),
-        ("needs_reauth", counts.needs_reauth),
-        ("revoked", counts.revoked),
-        ("direct", counts.direct),
-    ] {
-        metrics::gauge!(telemetry::AUTHORIZERS, "status" => status).set(n as f64);
-    }
     let now = app.0.engine.now();
     for component in app.0.engine.components() {
         if let Ok(Ok(Some(ticket))) = tokio::time::timeout(
@@ -142,51 +137,142 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
                 .set(age.max(0.0));
         }
     }
-    let mut ttl: [Histogram; KINDS.len()] = Default::default();
-    let mut age: [Histogram; KINDS.len()] = Default::default();
-    // JS-SDK tickets by type (jsapi, wx_card) and state (valid, failing, expired).
-    let mut tickets = [[0u64; 3]; 2];
-    app.0.engine.cache().for_each(|slot| {
-        let kind = slot.credential().kind;
-        let read = app.0.engine.read(slot);
-        if kind.is_ticket() {
-            let state = match (&read, slot.failing()) {
-                (Ok(_), _) => 0,
-                (Err(_), Some(_)) => 1,
-                (Err(_), None) => 2,
-            };
-            tickets[usize::from(kind == CredentialKind::WxCard)][state] += 1;
-        }
-        // Servable tokens only: a lost authorizer's expired token is not "about to expire".
-        if let Ok(token) = read {
-            let i = kind_index(kind);
-            ttl[i].observe((token.expires_at.as_millis() - now.as_millis()) as f64 / 1000.0);
-            age[i].observe((now.as_millis() - token.issued_at.as_millis()) as f64 / 1000.0);
-        }
-    });
-    for (ty, by_state) in ["jsapi", "wx_card"].into_iter().zip(tickets) {
+    let pass = app.0.cache_pass.current(&app.0.engine).await;
+    let counts = pass.counts;
+    for (status, n) in [
+        ("active", counts.active),
+        ("needs_reauth", counts.needs_reauth),
+        ("revoked", counts.revoked),
+        ("direct", counts.direct),
+    ] {
+        metrics::gauge!(telemetry::AUTHORIZERS, "status" => status).set(n as f64);
+    }
+    for (ty, by_state) in ["jsapi", "wx_card"].into_iter().zip(pass.tickets) {
         for (state, n) in ["valid", "failing", "expired"].into_iter().zip(by_state) {
             metrics::gauge!(telemetry::JS_TICKETS, "type" => ty, "state" => state).set(n as f64);
         }
     }
+    let (ttl, age) = (&pass.ttl, &pass.age);
     let mut text = app.0.metrics.render();
     write_histograms(
         &mut text,
         telemetry::TOKEN_TIME_TO_EXPIRY_SECONDS,
         "Seconds until each held token expires.",
-        &ttl,
+        ttl,
     );
     write_histograms(
         &mut text,
         telemetry::TOKEN_AGE_SECONDS,
         "Seconds since each held token was obtained.",
-        &age,
+        age,
     );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
         .into_response()
+}
+
+/// What `/metrics` reports from the token cache: one pass over every credential held.
+pub(crate) struct CachePass {
+    counts: CredentialCounts,
+    ttl: [Histogram; KINDS.len()],
+    age: [Histogram; KINDS.len()],
+    /// JS-SDK tickets by type (jsapi, wx_card) and state (valid, failing, expired).
+    tickets: [[u64; 3]; 2],
+}
+
+impl CachePass {
+    fn over(engine: &Engine) -> Self {
+        let now = engine.now();
+        let mut pass = CachePass {
+            counts: CredentialCounts::default(),
+            ttl: Default::default(),
+            age: Default::default(),
+            tickets: [[0; 3]; 2],
+        };
+        engine.cache().for_each(|slot| {
+            let kind = slot.credential().kind;
+            match kind {
+                CredentialKind::Authorizer => match slot.status() {
+                    Some(AuthorizerStatus::NeedsReauth) => pass.counts.needs_reauth += 1,
+                    Some(AuthorizerStatus::Revoked) => pass.counts.revoked += 1,
+                    _ => pass.counts.active += 1,
+                },
+                CredentialKind::Direct => pass.counts.direct += 1,
+                CredentialKind::Component | CredentialKind::Jsapi | CredentialKind::WxCard => {}
+            }
+            let read = engine.read_at(slot, now);
+            if kind.is_ticket() {
+                let state = match (&read, slot.failing()) {
+                    (Ok(_), _) => 0,
+                    (Err(_), Some(_)) => 1,
+                    (Err(_), None) => 2,
+                };
+                pass.tickets[usize::from(kind == CredentialKind::WxCard)][state] += 1;
+            }
+            // Servable tokens only: a lost authorizer's expired token is not "about to expire".
+            if let Ok(token) = read {
+                let i = kind_index(kind);
+                pass.ttl[i]
+                    .observe((token.expires_at.as_millis() - now.as_millis()) as f64 / 1000.0);
+                pass.age[i]
+                    .observe((now.as_millis() - token.issued_at.as_millis()) as f64 / 1000.0);
+            }
+        });
+        pass
+    }
+}
+
+/// Credentials up to which `/metrics` makes its cache pass at the scrape (a pass over 100,000
+/// takes a few tens of milliseconds).
+const INLINE_PASS_MAX: usize = 50_000;
+/// Above [`INLINE_PASS_MAX`], how old the pass a scrape answers with may be.
+const PASS_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The last cache pass. Up to [`INLINE_PASS_MAX`] credentials a scrape makes its own pass; above
+/// it (a pass over a million takes about 0.4 s), a scrape answers with the last pass, at most
+/// [`PASS_MAX_AGE`] old, and a stale one starts the next pass on a blocking thread, so no scrape
+/// but the first waits for a pass and the passes run at most one at a time, at most every
+/// [`PASS_MAX_AGE`] however often Prometheus scrapes.
+#[derive(Clone, Default)]
+pub struct CachePasses(Arc<PassState>);
+
+#[derive(Default)]
+struct PassState {
+    last: parking_lot::Mutex<Option<(std::time::Instant, Arc<CachePass>)>>,
+    running: AtomicBool,
+}
+
+impl CachePasses {
+    pub(crate) async fn current(&self, engine: &Engine) -> Arc<CachePass> {
+        if engine.cache().len() <= INLINE_PASS_MAX {
+            return Arc::new(CachePass::over(engine));
+        }
+        let last = self.0.last.lock().clone();
+        let stale = last
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= PASS_MAX_AGE);
+        if stale && !self.0.running.swap(true, Ordering::AcqRel) {
+            let (state, engine) = (Arc::clone(&self.0), engine.clone());
+            let pass = tokio::task::spawn_blocking(move || {
+                let pass = Arc::new(CachePass::over(&engine));
+                *state.last.lock() = Some((std::time::Instant::now(), Arc::clone(&pass)));
+                state.running.store(false, Ordering::Release);
+                pass
+            });
+            if last.is_none()
+                && let Ok(pass) = pass.await
+            {
+                return pass;
+            }
+        }
+        match last {
+            Some((_, pass)) => pass,
+            // The first pass is running for another scrape: make one for this one.
+            None => Arc::new(CachePass::over(engine)),
+        }
+    }
 }
 
 const KINDS: [CredentialKind; 5] = [

@@ -41,7 +41,6 @@ impl Inner {
         for kind in [CredentialKind::Jsapi, CredentialKind::WxCard] {
             tickets.extend(self.io.store.tokens().load_tokens(None, Some(kind)).await?);
         }
-        let authorizers = self.io.store.authorizers().load_authorizers(None).await?;
         let stored_budgets = self.io.store.direct().load_force_budgets().await?;
         {
             let mut budgets = self.reports.stable_token.lock();
@@ -98,20 +97,34 @@ impl Inner {
                 self.publish_stored(&record.credential, record.generation, stored)?;
             }
         }
-        for record in authorizers {
-            let credential = Credential::authorizer(&record.component, &record.appid);
-            let slot = self.cache.slot(&credential);
-            slot.set_status(record.status, record.status_reason.as_deref().unwrap_or(""));
-            if let Some(stored) = &record.token {
-                self.publish_stored(&credential, record.generation, stored)?;
-            }
-            let refreshable =
-                record.status == AuthorizerStatus::Active || record.appsecret.is_some();
-            if self.component.secrets.contains_key(&record.component) && refreshable {
-                due(self, &credential, record.token.as_ref());
-            } else {
-                self.schedule.heap.lock().remove(&credential);
-            }
+        // Authorizers as the store reads them (a million are never a list in memory).
+        let mut failed = None;
+        self.io
+            .store
+            .authorizers()
+            .scan_authorizer_states(&mut |state| {
+                if failed.is_some() {
+                    return;
+                }
+                let credential = Credential::authorizer(&state.component, &state.appid);
+                let slot = self.cache.slot(&credential);
+                slot.set_status(state.status, state.status_reason.as_deref().unwrap_or(""));
+                if let Some(stored) = &state.token
+                    && let Err(e) = self.publish_stored(&credential, state.generation, stored)
+                {
+                    failed = Some(e);
+                    return;
+                }
+                let refreshable = state.status == AuthorizerStatus::Active || state.has_appsecret;
+                if self.component.secrets.contains_key(&state.component) && refreshable {
+                    due(self, &credential, state.token.as_ref());
+                } else {
+                    self.schedule.heap.lock().remove(&credential);
+                }
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         overdue.sort_by_key(|(urgency, _)| *urgency);
         let n = overdue.len();

@@ -110,13 +110,18 @@ impl Engine {
 
     /// The token to hand out from `slot` now, or why there is none. No await, no database.
     pub fn read(&self, slot: &Slot) -> Result<Arc<CachedToken>, ReadError> {
+        self.read_at(slot, self.inner().io.clock.now())
+    }
+
+    /// [`Engine::read`] as of `now` (a pass over the whole cache reads the clock once).
+    pub fn read_at(&self, slot: &Slot, now: Timestamp) -> Result<Arc<CachedToken>, ReadError> {
         let inner = self.inner();
         let margin = if slot.credential().kind.is_ticket() {
             inner.config.ticket_serve_margin
         } else {
             inner.config.serve_margin
         };
-        slot.read(inner.io.clock.now(), margin)
+        slot.read(now, margin)
     }
 
     /// Like [`Engine::read`], but a credential that has never had a token (just authorized, just

@@ -19,10 +19,10 @@
 //! read back to report `Stale { current_generation }` or `Missing`.
 
 use crate::model::{
-    AppKind, Appid, AppidGrant, AuthorizerRecord, AuthorizerStatus, ClientRecord, ComponentAppid,
-    Credential, CredentialKind, DirectAccountRecord, KeyCheck, KeyId, NONCE_LEN, NewAccessToken,
-    PreviousKey, ReadCount, RefreshTokenHistoryEntry, RefreshTokenSource, Sealed, StoredEvent,
-    StoredTicket, Timestamp, TokenRecord, TokenSource,
+    AppKind, Appid, AppidGrant, AuthorizerRecord, AuthorizerState, AuthorizerStatus, ClientRecord,
+    ComponentAppid, Credential, CredentialKind, DirectAccountRecord, KeyCheck, KeyId, NONCE_LEN,
+    NewAccessToken, PreviousKey, ReadCount, RefreshTokenHistoryEntry, RefreshTokenSource, Sealed,
+    StoredEvent, StoredTicket, Timestamp, TokenRecord, TokenSource,
 };
 use crate::store::{CellKey, SealedCell, StoreError};
 
@@ -246,6 +246,51 @@ impl AuthorizerRow {
             },
             created_at: ts(self.created_at),
             updated_at: ts(self.updated_at),
+        })
+    }
+}
+
+/// The cold start's columns of every authorizer, in table order (no `ORDER BY`: a scan, not a
+/// walk of the primary key).
+pub(super) const AUTHORIZER_STATE_SELECT: &str = "SELECT a.component_appid, a.appid, a.status, \
+     a.status_reason, a.secret_kid, COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation, \
+     t.token_kid, t.token_nonce, t.token_ct, t.issued_at, t.expires_at, t.refresh_at, t.source \
+     FROM authorizers a LEFT JOIN access_tokens t ON t.component_appid = a.component_appid \
+     AND t.kind = 'authorizer' AND t.appid = a.appid";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AuthorizerStateRow {
+    pub component_appid: String,
+    pub appid: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub secret_kid: Option<String>,
+    pub generation: i64,
+    pub token_kid: Option<String>,
+    pub token_nonce: Option<Vec<u8>>,
+    pub token_ct: Option<Vec<u8>>,
+    pub issued_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub refresh_at: Option<i64>,
+    pub source: Option<String>,
+}
+
+impl AuthorizerStateRow {
+    pub fn into_state(self) -> Result<AuthorizerState, StoreError> {
+        Ok(AuthorizerState {
+            component: component(self.component_appid)?,
+            appid: appid(self.appid)?,
+            status: AuthorizerStatus::parse(&self.status).map_err(invalid)?,
+            status_reason: self.status_reason,
+            has_appsecret: self.secret_kid.is_some(),
+            generation: generation(self.generation)?,
+            token: token_columns(
+                opt_sealed(self.token_kid, self.token_nonce, self.token_ct)?,
+                self.issued_at,
+                self.expires_at,
+                self.refresh_at,
+                self.source.as_deref(),
+            )?,
         })
     }
 }
@@ -600,18 +645,19 @@ macro_rules! impl_store {
             use super::$store;
             use crate::model::{
                 ApiKeyHash, Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord,
-                AuthorizerStatus, ClientCreate, ClientRecord, ComponentAppid, Credential,
-                CredentialKind, DirectAccountRecord, DirectAccountWrite, EventInsert, Expected,
-                ForceBudgetRecord, KeyCheck, KeyId, KeyRotation, NewAccessToken, NewClient,
-                NewEvent, ReadCount, RefreshResult, RefreshTokenHistoryEntry, RefreshTokenSource,
-                SaveOutcome, Sealed, StatusChange, StoredEvent, StoredTicket, TicketOutcome,
-                Timestamp, TokenRecord, UpsertOutcome,
+                AuthorizerState, AuthorizerStatus, ClientCreate, ClientRecord, ComponentAppid,
+                Credential, CredentialKind, DirectAccountRecord, DirectAccountWrite, EventInsert,
+                Expected, ForceBudgetRecord, KeyCheck, KeyId, KeyRotation, NewAccessToken,
+                NewClient, NewEvent, ReadCount, RefreshResult, RefreshTokenHistoryEntry,
+                RefreshTokenSource, SaveOutcome, Sealed, StatusChange, StoredEvent, StoredTicket,
+                TicketOutcome, Timestamp, TokenRecord, UpsertOutcome,
             };
             use crate::store::sql::{
-                AUTHORIZER_SELECT, AuthorizerRow, CLIENT_COLUMNS, COUNT_SEALED_BY_KEY, CellRow,
-                ClientRow, DIRECT_SELECT, DirectRow, EVENT_COLUMNS, EventRow, HistoryRow,
-                INSERT_HISTORY, KeyCheckRow, ReadRow, TOKEN_COLUMNS, TicketRow, TokenRow, db_count,
-                db_generation, generation, in_caller_order, key_id, lock_order, reseal_order_key,
+                AUTHORIZER_SELECT, AUTHORIZER_STATE_SELECT, AuthorizerRow, AuthorizerStateRow,
+                CLIENT_COLUMNS, COUNT_SEALED_BY_KEY, CellRow, ClientRow, DIRECT_SELECT, DirectRow,
+                EVENT_COLUMNS, EventRow, HistoryRow, INSERT_HISTORY, KeyCheckRow, ReadRow,
+                TOKEN_COLUMNS, TicketRow, TokenRow, db_count, db_generation, generation,
+                in_caller_order, key_id, lock_order, reseal_order_key,
             };
             use crate::store::{
                 Backend, CellKey, Reseal, SealedCell, SealedColumn, Store, StoreError,

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use wxtoken::model::{
-    Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, ComponentAppid, Credential,
-    CredentialKind, RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed, StatusChange,
-    StoredTicket, TicketOutcome, Timestamp, TokenRecord,
+    Appid, AuthorizationWrite, AuthorizerCounts, AuthorizerRecord, AuthorizerState, ComponentAppid,
+    Credential, CredentialKind, RefreshResult, RefreshTokenHistoryEntry, SaveOutcome, Sealed,
+    StatusChange, StoredTicket, TicketOutcome, Timestamp, TokenRecord,
 };
 use wxtoken::store::{
     AuthorizerStore, Backend, ClientStore, ComponentStore, DirectStore, EventStore, KeyStore,
@@ -284,6 +284,13 @@ impl AuthorizerStore for HookStore {
         component: Option<&ComponentAppid>,
     ) -> Result<Vec<AuthorizerRecord>, StoreError> {
         self.inner.authorizers().load_authorizers(component).await
+    }
+
+    async fn scan_authorizer_states(
+        &self,
+        each: &mut (dyn FnMut(AuthorizerState) + Send),
+    ) -> Result<(), StoreError> {
+        self.inner.authorizers().scan_authorizer_states(each).await
     }
 
     async fn count_authorizers(

@@ -10,9 +10,9 @@ use crate::harness::store::{
     Harness, Kind, appid, at, authorization, component, open_rt, open_token, refresh, saved,
 };
 use wxtoken::model::{
-    AppKind, AppidGrant, AuthorizerCounts, AuthorizerStatus, ClientCreate, Credential,
-    CredentialKind, DirectAccountWrite, EventInsert, Expected, KeyRotation, NewClient, NewEvent,
-    PreviousKey, ReadCount, RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot,
+    AppKind, AppidGrant, AuthorizerCounts, AuthorizerState, AuthorizerStatus, ClientCreate,
+    Credential, CredentialKind, DirectAccountWrite, EventInsert, Expected, KeyRotation, NewClient,
+    NewEvent, PreviousKey, ReadCount, RefreshResult, RefreshTokenSource, SaveOutcome, SecretSlot,
     StatusChange, TicketOutcome, TokenSource, UpsertOutcome,
 };
 use wxtoken::store::{SealedColumn, Store, StoreError};
@@ -63,6 +63,7 @@ conformance!(
     a_rotated_key_is_found_with_its_grace_and_a_revoked_name_is_reused,
     needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh,
     bulk_load_returns_every_authorizer_and_token_per_component_or_all,
+    the_cold_start_scan_gives_every_authorizer_the_state_the_full_load_gives,
     authorizer_pages_cover_every_authorizer_once,
     batched_authorizations_have_the_outcomes_of_one_by_one_writes,
     appsecret_fallback_is_stored_sealed_and_can_be_cleared,
@@ -1955,6 +1956,100 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
         components
             .iter()
             .all(|t| t.credential.kind == CredentialKind::Component)
+    );
+}
+
+async fn the_cold_start_scan_gives_every_authorizer_the_state_the_full_load_gives(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c1 = component("wxcomp0001");
+    let c2 = component("wxcomp0002");
+    for (c, n) in [(&c1, 30), (&c2, 20)] {
+        s.components().ensure_component(c, at(0)).await.unwrap();
+        let writes: Vec<_> = (0..n)
+            .map(|i| {
+                let a = appid(&format!("wxauth{i:04}"));
+                authorization(
+                    &v,
+                    c,
+                    &a,
+                    &format!("rt-{c}-{i}"),
+                    (i % 2 == 0).then_some("tok"),
+                    Expected::Absent,
+                    i,
+                )
+            })
+            .collect();
+        s.authorizers().save_authorizations(&writes).await.unwrap();
+    }
+    // One revoked with a reason, one with an appsecret on file for its fallback.
+    let revoked = appid("wxauth0003");
+    s.authorizers()
+        .set_authorizer_status(&StatusChange {
+            component: c1.clone(),
+            appid: revoked.clone(),
+            status: AuthorizerStatus::Revoked,
+            reason: Some("unauthorized event".into()),
+            expected_generation: None,
+            at: at(5),
+        })
+        .await
+        .unwrap();
+    let with_secret = appid("wxauth0004");
+    let secret = v
+        .seal(
+            SecretSlot::AuthorizerAppsecret {
+                component: &c2,
+                appid: &with_secret,
+            },
+            b"appsecret",
+        )
+        .unwrap();
+    assert!(
+        s.authorizers()
+            .set_authorizer_appsecret(&c2, &with_secret, Some(&secret), at(6))
+            .await
+            .unwrap()
+    );
+
+    let mut scanned = Vec::new();
+    s.authorizers()
+        .scan_authorizer_states(&mut |state| scanned.push(state))
+        .await
+        .unwrap();
+    let key = |a: &AuthorizerState| (a.component.to_string(), a.appid.to_string());
+    scanned.sort_by_key(key);
+    let mut loaded: Vec<AuthorizerState> = s
+        .authorizers()
+        .load_authorizers(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(AuthorizerState::of)
+        .collect();
+    loaded.sort_by_key(key);
+    assert_eq!(scanned.len(), 50);
+    assert_eq!(scanned, loaded);
+    let find = |c: &wxtoken::model::ComponentAppid, a: &wxtoken::model::Appid| {
+        scanned
+            .iter()
+            .find(|s| &s.component == c && &s.appid == a)
+            .unwrap()
+    };
+    let r = find(&c1, &revoked);
+    assert_eq!(r.status, AuthorizerStatus::Revoked);
+    assert_eq!(r.status_reason.as_deref(), Some("unauthorized event"));
+    assert!(find(&c2, &with_secret).has_appsecret);
+    assert_eq!(scanned.iter().filter(|a| a.has_appsecret).count(), 1);
+    assert_eq!(scanned.iter().filter(|a| a.token.is_some()).count(), 25);
+    let t = find(&c1, &appid("wxauth0002")).token.as_ref().unwrap();
+    assert_eq!(
+        open_token(
+            &v,
+            &Credential::authorizer(&c1, &appid("wxauth0002")),
+            &t.sealed
+        ),
+        "tok"
     );
 }
 
