@@ -128,46 +128,57 @@ fn serve_env(sim: &SimHandle, url: &str, master: &MasterKey) -> Vec<(String, Str
 /// Writes a two-hour token for each of `credentials` straight to the store, sealed as the engine
 /// seals them (setup for the cold start and the reads, not a measure).
 async fn write_tokens(store: &Arc<dyn Store>, master: &MasterKey, credentials: &[Credential]) {
+    use futures::StreamExt;
     use wxtoken::model::{
         NewAccessToken, RefreshResult, SaveOutcome, SecretSlot, Timestamp, TokenSource,
     };
     let vault = Vault::new(master, &[]);
     let now = Timestamp::now();
-    for chunk in credentials.chunks(1000) {
-        let results: Vec<RefreshResult> = chunk
-            .iter()
-            .map(|c| {
-                // The length of the simulator's tokens (and WeChat's: about 140 characters).
-                let token = format!("{:0>139}", format!("SCALE{}", c.appid));
-                RefreshResult {
-                    credential: c.clone(),
-                    expected_generation: 1,
-                    access_token: NewAccessToken {
-                        sealed: vault
-                            .seal(SecretSlot::AccessToken { credential: c }, token.as_bytes())
-                            .expect("seal"),
-                        issued_at: now,
-                        expires_at: now.plus(Duration::from_secs(7200)),
-                        refresh_at: Some(now.plus(Duration::from_secs(3600))),
-                        source: TokenSource::AuthorizerToken,
-                    },
-                    refresh_token: None,
-                    at: now,
-                }
-            })
-            .collect();
-        let outcomes = store
-            .tokens()
-            .save_refresh_results(&results)
-            .await
-            .expect("write tokens");
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, SaveOutcome::Saved { .. })),
-            "a token write lost its fence"
-        );
-    }
+    // Four batches at a time: on PostgreSQL each row is a round trip.
+    futures::stream::iter(credentials.chunks(1000))
+        .for_each_concurrent(4, |chunk| {
+            let vault = &vault;
+            async move {
+                let results: Vec<RefreshResult> = chunk
+                    .iter()
+                    .map(|c| {
+                        // The length of the simulator's tokens (and WeChat's: about 140
+                        // characters).
+                        let token = format!("{:0>139}", format!("SCALE{}", c.appid));
+                        RefreshResult {
+                            credential: c.clone(),
+                            expected_generation: 1,
+                            access_token: NewAccessToken {
+                                sealed: vault
+                                    .seal(
+                                        SecretSlot::AccessToken { credential: c },
+                                        token.as_bytes(),
+                                    )
+                                    .expect("seal"),
+                                issued_at: now,
+                                expires_at: now.plus(Duration::from_secs(7200)),
+                                refresh_at: Some(now.plus(Duration::from_secs(3600))),
+                                source: TokenSource::AuthorizerToken,
+                            },
+                            refresh_token: None,
+                            at: now,
+                        }
+                    })
+                    .collect();
+                let outcomes = store
+                    .tokens()
+                    .save_refresh_results(&results)
+                    .await
+                    .expect("write tokens");
+                assert!(
+                    outcomes
+                        .iter()
+                        .all(|o| matches!(o, SaveOutcome::Saved { .. })),
+                    "a token write lost its fence"
+                );
+            }
+        })
+        .await;
 }
 
 fn timed_get(

@@ -248,6 +248,9 @@ where
     }
 }
 
+/// Read counts written per transaction by [`ReadCounter::flush`].
+const READ_FLUSH_CHUNK: usize = 2000;
+
 /// Per-client, per-appid token-read counts (SPEC.md: every token read is counted), kept in memory
 /// and written to the store in batches so the read path never waits on the database.
 ///
@@ -307,10 +310,14 @@ impl ReadCounter {
                 }
             })
             .collect();
-        match store.clients().add_read_counts(&batch).await {
-            Ok(()) => Ok(batch.len()),
-            Err(e) => {
-                for (key, count) in drained {
+        // A transaction per chunk: at a million authorizers one flush can carry hundreds of
+        // thousands of counts, and one transaction would hold SQLite's write lock (and every
+        // refresh's write behind it) for seconds.
+        let mut written = 0;
+        for (i, chunk) in batch.chunks(READ_FLUSH_CHUNK).enumerate() {
+            if let Err(e) = store.clients().add_read_counts(chunk).await {
+                // Put back what was not written, so no read is lost.
+                for (key, count) in drained.into_iter().skip(i * READ_FLUSH_CHUNK) {
                     let (reads, last) = (
                         count.reads.load(Ordering::Relaxed),
                         count.last_ms.load(Ordering::Relaxed),
@@ -324,9 +331,11 @@ impl ReadCounter {
                     entry.reads.fetch_add(reads, Ordering::Relaxed);
                     entry.last_ms.fetch_max(last, Ordering::Relaxed);
                 }
-                Err(e)
+                return Err(e);
             }
+            written += chunk.len();
         }
+        Ok(written)
     }
 
     /// Reads counted and not yet flushed (tests, metrics).
