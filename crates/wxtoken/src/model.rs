@@ -718,16 +718,19 @@ pub struct AuthorizerRecord {
     pub updated_at: Timestamp,
 }
 
-/// What a cold start needs of an authorizer ([`crate::store::AuthorizerStore::scan_authorizer_states`]):
-/// no refresh token, no details.
+/// What a cold start and a reconciliation need of an authorizer
+/// ([`crate::store::AuthorizerStore::scan_authorizer_states`]): not its appsecret, not its details.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizerState {
     pub component: ComponentAppid,
     pub appid: Appid,
     pub status: AuthorizerStatus,
     pub status_reason: Option<String>,
+    pub refresh_token: Sealed,
     /// An appsecret is on file for its fallback.
     pub has_appsecret: bool,
+    /// api_get_authorizer_info was asked (its details are on file).
+    pub described: bool,
     /// The generation of its access-token credential.
     pub generation: u64,
     pub token: Option<NewAccessToken>,
@@ -741,7 +744,9 @@ impl AuthorizerState {
             appid: record.appid.clone(),
             status: record.status,
             status_reason: record.status_reason.clone(),
+            refresh_token: record.refresh_token.clone(),
             has_appsecret: record.appsecret.is_some(),
+            described: record.details.fetched_at.is_some(),
             generation: record.generation,
             token: record.token.clone(),
         }

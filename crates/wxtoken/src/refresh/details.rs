@@ -9,7 +9,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 
 use super::{Engine, Inner, RefreshError};
-use crate::model::{AppKind, Appid, AuthorizerDetails, AuthorizerRecord, ComponentAppid};
+use crate::model::{AppKind, Appid, AuthorizerDetails, ComponentAppid};
 
 /// Authorizers described per reconciliation pass (each one api_get_authorizer_info call).
 pub(crate) const DESCRIBE_PER_PASS: usize = 200;
@@ -76,22 +76,16 @@ impl Inner {
     pub(crate) async fn describe_missing(
         self: &Arc<Self>,
         component: &ComponentAppid,
-        stored: &[AuthorizerRecord],
+        mut missing: Vec<Appid>,
     ) -> usize {
         let mut described = 0;
-        let mut missing: Vec<&AuthorizerRecord> = stored
-            .iter()
-            .filter(|r| {
-                r.details.fetched_at.is_none() && r.status == crate::model::AuthorizerStatus::Active
-            })
-            .collect();
         // In a random order: authorizers that keep failing never hold the others back.
         rand::seq::SliceRandom::shuffle(&mut missing[..], &mut rand::rng());
-        for record in missing.into_iter().take(DESCRIBE_PER_PASS) {
-            match self.describe(component, &record.appid).await {
+        for appid in missing.into_iter().take(DESCRIBE_PER_PASS) {
+            match self.describe(component, &appid).await {
                 Ok(_) => described += 1,
                 Err(e) => {
-                    tracing::info!(appid = %record.appid, error = %e, "api_get_authorizer_info failed; the next reconciliation asks again");
+                    tracing::info!(appid = %appid, error = %e, "api_get_authorizer_info failed; the next reconciliation asks again");
                 }
             }
         }

@@ -17,6 +17,23 @@ use crate::model::{
 /// Pause between pages of `api_get_authorizer_list` (rate limit).
 const LIST_PAGE_PAUSE: Duration = Duration::from_millis(20);
 
+/// An authorizer as the snapshot before the listing held it.
+struct Snapshot {
+    generation: u64,
+    status: AuthorizerStatus,
+    /// SHA-256 of its refresh token (compared, never kept in the clear).
+    refresh_token: [u8; 32],
+    /// api_get_authorizer_info was asked.
+    described: bool,
+    /// The list named it.
+    listed: bool,
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
 /// What one reconciliation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -56,14 +73,45 @@ impl Engine {
     ) -> Result<ReconcileReport, RefreshError> {
         let inner = self.inner();
         let ct = inner.ensure_component_token(component).await?;
-        // The snapshot precedes the list: anything stored later carries a newer generation.
-        let stored = inner
+        // The snapshot precedes the list: anything stored later carries a newer generation. Its
+        // refresh tokens are kept as digests (a million authorizers: tens of megabytes, not the
+        // records), and each listed one is compared as its page arrives.
+        let mut snapshot: HashMap<Appid, Snapshot> = HashMap::new();
+        let mut failed = None;
+        inner
             .io
             .store
             .authorizers()
-            .load_authorizers(Some(component))
+            .scan_authorizer_states(&mut |state| {
+                if state.component != *component || failed.is_some() {
+                    return;
+                }
+                let slot = SecretSlot::RefreshToken {
+                    component,
+                    appid: &state.appid,
+                };
+                match inner.io.vault.open_string(slot, &state.refresh_token) {
+                    Ok(rt) => {
+                        let entry = Snapshot {
+                            generation: state.generation,
+                            status: state.status,
+                            refresh_token: digest(rt.expose_secret()),
+                            described: state.described,
+                            listed: false,
+                        };
+                        snapshot.insert(state.appid, entry);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            })
             .await?;
-        let mut listed: HashMap<String, Option<SecretString>> = HashMap::new();
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        // Listed refresh tokens that differ from the snapshot's (or of authorizers it lacks):
+        // the last listing of an appid wins, as a later page is the newer list.
+        let mut differing: HashMap<Appid, SecretString> = HashMap::new();
+        let mut unknown: HashMap<Appid, Option<SecretString>> = HashMap::new();
         let mut offset = 0u32;
         let total = loop {
             let page = inner
@@ -78,10 +126,26 @@ impl Engine {
                 .await?;
             let n = u32::try_from(page.list.len()).unwrap_or(u32::MAX);
             for item in page.list {
-                let rt = item
-                    .non_empty_refresh_token()
-                    .map(|s| SecretString::from(s.to_owned()));
-                listed.insert(item.authorizer_appid, rt);
+                let Ok(appid) = Appid::parse(&item.authorizer_appid) else {
+                    continue;
+                };
+                let rt = item.non_empty_refresh_token();
+                match snapshot.get_mut(&appid) {
+                    Some(entry) => {
+                        entry.listed = true;
+                        match rt {
+                            Some(rt) if digest(rt) != entry.refresh_token => {
+                                differing.insert(appid, SecretString::from(rt.to_owned()));
+                            }
+                            _ => {
+                                differing.remove(&appid);
+                            }
+                        }
+                    }
+                    None => {
+                        unknown.insert(appid, rt.map(|rt| SecretString::from(rt.to_owned())));
+                    }
+                }
             }
             offset = offset.saturating_add(n);
             if n == 0 || u64::from(offset) >= page.total_count {
@@ -90,61 +154,49 @@ impl Engine {
             tokio::time::sleep(LIST_PAGE_PAUSE).await;
         };
         after_listing.await;
+        let listed = snapshot.values().filter(|e| e.listed).count() + unknown.len();
         let mut report = ReconcileReport {
-            listed: listed.len(),
+            listed,
             ..ReconcileReport::default()
         };
         // A list that shrank while we paged is incomplete: never revoke from it.
-        let complete = listed.len() as u64 >= total;
-        let mut known = std::collections::HashSet::new();
-        for record in &stored {
-            known.insert(record.appid.as_str().to_owned());
-            let credential = Credential::authorizer(component, &record.appid);
-            match listed.get(record.appid.as_str()) {
-                None if complete && record.status != AuthorizerStatus::Revoked => {
-                    let revoked = inner
-                        .revoke_fenced(
-                            &credential,
-                            record.generation,
-                            "not listed by api_get_authorizer_list",
-                        )
-                        .await?;
-                    report.revoked += usize::from(revoked);
+        let complete = listed as u64 >= total;
+        if complete {
+            for (appid, entry) in &snapshot {
+                if entry.listed || entry.status == AuthorizerStatus::Revoked {
+                    continue;
                 }
-                Some(Some(rt)) => {
-                    let slot = SecretSlot::RefreshToken {
-                        component,
-                        appid: &record.appid,
-                    };
-                    let ours = inner.io.vault.open_string(slot, &record.refresh_token)?;
-                    if ours.expose_secret() != rt.expose_secret() {
-                        // Stale: changed since the snapshot (newer than the list); leave it.
-                        let expected = Expected::Generation(record.generation);
-                        report.recovered += usize::from(
-                            inner
-                                .recover(component, &record.appid, expected, rt)
-                                .await?,
-                        );
-                    }
-                }
-                _ => {}
+                let credential = Credential::authorizer(component, appid);
+                let revoked = inner
+                    .revoke_fenced(
+                        &credential,
+                        entry.generation,
+                        "not listed by api_get_authorizer_list",
+                    )
+                    .await?;
+                report.revoked += usize::from(revoked);
             }
         }
-        for (appid, rt) in &listed {
+        for (appid, rt) in &differing {
+            // Stale if it changed since the snapshot (newer than the list): then it is left.
+            let expected = Expected::Generation(snapshot[appid].generation);
+            report.recovered += usize::from(inner.recover(component, appid, expected, rt).await?);
+        }
+        for (appid, rt) in &unknown {
             let Some(rt) = rt else { continue };
-            if known.contains(appid) {
-                continue;
-            }
-            let Ok(appid) = Appid::parse(appid) else {
-                continue;
-            };
             report.recovered += usize::from(
                 inner
-                    .recover(component, &appid, Expected::Absent, rt)
+                    .recover(component, appid, Expected::Absent, rt)
                     .await?,
             );
         }
-        report.described = inner.describe_missing(component, &stored).await;
+        let undescribed: Vec<Appid> = snapshot
+            .iter()
+            .filter(|(_, e)| !e.described && e.status == AuthorizerStatus::Active)
+            .map(|(appid, _)| appid.clone())
+            .collect();
+        drop(snapshot);
+        report.described = inner.describe_missing(component, undescribed).await;
         tracing::info!(component = %component, listed = report.listed, recovered = report.recovered, revoked = report.revoked, described = report.described, "reconciled");
         Ok(report)
     }

@@ -73,8 +73,7 @@ pub trait AuthorizerStore: Send + Sync {
         component: Option<&ComponentAppid>,
     ) -> Result<Vec<AuthorizerRecord>, StoreError>;
 
-    /// Every authorizer's cold-start state (no refresh token, no details) handed to `each` as
-    /// the rows arrive, in no particular order: at a million authorizers, neither a list of full
+    /// Every authorizer's state (no appsecret, no details) handed to `each` as the rows arrive, in no particular order: at a million authorizers, neither a list of full
     /// records in memory nor a walk of the primary key (random reads of the table).
     async fn scan_authorizer_states(
         &self,

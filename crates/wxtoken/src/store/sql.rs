@@ -253,7 +253,7 @@ impl AuthorizerRow {
 /// The cold start's columns of every authorizer, in table order (no `ORDER BY`: a scan, not a
 /// walk of the primary key).
 pub(super) const AUTHORIZER_STATE_SELECT: &str = "SELECT a.component_appid, a.appid, a.status, \
-     a.status_reason, a.secret_kid, COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation, \
+     a.status_reason, a.rt_kid, a.rt_nonce, a.rt_ct, a.secret_kid, a.details_at, COALESCE(t.generation, CAST(0 AS BIGINT)) AS generation, \
      t.token_kid, t.token_nonce, t.token_ct, t.issued_at, t.expires_at, t.refresh_at, t.source \
      FROM authorizers a LEFT JOIN access_tokens t ON t.component_appid = a.component_appid \
      AND t.kind = 'authorizer' AND t.appid = a.appid";
@@ -264,7 +264,11 @@ pub(super) struct AuthorizerStateRow {
     pub appid: String,
     pub status: String,
     pub status_reason: Option<String>,
+    pub rt_kid: String,
+    pub rt_nonce: Vec<u8>,
+    pub rt_ct: Vec<u8>,
     pub secret_kid: Option<String>,
+    pub details_at: Option<i64>,
     pub generation: i64,
     pub token_kid: Option<String>,
     pub token_nonce: Option<Vec<u8>>,
@@ -282,7 +286,9 @@ impl AuthorizerStateRow {
             appid: appid(self.appid)?,
             status: AuthorizerStatus::parse(&self.status).map_err(invalid)?,
             status_reason: self.status_reason,
+            refresh_token: sealed(self.rt_kid, self.rt_nonce, self.rt_ct)?,
             has_appsecret: self.secret_kid.is_some(),
+            described: self.details_at.is_some(),
             generation: generation(self.generation)?,
             token: token_columns(
                 opt_sealed(self.token_kid, self.token_nonce, self.token_ct)?,
