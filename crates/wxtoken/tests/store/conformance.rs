@@ -1610,6 +1610,29 @@ async fn clients_are_found_by_key_hash_and_read_counts_accumulate(h: &Harness) {
     assert_eq!(counts[0].count, 12);
     assert_eq!(counts[0].last_read_at, at(100), "the latest read wins");
     assert_eq!(counts[1].count, 2);
+
+    // One slice may name an appid twice (its slot replaced between two flushes): both add up.
+    let mut twice = batch(1, 200);
+    twice.extend(batch(2, 150));
+    s.clients().add_read_counts(&twice).await.unwrap();
+    // And more counts than one statement carries (500 rows) land in one call.
+    let many: Vec<ReadCount> = (0..1203)
+        .map(|i| ReadCount {
+            client_id: created.id,
+            component: c.clone(),
+            appid: appid(&format!("wxmany{i:05}")),
+            count: 1,
+            last_read_at: at(300),
+        })
+        .collect();
+    s.clients().add_read_counts(&many).await.unwrap();
+    let counts = s.clients().read_counts(Some(created.id)).await.unwrap();
+    assert_eq!(counts.len(), 2 + 1203);
+    assert_eq!(counts[0].appid, appid("wxa"));
+    assert_eq!(counts[0].count, 15);
+    assert_eq!(counts[0].last_read_at, at(200));
+    assert_eq!(counts[1].count, 4);
+    assert!(counts[2..].iter().all(|c| c.count == 1));
 }
 
 async fn a_rotated_key_is_found_with_its_grace_and_a_revoked_name_is_reused(h: &Harness) {
