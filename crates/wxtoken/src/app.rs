@@ -46,11 +46,17 @@ const GATEWAY_CALLS_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// Opens the store `config.storage` names, with its pool settings, running migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_with(config, false).await
+}
+
+/// [`open_store`], for a bulk load if `bulk` ([`StoreOptions::bulk`]).
+pub async fn open_store_with(config: &Config, bulk: bool) -> anyhow::Result<Arc<dyn Store>> {
     store::open_with(
         config.storage.url.expose_secret(),
         &StoreOptions {
             max_connections: config.storage.max_connections,
             acquire_timeout: config.storage.connect_timeout,
+            bulk,
         },
     )
     .await

@@ -99,7 +99,7 @@ pub struct ImportOptions {
 impl Default for ImportOptions {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 5000,
             format: None,
         }
     }

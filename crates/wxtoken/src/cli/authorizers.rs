@@ -365,7 +365,7 @@ fn print_authorizer(a: &AuthorizerRecord, history: usize) -> std::io::Result<()>
 }
 
 async fn import(args: StoreArgs, file: PathBuf, format: Option<Format>) -> anyhow::Result<()> {
-    let ctx = args.open().await?;
+    let ctx = args.open_bulk().await?;
     let component = ctx.component(args.component.as_deref()).await?;
     ctx.store
         .components()

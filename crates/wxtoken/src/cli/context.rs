@@ -35,6 +35,15 @@ pub struct StoreContext {
 impl StoreArgs {
     /// Loads the configuration, opens the store (running migrations) and verifies the master key.
     pub async fn open(&self) -> anyhow::Result<StoreContext> {
+        self.open_with(false).await
+    }
+
+    /// [`StoreArgs::open`] for a bulk load (`authorizers import`): see `StoreOptions::bulk`.
+    pub async fn open_bulk(&self) -> anyhow::Result<StoreContext> {
+        self.open_with(true).await
+    }
+
+    async fn open_with(&self, bulk: bool) -> anyhow::Result<StoreContext> {
         let overrides = self
             .storage_url
             .iter()
@@ -45,7 +54,7 @@ impl StoreArgs {
             level: "warn".to_owned(),
             ..config.log.clone()
         });
-        let store = crate::app::open_store(&config).await?;
+        let store = crate::app::open_store_with(&config, bulk).await?;
         let vault = Vault::from_env_or_file(config.security.master_key_file.as_deref())
             .context("loading the master key (WXTOKEN_MASTER_KEY or security.master_key_file)")?;
         vault

@@ -58,6 +58,14 @@ impl SqliteStore {
                 });
             }
         }
+        let write_connect = if options.bulk {
+            connect
+                .clone()
+                .pragma("cache_size", "-262144")
+                .pragma("wal_autocheckpoint", "20000")
+        } else {
+            connect.clone()
+        };
         let mut write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout);
@@ -69,7 +77,7 @@ impl SqliteStore {
                 .max_lifetime(None);
         }
         let write = write
-            .connect_with(connect.clone())
+            .connect_with(write_connect)
             .await
             .map_err(|e| super::open_error(target, e))?;
         let read = if memory {

@@ -288,6 +288,7 @@ async fn store_errors_are_transient_exactly_when_the_same_call_can_pass(h: &Harn
         &wxtoken::store::StoreOptions {
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
         },
     )
     .await
@@ -2752,6 +2753,7 @@ async fn unreachable_database_is_reported_unavailable() {
     let options = wxtoken::store::StoreOptions {
         max_connections: 1,
         acquire_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
     };
     let err = match wxtoken::store::open_with("postgres://postgres@127.0.0.1:1/x", &options).await {
         Ok(_) => panic!("connected"),
