@@ -183,6 +183,50 @@ fn wxtoken(env: &[(String, String)], args: &[&str]) -> Command {
     cmd
 }
 
+/// The environment of a `wxtoken serve` (and its CLI commands) on `url`, with the bench's
+/// component, upstream `sim`, the public listener on `public_port` and the others on ports from
+/// the OS.
+fn serve_env(
+    sim: &SimHandle,
+    url: &str,
+    master: &MasterKey,
+    public_port: u16,
+) -> Vec<(String, String)> {
+    let spec = component_spec(None);
+    [
+        ("WXTOKEN_STORAGE__URL", url.to_owned()),
+        (
+            "WXTOKEN_MASTER_KEY",
+            master.to_base64().expose_secret().to_owned(),
+        ),
+        (
+            "WXTOKEN_COMPONENTS__0__APPID",
+            spec.component_appid.clone().unwrap(),
+        ),
+        (
+            "WXTOKEN_COMPONENTS__0__APPSECRET",
+            spec.component_appsecret.clone().unwrap(),
+        ),
+        ("WXTOKEN_COMPONENTS__0__TOKEN", spec.token.clone().unwrap()),
+        (
+            "WXTOKEN_COMPONENTS__0__ENCODING_AES_KEY",
+            spec.encoding_aes_key.clone().unwrap(),
+        ),
+        ("WXTOKEN_UPSTREAM__BASE_URL", sim.base_url().to_owned()),
+        (
+            "WXTOKEN_SERVER__PUBLIC_LISTEN",
+            format!("127.0.0.1:{public_port}"),
+        ),
+        ("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0".to_owned()),
+        ("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0".to_owned()),
+        ("WXTOKEN_REFRESH__CONCURRENCY", "64".to_owned()),
+        ("WXTOKEN_LOG__LEVEL", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -213,41 +257,8 @@ fn reads(
     )));
     let dir = tempfile::tempdir().expect("tempdir");
     let master = MasterKey::generate();
-    let env: Vec<(String, String)> = [
-        (
-            "WXTOKEN_STORAGE__URL",
-            format!("sqlite://{}", dir.path().join("reads.db").display()),
-        ),
-        (
-            "WXTOKEN_MASTER_KEY",
-            master.to_base64().expose_secret().to_owned(),
-        ),
-        (
-            "WXTOKEN_COMPONENTS__0__APPID",
-            spec.component_appid.clone().unwrap(),
-        ),
-        (
-            "WXTOKEN_COMPONENTS__0__APPSECRET",
-            spec.component_appsecret.clone().unwrap(),
-        ),
-        ("WXTOKEN_COMPONENTS__0__TOKEN", spec.token.clone().unwrap()),
-        (
-            "WXTOKEN_COMPONENTS__0__ENCODING_AES_KEY",
-            spec.encoding_aes_key.clone().unwrap(),
-        ),
-        ("WXTOKEN_UPSTREAM__BASE_URL", sim.base_url().to_owned()),
-        (
-            "WXTOKEN_SERVER__PUBLIC_LISTEN",
-            format!("127.0.0.1:{public_port}"),
-        ),
-        ("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0".to_owned()),
-        ("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0".to_owned()),
-        ("WXTOKEN_REFRESH__CONCURRENCY", "64".to_owned()),
-        ("WXTOKEN_LOG__LEVEL", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let url = format!("sqlite://{}", dir.path().join("reads.db").display());
+    let env = serve_env(&sim, &url, &master, public_port);
     let comp = spec.component_appid.clone().unwrap();
     sim.control()
         .create_component(component_spec(None))

@@ -90,41 +90,6 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn serve_env(sim: &SimHandle, url: &str, master: &MasterKey) -> Vec<(String, String)> {
-    let spec = component_spec(None);
-    [
-        ("WXTOKEN_STORAGE__URL", url.to_owned()),
-        (
-            "WXTOKEN_MASTER_KEY",
-            master.to_base64().expose_secret().to_owned(),
-        ),
-        (
-            "WXTOKEN_COMPONENTS__0__APPID",
-            spec.component_appid.clone().unwrap(),
-        ),
-        (
-            "WXTOKEN_COMPONENTS__0__APPSECRET",
-            spec.component_appsecret.clone().unwrap(),
-        ),
-        ("WXTOKEN_COMPONENTS__0__TOKEN", spec.token.clone().unwrap()),
-        (
-            "WXTOKEN_COMPONENTS__0__ENCODING_AES_KEY",
-            spec.encoding_aes_key.clone().unwrap(),
-        ),
-        ("WXTOKEN_UPSTREAM__BASE_URL", sim.base_url().to_owned()),
-        (
-            "WXTOKEN_SERVER__PUBLIC_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        ),
-        ("WXTOKEN_SERVER__INTERNAL_LISTEN", "127.0.0.1:0".to_owned()),
-        ("WXTOKEN_SERVER__GATEWAY_LISTEN", "127.0.0.1:0".to_owned()),
-        ("WXTOKEN_LOG__LEVEL", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 /// Writes a two-hour token for each of `credentials` straight to the store, sealed as the engine
 /// seals them (setup for the cold start and the reads, not a measure).
 async fn write_tokens(store: &Arc<dyn Store>, master: &MasterKey, credentials: &[Credential]) {
@@ -252,7 +217,7 @@ fn one_size(
     // Import through the CLI.
     let master = MasterKey::generate();
     let url = format!("sqlite://{}", dir.path().join("scale.db").display());
-    let env = serve_env(&sim, &url, &master);
+    let env = serve_env(&sim, &url, &master, free_port());
     let import = |env: &[(String, String)]| {
         let t = Instant::now();
         let out = run_ok(
@@ -337,7 +302,7 @@ fn one_size(
     // PostgreSQL: import and cold start.
     let pg_figures = (pg != "none").then(|| {
         let (pg_url, admin) = rt.block_on(fresh_pg_database(pg)).expect("PostgreSQL");
-        let pg_env = serve_env(&sim, &pg_url, &master);
+        let pg_env = serve_env(&sim, &pg_url, &master, free_port());
         let secs = import(&pg_env);
         rt.block_on(async {
             let store = store::open(&pg_url).await.expect("store");

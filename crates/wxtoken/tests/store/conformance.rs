@@ -1902,18 +1902,21 @@ async fn needs_reauth_mark_is_fenced_and_revocation_fences_an_inflight_refresh(h
     );
 }
 
-async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &Harness) {
-    let s = &h.store;
-    let v = verified_vault(s.as_ref()).await;
-    let c1 = component("wxcomp0001");
-    let c2 = component("wxcomp0002");
-    for (c, n) in [(&c1, 30), (&c2, 20)] {
+/// Authorizers `wxauth0000`… under two components, 30 and 20, each created with refresh token
+/// `rt-{component}-{i}` and, for even `i`, the access token "tok".
+async fn save_thirty_and_twenty(
+    s: &dyn Store,
+    v: &Vault,
+    c1: &wxtoken::model::ComponentAppid,
+    c2: &wxtoken::model::ComponentAppid,
+) {
+    for (c, n) in [(c1, 30), (c2, 20)] {
         s.components().ensure_component(c, at(0)).await.unwrap();
         let writes: Vec<_> = (0..n)
             .map(|i| {
                 let a = appid(&format!("wxauth{i:04}"));
                 authorization(
-                    &v,
+                    v,
                     c,
                     &a,
                     &format!("rt-{c}-{i}"),
@@ -1930,6 +1933,14 @@ async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &H
                 .all(|o| *o == SaveOutcome::Saved { generation: 1 })
         );
     }
+}
+
+async fn bulk_load_returns_every_authorizer_and_token_per_component_or_all(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c1 = component("wxcomp0001");
+    let c2 = component("wxcomp0002");
+    save_thirty_and_twenty(s.as_ref(), &v, &c1, &c2).await;
     let all = s.authorizers().load_authorizers(None).await.unwrap();
     assert_eq!(all.len(), 50);
     for rec in &all {
@@ -1988,24 +1999,7 @@ async fn the_cold_start_scan_gives_every_authorizer_the_state_the_full_load_give
     let v = verified_vault(s.as_ref()).await;
     let c1 = component("wxcomp0001");
     let c2 = component("wxcomp0002");
-    for (c, n) in [(&c1, 30), (&c2, 20)] {
-        s.components().ensure_component(c, at(0)).await.unwrap();
-        let writes: Vec<_> = (0..n)
-            .map(|i| {
-                let a = appid(&format!("wxauth{i:04}"));
-                authorization(
-                    &v,
-                    c,
-                    &a,
-                    &format!("rt-{c}-{i}"),
-                    (i % 2 == 0).then_some("tok"),
-                    Expected::Absent,
-                    i,
-                )
-            })
-            .collect();
-        s.authorizers().save_authorizations(&writes).await.unwrap();
-    }
+    save_thirty_and_twenty(s.as_ref(), &v, &c1, &c2).await;
     // One revoked with a reason, one with an appsecret on file for its fallback.
     let revoked = appid("wxauth0003");
     s.authorizers()
