@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError, Inner};
 use crate::model::{
-    Appid, AuthorizerRecord, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
+    Appid, AuthorizerState, AuthorizerStatus, ComponentAppid, Credential, CredentialKind,
     TokenRecord,
 };
 use crate::store::{TokenChange, TokenChanges};
@@ -48,7 +48,7 @@ impl Engine {
                 .get_authorizer(component, appid)
                 .await?
             {
-                inner.install_authorizer(&record)?;
+                inner.install_authorizer(&AuthorizerState::of(&record))?;
                 found = true;
             }
             if inner
@@ -76,18 +76,27 @@ impl Engine {
             return Ok(0);
         }
         let mut installed = 0;
-        for record in inner
+        let mut failed = None;
+        // The state scan, not every full record: after an import of a million.
+        inner
             .io
             .store
             .authorizers()
-            .load_authorizers(Some(component))
-            .await?
-        {
-            if inner.install_authorizer(&record)? {
-                installed += 1;
-            }
+            .scan_authorizer_states(&mut |state| {
+                if state.component != *component || failed.is_some() {
+                    return;
+                }
+                match inner.install_authorizer(&state) {
+                    Ok(true) => installed += 1,
+                    Ok(false) => {}
+                    Err(e) => failed = Some(e),
+                }
+            })
+            .await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(installed),
         }
-        Ok(installed)
     }
 
     /// After an authorizer's appsecret changed outside this process (same generation, so
@@ -250,14 +259,26 @@ impl Engine {
                 }
             }
         }
-        for record in inner.io.store.authorizers().load_authorizers(None).await? {
-            if inner.component.secrets.contains_key(&record.component)
-                && inner.install_authorizer(&record)?
-            {
-                changed += 1;
-            }
+        let mut failed = None;
+        inner
+            .io
+            .store
+            .authorizers()
+            .scan_authorizer_states(&mut |state| {
+                if failed.is_some() || !inner.component.secrets.contains_key(&state.component) {
+                    return;
+                }
+                match inner.install_authorizer(&state) {
+                    Ok(true) => changed += 1,
+                    Ok(false) => {}
+                    Err(e) => failed = Some(e),
+                }
+            })
+            .await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(changed),
         }
-        Ok(changed)
     }
 }
 
@@ -299,7 +320,7 @@ impl Inner {
                     .get_authorizer(&credential.component, &credential.appid)
                     .await?
                 {
-                    Some(record) => self.install_authorizer(&record),
+                    Some(record) => self.install_authorizer(&AuthorizerState::of(&record)),
                     None => Ok(false),
                 }
             }
@@ -315,7 +336,7 @@ impl Inner {
 
     /// Installs an authorizer record unless memory already holds its generation or a newer one.
     /// Returns whether it changed anything.
-    fn install_authorizer(&self, record: &AuthorizerRecord) -> Result<bool, EngineError> {
+    fn install_authorizer(&self, record: &AuthorizerState) -> Result<bool, EngineError> {
         let credential = Credential::authorizer(&record.component, &record.appid);
         if self.held_at(&credential) >= Some(record.generation) {
             return Ok(false);
@@ -325,7 +346,7 @@ impl Inner {
             record.status,
             record.status_reason.as_deref().unwrap_or_default(),
         );
-        let refreshable = record.status == AuthorizerStatus::Active || record.appsecret.is_some();
+        let refreshable = record.status == AuthorizerStatus::Active || record.has_appsecret;
         match &record.token {
             Some(stored) => {
                 self.publish_stored(&credential, record.generation, stored)?;
