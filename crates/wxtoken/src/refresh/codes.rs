@@ -523,7 +523,7 @@ impl Inner {
     /// is the authorizer's fallback now), here and, through the change feed, on other replicas.
     async fn remove_folded_direct(&self, component: &ComponentAppid, appid: &Appid) {
         let direct = Credential::direct(component, appid);
-        self.schedule.heap.lock().remove(&direct);
+        self.unschedule(&direct);
         self.cache.remove(&direct);
         match crate::manage::remove_direct_account(&*self.io.store, component, appid).await {
             Ok(_) => tracing::warn!(

@@ -119,7 +119,7 @@ impl Inner {
                 if self.component.secrets.contains_key(&state.component) && refreshable {
                     due(self, &credential, state.token.as_ref());
                 } else {
-                    self.schedule.heap.lock().remove(&credential);
+                    self.unschedule(&credential);
                 }
             })
             .await?;

@@ -411,7 +411,7 @@ impl Inner {
         let SaveOutcome::Saved { generation } = outcome else {
             return Ok(false);
         };
-        self.schedule.heap.lock().remove(credential);
+        self.unschedule(credential);
         // Already revoked at `generation`: this only updates the cache, alerts and falls back.
         match self
             .lose_authorization(

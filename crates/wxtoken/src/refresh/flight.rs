@@ -251,7 +251,7 @@ impl Inner {
                 }
                 slot.set_failing(Some(e.to_string()));
                 if !e.retryable() {
-                    self.schedule.heap.lock().remove(credential);
+                    self.unschedule(credential);
                     return;
                 }
                 let attempt = {
@@ -340,11 +340,23 @@ impl Inner {
     }
 
     pub(crate) fn schedule_in(&self, credential: &Credential, delay: Duration) {
-        self.schedule
-            .heap
-            .lock()
-            .set(credential.clone(), Instant::now() + delay);
+        // The deadline lives in the credential's slot (created empty if it has none yet).
+        let slot = self.cache.slot(credential);
+        self.schedule.heap.lock().set(slot, Instant::now() + delay);
         self.schedule.wake.notify_one();
+    }
+
+    /// Takes the credential off the schedule (its slot, if any, keeps its token).
+    pub(crate) fn unschedule(&self, credential: &Credential) {
+        if let Some(slot) = self.cache.get(credential) {
+            self.schedule.heap.lock().remove(&slot);
+        }
+    }
+
+    /// When the credential is next due, if scheduled.
+    pub(crate) fn scheduled_at(&self, credential: &Credential) -> Option<Instant> {
+        let slot = self.cache.get(credential)?;
+        self.schedule.heap.lock().deadline(&slot)
     }
 
     /// Schedules at a stored wall-clock time (past → now).

@@ -130,7 +130,7 @@ impl Engine {
     /// removed through the admin API).
     pub fn unload(&self, credential: &Credential) {
         let inner = self.inner();
-        inner.schedule.heap.lock().remove(credential);
+        inner.unschedule(credential);
         inner.cache.remove(credential);
     }
 
@@ -351,7 +351,7 @@ impl Inner {
             Some(stored) => {
                 self.publish_stored(&credential, record.generation, stored)?;
                 if !refreshable {
-                    self.schedule.heap.lock().remove(&credential);
+                    self.unschedule(&credential);
                 }
             }
             None if refreshable => self.schedule_in(&credential, Duration::ZERO),

@@ -508,7 +508,7 @@ impl Engine {
 
     /// When the credential is next due, if scheduled (for tests and admin views).
     pub fn next_refresh(&self, credential: &Credential) -> Option<Instant> {
-        self.inner.schedule.heap.lock().deadline(credential)
+        self.inner.scheduled_at(credential)
     }
 
     pub fn stats(&self) -> EngineStats {

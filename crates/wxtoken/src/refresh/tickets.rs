@@ -82,7 +82,7 @@ impl Engine {
         match self.read(&slot) {
             Ok(ticket) => {
                 // Let go while idle: back on the schedule (an overdue one comes due at once).
-                if woke && inner.schedule.heap.lock().deadline(credential).is_none() {
+                if woke && inner.scheduled_at(credential).is_none() {
                     inner.schedule_at(credential, ticket.refresh_at);
                 }
                 Ok(ticket)

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use parking_lot::RwLock;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::model::{
-    Appid, AuthorizerStatus, ComponentAppid, Credential, CredentialKind, Timestamp, TokenSource,
+    AuthorizerStatus, ComponentAppid, Credential, CredentialKind, Timestamp, TokenSource,
 };
 use crate::tokens::plan;
 
@@ -127,6 +128,9 @@ pub struct Slot {
     /// Created by the first long-poll: most credentials are never long-polled, and a channel
     /// costs about 450 bytes (100,000 credentials: 45 MB).
     generation: std::sync::OnceLock<watch::Sender<u64>>,
+    /// The refresh schedule's deadline for this credential (0: none), kept here so the schedule
+    /// needs no map of its own. Owned by `refresh::schedule`, written only under its lock.
+    pub(crate) due: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Slot {
@@ -143,6 +147,7 @@ impl Slot {
             credential,
             state: RwLock::default(),
             generation: std::sync::OnceLock::new(),
+            due: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -287,12 +292,110 @@ impl Slot {
     }
 }
 
+/// The slots, by appid: a sharded hash table of `Arc<Slot>` keyed by the slot's own appid, so an
+/// entry is one pointer (8 bytes and a control byte) and the appid is held once, in the slot. A
+/// `DashMap<Appid, SmallVec<Arc<Slot>>>` held the appid a second time and cost about 70 bytes an
+/// entry at a typical load: 60 MB at a million credentials. An appid with several slots (one per
+/// component and kind, rare) has several entries under the same hash.
+///
+/// Written by hand because no map crate keys a value by a field of itself without a second copy
+/// of the key; the shards are hashbrown's `HashTable` behind parking_lot locks, as in `dashmap`.
+struct SlotTable {
+    shards: Box<[crossbeam_utils::CachePadded<RwLock<HashTable<Arc<Slot>>>>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Default for SlotTable {
+    fn default() -> Self {
+        // Four shards a core, as dashmap does, so writers of one shard rarely meet readers.
+        let n = (std::thread::available_parallelism().map_or(4, usize::from) * 4)
+            .next_power_of_two()
+            .max(4);
+        Self {
+            shards: (0..n).map(|_| Default::default()).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+}
+
+impl SlotTable {
+    fn hash(&self, appid: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, appid)
+    }
+
+    /// The shard of a hash: bits the table itself does not use to place or tag entries (it uses
+    /// the lowest for the bucket and the top seven for the tag).
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<Arc<Slot>>> {
+        let index = usize::try_from(hash >> 32).unwrap_or(0) & (self.shards.len() - 1);
+        &self.shards[index]
+    }
+
+    fn rehash(&self) -> impl Fn(&Arc<Slot>) -> u64 + '_ {
+        |slot| self.hash(slot.credential.appid.as_str())
+    }
+
+    /// Calls `f` with the slots of `appid`, under its shard's read lock.
+    fn with<R>(&self, appid: &str, f: impl for<'a> FnOnce(SlotsOf<'a>) -> R) -> R {
+        let hash = self.hash(appid);
+        let shard = self.shard(hash).read();
+        f(SlotsOf {
+            candidates: shard.iter_hash(hash),
+            appid,
+        })
+    }
+
+    fn get_or_insert(&self, credential: &Credential) -> Arc<Slot> {
+        let hash = self.hash(credential.appid.as_str());
+        let mut shard = self.shard(hash).write();
+        if let Some(slot) = shard.find(hash, |s| &s.credential == credential) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot::new(credential.clone()));
+        shard.insert_unique(hash, Arc::clone(&slot), self.rehash());
+        slot
+    }
+
+    fn remove(&self, credential: &Credential) {
+        let hash = self.hash(credential.appid.as_str());
+        let mut shard = self.shard(hash).write();
+        if let Ok(entry) = shard.find_entry(hash, |s| &s.credential == credential) {
+            entry.remove();
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Slot)) {
+        for shard in &self.shards {
+            for slot in shard.read().iter() {
+                f(slot);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+/// The slots of one appid (the entries under its hash whose appid it is).
+struct SlotsOf<'a> {
+    candidates: hashbrown::hash_table::IterHash<'a, Arc<Slot>>,
+    appid: &'a str,
+}
+
+impl<'a> Iterator for SlotsOf<'a> {
+    type Item = &'a Arc<Slot>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.candidates
+            .by_ref()
+            .find(|s| s.credential.appid.as_str() == self.appid)
+    }
+}
+
 /// Every credential's slot, by appid.
 #[derive(Default)]
 pub struct TokenCache {
-    // A handful of slots per appid at most (one per component and kind), almost always one:
-    // held inline, no allocation of its own.
-    by_appid: DashMap<Appid, smallvec::SmallVec<[Arc<Slot>; 1]>>,
+    by_appid: SlotTable,
     /// Appids found in neither memory nor the store, and when (see `Engine::lookup`).
     unknown: DashMap<String, std::time::Instant>,
 }
@@ -307,46 +410,39 @@ impl TokenCache {
         if let Some(slot) = self.get(credential) {
             return slot;
         }
-        let mut slots = self.by_appid.entry(credential.appid.clone()).or_default();
-        if let Some(slot) = slots.iter().find(|s| &s.credential == credential) {
-            return Arc::clone(slot);
-        }
-        let slot = Arc::new(Slot::new(credential.clone()));
-        slots.push(Arc::clone(&slot));
-        slot
+        self.by_appid.get_or_insert(credential)
     }
 
     pub fn get(&self, credential: &Credential) -> Option<Arc<Slot>> {
-        self.by_appid
-            .get(credential.appid.as_str())?
-            .iter()
-            .find(|s| &s.credential == credential)
-            .cloned()
+        self.by_appid.with(credential.appid.as_str(), |mut slots| {
+            slots.find(|s| &s.credential == credential).cloned()
+        })
     }
 
     /// An authorizer's or direct account's slot by appid (never a component's or a ticket's),
     /// under `component` or, when `None`, under whichever single component has it.
     pub fn find(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ReadError> {
-        let slots = self.by_appid.get(appid).ok_or(ReadError::Unknown)?;
-        let mut found = slots.iter().filter(|s| {
-            matches!(
-                s.credential.kind,
-                CredentialKind::Authorizer | CredentialKind::Direct
-            ) && component.is_none_or(|c| s.credential.component.as_str() == c)
-        });
-        let first = found.next().ok_or(ReadError::Unknown)?;
-        let mut chosen = first;
-        for other in found {
-            if other.credential.component != first.credential.component {
-                return Err(ReadError::Ambiguous);
+        self.by_appid.with(appid, |slots| {
+            let mut found = slots.filter(|s| {
+                matches!(
+                    s.credential.kind,
+                    CredentialKind::Authorizer | CredentialKind::Direct
+                ) && component.is_none_or(|c| s.credential.component.as_str() == c)
+            });
+            let first = found.next().ok_or(ReadError::Unknown)?;
+            let mut chosen = first;
+            for other in found {
+                if other.credential.component != first.credential.component {
+                    return Err(ReadError::Ambiguous);
+                }
+                // The same appid as an authorizer and a direct account of one component (a
+                // database from before such pairs were refused or folded): the authorizer answers.
+                if other.credential.kind == CredentialKind::Authorizer {
+                    chosen = other;
+                }
             }
-            // The same appid as an authorizer and a direct account of one component (a database
-            // from before such pairs were refused or folded): the authorizer answers.
-            if other.credential.kind == CredentialKind::Authorizer {
-                chosen = other;
-            }
-        }
-        Ok(Arc::clone(chosen))
+            Ok(Arc::clone(chosen))
+        })
     }
 
     /// Whether `appid` was found unknown (in neither memory nor the store) less than `ttl` ago.
@@ -365,47 +461,40 @@ impl TokenCache {
 
     /// The component token's slot.
     pub fn component(&self, component: &ComponentAppid) -> Option<Arc<Slot>> {
-        self.by_appid
-            .get(component.as_str())?
-            .iter()
-            .find(|s| {
-                s.credential.kind == CredentialKind::Component
-                    && s.credential.component == *component
-            })
-            .cloned()
+        self.by_appid.with(component.as_str(), |mut slots| {
+            slots
+                .find(|s| {
+                    s.credential.kind == CredentialKind::Component
+                        && s.credential.component == *component
+                })
+                .cloned()
+        })
     }
 
     /// Drops a credential's slot; long-polls already waiting on it end at their own timeout.
     pub fn remove(&self, credential: &Credential) {
-        if let Some(mut slots) = self.by_appid.get_mut(credential.appid.as_str()) {
-            slots.retain(|s| &s.credential != credential);
-        }
-        self.by_appid
-            .remove_if(credential.appid.as_str(), |_, slots| slots.is_empty());
+        self.by_appid.remove(credential);
     }
 
     /// Calls `f` with every slot (metrics, admin views); holds one shard lock at a time.
-    pub fn for_each(&self, mut f: impl FnMut(&Slot)) {
-        for entry in self.by_appid.iter() {
-            for slot in entry.value() {
-                f(slot);
-            }
-        }
+    pub fn for_each(&self, f: impl FnMut(&Slot)) {
+        self.by_appid.for_each(f);
     }
 
     /// Number of credentials held.
     pub fn len(&self) -> usize {
-        self.by_appid.iter().map(|e| e.value().len()).sum()
+        self.by_appid.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_appid.is_empty()
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Appid;
 
     fn token(value: &str, generation: u64, expires_at: i64) -> CachedToken {
         CachedToken {
@@ -518,6 +607,42 @@ mod tests {
                 .unwrap()
                 .is("cgi-bin")
         );
+    }
+
+    #[test]
+    fn a_slot_with_its_reference_counts_fits_a_128_byte_allocation() {
+        // At a million credentials every 8 bytes here is 8 MB, and one byte more than 112 puts
+        // every slot in the allocator's next size class (160 bytes).
+        assert!(std::mem::size_of::<Slot>() <= 112);
+    }
+
+    #[test]
+    fn slots_of_one_appid_under_several_components_are_kept_and_removed_apart() {
+        let cache = TokenCache::new();
+        let one = cred("wxc1", "wxa");
+        let two = cred("wxc2", "wxa");
+        let first = cache.slot(&one);
+        cache.slot(&two);
+        assert!(Arc::ptr_eq(&first, &cache.slot(&one)), "no second slot");
+        assert_eq!(cache.len(), 2);
+        cache.remove(&two);
+        assert!(cache.get(&two).is_none());
+        assert!(Arc::ptr_eq(&first, &cache.get(&one).unwrap()));
+        assert!(cache.find(None, "wxa").is_ok());
+        let component = Credential::component(&ComponentAppid::parse("wxa").unwrap());
+        cache.slot(&component);
+        assert!(
+            cache
+                .component(&ComponentAppid::parse("wxa").unwrap())
+                .is_some()
+        );
+        assert!(
+            cache.find(None, "wxa").is_ok(),
+            "a component slot is not an authorizer's"
+        );
+        let mut seen = 0;
+        cache.for_each(|_| seen += 1);
+        assert_eq!(seen, 2);
     }
 
     #[test]
