@@ -48,6 +48,7 @@ conformance!(
     ticket_is_kept_across_reopen_and_an_older_push_does_not_replace_it,
     authorization_creates_an_active_authorizer_with_token_and_history,
     stale_refresh_result_is_refused_and_its_refresh_token_still_kept,
+    a_batch_of_refreshes_lands_each_fresh_one_and_keeps_every_refresh_token,
     two_replicas_writing_from_one_generation_land_exactly_once,
     many_concurrent_writers_from_one_generation_land_exactly_once,
     refresh_token_history_never_shrinks_and_refuses_deletes,
@@ -575,6 +576,97 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
             ..AuthorizerCounts::default()
         }
     );
+}
+
+async fn a_batch_of_refreshes_lands_each_fresh_one_and_keeps_every_refresh_token(h: &Harness) {
+    let s = &h.store;
+    let v = verified_vault(s.as_ref()).await;
+    let c = component("wxcomp0001");
+    s.components().ensure_component(&c, at(0)).await.unwrap();
+    // More than one statement's worth of rows, so the batch spans chunks.
+    let n = 1_203;
+    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:05}"))).collect();
+    let creates: Vec<_> = appids
+        .iter()
+        .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
+        .collect();
+    for o in s.authorizers().save_authorizations(&creates).await.unwrap() {
+        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
+    }
+    // Every third result expects a generation that is not current (another writer won).
+    let stale = |i: usize| i % 3 == 1;
+    let results: Vec<_> = appids
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, a)| {
+            let expected = if stale(i) { 0 } else { 1 };
+            refresh(
+                &v,
+                &c,
+                a,
+                expected,
+                &format!("at-{i}"),
+                &format!("rt-{i}"),
+                10,
+            )
+        })
+        .collect();
+    let outcomes = s.tokens().save_refresh_results(&results).await.unwrap();
+    assert_eq!(outcomes.len(), n);
+    // In the caller's order (here: reversed).
+    for (k, outcome) in outcomes.iter().enumerate() {
+        let i = n - 1 - k;
+        let want = if stale(i) {
+            SaveOutcome::Stale {
+                current_generation: 1,
+            }
+        } else {
+            SaveOutcome::Saved { generation: 2 }
+        };
+        assert_eq!(*outcome, want, "result for {}", appids[i]);
+    }
+    for i in [0, 1, 2, 600, 601, n - 1] {
+        let a = &appids[i];
+        let cred = Credential::authorizer(&c, a);
+        let token = s.tokens().get_token(&cred).await.unwrap().unwrap();
+        let rec = s
+            .authorizers()
+            .get_authorizer(&c, a)
+            .await
+            .unwrap()
+            .unwrap();
+        let hist: Vec<(String, u64, bool)> = s
+            .authorizers()
+            .refresh_token_history(&c, a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    open_rt(&v, &c, a, &e.refresh_token),
+                    e.generation,
+                    e.applied,
+                )
+            })
+            .collect();
+        if stale(i) {
+            assert_eq!(token.generation, 1);
+            assert_eq!(open_token(&v, &cred, &token.token.unwrap().sealed), "at-0");
+            assert_eq!(open_rt(&v, &c, a, &rec.refresh_token), "rt-0");
+            assert_eq!(hist[1], (format!("rt-{i}"), 0, false), "kept, not applied");
+        } else {
+            assert_eq!(token.generation, 2);
+            assert_eq!(
+                open_token(&v, &cred, &token.token.unwrap().sealed),
+                format!("at-{i}")
+            );
+            assert_eq!(open_rt(&v, &c, a, &rec.refresh_token), format!("rt-{i}"));
+            assert_eq!(rec.generation, 2);
+            assert_eq!(hist[1], (format!("rt-{i}"), 2, true));
+        }
+        assert_eq!(hist.len(), 2);
+    }
 }
 
 async fn stale_refresh_result_is_refused_and_its_refresh_token_still_kept(h: &Harness) {
