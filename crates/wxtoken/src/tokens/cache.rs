@@ -301,9 +301,11 @@ impl Slot {
 /// Written by hand because no map crate keys a value by a field of itself without a second copy
 /// of the key; the shards are hashbrown's `HashTable` behind parking_lot locks, as in `dashmap`.
 struct SlotTable {
-    shards: Box<[crossbeam_utils::CachePadded<RwLock<HashTable<Arc<Slot>>>>]>,
+    shards: Box<[crossbeam_utils::CachePadded<Shard>]>,
     hasher: hashbrown::DefaultHashBuilder,
 }
+
+type Shard = RwLock<HashTable<Arc<Slot>>>;
 
 impl Default for SlotTable {
     fn default() -> Self {
@@ -325,7 +327,7 @@ impl SlotTable {
 
     /// The shard of a hash: bits the table itself does not use to place or tag entries (it uses
     /// the lowest for the bucket and the top seven for the tag).
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<Arc<Slot>>> {
+    fn shard(&self, hash: u64) -> &Shard {
         let index = usize::try_from(hash >> 32).unwrap_or(0) & (self.shards.len() - 1);
         &self.shards[index]
     }
