@@ -1297,7 +1297,7 @@ fn cold_start_child() {
             cache
                 .slot(&Credential::authorizer(&component, &appid))
                 .publish(wxtoken::tokens::cache::CachedToken {
-                    access_token: SecretString::from("t".repeat(token_len)),
+                    access_token: wxtoken::tokens::cache::TokenText::from("t".repeat(token_len)),
                     issued_at: now,
                     expires_at: now,
                     refresh_at: now,

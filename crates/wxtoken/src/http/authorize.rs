@@ -18,7 +18,6 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use wechat::authorize::{AuthType, AuthorizeParams, escape_html};
 

@@ -10,7 +10,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wechat::jssdk;
@@ -201,7 +200,7 @@ pub async fn invalidate(
     let ticket = app
         .0
         .engine
-        .invalidate_for(slot.credential(), &body.ticket, Some(&caller.name))
+        .invalidate_for(&slot.credential(), &body.ticket, Some(&caller.name))
         .await?;
     let ticket = match app.0.engine.read(&slot) {
         Ok(current) if current.generation >= ticket.generation => current,

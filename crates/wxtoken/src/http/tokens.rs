@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -165,7 +164,7 @@ pub async fn invalidate(
     let token = app
         .0
         .engine
-        .invalidate_for(slot.credential(), &body.access_token, Some(&caller.name))
+        .invalidate_for(&slot.credential(), &body.access_token, Some(&caller.name))
         .await?;
     let token = served(&app, &slot, token)?;
     Ok(Json(TokenResponse::new(&appid, &token)).into_response())

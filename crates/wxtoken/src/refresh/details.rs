@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
-
 use super::{Engine, Inner, RefreshError};
 use crate::model::{AppKind, Appid, AuthorizerDetails, ComponentAppid};
 

@@ -132,7 +132,7 @@ impl Engine {
             Err(ReadError::NoToken { .. })
                 if slot.current().is_none() && slot.failing().is_none() =>
             {
-                match self.refresh_now(slot.credential()).await {
+                match self.refresh_now(&slot.credential()).await {
                     Ok(_) => self.read(slot),
                     Err(RefreshError::Gone { reason }) => Err(ReadError::Gone { reason }),
                     Err(RefreshError::Unknown) => Err(ReadError::Unknown),

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use secrecy::ExposeSecret;
 use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
 

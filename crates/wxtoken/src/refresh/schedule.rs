@@ -134,7 +134,7 @@ impl Schedule {
     pub(crate) fn next(&mut self) -> Option<(Instant, Credential)> {
         self.drop_stale();
         let Reverse(entry) = self.heap.peek()?;
-        Some((self.instant(entry.at), entry.slot.credential().clone()))
+        Some((self.instant(entry.at), entry.slot.credential()))
     }
 
     /// Removes and returns every credential due at `now`, earliest first, at most `limit`.
@@ -151,7 +151,7 @@ impl Schedule {
                     // Any other entry of this slot is stale from here on.
                     entry.slot.due.store(0, Relaxed);
                     self.live -= 1;
-                    due.push(entry.slot.credential().clone());
+                    due.push(entry.slot.credential());
                 }
                 _ => break,
             }

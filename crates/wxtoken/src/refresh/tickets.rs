@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use wechat::client::WechatError;
 use wechat::errcode::ErrorClass;
@@ -78,12 +77,12 @@ impl Engine {
         let woke = inner
             .schedule
             .ticket_reads
-            .note(credential, inner.config.ticket_idle);
+            .note(&credential, inner.config.ticket_idle);
         match self.read(&slot) {
             Ok(ticket) => {
                 // Let go while idle: back on the schedule (an overdue one comes due at once).
-                if woke && inner.scheduled_at(credential).is_none() {
-                    inner.schedule_at(credential, ticket.refresh_at);
+                if woke && inner.scheduled_at(&credential).is_none() {
+                    inner.schedule_at(&credential, ticket.refresh_at);
                 }
                 Ok(ticket)
             }
@@ -91,7 +90,7 @@ impl Engine {
             // One whose refresh is failing waits for its backoff, unless it was idle (nothing
             // retries an idle ticket).
             Err(ReadError::NoToken { .. }) if woke || slot.failing().is_none() => {
-                match self.refresh_now(credential).await {
+                match self.refresh_now(&credential).await {
                     Ok(_) => self.read(&slot),
                     Err(RefreshError::Gone { reason }) => Err(ReadError::Gone { reason }),
                     Err(RefreshError::Unknown) => Err(ReadError::Unknown),
@@ -177,7 +176,7 @@ impl Inner {
                 // Rule 3: the account's token was refused. One budgeted refresh of it, once more.
                 let reported = token.access_token.expose_secret();
                 let fresh = engine
-                    .invalidate_for(account.credential(), reported, Some(REPORTER))
+                    .invalidate_for(&account.credential(), reported, Some(REPORTER))
                     .await?;
                 self.get_ticket(&fresh, kind).await
             }

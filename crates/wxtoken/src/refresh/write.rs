@@ -13,7 +13,7 @@ use crate::model::{
     AuthorizationWrite, AuthorizerStatus, Credential, CredentialKind, Expected, NewAccessToken,
     RefreshResult, RefreshTokenSource, SaveOutcome, Sealed, SecretSlot, Timestamp, TokenSource,
 };
-use crate::tokens::cache::CachedToken;
+use crate::tokens::cache::{CachedToken, TokenText};
 use crate::vault::VaultError;
 
 /// How many times a refresh result that lost the fence to an older token is fenced again.
@@ -109,7 +109,7 @@ impl Inner {
         let refresh_at = stored.refresh_at.unwrap_or(stored.issued_at);
         let slot = self.cache.slot(credential);
         slot.publish(CachedToken {
-            access_token: token,
+            access_token: TokenText::from(token),
             issued_at: stored.issued_at,
             expires_at: stored.expires_at,
             refresh_at,
@@ -177,7 +177,7 @@ impl Inner {
             self.config.rogue_window,
         );
         let served = slot.publish(CachedToken {
-            access_token: SecretString::from(token.clone()),
+            access_token: TokenText::from(token.as_str()),
             issued_at: access.issued_at,
             expires_at: access.expires_at,
             refresh_at,

@@ -13,6 +13,7 @@
 //! - Every publish bumps the slot's `watch` channel, so a long-poll (`after=GEN`) wakes at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -22,13 +23,53 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::model::{
-    AuthorizerStatus, ComponentAppid, Credential, CredentialKind, Timestamp, TokenSource,
+    Appid, AuthorizerStatus, ComponentAppid, Credential, CredentialKind, Timestamp, TokenSource,
 };
 use crate::tokens::plan;
 
+/// A token's text as the cache holds it: behind one thin pointer (the length lives in the
+/// allocation, `thin-vec`), zeroed on drop like `secrecy`'s secrets. `SecretString` is a fat
+/// pointer; at a million tokens its 8 extra bytes put every `CachedToken` in the allocator's next
+/// size class (80 bytes instead of 64).
+pub struct TokenText(thin_vec::ThinVec<u8>);
+
+impl TokenText {
+    /// The token itself: only for handing it out or sending it upstream, as with `secrecy`.
+    pub fn expose_secret(&self) -> &str {
+        // Always valid: built from a `str` and never changed (checking costs ~20 ns on a
+        // 140-byte token and keeps this crate free of `unsafe`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<&str> for TokenText {
+    fn from(text: &str) -> Self {
+        Self(thin_vec::ThinVec::from(text.as_bytes()))
+    }
+}
+
+impl From<String> for TokenText {
+    fn from(text: String) -> Self {
+        Self::from(SecretString::from(text))
+    }
+}
+
+impl From<SecretString> for TokenText {
+    fn from(secret: SecretString) -> Self {
+        Self::from(secret.expose_secret())
+    }
+}
+
+impl Drop for TokenText {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
 /// A token as served.
 pub struct CachedToken {
-    pub access_token: SecretString,
+    pub access_token: TokenText,
     /// When it was obtained (token-age metrics).
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
@@ -91,8 +132,6 @@ pub enum ReadError {
 #[derive(Default)]
 struct SlotState {
     token: Option<Arc<CachedToken>>,
-    /// `None` for components and direct accounts.
-    status: Option<AuthorizerStatus>,
     /// Why it fails, why it is not active: rare, so boxed (a slot with none pays 8 bytes, not 56:
     /// at a million credentials, 48 MB).
     notes: Option<Box<Notes>>,
@@ -121,13 +160,20 @@ impl SlotState {
     }
 }
 
-/// One credential's entry.
+/// One credential's entry: 96 bytes with its reference counts, so a million take 96 MB. The
+/// credential is held in parts (the component shared by every slot of it) and the status beside
+/// the lock, where it fills padding.
 pub struct Slot {
-    credential: Credential,
+    appid: Appid,
+    component: Arc<ComponentAppid>,
+    kind: CredentialKind,
+    /// `None` for components and direct accounts (`status_code`); written only under `state`'s
+    /// write lock, so a reader holding the read lock sees it consistent with the token.
+    status: AtomicU8,
     state: RwLock<SlotState>,
     /// Created by the first long-poll: most credentials are never long-polled, and a channel
     /// costs about 450 bytes (100,000 credentials: 45 MB).
-    generation: std::sync::OnceLock<watch::Sender<u64>>,
+    generation: once_cell::race::OnceBox<watch::Sender<u64>>,
     /// The refresh schedule's deadline for this credential (0: none), kept here so the schedule
     /// needs no map of its own. Owned by `refresh::schedule`, written only under its lock.
     pub(crate) due: std::sync::atomic::AtomicU64,
@@ -136,23 +182,72 @@ pub struct Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("credential", &self.credential)
+            .field("credential", &self.credential())
             .finish_non_exhaustive()
     }
 }
 
+fn status_code(status: Option<AuthorizerStatus>) -> u8 {
+    match status {
+        None => 0,
+        Some(AuthorizerStatus::Active) => 1,
+        Some(AuthorizerStatus::NeedsReauth) => 2,
+        Some(AuthorizerStatus::Revoked) => 3,
+    }
+}
+
+fn status_of(code: u8) -> Option<AuthorizerStatus> {
+    match code {
+        1 => Some(AuthorizerStatus::Active),
+        2 => Some(AuthorizerStatus::NeedsReauth),
+        3 => Some(AuthorizerStatus::Revoked),
+        _ => None,
+    }
+}
+
 impl Slot {
-    fn new(credential: Credential) -> Self {
+    fn new(credential: &Credential, component: Arc<ComponentAppid>) -> Self {
         Self {
-            credential,
+            appid: credential.appid.clone(),
+            component,
+            kind: credential.kind,
+            status: AtomicU8::new(0),
             state: RwLock::default(),
-            generation: std::sync::OnceLock::new(),
+            generation: once_cell::race::OnceBox::new(),
             due: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    pub fn credential(&self) -> &Credential {
-        &self.credential
+    /// The credential this slot holds (built from its parts: no allocation).
+    pub fn credential(&self) -> Credential {
+        Credential {
+            component: ComponentAppid::clone(&self.component),
+            kind: self.kind,
+            appid: self.appid.clone(),
+        }
+    }
+
+    pub fn appid(&self) -> &Appid {
+        &self.appid
+    }
+
+    pub fn kind(&self) -> CredentialKind {
+        self.kind
+    }
+
+    pub fn component(&self) -> &ComponentAppid {
+        &self.component
+    }
+
+    /// Whether this is `credential`'s slot.
+    pub fn is_for(&self, credential: &Credential) -> bool {
+        self.appid == credential.appid
+            && self.kind == credential.kind
+            && *self.component == credential.component
+    }
+
+    fn status_locked(&self) -> Option<AuthorizerStatus> {
+        status_of(self.status.load(AtomicOrdering::Relaxed))
     }
 
     /// The current token, whether servable or not.
@@ -167,14 +262,15 @@ impl Slot {
         serve_margin: Duration,
     ) -> Result<Arc<CachedToken>, ReadError> {
         let state = self.state.read();
+        let status = self.status_locked();
         if let Some(token) = &state.token
-            && plan::serves(state.status, token.source)
+            && plan::serves(status, token.source)
             && plan::servable(now.as_millis(), token.expires_at.as_millis(), serve_margin)
         {
             return Ok(Arc::clone(token));
         }
         // A fallback token (appsecret) counts above; here no token is left.
-        if let Some(status) = state.status
+        if let Some(status) = status
             && status != AuthorizerStatus::Active
         {
             let reason = state
@@ -201,7 +297,7 @@ impl Slot {
         let state = self.state.read();
         let current = state.token.as_ref().map_or(0, |t| t.generation);
         self.generation
-            .get_or_init(|| watch::Sender::new(current))
+            .get_or_init(|| Box::new(watch::Sender::new(current)))
             .subscribe()
     }
 
@@ -228,7 +324,7 @@ impl Slot {
             // (Not for JS-SDK tickets: the same ticket written again moves its schedule on every
             // replica, and a replica waiting for another's refresh must see it as the answer.)
             if let Some(held) = &state.token
-                && !self.credential.kind.is_ticket()
+                && !self.kind.is_ticket()
                 && held.stored
                 && token.generation > held.generation
                 && held.is(token.access_token.expose_secret())
@@ -279,7 +375,8 @@ impl Slot {
         if status == AuthorizerStatus::Revoked {
             state.token = None;
         }
-        state.status = Some(status);
+        self.status
+            .store(status_code(Some(status)), AtomicOrdering::Relaxed);
         // An active authorizer's reason is never shown.
         let reason = (status != AuthorizerStatus::Active).then(|| reason.to_owned());
         if reason.is_some() || state.notes.is_some() {
@@ -288,7 +385,8 @@ impl Slot {
     }
 
     pub fn status(&self) -> Option<AuthorizerStatus> {
-        self.state.read().status
+        let _state = self.state.read();
+        self.status_locked()
     }
 }
 
@@ -333,7 +431,7 @@ impl SlotTable {
     }
 
     fn rehash(&self) -> impl Fn(&Arc<Slot>) -> u64 + '_ {
-        |slot| self.hash(slot.credential.appid.as_str())
+        |slot| self.hash(slot.appid.as_str())
     }
 
     /// Calls `f` with the slots of `appid`, under its shard's read lock.
@@ -346,13 +444,13 @@ impl SlotTable {
         })
     }
 
-    fn get_or_insert(&self, credential: &Credential) -> Arc<Slot> {
+    fn get_or_insert(&self, credential: &Credential, component: Arc<ComponentAppid>) -> Arc<Slot> {
         let hash = self.hash(credential.appid.as_str());
         let mut shard = self.shard(hash).write();
-        if let Some(slot) = shard.find(hash, |s| &s.credential == credential) {
+        if let Some(slot) = shard.find(hash, |s| s.is_for(credential)) {
             return Arc::clone(slot);
         }
-        let slot = Arc::new(Slot::new(credential.clone()));
+        let slot = Arc::new(Slot::new(credential, component));
         shard.insert_unique(hash, Arc::clone(&slot), self.rehash());
         slot
     }
@@ -360,7 +458,7 @@ impl SlotTable {
     fn remove(&self, credential: &Credential) {
         let hash = self.hash(credential.appid.as_str());
         let mut shard = self.shard(hash).write();
-        if let Ok(entry) = shard.find_entry(hash, |s| &s.credential == credential) {
+        if let Ok(entry) = shard.find_entry(hash, |s| s.is_for(credential)) {
             entry.remove();
         }
     }
@@ -390,7 +488,7 @@ impl<'a> Iterator for SlotsOf<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         self.candidates
             .by_ref()
-            .find(|s| s.credential.appid.as_str() == self.appid)
+            .find(|s| s.appid.as_str() == self.appid)
     }
 }
 
@@ -398,6 +496,8 @@ impl<'a> Iterator for SlotsOf<'a> {
 #[derive(Default)]
 pub struct TokenCache {
     by_appid: SlotTable,
+    /// Every component named by a slot, held once and shared by its slots (a handful).
+    components: RwLock<Vec<Arc<ComponentAppid>>>,
     /// Appids found in neither memory nor the store, and when (see `Engine::lookup`).
     unknown: DashMap<String, std::time::Instant>,
 }
@@ -412,12 +512,26 @@ impl TokenCache {
         if let Some(slot) = self.get(credential) {
             return slot;
         }
-        self.by_appid.get_or_insert(credential)
+        self.by_appid
+            .get_or_insert(credential, self.intern(&credential.component))
+    }
+
+    fn intern(&self, component: &ComponentAppid) -> Arc<ComponentAppid> {
+        if let Some(held) = self.components.read().iter().find(|c| ***c == *component) {
+            return Arc::clone(held);
+        }
+        let mut components = self.components.write();
+        if let Some(held) = components.iter().find(|c| ***c == *component) {
+            return Arc::clone(held);
+        }
+        let held = Arc::new(component.clone());
+        components.push(Arc::clone(&held));
+        held
     }
 
     pub fn get(&self, credential: &Credential) -> Option<Arc<Slot>> {
         self.by_appid.with(credential.appid.as_str(), |mut slots| {
-            slots.find(|s| &s.credential == credential).cloned()
+            slots.find(|s| s.is_for(credential)).cloned()
         })
     }
 
@@ -426,20 +540,18 @@ impl TokenCache {
     pub fn find(&self, component: Option<&str>, appid: &str) -> Result<Arc<Slot>, ReadError> {
         self.by_appid.with(appid, |slots| {
             let mut found = slots.filter(|s| {
-                matches!(
-                    s.credential.kind,
-                    CredentialKind::Authorizer | CredentialKind::Direct
-                ) && component.is_none_or(|c| s.credential.component.as_str() == c)
+                matches!(s.kind, CredentialKind::Authorizer | CredentialKind::Direct)
+                    && component.is_none_or(|c| s.component.as_str() == c)
             });
             let first = found.next().ok_or(ReadError::Unknown)?;
             let mut chosen = first;
             for other in found {
-                if other.credential.component != first.credential.component {
+                if other.component != first.component {
                     return Err(ReadError::Ambiguous);
                 }
                 // The same appid as an authorizer and a direct account of one component (a
                 // database from before such pairs were refused or folded): the authorizer answers.
-                if other.credential.kind == CredentialKind::Authorizer {
+                if other.kind == CredentialKind::Authorizer {
                     chosen = other;
                 }
             }
@@ -465,10 +577,7 @@ impl TokenCache {
     pub fn component(&self, component: &ComponentAppid) -> Option<Arc<Slot>> {
         self.by_appid.with(component.as_str(), |mut slots| {
             slots
-                .find(|s| {
-                    s.credential.kind == CredentialKind::Component
-                        && s.credential.component == *component
-                })
+                .find(|s| s.kind == CredentialKind::Component && *s.component == *component)
                 .cloned()
         })
     }
@@ -496,11 +605,10 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Appid;
 
     fn token(value: &str, generation: u64, expires_at: i64) -> CachedToken {
         CachedToken {
-            access_token: SecretString::from(value.to_owned()),
+            access_token: TokenText::from(value),
             issued_at: Timestamp::from_millis(0),
             expires_at: Timestamp::from_millis(expires_at),
             refresh_at: Timestamp::from_millis(expires_at / 2),
@@ -612,10 +720,17 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_with_its_reference_counts_fits_a_128_byte_allocation() {
-        // At a million credentials every 8 bytes here is 8 MB, and one byte more than 112 puts
-        // every slot in the allocator's next size class (160 bytes).
-        assert!(std::mem::size_of::<Slot>() <= 112);
+    fn a_slot_with_its_reference_counts_fits_a_96_byte_allocation() {
+        // At a million credentials every 8 bytes here is 8 MB, and one byte more than 80 puts
+        // every slot in the allocator's next size class (112 bytes).
+        assert!(std::mem::size_of::<Slot>() <= 80);
+    }
+
+    #[test]
+    fn a_token_with_its_reference_counts_fits_a_64_byte_allocation() {
+        assert!(std::mem::size_of::<CachedToken>() <= 48);
+        let text = "x".repeat(139);
+        assert_eq!(TokenText::from(text.as_str()).expose_secret(), text);
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl Harness {
     }
 
     /// Whether the simulator accepts `token` right now.
-    pub fn valid(&self, token: &SecretString) -> bool {
+    pub fn valid(&self, token: &wxtoken::tokens::cache::TokenText) -> bool {
         self.sim.control().validate(token.expose_secret()).valid
     }
 

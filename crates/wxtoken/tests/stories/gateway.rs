@@ -401,7 +401,6 @@ async fn sdk_mode_rewrites_a_superseded_token_to_the_current_one_and_refuses_a_f
         .credential()
         .clone();
     let current = s.app().engine.refresh_now(&credential).await.unwrap();
-    use secrecy::ExposeSecret;
     assert_ne!(current.access_token.expose_secret(), handed);
     s.sim.control().retire_tokens(&appid).unwrap();
     // (Retiring killed the current one too; the gateway's one retry gets a fresh one.)

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::engine::{Harness, WebhookReceiver, refresh_config};
 use crate::harness::sim_config;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wechat_sim::{
     Api, Fault, FaultRule, FaultSet, Latency, RefreshTokenPolicy, SimConfig, SimControl,

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use wechat_sim::{Api, Fault, FaultRule, FaultSet, Latency};
 use wxtoken::model::{Credential, Timestamp};
 

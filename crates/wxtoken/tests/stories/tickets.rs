@@ -393,7 +393,7 @@ async fn an_idle_ticket_is_no_longer_refreshed_and_its_next_read_fetches_it_agai
     assert!(waited.is_err(), "expired, not replaced: {waited:?}");
     assert_eq!(s.calls("getticket"), 1, "an idle ticket is not refreshed");
     assert_eq!(
-        engine.next_refresh(slot.credential()),
+        engine.next_refresh(&slot.credential()),
         None,
         "off the schedule"
     );
@@ -408,7 +408,7 @@ async fn an_idle_ticket_is_no_longer_refreshed_and_its_next_read_fetches_it_agai
     assert!(s.sim.control().validate_ticket(&ticket_of(&body)).valid);
     assert_eq!(s.calls("getticket"), 2);
     assert!(
-        engine.next_refresh(slot.credential()).is_some(),
+        engine.next_refresh(&slot.credential()).is_some(),
         "read: scheduled again"
     );
     s.shutdown().await;
@@ -466,7 +466,6 @@ async fn a_stored_ticket_is_served_after_a_restart_without_a_getticket_call() {
         .ticket(&account, CredentialKind::WxCard)
         .await
         .expect("served from the store");
-    use secrecy::ExposeSecret;
     assert_eq!(
         again.access_token.expose_secret(),
         ticket.access_token.expose_secret()

@@ -39,7 +39,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use parking_lot::RwLock;
-use secrecy::ExposeSecret;
 
 mod sdk;
 
@@ -506,7 +505,7 @@ async fn relay(
             // kept, try once more with the new token.
             let refused = token.access_token.expose_secret().to_owned();
             let fresh = engine
-                .invalidate_for(slot.credential(), &refused, Some(caller_name))
+                .invalidate_for(&slot.credential(), &refused, Some(caller_name))
                 .await;
             if let Ok(fresh) = fresh
                 && !fresh.is(&refused)

@@ -31,7 +31,6 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::{GatewayError, GatewayState, check_path, grant, relay, token_now};
@@ -262,7 +261,7 @@ async fn handed_out(
     now: Timestamp,
 ) -> Result<Arc<CachedToken>, GatewayError> {
     let token = token_now(gw, slot).await?;
-    gw.gateway.sdk_tokens.note(slot.credential(), &token, now);
+    gw.gateway.sdk_tokens.note(&slot.credential(), &token, now);
     Ok(token)
 }
 
@@ -299,7 +298,7 @@ mod tests {
     #[test]
     fn expires_in_is_the_remaining_lifetime_but_never_below_every_sdks_margin() {
         let token = |expires_ms| CachedToken {
-            access_token: secrecy::SecretString::from("t".to_owned()),
+            access_token: crate::tokens::cache::TokenText::from("t"),
             issued_at: Timestamp::from_millis(0),
             expires_at: Timestamp::from_millis(expires_ms),
             refresh_at: Timestamp::from_millis(0),
@@ -320,7 +319,7 @@ mod tests {
             &Appid::parse("wxa").unwrap(),
         );
         let token = CachedToken {
-            access_token: secrecy::SecretString::from("handed".to_owned()),
+            access_token: crate::tokens::cache::TokenText::from("handed"),
             issued_at: Timestamp::from_millis(0),
             expires_at: Timestamp::from_millis(i64::MAX),
             refresh_at: Timestamp::from_millis(0),
