@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use wechat::errcode::ErrorClass;
 
@@ -439,7 +439,7 @@ impl Inner {
                             self.publish(
                                 &credential,
                                 generation,
-                                SecretString::from(token.clone()),
+                                crate::vault::TokenText::from(token.as_str()),
                                 stored,
                             );
                         }

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-
 use super::retry::StoreRetry;
 use super::{Inner, Outcome, RefreshError};
 use crate::model::{
@@ -93,7 +91,7 @@ impl Inner {
         let token = self
             .io
             .vault
-            .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
+            .open_token(SecretSlot::AccessToken { credential }, &stored.sealed)?;
         self.publish(credential, generation, token, stored);
         Ok(())
     }
@@ -103,13 +101,13 @@ impl Inner {
         &self,
         credential: &Credential,
         generation: u64,
-        token: SecretString,
+        token: TokenText,
         stored: &NewAccessToken,
     ) -> Arc<CachedToken> {
         let refresh_at = stored.refresh_at.unwrap_or(stored.issued_at);
         let slot = self.cache.slot(credential);
         slot.publish(CachedToken {
-            access_token: TokenText::from(token),
+            access_token: token,
             issued_at: stored.issued_at,
             expires_at: stored.expires_at,
             refresh_at,
@@ -277,7 +275,7 @@ impl Inner {
                     return Ok(self.publish(
                         credential,
                         generation,
-                        SecretString::from(token),
+                        TokenText::from(token),
                         &access,
                     ));
                 }
@@ -448,7 +446,7 @@ impl Inner {
         let token = self
             .io
             .vault
-            .open_string(SecretSlot::AccessToken { credential }, &stored.sealed)?;
+            .open_token(SecretSlot::AccessToken { credential }, &stored.sealed)?;
         Ok(self.publish(credential, record.generation, token, &stored))
     }
 }

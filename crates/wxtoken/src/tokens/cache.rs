@@ -19,7 +19,6 @@ use std::time::Duration;
 use dashmap::DashMap;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::model::{
@@ -27,45 +26,7 @@ use crate::model::{
 };
 use crate::tokens::plan;
 
-/// A token's text as the cache holds it: behind one thin pointer (the length lives in the
-/// allocation, `thin-vec`), zeroed on drop like `secrecy`'s secrets. `SecretString` is a fat
-/// pointer; at a million tokens its 8 extra bytes put every `CachedToken` in the allocator's next
-/// size class (80 bytes instead of 64).
-pub struct TokenText(thin_vec::ThinVec<u8>);
-
-impl TokenText {
-    /// The token itself: only for handing it out or sending it upstream, as with `secrecy`.
-    pub fn expose_secret(&self) -> &str {
-        // Always valid: built from a `str` and never changed (checking costs ~20 ns on a
-        // 140-byte token and keeps this crate free of `unsafe`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl From<&str> for TokenText {
-    fn from(text: &str) -> Self {
-        Self(thin_vec::ThinVec::from(text.as_bytes()))
-    }
-}
-
-impl From<String> for TokenText {
-    fn from(text: String) -> Self {
-        Self::from(SecretString::from(text))
-    }
-}
-
-impl From<SecretString> for TokenText {
-    fn from(secret: SecretString) -> Self {
-        Self::from(secret.expose_secret())
-    }
-}
-
-impl Drop for TokenText {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.0.as_mut_slice().zeroize();
-    }
-}
+pub use crate::vault::TokenText;
 
 /// A token as served.
 pub struct CachedToken {
