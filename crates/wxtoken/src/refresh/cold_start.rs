@@ -97,7 +97,21 @@ impl Inner {
                 self.publish_stored(&record.credential, record.generation, stored)?;
             }
         }
-        // Authorizers as the store reads them (a million are never a list in memory).
+        // Authorizers as the store reads them (a million are never a list in memory), into maps
+        // sized for them up front.
+        let mut expected = 0u64;
+        for component in self.component.secrets.keys() {
+            let counts = self
+                .io
+                .store
+                .authorizers()
+                .count_authorizers(component)
+                .await?;
+            expected += counts.active + counts.needs_reauth + counts.revoked;
+        }
+        let expected = usize::try_from(expected).unwrap_or(0);
+        self.cache.reserve(expected);
+        self.schedule.heap.lock().reserve(expected);
         let mut failed = None;
         self.io
             .store
