@@ -110,8 +110,9 @@ impl Inner {
             expected += counts.active + counts.needs_reauth + counts.revoked;
         }
         let expected = usize::try_from(expected).unwrap_or(0);
+        // (Not the schedule's heap: an overdue credential has two entries there for a while, and
+        // a heap sized exactly would double at once.)
         self.cache.reserve(expected);
-        self.schedule.heap.lock().reserve(expected);
         let mut failed = None;
         self.io
             .store

@@ -107,11 +107,6 @@ impl Schedule {
         }
     }
 
-    /// Makes room for `additional` more deadlines at once (see `TokenCache::reserve`).
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.heap.reserve(additional);
-    }
-
     pub(crate) fn remove(&mut self, slot: &Slot) {
         if slot.due.swap(0, Relaxed) != 0 {
             self.live -= 1;
