@@ -97,22 +97,7 @@ impl Inner {
                 self.publish_stored(&record.credential, record.generation, stored)?;
             }
         }
-        // Authorizers as the store reads them (a million are never a list in memory), into maps
-        // sized for them up front.
-        let mut expected = 0u64;
-        for component in self.component.secrets.keys() {
-            let counts = self
-                .io
-                .store
-                .authorizers()
-                .count_authorizers(component)
-                .await?;
-            expected += counts.active + counts.needs_reauth + counts.revoked;
-        }
-        let expected = usize::try_from(expected).unwrap_or(0);
-        // (Not the schedule's heap: an overdue credential has two entries there for a while, and
-        // a heap sized exactly would double at once.)
-        self.cache.reserve(expected);
+        // Authorizers as the store reads them (a million are never a list in memory).
         let mut failed = None;
         self.io
             .store

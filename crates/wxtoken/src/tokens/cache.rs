@@ -435,13 +435,6 @@ impl SlotTable {
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
-
-    fn reserve(&self, additional: usize) {
-        let each = additional / self.shards.len() + 1;
-        for shard in &self.shards {
-            shard.write().reserve(each, self.rehash());
-        }
-    }
 }
 
 /// The slots of one appid (the entries under its hash whose appid it is).
@@ -558,13 +551,6 @@ impl TokenCache {
     /// Calls `f` with every slot (metrics, admin views); holds one shard lock at a time.
     pub fn for_each(&self, f: impl FnMut(&Slot)) {
         self.by_appid.for_each(f);
-    }
-
-    /// Makes room for `additional` more slots at once (a cold start that knows how many it
-    /// loads: the table grows once instead of doubling a dozen times and leaving the old tables
-    /// to the allocator).
-    pub fn reserve(&self, additional: usize) {
-        self.by_appid.reserve(additional);
     }
 
     /// Number of credentials held.
