@@ -578,6 +578,25 @@ async fn authorization_creates_an_active_authorizer_with_token_and_history(h: &H
     );
 }
 
+/// `n` authorizers of `c` (`wxauth00000`, …), each authorized at generation 1 with "rt-0" and
+/// "at-0".
+async fn authorized(
+    s: &dyn Store,
+    v: &Vault,
+    c: &wxtoken::model::ComponentAppid,
+    n: usize,
+) -> Vec<wxtoken::model::Appid> {
+    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:05}"))).collect();
+    let creates: Vec<_> = appids
+        .iter()
+        .map(|a| authorization(v, c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
+        .collect();
+    for o in s.authorizers().save_authorizations(&creates).await.unwrap() {
+        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
+    }
+    appids
+}
+
 async fn a_batch_of_refreshes_lands_each_fresh_one_and_keeps_every_refresh_token(h: &Harness) {
     let s = &h.store;
     let v = verified_vault(s.as_ref()).await;
@@ -585,14 +604,7 @@ async fn a_batch_of_refreshes_lands_each_fresh_one_and_keeps_every_refresh_token
     s.components().ensure_component(&c, at(0)).await.unwrap();
     // More than one statement's worth of rows, so the batch spans chunks.
     let n = 1_203;
-    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:05}"))).collect();
-    let creates: Vec<_> = appids
-        .iter()
-        .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
-        .collect();
-    for o in s.authorizers().save_authorizations(&creates).await.unwrap() {
-        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
-    }
+    let appids = authorized(s.as_ref(), &v, &c, n).await;
     // Every third result expects a generation that is not current (another writer won).
     let stale = |i: usize| i % 3 == 1;
     let results: Vec<_> = appids
@@ -2859,14 +2871,7 @@ async fn opposite_order_batches_written_concurrently_never_deadlock(h: &Harness)
     let c = component("wxcomp0001");
     s.components().ensure_component(&c, at(0)).await.unwrap();
     let n = 16;
-    let appids: Vec<_> = (0..n).map(|i| appid(&format!("wxauth{i:04}"))).collect();
-    let creates: Vec<_> = appids
-        .iter()
-        .map(|a| authorization(&v, &c, a, "rt-0", Some("at-0"), Expected::Absent, 0))
-        .collect();
-    for o in s.authorizers().save_authorizations(&creates).await.unwrap() {
-        assert_eq!(o, SaveOutcome::Saved { generation: 1 });
-    }
+    let appids = authorized(s.as_ref(), &v, &c, n).await;
     let mut generation = 1u64;
     for round in 0..30i64 {
         let batch = |tag: &str| -> Vec<RefreshResult> {
