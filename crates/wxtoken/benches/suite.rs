@@ -364,7 +364,8 @@ fn reads(
     let server_rss = rss_kb(server.id());
     if parts.gateway {
         let gateway_addr = gateway_addr.expect("the gateway is on");
-        gateway_bench(rt, &sim, internal, gateway_addr, &auth, &appids, secs, rows);
+        let (addrs, pid) = ((internal, gateway_addr), server.id());
+        gateway_bench(rt, &sim, addrs, pid, &key, &appids, secs, rows);
     }
     if !parts.reads {
         stop(&mut server);
@@ -595,26 +596,40 @@ fn bare_server() {
 fn gateway_bench(
     rt: &tokio::runtime::Runtime,
     sim: &SimHandle,
-    internal: SocketAddr,
-    gateway: SocketAddr,
-    auth: &str,
+    (internal, gateway): (SocketAddr, SocketAddr),
+    server_pid: u32,
+    key: &str,
     appids: &Arc<Vec<String>>,
     secs: u64,
     rows: &mut Vec<Row>,
 ) {
     const APPIDS: usize = 100;
+    let auth = format!("Authorization: Bearer {key}\r\n");
     let appids: Arc<Vec<String>> = Arc::new(appids.iter().take(APPIDS).cloned().collect());
-    let tokens: Arc<Vec<String>> = Arc::new(rt.block_on(async {
-        let mut tokens = Vec::new();
-        for appid in appids.iter() {
-            let mut req = Vec::new();
-            loadgen::get(&format!("/v1/tokens/{appid}"), auth, &mut req);
-            let (_, body) = loadgen::call(internal, &req).await.expect("token");
-            let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            tokens.push(body["access_token"].as_str().expect("token").to_owned());
-        }
-        tokens
-    }));
+    // Each appid's token from the token API, and as an SDK gets it: from the gateway's
+    // `cgi-bin/token` in SDK mode (the same token, remembered there as handed out).
+    let fetch = |target: SocketAddr, path: &dyn Fn(&str) -> String, headers: &str| {
+        rt.block_on(async {
+            let mut tokens = Vec::new();
+            for appid in appids.iter() {
+                let mut req = Vec::new();
+                loadgen::get(&path(appid), headers, &mut req);
+                let (_, body) = loadgen::call(target, &req).await.expect("token");
+                let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                tokens.push(body["access_token"].as_str().expect("token").to_owned());
+            }
+            Arc::new(tokens)
+        })
+    };
+    let tokens = fetch(internal, &|appid| format!("/v1/tokens/{appid}"), &auth);
+    let sdk_tokens = fetch(
+        gateway,
+        &|appid| {
+            format!("/sdk/{key}/cgi-bin/token?grant_type=client_credential&appid={appid}&secret=-")
+        },
+        "",
+    );
+    assert_eq!(tokens, sdk_tokens, "SDK mode hands out the current tokens");
     let sim_addr: SocketAddr = sim
         .base_url()
         .trim_start_matches("http://")
@@ -634,13 +649,32 @@ fn gateway_bench(
         })
     };
     let gateway_make: loadgen::MakeRequest = {
-        let (appids, auth) = (appids.clone(), auth.to_owned());
+        let (appids, auth) = (appids.clone(), auth.clone());
         Arc::new(move |c, i, out| {
             let appid = &appids[((c * 7919 + i * 31) % appids.len() as u64) as usize];
             loadgen::get(&format!("/wx/{appid}/cgi-bin/getcallbackip"), &auth, out);
         })
     };
+    let sdk_make: loadgen::MakeRequest = {
+        let (tokens, key) = (sdk_tokens.clone(), key.to_owned());
+        Arc::new(move |c, i, out| {
+            let token = &tokens[((c * 7919 + i * 31) % tokens.len() as u64) as usize];
+            loadgen::get(
+                &format!("/sdk/{key}/cgi-bin/getcallbackip?access_token={token}"),
+                "",
+                out,
+            );
+        })
+    };
     let run = Duration::from_secs(secs);
+    // CPU seconds of (the simulator, the load generator, wxtoken) over each run: what a call
+    // costs each of them, apart from how the two cores were shared.
+    let cpu = || {
+        let sim = thread_cpu(|name| name.starts_with("wechat-sim"));
+        let generator = thread_cpu(|name| !name.starts_with("wechat-sim"));
+        (sim, generator, process_cpu(server_pid))
+    };
+    let before = cpu();
     let direct = rt.block_on(loadgen::drive(
         sim_addr,
         CONNS,
@@ -648,7 +682,35 @@ fn gateway_bench(
         direct_make,
         ok.clone(),
     ));
-    let through = rt.block_on(loadgen::drive(gateway, CONNS, run, gateway_make, ok));
+    let between = cpu();
+    let through = rt.block_on(loadgen::drive(
+        gateway,
+        CONNS,
+        run,
+        gateway_make,
+        ok.clone(),
+    ));
+    let after = cpu();
+    let sdk = rt.block_on(loadgen::drive(gateway, CONNS, run, sdk_make, ok));
+    let after_sdk = cpu();
+    // µs of CPU per call.
+    let per_call = |a: f64, b: f64, report: &loadgen::LoadReport| {
+        (b - a) * 1e6 / (report.ok + report.bad).max(1) as f64
+    };
+    let direct_cost = (
+        per_call(before.0, between.0, &direct),
+        per_call(before.1, between.1, &direct),
+    );
+    let through_cost = (
+        per_call(between.0, after.0, &through),
+        per_call(between.1, after.1, &through),
+        per_call(between.2, after.2, &through),
+    );
+    let sdk_cost = per_call(after.2, after_sdk.2, &sdk);
+    println!(
+        "gateway: CPU per call, direct: simulator {:.1} µs, load generator {:.1} µs; through the gateway: simulator {:.1} µs, load generator {:.1} µs, wxtoken {:.1} µs",
+        direct_cost.0, direct_cost.1, through_cost.0, through_cost.1, through_cost.2
+    );
     println!(
         "gateway: direct {:.0} req/s p50 {:?} p99 {:?} ({} errors); through the gateway {:.0} req/s p50 {:?} p99 {:?} ({} errors)",
         direct.rps(),
@@ -676,6 +738,25 @@ fn gateway_bench(
         verdict(ratio >= 0.8 && added_p50 <= 0.3 && through.bad == 0),
     ));
     rows.push(Row(
+        format!("Gateway, SDK mode: `GET /sdk/{{key}}/cgi-bin/getcallbackip?access_token=…`, {CONNS} connections"),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; gateway/direct = {:.2}, added p50 {:.2} ms, p99 {:.2} ms; wxtoken CPU {sdk_cost:.1} µs per call",
+            sdk.rps(),
+            ms(sdk.p50),
+            ms(sdk.p99),
+            sdk.bad,
+            sdk.rps() / direct.rps(),
+            ms(sdk.p50) - ms(direct.p50),
+            ms(sdk.p99) - ms(direct.p99),
+        ),
+        "≥ 0.8× direct, ≤ 0.3 ms added p50".into(),
+        verdict(
+            sdk.rps() / direct.rps() >= 0.8
+                && ms(sdk.p50) - ms(direct.p50) <= 0.3
+                && sdk.bad == 0,
+        ),
+    ));
+    rows.push(Row(
         "  reference: straight to the simulator, same load generator".into(),
         format!(
             "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
@@ -683,6 +764,15 @@ fn gateway_bench(
             ms(direct.p50),
             ms(direct.p99),
             direct.bad
+        ),
+        "—".into(),
+        String::new(),
+    ));
+    rows.push(Row(
+        "  CPU per call: wxtoken (gateway) / simulator / load generator".into(),
+        format!(
+            "{:.1} µs / {:.1} µs / {:.1} µs (direct: simulator {:.1} µs, load generator {:.1} µs)",
+            through_cost.2, through_cost.0, through_cost.1, direct_cost.0, direct_cost.1
         ),
         "—".into(),
         String::new(),
@@ -696,30 +786,58 @@ fn cpu_excluding_sim() -> f64 {
     cpu_by_thread().values().sum()
 }
 
+/// CPU seconds of this process's threads whose name passes `keep`.
+fn thread_cpu(keep: impl Fn(&str) -> bool) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat(&stat))
+        .filter(|(comm, _)| keep(comm))
+        .map(|(_, secs)| secs)
+        .sum()
+}
+
+/// CPU seconds of a whole process (all its threads, live and ended).
+fn process_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+        .map_or(0.0, |(_, secs)| secs)
+}
+
+/// A `/proc/…/stat` line's name and its user + system CPU seconds: `pid (comm) state …`, utime
+/// and stime are fields 14 and 15, counted after the `)`.
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let close = stat.rfind(')')?;
+    let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm.to_owned(), (utime + stime) as f64 / ticks))
+}
+
 /// CPU seconds by thread name (numbers stripped), excluding the simulator's threads.
 fn cpu_by_thread() -> HashMap<String, f64> {
-    let ticks = 100.0; // USER_HZ on Linux
     let mut by: HashMap<String, f64> = HashMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return by;
     };
     for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+        let Some((comm, secs)) = std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+        else {
             continue;
         };
-        // pid (comm) state ... utime stime: fields 14 and 15, counted after the ')'.
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
         if comm.starts_with("wechat-sim") {
             continue;
         }
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
         let name = comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
-        *by.entry(name.to_owned()).or_default() += (utime + stime) as f64 / ticks;
+        *by.entry(name.to_owned()).or_default() += secs;
     }
     by
 }

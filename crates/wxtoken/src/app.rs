@@ -235,6 +235,7 @@ impl App {
         ];
         if let Some(listener) = gateway {
             let upstream = http::gateway::Gateway::new(&config.upstream, &config.gateway)
+                .map_err(anyhow::Error::msg)
                 .context("building the gateway's HTTP client")?;
             servers.push(tokio::spawn(http::serve::serve(
                 listener,

@@ -30,17 +30,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use http_body_util::{Either, Full, Limited};
 use parking_lot::RwLock;
 
 mod sdk;
+mod upstream;
 
 use super::AppState;
 use super::auth::{AuthError, Caller};
@@ -78,8 +78,7 @@ type CounterEntry = (Arc<str>, Box<str>, Box<str>, metrics::Counter);
 
 /// The gateway's upstream client and settings.
 pub struct Gateway {
-    client: reqwest::Client,
-    base: String,
+    upstream: upstream::Upstream,
     config: GatewayConfig,
     path_labels: RwLock<HashSet<Arc<str>>>,
     /// Handles of the calls counter by (path label, outcome, client).
@@ -89,16 +88,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(upstream: &UpstreamConfig, config: &GatewayConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(upstream.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .no_proxy()
-            .build()?;
+    pub fn new(upstream: &UpstreamConfig, config: &GatewayConfig) -> Result<Self, String> {
         Ok(Self {
-            client,
-            base: upstream.base_url.as_str().trim_end_matches('/').to_owned(),
+            upstream: upstream::Upstream::new(&upstream.base_url, upstream.connect_timeout)?,
             config: config.clone(),
             path_labels: RwLock::default(),
             counters: RwLock::default(),
@@ -367,22 +359,11 @@ impl Outgoing {
     }
 
     /// The body for one try (a streamed body can be sent once).
-    fn take(&mut self, limit: usize) -> reqwest::Body {
+    fn take(&mut self, limit: usize) -> upstream::OutBody {
         match self {
-            Outgoing::Kept(bytes) => reqwest::Body::from(bytes.clone()),
+            Outgoing::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
             Outgoing::Streamed(body) => {
-                let mut sent = 0usize;
-                let stream = body.take().unwrap_or_default().into_data_stream().map(
-                    move |chunk| -> Result<Bytes, std::io::Error> {
-                        let chunk = chunk.map_err(std::io::Error::other)?;
-                        sent += chunk.len();
-                        if sent > limit {
-                            return Err(std::io::Error::other("body over gateway.max_body_bytes"));
-                        }
-                        Ok(chunk)
-                    },
-                );
-                reqwest::Body::wrap_stream(stream)
+                Either::Right(Limited::new(body.take().unwrap_or_default(), limit))
             }
         }
     }
@@ -447,47 +428,40 @@ async fn relay(
     gw.app.0.reads.record(caller.id, slot);
     let mut retried = false;
     loop {
-        let url = format!(
-            "{}/{path}?{}",
-            gw.gateway.base,
-            query_with_token(parts.uri.query(), param, token.access_token.expose_secret())
-        );
-        let mut upstream = gw
+        let query = query_with_token(parts.uri.query(), param, token.access_token.expose_secret());
+        let deadline = tokio::time::Instant::now() + gw.gateway.config.timeout;
+        let called = gw
             .gateway
-            .client
-            .request(parts.method.clone(), url)
-            .timeout(gw.gateway.config.timeout)
-            .body(outgoing.take(gw.gateway.config.max_body_bytes));
-        for name in &REQUEST_HEADERS {
-            if let Some(value) = parts.headers.get(name) {
-                upstream = upstream.header(name, value);
-            }
-        }
-        let answer = match upstream.send().await {
+            .upstream
+            .call(
+                &parts.method,
+                path,
+                &query,
+                upstream::pick(&parts.headers, &REQUEST_HEADERS),
+                outgoing.take(gw.gateway.config.max_body_bytes),
+                deadline,
+            )
+            .await;
+        let mut answer = match called {
             Ok(answer) => answer,
-            Err(e) => {
-                let outcome = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "unreachable"
-                };
-                count(gw, slot, &label, outcome, caller);
-                tracing::warn!(path, error = %without_url(&e), "gateway: upstream call failed");
-                let status = if e.is_timeout() {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                return Err(GatewayError::new(status, -1, "WeChat could not be reached"));
-            }
+            Err(e) => return Err(unreached(gw, slot, &label, caller, path, &e)),
         };
-        if !is_json(answer.headers()) {
-            count(gw, slot, &label, &http_label(answer.status()), caller);
-            return Ok(streamed(answer));
+        let (status, headers) = (answer.status, std::mem::take(&mut answer.headers));
+        if !is_json(&headers) {
+            count(gw, slot, &label, &http_label(status), caller);
+            return Ok(answered(status, &headers, answer.stream()));
         }
-        let status = answer.status();
-        let headers = answer.headers().clone();
-        let bytes = read_limited(answer, gw.gateway.config.max_body_bytes).await?;
+        let bytes = match answer.read_whole(gw.gateway.config.max_body_bytes).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                return Err(GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    -1,
+                    "WeChat's answer is larger than gateway.max_body_bytes",
+                ));
+            }
+            Err(e) => return Err(unreached(gw, slot, &label, caller, path, &e)),
+        };
         let errcode = errcode_of(&bytes);
         let outcome = errcode.map_or_else(|| http_label(status), |c| c.to_string());
         count(gw, slot, &label, &outcome, caller);
@@ -517,7 +491,41 @@ async fn relay(
                 continue;
             }
         }
-        return Ok(kept(status, &headers, bytes));
+        let mut response = answered(status, &headers, Body::from(bytes));
+        response
+            .headers_mut()
+            .entry(header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static("application/json; encoding=utf-8"));
+        return Ok(response);
+    }
+}
+
+/// A call that got no answer: counted, logged (without its URL) and answered 504 or 502.
+fn unreached(
+    gw: &GatewayState,
+    slot: &Arc<Slot>,
+    label: &Arc<str>,
+    caller: &Caller,
+    path: &str,
+    e: &upstream::CallError,
+) -> GatewayError {
+    let timeout = matches!(e, upstream::CallError::Timeout);
+    count(
+        gw,
+        slot,
+        label,
+        if timeout { "timeout" } else { "unreachable" },
+        caller,
+    );
+    tracing::warn!(path, error = %e, "gateway: upstream call failed");
+    if timeout {
+        GatewayError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            -1,
+            "WeChat did not answer in time",
+        )
+    } else {
+        GatewayError::new(StatusCode::BAD_GATEWAY, -1, "WeChat could not be reached")
     }
 }
 
@@ -547,25 +555,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json") || ct.starts_with("text/plain"))
-}
-
-async fn read_limited(answer: reqwest::Response, limit: usize) -> Result<Bytes, GatewayError> {
-    let mut body = Vec::new();
-    let mut stream = answer.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| {
-            GatewayError::new(StatusCode::BAD_GATEWAY, -1, "WeChat's answer was cut short")
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(GatewayError::new(
-                StatusCode::BAD_GATEWAY,
-                -1,
-                "WeChat's answer is larger than gateway.max_body_bytes",
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(body))
 }
 
 /// A JSON answer's `errcode` (a missing one is success: 0), `None` when it is not a JSON object.
@@ -674,15 +663,6 @@ impl CallCounter {
     }
 }
 
-/// A reqwest error without its URL (the URL carries the token).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "(upstream)");
-    }
-    text
-}
-
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for name in &ANSWER_HEADERS {
         if let Some(value) = from.get(name) {
@@ -691,23 +671,11 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-fn kept(status: StatusCode, headers: &HeaderMap, bytes: Bytes) -> Response {
-    let mut response = Response::new(Body::from(bytes));
+/// WeChat's answer passed back: its status, the headers that may cross, and `body`.
+fn answered(status: StatusCode, headers: &HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     copy_headers(headers, response.headers_mut());
-    response
-        .headers_mut()
-        .entry(header::CONTENT_TYPE)
-        .or_insert(HeaderValue::from_static("application/json; encoding=utf-8"));
-    response
-}
-
-fn streamed(answer: reqwest::Response) -> Response {
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
-    *response.status_mut() = status;
-    copy_headers(&headers, response.headers_mut());
     response
 }
 

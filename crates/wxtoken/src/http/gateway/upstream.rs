@@ -1,0 +1,389 @@
+//! The gateway's upstream client: HTTP/1.1 connections of hyper's (`client::conn::http1`) over
+//! rustls (hyper-rustls' connector), pooled here and driven by the task of the call that uses
+//! them.
+//!
+//! Why not a ready-made client: reqwest (which the rest of wxtoken uses for WeChat's token
+//! endpoints) or hyper-util's pooled client run every connection as a task of its own, so each
+//! forwarded call hands its request to another task and waits for that task to hand back the
+//! answer and then each piece of its body, with a wake-up (often of the other core's thread)
+//! for each hand-over; and they parse a URL, look up a pool by host and copy header maps per
+//! call. On the gateway that was most of its own cost (docs/BENCHMARKS.md, the gateway). Here the
+//! calling task polls the connection itself while it waits for the answer and reads it; an idle
+//! connection waits in the pool, not polled, until a call takes it. What those clients gave is
+//! kept: connect timeout, `TCP_NODELAY`, TLS with WebPKI roots, an idle timeout, a total bound on
+//! the call (the body included), no proxy from the environment, no redirect followed, and errors
+//! that never carry the URL (it holds the token).
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a forwarded call sends: a kept body (sent again on a retry) or the caller's, streamed
+/// within a limit.
+pub(super) type OutBody = Either<Full<Bytes>, Limited<Body>>;
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Idle connections kept; more are closed.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than used (WeChat's front ends close idle
+/// keep-alive connections after about a minute).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// An upstream call that did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CallError {
+    #[error("no answer within the gateway's timeout")]
+    Timeout,
+    /// The error's text: hyper's errors name no URL, so the token never reaches a log.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An open connection: its request side and the connection itself, which must be polled for
+/// anything to move.
+struct Conn {
+    send: http1::SendRequest<OutBody>,
+    conn: http1::Connection<Io, OutBody>,
+    idle_since: Instant,
+}
+
+pub(super) struct Upstream {
+    connector: HttpsConnector<HttpConnector>,
+    idle: Mutex<VecDeque<Box<Conn>>>,
+    /// `scheme://authority/` of the base URL, for the connector.
+    origin: Uri,
+    host: HeaderValue,
+    /// The base URL's path without its trailing `/` (empty for WeChat's own).
+    prefix: String,
+}
+
+/// A call's answer: its head, and its body still to be read over `conn`.
+pub(super) struct Answer<'a> {
+    pub(super) status: axum::http::StatusCode,
+    pub(super) headers: HeaderMap,
+    body: Incoming,
+    conn: Box<Conn>,
+    upstream: &'a Upstream,
+    deadline: Instant,
+}
+
+impl Upstream {
+    pub(super) fn new(base: &url::Url, connect_timeout: Duration) -> Result<Self, String> {
+        let uri: Uri = base
+            .as_str()
+            .parse()
+            .map_err(|e| format!("upstream.base_url: {e}"))?;
+        let scheme: Scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("upstream.base_url has no scheme")?;
+        let authority: Authority = uri
+            .authority()
+            .cloned()
+            .ok_or("upstream.base_url has no host")?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("upstream.base_url: {e}"))?;
+        let origin = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("upstream.base_url: {e}"))?;
+        Ok(Self {
+            connector,
+            idle: Mutex::default(),
+            origin,
+            host,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Sends `{base}/{path}?{query}` and waits, until `deadline`, for the answer's head.
+    pub(super) async fn call(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: impl Iterator<Item = (&header::HeaderName, &header::HeaderValue)>,
+        body: OutBody,
+        deadline: Instant,
+    ) -> Result<Answer<'_>, CallError> {
+        let mut target = String::with_capacity(self.prefix.len() + path.len() + query.len() + 2);
+        target.push_str(&self.prefix);
+        target.push('/');
+        target.push_str(path);
+        target.push('?');
+        target.push_str(query);
+        let target = PathAndQuery::try_from(target)
+            .map_err(|_| CallError::Failed("the path or query is not a valid URI".into()))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = Uri::from(target);
+        let out = request.headers_mut();
+        out.insert(header::HOST, self.host.clone());
+        for (name, value) in headers {
+            out.append(name.clone(), value.clone());
+        }
+        match tokio::time::timeout_at(deadline, self.send(request)).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((answer, conn))) => {
+                let (head, body) = answer.into_parts();
+                Ok(Answer {
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                    conn,
+                    upstream: self,
+                    deadline,
+                })
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        mut request: Request<OutBody>,
+    ) -> Result<(Response<Incoming>, Box<Conn>), CallError> {
+        // An idle connection first: one the server closed meanwhile is found out before the
+        // request is handed to it (and then the request is sent on the next, or a new one).
+        loop {
+            let (mut conn, fresh) = match self.take_idle() {
+                Some(conn) => (conn, false),
+                None => (self.connect().await?, true),
+            };
+            let sent = {
+                let Conn { send, conn: io, .. } = &mut *conn;
+                match drive(io, send.ready()).await {
+                    Ok(Ok(())) => drive(io, send.try_send_request(request)).await,
+                    Ok(Err(e)) if fresh => return Err(CallError::Failed(error_chain(&e))),
+                    Err(closed) if fresh => return Err(CallError::Failed(closed)),
+                    // A pooled one the server closed meanwhile.
+                    _ => continue,
+                }
+            };
+            match sent {
+                Ok(Ok(answer)) => return Ok((answer, conn)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never written: another connection may take it.
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(CallError::Failed(error_chain(e.error()))),
+                },
+                Err(closed) => return Err(CallError::Failed(closed)),
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, CallError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(|e| CallError::Failed(error_chain(e.as_ref())))?;
+        let (send, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| CallError::Failed(error_chain(&e)))?;
+        Ok(Box::new(Conn {
+            send,
+            conn,
+            idle_since: Instant::now(),
+        }))
+    }
+
+    fn take_idle(&self) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock();
+        while let Some(conn) = idle.pop_back() {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, mut conn: Box<Conn>) {
+        let now = Instant::now();
+        conn.idle_since = now;
+        let mut idle = self.idle.lock();
+        // The oldest are at the front: close those past the timeout, and the oldest beyond the cap.
+        while idle
+            .front()
+            .is_some_and(|c| now - c.idle_since >= IDLE_TIMEOUT)
+            || idle.len() >= MAX_IDLE
+        {
+            idle.pop_front();
+        }
+        idle.push_back(conn);
+    }
+}
+
+impl Answer<'_> {
+    /// The body read whole, `None` when it is over `limit`; the connection goes back to the pool.
+    pub(super) async fn read_whole(self, limit: usize) -> Result<Option<Bytes>, CallError> {
+        let Answer {
+            body,
+            mut conn,
+            upstream,
+            deadline,
+            ..
+        } = self;
+        let read = drive(&mut conn.conn, Limited::new(body, limit).collect());
+        match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(closed)) => Err(CallError::Failed(closed)),
+            Ok(Ok(Ok(collected))) => {
+                upstream.put_idle(conn);
+                Ok(Some(collected.to_bytes()))
+            }
+            Ok(Ok(Err(e))) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
+            Ok(Ok(Err(e))) => Err(CallError::Failed(error_chain(e.as_ref()))),
+        }
+    }
+
+    /// The body passed on as it comes, bound by the call's deadline; its connection is driven by
+    /// a task of its own and closed after it.
+    pub(super) fn stream(self) -> Body {
+        let Answer {
+            body,
+            conn,
+            deadline,
+            ..
+        } = self;
+        let Conn { send, conn, .. } = *conn;
+        // Without its request side, the connection ends after this answer.
+        drop(send);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout_at(deadline, conn).await;
+        });
+        Body::new(Deadline::new(body, deadline))
+    }
+}
+
+/// Polls `conn` and `fut` together until `fut` is done: the connection moves the request out and
+/// the answer in. `Err` when the connection ended first (its error, or that it closed).
+async fn drive<F: Future>(
+    conn: &mut http1::Connection<Io, OutBody>,
+    fut: F,
+) -> Result<F::Output, String> {
+    let mut fut = pin!(fut);
+    let mut ended: Option<String> = None;
+    poll_fn(|cx| {
+        if ended.is_none()
+            && let Poll::Ready(end) = Pin::new(&mut *conn).poll(cx)
+        {
+            ended = Some(match end {
+                Ok(()) => "the connection was closed".to_owned(),
+                Err(e) => error_chain(&e),
+            });
+        }
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        match &ended {
+            Some(why) => Poll::Ready(Err(why.clone())),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The kept headers of a request as (name, value) pairs.
+pub(super) fn pick<'a>(
+    from: &'a HeaderMap,
+    names: &'a [header::HeaderName],
+) -> impl Iterator<Item = (&'a header::HeaderName, &'a header::HeaderValue)> {
+    names
+        .iter()
+        .filter_map(move |name| from.get(name).map(|value| (name, value)))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The call's time ran out while its body was still moving.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within the gateway's timeout")]
+pub(super) struct TimedOut;
+
+/// A body that fails once `deadline` has passed: the gateway's bound on a whole call, the
+/// upload or the download included. (tower-http's `TimeoutBody` bounds the wait for each frame,
+/// not the whole.)
+pub(super) struct Deadline<B> {
+    inner: B,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(inner: B, deadline: Instant) -> Self {
+        Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl<B> HttpBody for Deadline<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        Poll::Ready(Some(Err(Box::new(TimedOut))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
