@@ -387,3 +387,143 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// How a test upstream treats a connection after each answer.
+    #[derive(Clone, Copy)]
+    enum After {
+        KeepOpen,
+        /// Closes it without saying so (as a server whose keep-alive timeout ran out).
+        Close,
+        /// Sends the head and half the body, then nothing.
+        Stall,
+    }
+
+    /// A loopback HTTP/1.1 server answering `{"errcode":0}` to every request; counts connections.
+    async fn upstream(after: After) -> (Upstream, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Closing in the same poll as the answer: the close is there before the answer is read.
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = 0;
+                    loop {
+                        let n = socket.read(&mut buf[have..]).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        have += n;
+                        if !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        // The request as the gateway must send it: origin-form under the
+                        // base URL's path, with the base URL's host.
+                        let expected = format!(
+                            "GET /base/cgi-bin/getcallbackip?access_token=T HTTP/1.1\r\nhost: {addr}\r\n"
+                        );
+                        let body: &[u8] = if buf[..have].starts_with(expected.as_bytes()) {
+                            br#"{"errcode":0}"#
+                        } else {
+                            br#"{"errcode":1}"#
+                        };
+                        have = 0;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        socket.write_all(head.as_bytes()).await.unwrap();
+                        match after {
+                            After::Stall => {
+                                socket.write_all(&body[..4]).await.unwrap();
+                                std::future::pending::<()>().await;
+                            }
+                            After::KeepOpen => socket.write_all(body).await.unwrap(),
+                            After::Close => {
+                                socket.write_all(body).await.unwrap();
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let base = url::Url::parse(&format!("http://{addr}/base/")).unwrap();
+        (
+            Upstream::new(&base, Duration::from_secs(1)).unwrap(),
+            accepted,
+        )
+    }
+
+    async fn get(upstream: &Upstream, timeout: Duration) -> Result<Option<Bytes>, CallError> {
+        let deadline = Instant::now() + timeout;
+        let answer = upstream
+            .call(
+                &Method::GET,
+                "cgi-bin/getcallbackip",
+                "access_token=T",
+                std::iter::empty(),
+                Either::Left(Full::new(Bytes::new())),
+                deadline,
+            )
+            .await?;
+        answer.read_whole(1024).await
+    }
+
+    #[tokio::test]
+    async fn calls_reuse_one_kept_alive_connection() {
+        let (upstream, accepted) = upstream(After::KeepOpen).await;
+        for _ in 0..3 {
+            let body = get(&upstream, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(body.as_deref(), Some(&br#"{"errcode":0}"#[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_passed_over_for_a_new_one() {
+        let (upstream, accepted) = upstream(After::Close).await;
+        for _ in 0..3 {
+            let body = get(&upstream, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(body.as_deref(), Some(&br#"{"errcode":0}"#[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_ends_at_the_calls_deadline() {
+        let (upstream, _) = upstream(After::Stall).await;
+        let err = get(&upstream, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CallError::Timeout), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_an_error_without_the_url() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let base = url::Url::parse(&format!("http://{addr}/")).unwrap();
+        let upstream = Upstream::new(&base, Duration::from_secs(1)).unwrap();
+        let err = get(&upstream, Duration::from_secs(5)).await.unwrap_err();
+        let CallError::Failed(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(!text.contains("access_token"), "{text}");
+    }
+}
