@@ -123,6 +123,34 @@ pub async fn drive(
     make: MakeRequest,
     check: Check,
 ) -> LoadReport {
+    drive_at(addr, conns, duration, None, make, check).await
+}
+
+/// Like [`drive`], but offering `rate` requests per second in all (each connection sends its
+/// next request on its own schedule, the connections spread over the period) instead of as many
+/// as the server answers: the latency of a server that is not saturated. A latency counts from
+/// when its request went out; a request whose slot passed while the previous answer was awaited
+/// goes out at once.
+pub async fn drive_paced(
+    addr: SocketAddr,
+    conns: u64,
+    rate: f64,
+    duration: Duration,
+    make: MakeRequest,
+    check: Check,
+) -> LoadReport {
+    let period = Duration::from_secs_f64(conns as f64 / rate);
+    drive_at(addr, conns, duration, Some(period), make, check).await
+}
+
+async fn drive_at(
+    addr: SocketAddr,
+    conns: u64,
+    duration: Duration,
+    period: Option<Duration>,
+    make: MakeRequest,
+    check: Check,
+) -> LoadReport {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -136,7 +164,13 @@ pub async fn drive(
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
             let (mut ok, mut bad) = (0u64, 0u64);
             let mut i = 0;
+            // This connection's first slot, spread over the period among the connections.
+            let first = period.map(|p| started + p.mul_f64(c as f64 / conns as f64));
             loop {
+                if let (Some(first), Some(period)) = (first, period) {
+                    let slot = first + period.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+                    tokio::time::sleep_until(slot.into()).await;
+                }
                 let sent = Instant::now();
                 if sent >= deadline {
                     break;

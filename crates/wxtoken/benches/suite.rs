@@ -679,7 +679,7 @@ fn gateway_bench(
         sim_addr,
         CONNS,
         run,
-        direct_make,
+        direct_make.clone(),
         ok.clone(),
     ));
     let between = cpu();
@@ -687,12 +687,61 @@ fn gateway_bench(
         gateway,
         CONNS,
         run,
-        gateway_make,
+        gateway_make.clone(),
         ok.clone(),
     ));
     let after = cpu();
-    let sdk = rt.block_on(loadgen::drive(gateway, CONNS, run, sdk_make, ok));
+    let sdk = rt.block_on(loadgen::drive(
+        gateway,
+        CONNS,
+        run,
+        sdk_make.clone(),
+        ok.clone(),
+    ));
     let after_sdk = cpu();
+    // The same calls at a steady rate that saturates neither side: the latency the gateway adds
+    // to a call when it is not queued behind the others (a saturated run's p50 is its queue).
+    let rate: f64 = std::env::var("WXTOKEN_BENCH_GATEWAY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000.0);
+    let paced = |addr: SocketAddr, make: &loadgen::MakeRequest| {
+        rt.block_on(loadgen::drive_paced(
+            addr,
+            CONNS,
+            rate,
+            run,
+            make.clone(),
+            ok.clone(),
+        ))
+    };
+    let paced_direct = paced(sim_addr, &direct_make);
+    let paced_through = paced(gateway, &gateway_make);
+    let paced_sdk = paced(gateway, &sdk_make);
+    // Saturated again, with wxtoken on a core of its own: this process (the load generator and
+    // the simulator) on core 0 for both runs, wxtoken on core 1. Whether the gateway keeps up
+    // with a client and an upstream that have the same core each time.
+    let pinned = pin_cores(std::process::id(), 0b01) && pin_cores(server_pid, 0b10);
+    let pinned_runs = pinned.then(|| {
+        let direct = rt.block_on(loadgen::drive(
+            sim_addr,
+            CONNS,
+            run,
+            direct_make.clone(),
+            ok.clone(),
+        ));
+        let through = rt.block_on(loadgen::drive(
+            gateway,
+            CONNS,
+            run,
+            gateway_make.clone(),
+            ok.clone(),
+        ));
+        (direct, through)
+    });
+    let all = (1u64 << std::thread::available_parallelism().map_or(1, |n| n.get())) - 1;
+    pin_cores(std::process::id(), all);
+    pin_cores(server_pid, all);
     // µs of CPU per call.
     let per_call = |a: f64, b: f64, report: &loadgen::LoadReport| {
         (b - a) * 1e6 / (report.ok + report.bad).max(1) as f64
@@ -768,6 +817,70 @@ fn gateway_bench(
         "—".into(),
         String::new(),
     ));
+    let paced_added = |r: &loadgen::LoadReport| ms(r.p50) - ms(paced_direct.p50);
+    println!(
+        "gateway at {rate} req/s: direct p50 {:?} p99 {:?}; /wx p50 {:?} p99 {:?}; SDK p50 {:?} p99 {:?}",
+        paced_direct.p50,
+        paced_direct.p99,
+        paced_through.p50,
+        paced_through.p99,
+        paced_sdk.p50,
+        paced_sdk.p99
+    );
+    rows.push(Row(
+        format!("Gateway at a steady {rate:.0} req/s (neither side saturated), {CONNS} connections"),
+        format!(
+            "`/wx`: p50 {:.2} ms, p99 {:.2} ms, added p50 {:.2} ms; SDK mode: p50 {:.2} ms, p99 {:.2} ms, added p50 {:.2} ms; {} errors",
+            ms(paced_through.p50),
+            ms(paced_through.p99),
+            paced_added(&paced_through),
+            ms(paced_sdk.p50),
+            ms(paced_sdk.p99),
+            paced_added(&paced_sdk),
+            paced_through.bad + paced_sdk.bad,
+        ),
+        "≤ 0.3 ms added p50".into(),
+        verdict(
+            paced_added(&paced_through) <= 0.3
+                && paced_added(&paced_sdk) <= 0.3
+                && paced_through.bad + paced_sdk.bad == 0,
+        ),
+    ));
+    rows.push(Row(
+        format!("  reference: straight to the simulator at {rate:.0} req/s"),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            paced_direct.rps(),
+            ms(paced_direct.p50),
+            ms(paced_direct.p99),
+            paced_direct.bad
+        ),
+        "—".into(),
+        String::new(),
+    ));
+    if let Some((direct, through)) = &pinned_runs {
+        let ratio = through.rps() / direct.rps();
+        let added = ms(through.p50) - ms(direct.p50);
+        println!(
+            "gateway pinned: direct {:.0} req/s p50 {:?}; through {:.0} req/s p50 {:?}",
+            direct.rps(),
+            direct.p50,
+            through.rps(),
+            through.p50
+        );
+        rows.push(Row(
+            "Gateway, saturated, wxtoken on a core of its own (load generator + simulator on core 0 in both runs)".into(),
+            format!(
+                "{:.0} req/s against {:.0} direct: {ratio:.2}×, added p50 {added:.2} ms, p99 {:.2} ms; {} errors",
+                through.rps(),
+                direct.rps(),
+                ms(through.p99) - ms(direct.p99),
+                through.bad + direct.bad,
+            ),
+            "≥ 0.8× direct".into(),
+            verdict(ratio >= 0.8 && through.bad + direct.bad == 0),
+        ));
+    }
     rows.push(Row(
         "  CPU per call: wxtoken (gateway) / simulator / load generator".into(),
         format!(
@@ -784,6 +897,17 @@ fn gateway_bench(
 /// CPU seconds of this process's threads, excluding the simulator's (named `wechat-sim`).
 fn cpu_excluding_sim() -> f64 {
     cpu_by_thread().values().sum()
+}
+
+/// Binds every thread of process `pid` to the cores in `mask` (`taskset -a -p`); false when it
+/// could not.
+fn pin_cores(pid: u32, mask: u64) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", &format!("{mask:x}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// CPU seconds of this process's threads whose name passes `keep`.

@@ -433,34 +433,38 @@ async fn relay(
         let called = gw
             .gateway
             .upstream
-            .call(
+            .exchange(
                 &parts.method,
                 path,
                 &query,
                 upstream::pick(&parts.headers, &REQUEST_HEADERS),
                 outgoing.take(gw.gateway.config.max_body_bytes),
                 deadline,
+                is_json,
+                gw.gateway.config.max_body_bytes,
             )
             .await;
-        let mut answer = match called {
+        let upstream::Answer {
+            status,
+            headers,
+            body,
+        } = match called {
             Ok(answer) => answer,
             Err(e) => return Err(unreached(gw, slot, &label, caller, path, &e)),
         };
-        let (status, headers) = (answer.status, std::mem::take(&mut answer.headers));
-        if !is_json(&headers) {
-            count(gw, slot, &label, &http_label(status), caller);
-            return Ok(answered(status, &headers, answer.stream()));
-        }
-        let bytes = match answer.read_whole(gw.gateway.config.max_body_bytes).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
+        let bytes = match body {
+            upstream::AnswerBody::Streamed(body) => {
+                count(gw, slot, &label, &http_label(status), caller);
+                return Ok(answered(status, &headers, body));
+            }
+            upstream::AnswerBody::Whole(Some(bytes)) => bytes,
+            upstream::AnswerBody::Whole(None) => {
                 return Err(GatewayError::new(
                     StatusCode::BAD_GATEWAY,
                     -1,
                     "WeChat's answer is larger than gateway.max_body_bytes",
                 ));
             }
-            Err(e) => return Err(unreached(gw, slot, &label, caller, path, &e)),
         };
         let errcode = errcode_of(&bytes);
         let outcome = errcode.map_or_else(|| http_label(status), |c| c.to_string());

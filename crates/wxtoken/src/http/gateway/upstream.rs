@@ -77,14 +77,18 @@ pub(super) struct Upstream {
     prefix: String,
 }
 
-/// A call's answer: its head, and its body still to be read over `conn`.
-pub(super) struct Answer<'a> {
+/// WeChat's answer to a call.
+pub(super) struct Answer {
     pub(super) status: axum::http::StatusCode,
     pub(super) headers: HeaderMap,
-    body: Incoming,
-    conn: Box<Conn>,
-    upstream: &'a Upstream,
-    deadline: Instant,
+    pub(super) body: AnswerBody,
+}
+
+pub(super) enum AnswerBody {
+    /// Read whole; `None` when it was over the limit.
+    Whole(Option<Bytes>),
+    /// Passed on as it comes, bound by the call's deadline.
+    Streamed(Body),
 }
 
 impl Upstream {
@@ -127,8 +131,10 @@ impl Upstream {
         })
     }
 
-    /// Sends `{base}/{path}?{query}` and waits, until `deadline`, for the answer's head.
-    pub(super) async fn call(
+    /// Sends `{base}/{path}?{query}` and waits, until `deadline`, for the answer: its body read
+    /// whole (up to `limit`) when `whole` says so of its headers, else streamed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exchange(
         &self,
         method: &Method,
         path: &str,
@@ -136,7 +142,9 @@ impl Upstream {
         headers: impl Iterator<Item = (&header::HeaderName, &header::HeaderValue)>,
         body: OutBody,
         deadline: Instant,
-    ) -> Result<Answer<'_>, CallError> {
+        whole: impl Fn(&HeaderMap) -> bool,
+        limit: usize,
+    ) -> Result<Answer, CallError> {
         let mut target = String::with_capacity(self.prefix.len() + path.len() + query.len() + 2);
         target.push_str(&self.prefix);
         target.push('/');
@@ -153,21 +161,35 @@ impl Upstream {
         for (name, value) in headers {
             out.append(name.clone(), value.clone());
         }
-        match tokio::time::timeout_at(deadline, self.send(request)).await {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok((answer, conn))) => {
-                let (head, body) = answer.into_parts();
-                Ok(Answer {
-                    status: head.status,
-                    headers: head.headers,
-                    body,
-                    conn,
-                    upstream: self,
-                    deadline,
-                })
-            }
-        }
+        // One timer for the whole exchange.
+        let exchange = async {
+            let (answer, mut conn) = self.send(request).await?;
+            let (head, incoming) = answer.into_parts();
+            let body = if whole(&head.headers) {
+                let read = drive(&mut conn.conn, Limited::new(incoming, limit).collect()).await;
+                match read {
+                    Err(closed) => return Err(CallError::Failed(closed)),
+                    Ok(Ok(collected)) => {
+                        self.put_idle(conn);
+                        AnswerBody::Whole(Some(collected.to_bytes()))
+                    }
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                        AnswerBody::Whole(None)
+                    }
+                    Ok(Err(e)) => return Err(CallError::Failed(error_chain(e.as_ref()))),
+                }
+            } else {
+                AnswerBody::Streamed(stream(conn, incoming, deadline))
+            };
+            Ok(Answer {
+                status: head.status,
+                headers: head.headers,
+                body,
+            })
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(CallError::Timeout))
     }
 
     async fn send(
@@ -246,46 +268,16 @@ impl Upstream {
     }
 }
 
-impl Answer<'_> {
-    /// The body read whole, `None` when it is over `limit`; the connection goes back to the pool.
-    pub(super) async fn read_whole(self, limit: usize) -> Result<Option<Bytes>, CallError> {
-        let Answer {
-            body,
-            mut conn,
-            upstream,
-            deadline,
-            ..
-        } = self;
-        let read = drive(&mut conn.conn, Limited::new(body, limit).collect());
-        match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Err(closed)) => Err(CallError::Failed(closed)),
-            Ok(Ok(Ok(collected))) => {
-                upstream.put_idle(conn);
-                Ok(Some(collected.to_bytes()))
-            }
-            Ok(Ok(Err(e))) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
-            Ok(Ok(Err(e))) => Err(CallError::Failed(error_chain(e.as_ref()))),
-        }
-    }
-
-    /// The body passed on as it comes, bound by the call's deadline; its connection is driven by
-    /// a task of its own and closed after it.
-    pub(super) fn stream(self) -> Body {
-        let Answer {
-            body,
-            conn,
-            deadline,
-            ..
-        } = self;
-        let Conn { send, conn, .. } = *conn;
-        // Without its request side, the connection ends after this answer.
-        drop(send);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout_at(deadline, conn).await;
-        });
-        Body::new(Deadline::new(body, deadline))
-    }
+/// An answer's body passed on as it comes, bound by the call's deadline; its connection is
+/// driven by a task of its own and closed after it.
+fn stream(conn: Box<Conn>, body: Incoming, deadline: Instant) -> Body {
+    let Conn { send, conn, .. } = *conn;
+    // Without its request side, the connection ends after this answer.
+    drop(send);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout_at(deadline, conn).await;
+    });
+    Body::new(Deadline::new(body, deadline))
 }
 
 /// Polls `conn` and `fut` together until `fut` is done: the connection moves the request out and
@@ -470,18 +462,22 @@ mod tests {
     }
 
     async fn get(upstream: &Upstream, timeout: Duration) -> Result<Option<Bytes>, CallError> {
-        let deadline = Instant::now() + timeout;
         let answer = upstream
-            .call(
+            .exchange(
                 &Method::GET,
                 "cgi-bin/getcallbackip",
                 "access_token=T",
                 std::iter::empty(),
                 Either::Left(Full::new(Bytes::new())),
-                deadline,
+                Instant::now() + timeout,
+                |_| true,
+                1024,
             )
             .await?;
-        answer.read_whole(1024).await
+        match answer.body {
+            AnswerBody::Whole(body) => Ok(body),
+            AnswerBody::Streamed(_) => panic!("a whole answer was asked for"),
+        }
     }
 
     #[tokio::test]
