@@ -174,9 +174,12 @@ fn component_spec(push_url: Option<String>) -> ComponentSpec {
 /// A `wxtoken` command with the configuration of the read benchmark in its environment.
 fn wxtoken(env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
-    cmd.args(args)
-        .env_remove("WXTOKEN_CONFIG")
-        .env_remove("RUST_LOG");
+    cmd.args(args);
+    with_env(cmd, env)
+}
+
+fn with_env(mut cmd: Command, env: &[(String, String)]) -> Command {
+    cmd.env_remove("WXTOKEN_CONFIG").env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -364,8 +367,9 @@ fn reads(
     let server_rss = rss_kb(server.id());
     if parts.gateway {
         let gateway_addr = gateway_addr.expect("the gateway is on");
-        let (addrs, pid) = ((internal, gateway_addr), server.id());
-        gateway_bench(rt, &sim, addrs, pid, &key, &appids, secs, rows);
+        let addrs = (internal, gateway_addr);
+        let server = (&mut server, env.as_slice());
+        gateway_bench(rt, &sim, addrs, server, &key, &appids, secs, rows);
     }
     if !parts.reads {
         stop(&mut server);
@@ -477,7 +481,24 @@ fn ms(d: Duration) -> f64 {
 /// Starts `wxtoken serve` and reads its internal address, and the gateway's if it is on, from its
 /// log.
 fn start_serve(env: &[(String, String)]) -> (Child, SocketAddr, Option<SocketAddr>) {
-    let mut child = wxtoken(env, &["serve"])
+    start_serve_on(env, None)
+}
+
+/// [`start_serve`], on the given cores only (`taskset -c`) when `cores` is set: then its runtime
+/// has as many workers as those cores.
+fn start_serve_on(
+    env: &[(String, String)],
+    cores: Option<&str>,
+) -> (Child, SocketAddr, Option<SocketAddr>) {
+    let mut cmd = match cores {
+        None => wxtoken(env, &["serve"]),
+        Some(cores) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cores, env!("CARGO_BIN_EXE_wxtoken"), "serve"]);
+            with_env(cmd, env)
+        }
+    };
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -597,7 +618,7 @@ fn gateway_bench(
     rt: &tokio::runtime::Runtime,
     sim: &SimHandle,
     (internal, gateway): (SocketAddr, SocketAddr),
-    server_pid: u32,
+    (server, env): (&mut Child, &[(String, String)]),
     key: &str,
     appids: &Arc<Vec<String>>,
     secs: u64,
@@ -605,6 +626,7 @@ fn gateway_bench(
 ) {
     const APPIDS: usize = 100;
     let auth = format!("Authorization: Bearer {key}\r\n");
+    let server_pid = server.id();
     let appids: Arc<Vec<String>> = Arc::new(appids.iter().take(APPIDS).cloned().collect());
     // Each appid's token from the token API, and as an SDK gets it: from the gateway's
     // `cgi-bin/token` in SDK mode (the same token, remembered there as handed out).
@@ -718,11 +740,15 @@ fn gateway_bench(
     let paced_direct = paced(sim_addr, &direct_make);
     let paced_through = paced(gateway, &gateway_make);
     let paced_sdk = paced(gateway, &sdk_make);
-    // Saturated again, with wxtoken on a core of its own: this process (the load generator and
-    // the simulator) on core 0 for both runs, wxtoken on core 1. Whether the gateway keeps up
-    // with a client and an upstream that have the same core each time.
-    let pinned = pin_cores(std::process::id(), 0b01) && pin_cores(server_pid, 0b10);
-    let pinned_runs = pinned.then(|| {
+    // Saturated again, with wxtoken on a core of its own: wxtoken restarted on core 1 (so its
+    // runtime has one worker, as on a one-core container), this process (the load generator and
+    // the simulator) on core 0 for both runs. Whether the gateway keeps up with a client and an
+    // upstream that have the same one core each time.
+    let pinned_runs = (pin_cores(std::process::id(), 0b01)).then(|| {
+        stop(server);
+        let (child, _, pinned_gateway) = start_serve_on(env, Some("1"));
+        *server = child;
+        let pinned_gateway = pinned_gateway.expect("the gateway is on");
         let direct = rt.block_on(loadgen::drive(
             sim_addr,
             CONNS,
@@ -731,7 +757,7 @@ fn gateway_bench(
             ok.clone(),
         ));
         let through = rt.block_on(loadgen::drive(
-            gateway,
+            pinned_gateway,
             CONNS,
             run,
             gateway_make.clone(),
@@ -741,7 +767,6 @@ fn gateway_bench(
     });
     let all = (1u64 << std::thread::available_parallelism().map_or(1, |n| n.get())) - 1;
     pin_cores(std::process::id(), all);
-    pin_cores(server_pid, all);
     // µs of CPU per call.
     let per_call = |a: f64, b: f64, report: &loadgen::LoadReport| {
         (b - a) * 1e6 / (report.ok + report.bad).max(1) as f64
@@ -869,7 +894,7 @@ fn gateway_bench(
             through.p50
         );
         rows.push(Row(
-            "Gateway, saturated, wxtoken on a core of its own (load generator + simulator on core 0 in both runs)".into(),
+            "Gateway, saturated, wxtoken alone on core 1 (restarted there: one worker), load generator + simulator on core 0 in both runs".into(),
             format!(
                 "{:.0} req/s against {:.0} direct: {ratio:.2}×, added p50 {added:.2} ms, p99 {:.2} ms; {} errors",
                 through.rps(),

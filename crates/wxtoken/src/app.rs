@@ -231,7 +231,7 @@ impl App {
         let listeners = [
             http::serve::Discipline::new(public_cap, timeout),
             http::serve::Discipline::new(internal_cap, timeout),
-            http::serve::Discipline::new((internal_cap / 4).max(1), timeout),
+            http::serve::Discipline::new((internal_cap / 4).max(1), timeout).without_peer_address(),
         ];
         if let Some(listener) = gateway {
             let upstream = http::gateway::Gateway::new(&config.upstream, &config.gateway)

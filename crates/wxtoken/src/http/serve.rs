@@ -32,6 +32,8 @@ pub struct Discipline {
     max_connections: usize,
     header_read_timeout: Duration,
     permits: Arc<Semaphore>,
+    /// Whether requests carry the peer's address (`ConnectInfo`, for the rate limits).
+    peer_address: bool,
 }
 
 impl Discipline {
@@ -40,7 +42,15 @@ impl Discipline {
             max_connections,
             header_read_timeout,
             permits: Arc::new(Semaphore::new(max_connections)),
+            peer_address: true,
         }
+    }
+
+    /// Requests without the peer's address: for a listener with no rate limit (the gateway),
+    /// which then saves a map per request.
+    pub fn without_peer_address(mut self) -> Self {
+        self.peer_address = false;
+        self
     }
 
     /// Connections accepted and not yet closed.
@@ -111,7 +121,7 @@ pub async fn serve(
     discipline: Discipline,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let timeout = discipline.header_read_timeout;
+    let (timeout, peer_address) = (discipline.header_read_timeout, discipline.peer_address);
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -137,7 +147,9 @@ pub async fn serve(
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             router.clone(),
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
+                if peer_address {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                }
                 request
             },
         ));

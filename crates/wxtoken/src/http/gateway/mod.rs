@@ -152,12 +152,10 @@ struct GatewayState {
 
 /// The gateway listener's routes.
 pub fn router(app: AppState, gateway: Arc<Gateway>) -> Router {
+    // One handler that reads the path itself (`parse_target`, `sdk::forward`): no route table
+    // or path parameters to build per call.
     Router::new()
-        .route("/wx/{*rest}", axum::routing::any(call))
-        .route("/sdk/{*rest}", axum::routing::any(call))
-        .fallback(|| async {
-            GatewayError::new(StatusCode::NOT_FOUND, 40066, "the gateway serves /wx/{appid}/{wechat path} and /wx/component/{component_appid}/{wechat path}")
-        })
+        .fallback(call)
         .with_state(GatewayState { app, gateway })
 }
 
@@ -269,11 +267,10 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
 fn query_with_token(query: Option<&str>, param: &str, token: &str) -> String {
     let mut out = String::with_capacity(query.map_or(0, str::len) + token.len() + 24);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let key = url::form_urlencoded::parse(pair.as_bytes())
+        let is_token = url::form_urlencoded::parse(pair.as_bytes())
             .next()
-            .map(|(k, _)| k.into_owned())
-            .unwrap_or_default();
-        if key == "access_token" || key == "component_access_token" {
+            .is_some_and(|(k, _)| k == "access_token" || k == "component_access_token");
+        if is_token {
             continue;
         }
         out.push_str(pair);
@@ -385,6 +382,13 @@ async fn forward(gw: &GatewayState, request: Request) -> Result<Response, Gatewa
     }
     if parts.uri.path().starts_with("/sdk/") {
         return sdk::forward(gw, parts, body).await;
+    }
+    if !parts.uri.path().starts_with("/wx/") {
+        return Err(GatewayError::new(
+            StatusCode::NOT_FOUND,
+            40066,
+            "the gateway serves /wx/{appid}/{wechat path}, /wx/component/{component_appid}/{wechat path} and /sdk/{api key}/{wechat path}",
+        ));
     }
     let (owner, path) = parse_target(parts.uri.path())?;
     let caller = authenticate(&gw.app, &parts.headers).await?;
@@ -562,7 +566,16 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// A JSON answer's `errcode` (a missing one is success: 0), `None` when it is not a JSON object.
+/// An object that does not contain the word is taken as one without it, unparsed (most answers:
+/// the gateway reads every one).
 fn errcode_of(bytes: &[u8]) -> Option<i64> {
+    let text = bytes.trim_ascii();
+    if text.starts_with(b"{")
+        && text.ends_with(b"}")
+        && memchr::memmem::find(text, b"errcode").is_none()
+    {
+        return Some(0);
+    }
     #[derive(serde::Deserialize)]
     struct Errcode {
         #[serde(default)]
