@@ -696,30 +696,16 @@ fn gateway_bench(
         let generator = thread_cpu(|name| !name.starts_with("wechat-sim"));
         (sim, generator, process_cpu(server_pid))
     };
+    // As many calls as answers come, for `time`.
+    let saturated = |addr: SocketAddr, make: &loadgen::MakeRequest, time: Duration| {
+        rt.block_on(loadgen::drive(addr, CONNS, time, make.clone(), ok.clone()))
+    };
     let before = cpu();
-    let direct = rt.block_on(loadgen::drive(
-        sim_addr,
-        CONNS,
-        run,
-        direct_make.clone(),
-        ok.clone(),
-    ));
+    let direct = saturated(sim_addr, &direct_make, run);
     let between = cpu();
-    let through = rt.block_on(loadgen::drive(
-        gateway,
-        CONNS,
-        run,
-        gateway_make.clone(),
-        ok.clone(),
-    ));
+    let through = saturated(gateway, &gateway_make, run);
     let after = cpu();
-    let sdk = rt.block_on(loadgen::drive(
-        gateway,
-        CONNS,
-        run,
-        sdk_make.clone(),
-        ok.clone(),
-    ));
+    let sdk = saturated(gateway, &sdk_make, run);
     let after_sdk = cpu();
     // The same calls at a steady rate that saturates neither side: the latency the gateway adds
     // to a call when it is not queued behind the others (a saturated run's p50 is its queue).
@@ -760,20 +746,8 @@ fn gateway_bench(
         let pinned_gateway = pinned_gateway.expect("the gateway is on");
         (0..ROUNDS)
             .map(|_| {
-                let direct = rt.block_on(loadgen::drive(
-                    sim_addr,
-                    CONNS,
-                    short,
-                    direct_make.clone(),
-                    ok.clone(),
-                ));
-                let through = rt.block_on(loadgen::drive(
-                    pinned_gateway,
-                    CONNS,
-                    short,
-                    gateway_make.clone(),
-                    ok.clone(),
-                ));
+                let direct = saturated(sim_addr, &direct_make, short);
+                let through = saturated(pinned_gateway, &gateway_make, short);
                 (direct, through)
             })
             .collect::<Vec<_>>()

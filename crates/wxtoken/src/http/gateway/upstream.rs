@@ -480,24 +480,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn calls_reuse_one_kept_alive_connection() {
-        let (upstream, accepted) = upstream(After::KeepOpen).await;
+    /// Three calls in a row, each answered in full: the connections they took.
+    async fn connections_for_three_calls(after: After) -> usize {
+        let (upstream, accepted) = upstream(after).await;
         for _ in 0..3 {
             let body = get(&upstream, Duration::from_secs(5)).await.unwrap();
             assert_eq!(body.as_deref(), Some(&br#"{"errcode":0}"#[..]));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn calls_reuse_one_kept_alive_connection() {
+        assert_eq!(connections_for_three_calls(After::KeepOpen).await, 1);
     }
 
     #[tokio::test]
     async fn a_pooled_connection_the_server_closed_is_passed_over_for_a_new_one() {
-        let (upstream, accepted) = upstream(After::Close).await;
-        for _ in 0..3 {
-            let body = get(&upstream, Duration::from_secs(5)).await.unwrap();
-            assert_eq!(body.as_deref(), Some(&br#"{"errcode":0}"#[..]));
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(connections_for_three_calls(After::Close).await, 3);
     }
 
     #[tokio::test]
